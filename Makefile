@@ -1,0 +1,57 @@
+# remediator — see README.md. Every target creates what it needs on a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint check bench format system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: start the daemon on the embedded default (SQLite, in-process state, dry-run, ./rules)
+run: $(STAMP)
+	$(VENV)/bin/remediator serve $(ARGS)
+
+## system-deps: Debian servers the integration tests start (installed when missing and root)
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v prometheus-alertmanager >/dev/null 2>&1 || missing="$$missing prometheus-alertmanager"; \
+	[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing — install them (apt-get install$$missing) or run as root" >&2; exit 1; \
+	  fi; \
+	fi
+
+## lint: ruff (format check + lint) and mypy strict
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check remediator tests bench
+	$(VENV)/bin/ruff check remediator tests bench
+	$(VENV)/bin/mypy
+
+## test: install what the tests need, lint, and run the whole suite
+test: $(STAMP) system-deps lint
+	$(PY) -m pytest -q
+
+## check: validate the rule files in ./rules
+check: $(STAMP)
+	$(VENV)/bin/remediator check rules
+
+## bench: load generator against the daemon and a bare aiohttp server; prints figures
+bench: $(STAMP)
+	$(PY) -m bench $(ARGS)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format remediator tests bench
+	$(VENV)/bin/ruff check --fix remediator tests bench
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

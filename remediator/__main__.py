@@ -1,0 +1,3 @@
+from remediator import cli
+
+raise SystemExit(cli.main())

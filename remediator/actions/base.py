@@ -1,0 +1,55 @@
+"""What an action is: declared params, a target key, an idempotency flag, dry-run."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol
+
+import structlog
+
+from remediator.actions import params
+from remediator.models.alert import Alert
+from remediator.settings import Settings
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Context:
+    """What an action may use while it runs; the engine builds one per run."""
+
+    alert: Alert
+    rule: str
+    settings: Settings
+    clients: Any
+    """remediator.clients.Clients: the process's shared I/O clients."""
+    log: structlog.typing.FilteringBoundLogger
+    timeout: float
+    """Seconds the action has in all, retries included."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Result:
+    """What an action did (or, in dry-run, would do): shown in the audit `detail`."""
+
+    detail: str
+    changed: bool = True
+    """False for a recorded no-op (already at the bound, nothing to terminate)."""
+    data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Action(Protocol):
+    type: ClassVar[str]
+    idempotent: ClassVar[bool]
+    """True when running it twice is harmless: only then are failures retried."""
+    schema: ClassVar[params.Schema]
+
+    def check_allowed(self, values: Mapping[str, Any], settings: Settings) -> None:
+        """Raise errors.NotAllowed when validated values are outside what config allows."""
+
+    def target(self, values: Mapping[str, Any]) -> str:
+        """The thing acted on, e.g. `prod/deploy/api`; cooldowns and locks key on it."""
+
+    async def run(self, values: Mapping[str, Any], ctx: Context) -> Result: ...
+
+    async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        """Prove what can be proven without a side effect; say what would change."""

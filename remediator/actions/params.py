@@ -1,0 +1,168 @@
+"""Declared action params: each action lists its fields; values are checked twice.
+
+At load time every literal value is checked (a typo fails `remediator check`); at run
+time every rendered value is checked again, because label values are untrusted input
+and must never steer an action outside what the rule and config allow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from remediator import durations, errors
+
+Validator = Callable[[str, Any], Any]
+"""(field, value) → cleaned value; raises errors.ParamError."""
+
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Field:
+    check: Validator
+    required: bool = True
+    default: Any = None
+    doc: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Schema:
+    fields: Mapping[str, Field]
+
+    def check_static(self, params: Mapping[str, Any]) -> None:
+        """Load-time check: keys known, required present, literal values valid."""
+        from remediator.matching.templates import Template  # noqa: PLC0415 - avoids a cycle
+
+        unknown = sorted(set(params) - set(self.fields))
+        if unknown:
+            raise errors.ParamError(
+                unknown[0], f"unknown parameter; known: {', '.join(sorted(self.fields))}"
+            )
+        for name, f in self.fields.items():
+            if name not in params:
+                if f.required:
+                    raise errors.ParamError(name, "is required")
+                continue
+            value = params[name]
+            if isinstance(value, Template):
+                if not value.is_literal:
+                    continue
+                value = value.render_literal()
+            f.check(name, value)
+
+    def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Run-time check of rendered params; returns cleaned values with defaults."""
+        out: dict[str, Any] = {}
+        for name, f in self.fields.items():
+            if name in params:
+                out[name] = f.check(name, params[name])
+            elif f.required:
+                raise errors.ParamError(name, "is required")
+            elif f.default is not None:
+                out[name] = f.default
+        return out
+
+
+def text(*, max_len: int = 2000, multiline: bool = True) -> Validator:
+    """Free text: bounded length, no control characters (newlines only if multiline)."""
+
+    def check(field: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise errors.ParamError(field, f"expected text, got {type(value).__name__}")
+        if len(value) > max_len:
+            raise errors.ParamError(field, f"longer than {max_len} characters")
+        if _CONTROL.search(value) or (not multiline and ("\n" in value or "\t" in value)):
+            raise errors.ParamError(field, "contains control characters")
+        return value
+
+    return check
+
+
+def dns_label() -> Validator:
+    """A Kubernetes DNS-1123 label: namespaces, most object names (≤ 63, [a-z0-9-])."""
+
+    def check(field: str, value: Any) -> str:
+        if not isinstance(value, str) or not _DNS1123_LABEL.fullmatch(value):
+            raise errors.ParamError(
+                field, f"{_show(value)} is not a DNS-1123 label ([a-z0-9-], at most 63)"
+            )
+        return value
+
+    return check
+
+
+def dns_subdomain() -> Validator:
+    """A Kubernetes DNS-1123 subdomain (≤ 253, labels joined by dots)."""
+
+    def check(field: str, value: Any) -> str:
+        if (
+            not isinstance(value, str)
+            or len(value) > 253
+            or not _DNS1123_SUBDOMAIN.fullmatch(value)
+        ):
+            raise errors.ParamError(field, f"{_show(value)} is not a DNS-1123 subdomain")
+        return value
+
+    return check
+
+
+def env_name() -> Validator:
+    """The name of an environment variable (secrets come from the environment)."""
+
+    def check(field: str, value: Any) -> str:
+        if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+            raise errors.ParamError(field, f"{_show(value)} is not an environment variable name")
+        return value
+
+    return check
+
+
+def integer(*, lo: int, hi: int) -> Validator:
+    """An integer in [lo, hi]; rendered text like "3" is accepted, "3.5" is not."""
+
+    def check(field: str, value: Any) -> int:
+        if isinstance(value, bool):
+            raise errors.ParamError(field, "expected an integer, got a boolean")
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,12}", value.strip()):
+            value = int(value)
+        if not isinstance(value, int):
+            raise errors.ParamError(field, f"expected an integer, got {_show(value)}")
+        if not lo <= value <= hi:
+            raise errors.ParamError(field, f"{value} is outside {lo}..{hi}")
+        return value
+
+    return check
+
+
+def duration(*, lo: float = 0.0, hi: float = 86400.0) -> Validator:
+    def check(field: str, value: Any) -> float:
+        try:
+            seconds = durations.parse(value)
+        except ValueError as exc:
+            raise errors.ParamError(field, str(exc)) from exc
+        if not lo <= seconds <= hi:
+            raise errors.ParamError(field, f"{value} is outside {lo}s..{hi}s")
+        return seconds
+
+    return check
+
+
+def choice(*options: str) -> Validator:
+    def check(field: str, value: Any) -> str:
+        if value not in options:
+            raise errors.ParamError(field, f"{_show(value)} is not one of {', '.join(options)}")
+        return str(value)
+
+    return check
+
+
+def _show(value: Any) -> str:
+    """A value for an error message: quoted, and cut so a 10 kB label stays readable."""
+    r = repr(value)
+    return r if len(r) <= 80 else r[:77] + "..."

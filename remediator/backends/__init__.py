@@ -1,0 +1,1 @@
+"""Journal, state and audit behind small interfaces; a backend is chosen in config."""

@@ -1,0 +1,159 @@
+"""The audit trail: one row per decision, updated as its story goes on.
+
+An action's row is written *before* the action runs, as `failed/interrupted`, and
+updated with the real outcome after: if the process dies mid-action the row already
+says so, and the occurrence is never acted on a second time after the restart.
+Verification and escalation are written onto the same row, so one row tells
+"executed → ineffective → escalated".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import sqlite3
+from typing import Any, Protocol
+
+from remediator.backends.sqlite import Database
+from remediator.models.alert import iso
+from remediator.models.decision import Decision, Outcome, Reason
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    decided_at TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    alertname TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    starts_at TEXT NOT NULL,
+    source TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    target TEXT NOT NULL,
+    action TEXT NOT NULL,
+    params TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    verification TEXT NOT NULL DEFAULT '',
+    escalation TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS decisions_rule ON decisions (rule, id);
+CREATE INDEX IF NOT EXISTS decisions_alertname ON decisions (alertname, id);
+CREATE INDEX IF NOT EXISTS decisions_occurrence ON decisions (fingerprint, starts_at);
+CREATE INDEX IF NOT EXISTS decisions_decided_at ON decisions (decided_at);
+"""
+
+COLUMNS = (
+    "id", "decided_at", "received_at", "rule", "alertname", "fingerprint", "starts_at",
+    "source", "outcome", "reason", "target", "action", "params", "detail", "request_id",
+    "attempt", "verification", "escalation",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Query:
+    rule: str | None = None
+    alertname: str | None = None
+    outcome: str | None = None
+    since: dt.datetime | None = None
+    before: int | None = None
+    """Only rows with an id below this (pagination cursor, newest first)."""
+    limit: int = 100
+
+
+class Audit(Protocol):
+    async def record(self, decision: Decision) -> int: ...
+
+    async def update(self, id_: int, *, outcome: Outcome, reason: Reason, detail: str) -> None: ...
+
+    def annotate(self, id_: int, *, verification: str | None = None,
+                 escalation: str | None = None) -> None: ...  # fmt: skip
+
+    async def query(self, q: Query) -> list[dict[str, Any]]: ...
+
+    async def recent_occurrences(self, since: dt.datetime) -> list[dict[str, Any]]: ...
+
+
+class SqliteAudit:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def record(self, decision: Decision) -> int:
+        d = decision
+        row = (
+            iso(d.decided_at), iso(d.received_at), d.rule, d.alertname, d.fingerprint,
+            d.starts_at, d.source, str(d.outcome), str(d.reason), d.target, d.action,
+            json.dumps(dict(d.params), default=str), d.detail, d.request_id, d.attempt,
+        )  # fmt: skip
+
+        def job(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                f"INSERT INTO decisions ({', '.join(COLUMNS[1:16])}) "  # noqa: S608 - fixed names
+                f"VALUES ({', '.join('?' * 15)})",
+                row,
+            )
+            return cur.lastrowid or 0
+
+        return await self._db.submit(job)
+
+    async def update(self, id_: int, *, outcome: Outcome, reason: Reason, detail: str) -> None:
+        await self._db.submit(
+            lambda c: c.execute(
+                "UPDATE decisions SET outcome = ?, reason = ?, detail = ? WHERE id = ?",
+                (str(outcome), str(reason), detail, id_),
+            )
+        )
+
+    def annotate(
+        self, id_: int, *, verification: str | None = None, escalation: str | None = None
+    ) -> None:
+        sets, args = [], []
+        if verification is not None:
+            sets.append("verification = ?")
+            args.append(verification)
+        if escalation is not None:
+            sets.append("escalation = ?")
+            args.append(escalation)
+        if not sets:
+            return
+        sql = f"UPDATE decisions SET {', '.join(sets)} WHERE id = ?"  # noqa: S608 - fixed names
+        self._db.submit(lambda c: c.execute(sql, (*args, id_)))
+
+    async def query(self, q: Query) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[str | int] = []
+        for column, value in (("rule", q.rule), ("alertname", q.alertname), ("outcome", q.outcome)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if q.since is not None:
+            where.append("decided_at >= ?")
+            args.append(iso(q.since))
+        if q.before is not None:
+            where.append("id < ?")
+            args.append(q.before)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM decisions"  # noqa: S608 - fixed names
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(q.limit)
+        rows = await self._db.read(lambda c: c.execute(sql, args).fetchall())
+        out = []
+        for row in rows:
+            item = dict(zip(COLUMNS, row, strict=True))
+            item["params"] = json.loads(item["params"])
+            out.append(item)
+        return out
+
+    async def recent_occurrences(self, since: dt.datetime) -> list[dict[str, Any]]:
+        """Decisions since a time, oldest first: rebuilds occurrence dedup on start."""
+        sql = (
+            "SELECT rule, fingerprint, starts_at, outcome, reason, target, decided_at "
+            "FROM decisions WHERE decided_at >= ? ORDER BY id"
+        )
+        rows = await self._db.read(lambda c: c.execute(sql, (iso(since),)).fetchall())
+        keys = ("rule", "fingerprint", "starts_at", "outcome", "reason", "target", "decided_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -1,0 +1,151 @@
+"""Entry points: `remediator serve | check | simulate` (DESIGN.md "CLI contract")."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from remediator import __version__, errors, logs
+from remediator import settings as settings_mod
+from remediator.engine.simulate import simulate
+from remediator.intake import alertmanager
+from remediator.matching import loader
+from remediator.matching.index import RuleIndex
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler: Any = {"serve": _serve, "check": _check, "simulate": _simulate}[args.command]
+    return int(handler(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="remediator", description="Alerts in, bounded remediations out."
+    )
+    p.add_argument("--version", action="version", version=f"remediator {__version__}")
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("serve", help="run the daemon")
+    _config_arg(s)
+    s.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:9097)")
+    s.add_argument("--rules", type=Path, help="rules directory (default ./rules)")
+    s.add_argument("--data-dir", type=Path, help="journal and audit (default ./data)")
+    dry = s.add_mutually_exclusive_group()
+    dry.add_argument("--dry-run", dest="dry_run", action="store_true", default=None)
+    dry.add_argument("--no-dry-run", dest="dry_run", action="store_false")
+    c = sub.add_parser("check", help="validate rule files; exit 1 with file:line: message")
+    c.add_argument("rules_dir", nargs="?", type=Path)
+    _config_arg(c)
+    m = sub.add_parser("simulate", help="show what the rules would do with a sample alert")
+    m.add_argument("alert_file", type=Path, help="an Alertmanager webhook payload (JSON)")
+    m.add_argument("--rules", type=Path)
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    _config_arg(m)
+    return p
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=os.environ.get("REMEDIATOR_CONFIG") or None,
+        help="config file (default $REMEDIATOR_CONFIG; none: embedded defaults)",
+    )
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> settings_mod.Settings:
+    overrides = {k: v for k, v in extra.items() if v is not None}
+    return settings_mod.load(args.config, overrides=overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        "rules_dir": args.rules, "data_dir": args.data_dir, "dry_run": args.dry_run,
+    }  # fmt: skip
+    try:
+        if args.listen:
+            host, port = settings_mod.parse_listen(args.listen, "--listen")
+            overrides |= {"listen_host": host, "listen_port": port}
+        settings = _settings(args, **overrides)
+    except errors.ConfigError as exc:
+        print(f"remediator: config error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(fmt=settings.log_format, level=settings.log_level)
+    from remediator import runner  # noqa: PLC0415 - keeps `check` free of server imports
+
+    return asyncio.run(runner.serve(settings))
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args)
+    except errors.ConfigError as exc:
+        print(f"config: {exc}", file=sys.stderr)
+        return 1
+    directory = args.rules_dir or settings.rules_dir
+    try:
+        rules = loader.load_dir(directory)
+    except errors.RuleFileErrors as exc:
+        for e in exc.errors:
+            print(e, file=sys.stderr)
+        print(f"{len(exc.errors)} error(s)", file=sys.stderr)
+        return 1
+    files = len(loader.rule_files(directory))
+    print(f"ok: {len(rules)} rules in {files} files")
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args, rules_dir=args.rules)
+        rules = loader.load_dir(settings.rules_dir)
+        body = args.alert_file.read_bytes()
+        alerts = alertmanager.parse(body, received_at=dt.datetime.now(dt.UTC), max_alerts=10_000)
+    except errors.RuleFileErrors as exc:
+        for e in exc.errors:
+            print(e, file=sys.stderr)
+        return 1
+    except (errors.RemediatorError, OSError) as exc:
+        print(f"remediator simulate: {exc}", file=sys.stderr)
+        return 1
+    index = RuleIndex(rules)
+    now = time.time()
+
+    async def run_all() -> list[dict[str, Any]]:
+        return [
+            {
+                "alert": alert.name,
+                "fingerprint": alert.fingerprint,
+                "status": alert.status,
+                "labels": dict(alert.labels),
+                "rules": await simulate(alert, index, settings, now=now),
+            }
+            for alert in alerts
+        ]
+
+    report = asyncio.run(run_all())
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for item in report:
+        print(f"alert {item['alert']} ({item['status']}) fingerprint={item['fingerprint']}")
+        if not item["rules"]:
+            print("  no rule matches")
+        for r in item["rules"]:
+            print(f"  rule {r['rule']} ({r['file']}) action={r['action']}")
+            for g in r["guards"]:
+                print(f"    {g['guard']:<10} {g['verdict']:<14} {g['detail']}")
+            if r["params"] is not None:
+                print(f"    params     {json.dumps(r['params'])}")
+    return 0

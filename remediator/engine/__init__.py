@@ -1,0 +1,1 @@
+"""The engine: guards in order, decisions, action runs, verification and escalation."""

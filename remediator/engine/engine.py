@@ -1,0 +1,599 @@
+"""The engine: journaled alerts in, one recorded decision per (alert occurrence, rule) out.
+
+Guards run in the order of DESIGN.md: paused, blackout, duplicate occurrence, silenced,
+`for`, cooldown, attempts, rule rate, global budgets, circuit, target lock, dry-run.
+The cheap checks and the reservation of an attempt never await I/O in between, so two
+deliveries of one occurrence racing through the workers cannot both act.
+
+Actions run in their own tasks (bounded by `limits.max_concurrent_actions`), so a slow
+action never stalls intake. Their audit row is written *before* they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import structlog
+
+from remediator import errors
+from remediator.actions import registry
+from remediator.actions.base import Action, Context, Result
+from remediator.backends.audit import Audit
+from remediator.backends.journal import Journal, JournalEntry
+from remediator.backends.state import State
+from remediator.engine import guards
+from remediator.engine.clock import Clock, Timer
+from remediator.matching import templates
+from remediator.matching.index import RuleIndex
+from remediator.metrics import Metrics
+from remediator.models.alert import Alert, iso
+from remediator.models.decision import Decision, Outcome, Reason
+from remediator.models.rule import ActionSpec, Rule
+from remediator.settings import Settings
+
+log = structlog.get_logger("remediator.engine")
+
+# A skip for one of these reasons holds only while the reason does: once the pause,
+# blackout or silence is over, the next re-delivery of a still-firing alert is decided
+# again instead of being dropped as a duplicate.
+TRANSIENT = frozenset({Reason.PAUSED, Reason.BLACKOUT, Reason.SILENCED})
+HELD = "held"
+DECIDING = "deciding"
+
+SilenceCheck = Callable[[Alert], Awaitable[tuple[Reason, str] | None]]
+"""Returns (silenced|silence_check_failed, detail) to skip, None to go on (issue: silences)."""
+
+
+def occurrence_key(rule: Rule, alert: Alert) -> str:
+    return f"{rule.name}\x00{alert.fingerprint}\x00{iso(alert.starts_at)}"
+
+
+def prepare(
+    spec: ActionSpec, rule: Rule, alert: Alert, settings: Settings
+) -> tuple[Action | None, dict[str, Any] | None, str, tuple[Reason, str] | None]:
+    """Render and validate an action's params: (action, values, target, problem).
+
+    Label values are untrusted: every rendered value goes through the action's declared
+    validation and its allow-lists, so a label can never widen what the rule does.
+    """
+    action = registry.get(spec.type)
+    if action is None:
+        return None, None, "", (Reason.TEMPLATE_ERROR, f"unknown action type {spec.type!r}")
+    try:
+        values = action.schema.validate(templates.render_params(spec.params, alert))
+        action.check_allowed(values, settings)
+    except (errors.TemplateError, errors.ParamError) as exc:
+        return action, None, "", (Reason.TEMPLATE_ERROR, f"{spec.type}: {exc}")
+    except errors.NotAllowed as exc:
+        return action, None, "", (Reason.NOT_ALLOWED, f"{spec.type}: {exc}")
+    target = f"{action.type} {action.target(values) or rule.name}"
+    return action, values, target, None
+
+
+@dataclasses.dataclass(slots=True)
+class _Held:
+    entry: JournalEntry
+    rule: Rule
+    timer: Timer
+
+
+@dataclasses.dataclass(slots=True)
+class _Verifying:
+    rule: Rule
+    alert: Alert
+    target: str
+    decision_id: int
+    timer: Timer
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Recheck:
+    entry: JournalEntry
+    rule: Rule
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        index: RuleIndex,
+        journal: Journal,
+        audit: Audit,
+        state: State,
+        metrics: Metrics,
+        clients: Any,
+        clock: Clock,
+        silences: SilenceCheck | None = None,
+    ) -> None:
+        self.settings = settings
+        self.index = index
+        self.journal = journal
+        self.audit = audit
+        self.state = state
+        self.metrics = metrics
+        self.clients = clients
+        self.clock = clock
+        self.silences = silences
+        # Bounded by construction: intake refuses (503) once the journal backlog, which
+        # counts everything queued here, reaches `intake.backlog_limit`.
+        self._queue: asyncio.Queue[JournalEntry | _Recheck] = asyncio.Queue()
+        self._held: dict[str, _Held] = {}
+        self._verifying: dict[str, _Verifying] = {}
+        self._refs: dict[int, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(settings.budgets.max_concurrent_actions)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._busy = 0
+
+    # -- intake side -------------------------------------------------------------
+
+    def submit(self, entries: list[JournalEntry]) -> None:
+        for e in entries:
+            self._queue.put_nowait(e)
+        if entries:
+            self._idle.clear()
+
+    async def run(self, workers: int) -> None:
+        """Decide queued work until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            for i in range(workers):
+                tg.create_task(self._worker(), name=f"engine-worker-{i}")
+
+    async def _worker(self) -> None:
+        while True:
+            item = await self._queue.get()
+            self._busy += 1
+            try:
+                if isinstance(item, _Recheck):
+                    await self._recheck(item)
+                else:
+                    await self._process(item)
+            except Exception:
+                log.exception("engine_error", item=repr(item)[:200])
+            finally:
+                self._busy -= 1
+                self._queue.task_done()
+                if self._queue.empty() and self._busy == 0:
+                    self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until every queued alert has been decided (held ones stay held). For tests."""
+        await self._queue.join()
+
+    async def wait_actions(self, timeout: float | None = None) -> set[asyncio.Task[None]]:
+        """Wait for running actions and escalations; return those still running."""
+        if not self._tasks:
+            return set()
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        return pending
+
+    # -- deciding ---------------------------------------------------------------
+
+    async def _process(self, entry: JournalEntry) -> None:
+        alert = entry.alert
+        rules = self.index.match(alert)
+        if alert.status == "resolved":
+            for rule in rules:
+                await self._resolved(rule, alert)
+            self.journal.finish(entry.id)
+            return
+        outstanding = 0
+        for rule in rules:
+            if not await self._decide(entry, rule, recheck=False):
+                outstanding += 1
+        if outstanding:
+            self._refs[entry.id] = outstanding
+        else:
+            self.journal.finish(entry.id)
+
+    async def _recheck(self, item: _Recheck) -> None:
+        key = occurrence_key(item.rule, item.entry.alert)
+        if self._held.pop(key, None) is None:
+            return  # resolved meanwhile: its too_young decision is already recorded
+        if await self._decide(item.entry, item.rule, recheck=True):
+            self._release_ref(item.entry.id)
+
+    def _release_ref(self, entry_id: int) -> None:
+        left = self._refs.get(entry_id, 1) - 1
+        if left <= 0:
+            self._refs.pop(entry_id, None)
+            self.journal.finish(entry_id)
+        else:
+            self._refs[entry_id] = left
+
+    async def _decide(self, entry: JournalEntry, rule: Rule, *, recheck: bool) -> bool:
+        """Decide one rule for one firing alert. False when held for `for`."""
+        alert = entry.alert
+        now = self.clock.now()
+        key = occurrence_key(rule, alert)
+        skip = self._transient_reason(rule, alert, now)
+        prev = await self.state.occurrence(key)
+        if not self._should_decide(
+            prev.status if prev else None,
+            rule,
+            skip,
+            now,
+            prev_at=prev.at if prev else 0.0,
+            recheck=recheck,
+        ):
+            self.metrics.duplicates.labels(source=alert.source).inc()
+            return True
+        await self.state.set_occurrence(key, DECIDING, now)
+        base = _Base(entry, rule, now)
+        if skip is not None:
+            await self._record(base, Outcome.SKIPPED, skip[0], detail=skip[1])
+            return True
+        if self.silences is not None:
+            silenced = await self.silences(alert)
+            if silenced is not None:
+                await self._record(base, Outcome.SKIPPED, silenced[0], detail=silenced[1])
+                return True
+        age = now - alert.starts_at.timestamp()
+        if age < rule.for_:
+            await self.state.set_occurrence(key, HELD, now)
+            due = alert.starts_at.timestamp() + rule.for_
+            timer = self.clock.call_at(due, lambda: self._queue.put_nowait(_Recheck(entry, rule)))
+            self._held[key] = _Held(entry, rule, timer)
+            log.debug("alert_held", rule=rule.name, fingerprint=alert.fingerprint, due=due)
+            return False
+        action, values, target, problem = prepare(rule.action, rule, alert, self.settings)
+        if problem is not None:
+            await self._record(
+                base, Outcome.SKIPPED, problem[0], detail=problem[1], action=rule.action.type
+            )
+            return True
+        assert action is not None and values is not None  # set when no problem
+        verdict = await self.state.reserve(
+            rule=rule, target=target, budgets=self.settings.budgets, now=now,
+            dry_run=self.settings.dry_run,
+        )  # fmt: skip
+        if verdict.reason is not None:
+            await self._record(
+                base, Outcome.SKIPPED, verdict.reason, detail=verdict.detail,
+                target=target, action=action.type, params=values,
+            )  # fmt: skip
+            if verdict.reason is Reason.MAX_ATTEMPTS:
+                self._spawn(self._escalate(rule, alert, target, None, verdict.detail), "escalate")
+            return True
+        if self.settings.dry_run:
+            result, failure = await self._call(action, values, self._context(rule, alert), dry=True)
+            if failure is None:
+                assert result is not None
+                await self._record(
+                    base, Outcome.DRY_RUN, Reason.NONE, detail=result.detail, target=target,
+                    action=action.type, params=values, attempt=verdict.attempt,
+                )  # fmt: skip
+            else:
+                await self._record(
+                    base, Outcome.DRY_RUN, failure[0], detail=f"dry run failed: {failure[1]}",
+                    target=target, action=action.type, params=values, attempt=verdict.attempt,
+                )  # fmt: skip
+            return True
+        # Written before the action runs: if the process dies now, the row already says
+        # so and the occurrence is never acted on again after a restart.
+        decision_id = await self._record(
+            base, Outcome.FAILED, Reason.INTERRUPTED,
+            detail="started; the daemon stopped before the action finished",
+            target=target, action=action.type, params=values, attempt=verdict.attempt,
+            durable=True, final=False,
+        )  # fmt: skip
+        self.metrics.inflight_actions.inc()
+        self._spawn(
+            self._execute(base, action, values=values, target=target, decision_id=decision_id),
+            f"action:{target}",
+        )
+        return True
+
+    def _should_decide(
+        self,
+        prev: str | None,
+        rule: Rule,
+        skip: tuple[Reason, str] | None,
+        now: float,
+        *,
+        prev_at: float,
+        recheck: bool,
+    ) -> bool:
+        if prev is None:
+            return True
+        if prev == HELD:
+            return recheck
+        if prev == DECIDING:
+            return False
+        outcome, _, reason = prev.partition("/")
+        if outcome == Outcome.SKIPPED and reason in TRANSIENT:
+            return skip is None or skip[0] != reason
+        if rule.limits.retry_while_firing and outcome != Outcome.SKIPPED:
+            return now - prev_at >= rule.limits.cooldown
+        return False
+
+    def _transient_reason(self, rule: Rule, alert: Alert, now: float) -> tuple[Reason, str] | None:
+        if self.state.paused:
+            return Reason.PAUSED, "all actions are paused (POST /api/v1/resume to resume)"
+        name = guards.blackout(
+            self.settings.blackouts, rule, alert, dt.datetime.fromtimestamp(now, dt.UTC)
+        )
+        if name is not None:
+            return Reason.BLACKOUT, f"blackout window {name!r} is active"
+        return None
+
+    def _context(self, rule: Rule, alert: Alert) -> Context:
+        return Context(
+            alert=alert,
+            rule=rule.name,
+            settings=self.settings,
+            clients=self.clients,
+            log=log.bind(rule=rule.name, fingerprint=alert.fingerprint),
+            timeout=self.settings.budgets.action_timeout,
+        )
+
+    async def _call(
+        self, action: Action, values: Mapping[str, Any], ctx: Context, *, dry: bool
+    ) -> tuple[Result | None, tuple[Reason, str] | None]:
+        """Run (or dry-run) an action within its timeout, retrying only if idempotent."""
+        fn = action.dry_run if dry else action.run
+        deadline = time.monotonic() + ctx.timeout
+        while True:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    return await fn(values, ctx), None
+            except TimeoutError:
+                return None, (
+                    Reason.TIMEOUT,
+                    f"no result within {ctx.timeout:.0f}s (limits.action_timeout)",
+                )
+            except errors.TemporaryError as exc:
+                if not action.idempotent or time.monotonic() + exc.delay >= deadline:
+                    return None, (Reason.ACTION_ERROR, str(exc))
+                ctx.log.info("action_retry", action=action.type, error=str(exc), delay=exc.delay)
+                await asyncio.sleep(exc.delay)
+            except errors.RemediatorError as exc:
+                return None, (Reason.ACTION_ERROR, str(exc))
+            except Exception as exc:
+                ctx.log.exception("action_crashed", action=action.type)
+                return None, (Reason.ACTION_ERROR, f"{type(exc).__name__}: {exc}")
+
+    async def _execute(
+        self,
+        base: _Base,
+        action: Action,
+        *,
+        values: dict[str, Any],
+        target: str,
+        decision_id: int,
+    ) -> None:
+        rule, alert = base.rule, base.entry.alert
+        started = time.monotonic()
+        try:
+            async with self._slots:
+                result, failure = await self._call(
+                    action, values, self._context(rule, alert), dry=False
+                )
+        finally:
+            self.metrics.inflight_actions.dec()
+            await self.state.release(target)
+        self.metrics.action_duration.labels(action=action.type).observe(time.monotonic() - started)
+        now = self.clock.now()
+        if failure is None:
+            assert result is not None
+            outcome, reason, detail = Outcome.EXECUTED, Reason.NONE, result.detail
+        else:
+            outcome, reason, detail = Outcome.FAILED, failure[0], failure[1]
+        await self.audit.update(decision_id, outcome=outcome, reason=reason, detail=detail)
+        key = occurrence_key(rule, alert)
+        await self.state.set_occurrence(key, f"{outcome}/{reason}", now)
+        self._count(rule, outcome, reason)
+        self.metrics.actions.labels(
+            rule=rule.name, action=action.type, result="ok" if failure is None else "error"
+        ).inc()
+        self._log(base, outcome, reason, target=target, detail=detail, decision_id=decision_id)
+        if failure is not None:
+            if await self.state.record_result(rule=rule, target=target, ok=False, now=now):
+                await self._escalate(rule, alert, target, decision_id, f"circuit opened: {detail}")
+            return
+        if rule.resolve_within is None or (result is not None and not result.changed):
+            await self.state.record_result(rule=rule, target=target, ok=True, now=now)
+            return
+        if key in self._verifying:
+            self._verifying.pop(key).timer.cancel()
+        timer = self.clock.call_at(
+            now + rule.resolve_within, lambda: self._spawn(self._ineffective(key), "verify")
+        )
+        self._verifying[key] = _Verifying(rule, alert, target, decision_id, timer)
+
+    # -- verification and escalation --------------------------------------------
+
+    async def _resolved(self, rule: Rule, alert: Alert) -> None:
+        key = occurrence_key(rule, alert)
+        held = self._held.pop(key, None)
+        if held is not None:
+            held.timer.cancel()
+            now = self.clock.now()
+            await self._record(
+                _Base(held.entry, rule, now), Outcome.SKIPPED, Reason.TOO_YOUNG,
+                detail=f"resolved after {now - alert.starts_at.timestamp():.0f}s, "
+                f"before for={rule.for_:.0f}s",
+            )  # fmt: skip
+            self._release_ref(held.entry.id)
+        pending = self._verifying.pop(key, None)
+        if pending is not None:
+            pending.timer.cancel()
+            now = self.clock.now()
+            await self.state.record_result(rule=rule, target=pending.target, ok=True, now=now)
+            self.metrics.verified.labels(rule=rule.name, result="effective").inc()
+            self.audit.annotate(
+                pending.decision_id,
+                verification="effective: resolved at "
+                + iso(dt.datetime.fromtimestamp(now, dt.UTC)),
+            )
+            log.info(
+                "remediation_verified",
+                rule=rule.name,
+                target=pending.target,
+                result="effective",
+                decision_id=pending.decision_id,
+            )
+
+    async def _ineffective(self, key: str) -> None:
+        pending = self._verifying.pop(key, None)
+        if pending is None:
+            return
+        rule, now = pending.rule, self.clock.now()
+        self.metrics.verified.labels(rule=rule.name, result="ineffective").inc()
+        why = (
+            f"ineffective: still firing {rule.resolve_within:.0f}s after the action "
+            "(verify.resolve_within)"
+        )
+        self.audit.annotate(pending.decision_id, verification=why)
+        log.warning(
+            "remediation_verified",
+            rule=rule.name,
+            target=pending.target,
+            result="ineffective",
+            decision_id=pending.decision_id,
+        )
+        if await self.state.record_result(rule=rule, target=pending.target, ok=False, now=now):
+            await self._escalate(
+                rule, pending.alert, pending.target, pending.decision_id, f"circuit opened: {why}"
+            )
+
+    async def _escalate(
+        self, rule: Rule, alert: Alert, target: str, decision_id: int | None, why: str
+    ) -> None:
+        log.warning("escalation_due", rule=rule.name, target=target, why=why)
+        if rule.escalate is None:
+            return
+        if not await self.state.should_escalate(rule=rule, target=target, now=self.clock.now()):
+            return
+        action, values, _, problem = prepare(rule.escalate, rule, alert, self.settings)
+        if problem is not None:
+            text = f"escalation not sent: {problem[1]}"
+            result_label = "error"
+        else:
+            assert action is not None and values is not None
+            result, failure = await self._call(
+                action, values, self._context(rule, alert), dry=self.settings.dry_run
+            )
+            if failure is None:
+                assert result is not None
+                text, result_label = (
+                    f"{why}; {result.detail}",
+                    "dry_run" if self.settings.dry_run else "ok",
+                )
+            else:
+                text, result_label = f"{why}; escalation failed: {failure[1]}", "error"
+        self.metrics.escalations.labels(rule=rule.name, result=result_label).inc()
+        log.warning("escalated", rule=rule.name, target=target, result=result_label, detail=text)
+        if decision_id is not None:
+            self.audit.annotate(decision_id, escalation=text)
+
+    # -- recording --------------------------------------------------------------
+
+    async def _record(
+        self,
+        base: _Base,
+        outcome: Outcome,
+        reason: Reason,
+        *,
+        detail: str,
+        target: str = "",
+        action: str = "",
+        params: Mapping[str, Any] | None = None,
+        attempt: int = 0,
+        durable: bool = False,
+        final: bool = True,
+    ) -> int:
+        """Record a decision: audit row, occurrence status, metric, log event.
+
+        Skips and dry runs are not awaited: the writer commits them in order before the
+        journal entry is dropped. An action's row is awaited (`durable`) before it runs.
+        """
+        alert = base.entry.alert
+        decision = Decision(
+            rule=base.rule.name, alertname=alert.name, fingerprint=alert.fingerprint,
+            starts_at=iso(alert.starts_at), source=alert.source, outcome=outcome, reason=reason,
+            decided_at=dt.datetime.fromtimestamp(self.clock.now(), dt.UTC),
+            received_at=alert.received_at, target=target, action=action,
+            params=params or {}, detail=detail, request_id=base.entry.request_id, attempt=attempt,
+        )  # fmt: skip
+        key = occurrence_key(base.rule, alert)
+        await self.state.set_occurrence(key, f"{outcome}/{reason}", base.now)
+        decision_id = 0
+        if durable:
+            decision_id = await self.audit.record(decision)
+        else:
+            fut = asyncio.ensure_future(self.audit.record(decision))
+            fut.add_done_callback(_log_record_failure)
+        if final:
+            self._count(base.rule, outcome, reason)
+            self._log(base, outcome, reason, target=target, detail=detail, decision_id=decision_id)
+        return decision_id
+
+    def _count(self, rule: Rule, outcome: Outcome, reason: Reason) -> None:
+        self.metrics.decisions.labels(
+            rule=rule.name, outcome=str(outcome), reason=str(reason)
+        ).inc()
+
+    def _log(
+        self,
+        base: _Base,
+        outcome: Outcome,
+        reason: Reason,
+        *,
+        target: str,
+        detail: str,
+        decision_id: int,
+    ) -> None:
+        alert = base.entry.alert
+        log.info(
+            "decision_recorded",
+            rule=base.rule.name,
+            outcome=str(outcome),
+            reason=str(reason),
+            target=target,
+            fingerprint=alert.fingerprint,
+            alertname=alert.name,
+            request_id=base.entry.request_id,
+            detail=detail[:500],
+            decision_id=decision_id or None,
+        )
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
+
+    def cancel_timers(self) -> None:
+        for h in self._held.values():
+            h.timer.cancel()
+        for v in self._verifying.values():
+            v.timer.cancel()
+
+    @property
+    def held_count(self) -> int:
+        return len(self._held)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Base:
+    entry: JournalEntry
+    rule: Rule
+    now: float
+
+
+def _log_record_failure(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("audit_record_failed", error=str(fut.exception()))

@@ -1,0 +1,116 @@
+"""The one exception tree of remediator.
+
+    RemediatorError
+    ├── ConfigError            config file or environment is invalid (`path: message`)
+    ├── RuleFileError          a rule file is invalid (`file:line: message`)
+    ├── IntakeError            a webhook body cannot be accepted → HTTP 4xx
+    │   ├── PayloadTooLarge    → 413
+    │   └── Unauthorized       → 401
+    ├── Backpressure           the journal backlog is full → 503, the sender retries
+    ├── TemplateError          a template references a key the alert does not have
+    ├── ParamError             a rendered action parameter is invalid (→ template_error)
+    ├── NotAllowed             a rendered parameter is outside what config/rule allow
+    └── ActionError            an action ran and failed
+        ├── PermanentError     retrying cannot help (404, 403, bad request)
+        ├── TemporaryError     may succeed later (timeout, 429, 5xx); carries `delay`
+        └── ActionTimeout      the action did not finish within its timeout
+
+Every error carries what failed (rule, target, config key, field) so that the message
+says what to fix.
+"""
+
+from __future__ import annotations
+
+
+class RemediatorError(Exception):
+    """Base of every error remediator raises on purpose."""
+
+
+class ConfigError(RemediatorError):
+    """The config file or environment is invalid; `path` names the config key."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+class RuleFileError(RemediatorError):
+    """A rule file is invalid; str() is `file:line: message`."""
+
+    def __init__(self, file: str, line: int, message: str) -> None:
+        super().__init__(f"{file}:{line}: {message}")
+        self.file = file
+        self.line = line
+        self.message = message
+
+
+class RuleFileErrors(RemediatorError):
+    """Several rule file errors, reported together so a user fixes them in one pass."""
+
+    def __init__(self, errors: list[RuleFileError]) -> None:
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+class IntakeError(RemediatorError):
+    """A webhook body that cannot be accepted. `status` is the HTTP answer."""
+
+    status = 400
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class PayloadTooLarge(IntakeError):
+    status = 413
+
+
+class Unauthorized(IntakeError):
+    status = 401
+
+
+class Backpressure(RemediatorError):
+    """The journal backlog reached its bound; answer 503 so the sender retries."""
+
+
+class TemplateError(RemediatorError):
+    """A template names a key the alert does not carry (never rendered as empty)."""
+
+
+class ParamError(RemediatorError):
+    """A rendered action parameter fails validation (format, length, characters)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"param {field!r}: {message}")
+        self.field = field
+
+
+class NotAllowed(RemediatorError):
+    """A rendered parameter is valid but outside what the rule or config allows."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"param {field!r}: {message}")
+        self.field = field
+
+
+class ActionError(RemediatorError):
+    """An action ran and failed."""
+
+
+class PermanentError(ActionError):
+    """Retrying cannot help."""
+
+
+class TemporaryError(ActionError):
+    """May succeed later; `delay` is the suggested wait in seconds before a retry."""
+
+    def __init__(self, message: str, *, delay: float = 1.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class ActionTimeout(ActionError):
+    """The action did not finish within its timeout."""

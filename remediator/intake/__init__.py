@@ -1,0 +1,1 @@
+"""Wire formats → Alert. Pure parsing: no I/O, no knowledge of rules."""

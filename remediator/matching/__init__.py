@@ -1,0 +1,1 @@
+"""Rule matching: matcher semantics, templates, rule files, the alertname index."""

@@ -1,0 +1,333 @@
+"""Rule files → validated Rules, with every error as `file:line: message`.
+
+All files of a directory are checked and all errors reported together, so
+`remediator check` shows everything to fix in one pass. Loading is all-or-nothing:
+a reload with any error keeps the rules already loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from remediator import durations, errors
+from remediator.actions import registry
+from remediator.matching import matchers, templates
+from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule
+
+_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_RULE_KEYS = {
+    "name", "description", "runbook_url", "source", "matchers", "for", "action", "limits",
+    "verify", "circuit_breaker", "escalate", "silence_while_remediating",
+}  # fmt: skip
+MAX_FILE_BYTES = 4 << 20
+
+
+class _Map(dict[str, Any]):
+    """A YAML mapping that remembers the line of itself and of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    m = _Map()
+    m.line = node.start_mark.line + 1
+    m.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"mapping key {key!r} is not a string", key_node.start_mark
+            )
+        if key in m:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        m[key] = loader.construct_object(value_node, deep=True)
+        m.key_lines[key] = value_node.start_mark.line + 1
+    return m
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def rule_files(directory: Path) -> list[Path]:
+    """The rule files of a directory, sorted, so load order (and index order) is stable."""
+    return sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def load_dir(directory: Path) -> list[Rule]:
+    """Load and validate every rule file under a directory; raises RuleFileErrors."""
+    if not directory.is_dir():
+        raise errors.RuleFileErrors(
+            [errors.RuleFileError(str(directory), 0, "rules directory does not exist")]
+        )
+    problems: list[errors.RuleFileError] = []
+    rules: list[Rule] = []
+    for path in rule_files(directory):
+        file_rules, file_problems = load_file(path)
+        rules.extend(file_rules)
+        problems.extend(file_problems)
+    seen: dict[str, Rule] = {}
+    for rule in rules:
+        if rule.name in seen:
+            first = seen[rule.name]
+            problems.append(
+                errors.RuleFileError(
+                    rule.file,
+                    rule.line,
+                    f"duplicate rule name {rule.name!r} (first at {first.file}:{first.line})",
+                )
+            )
+        seen[rule.name] = rule
+    if problems:
+        raise errors.RuleFileErrors(problems)
+    return rules
+
+
+def load_file(path: Path) -> tuple[list[Rule], list[errors.RuleFileError]]:
+    """Rules of one file and the errors found in it (a bad rule does not hide others)."""
+    name = str(path)
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return [], [errors.RuleFileError(name, 0, f"larger than {MAX_FILE_BYTES} bytes")]
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return [], [errors.RuleFileError(name, 0, "not UTF-8 text")]
+    except OSError as exc:
+        return [], [errors.RuleFileError(name, 0, f"cannot read: {exc.strerror}")]
+    try:
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        return [], [errors.RuleFileError(name, line, f"invalid YAML: {exc.problem}")]
+    except yaml.YAMLError as exc:
+        return [], [errors.RuleFileError(name, 0, f"invalid YAML: {exc}")]
+    if doc is None:
+        return [], []
+    if not isinstance(doc, _Map) or "rules" not in doc:
+        return [], [errors.RuleFileError(name, 1, "expected a mapping with a `rules:` list")]
+    extra = sorted(set(doc) - {"rules"})
+    if extra:
+        return [], [
+            errors.RuleFileError(name, doc.key_lines[extra[0]], f"unknown key {extra[0]!r}")
+        ]
+    items = doc["rules"]
+    if not isinstance(items, list):
+        return [], [errors.RuleFileError(name, doc.key_lines["rules"], "`rules` must be a list")]
+    rules, problems = [], []
+    for item in items:
+        try:
+            rules.append(_rule(name, item, doc.key_lines["rules"]))
+        except errors.RuleFileError as exc:
+            problems.append(exc)
+    return rules, problems
+
+
+def _rule(file: str, item: Any, list_line: int) -> Rule:
+    if not isinstance(item, _Map):
+        raise errors.RuleFileError(file, list_line, "each rule must be a mapping")
+    at = _At(file, item)
+    unknown = sorted(set(item) - _RULE_KEYS)
+    if unknown:
+        raise at.error(
+            unknown[0], f"unknown key {unknown[0]!r}; known: {', '.join(sorted(_RULE_KEYS))}"
+        )
+    name = item.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise at.error("name", f"rule name must match [a-z0-9-]+ (at most 63), got {name!r}")
+    source = item.get("source", "any")
+    if source not in ("alertmanager", "sns", "any"):
+        raise at.error("source", f"source must be alertmanager, sns or any, got {source!r}")
+    raw_matchers = item.get("matchers")
+    if not isinstance(raw_matchers, list) or not raw_matchers:
+        raise at.error("matchers", "matchers must be a non-empty list")
+    ms = []
+    for text in raw_matchers:
+        if not isinstance(text, str):
+            raise at.error(
+                "matchers", f"matcher must be a string like 'alertname = \"X\"', got {text!r}"
+            )
+        try:
+            ms.append(matchers.parse(text))
+        except ValueError as exc:
+            raise at.error("matchers", str(exc)) from exc
+    action = _action(at, "action", item.get("action"), required=True)
+    assert action is not None  # required=True never returns None
+    escalate = _action(at, "escalate", item.get("escalate"), required=False)
+    limits_map = _sub(
+        at,
+        item,
+        "limits",
+        {"cooldown", "max_attempts", "window", "max_actions", "retry_while_firing"},
+    )
+    lat = _At(file, limits_map)
+    limits = Limits(
+        cooldown=_duration(lat, "cooldown", 900.0),
+        max_attempts=_int(lat, "max_attempts", 3, lo=1, hi=1_000_000) or 3,
+        window=_duration(lat, "window", 3600.0),
+        max_actions=_int(lat, "max_actions", None, lo=1, hi=1_000_000),
+        retry_while_firing=_bool(lat, "retry_while_firing", False),
+    )
+    if limits.window <= 0:
+        raise lat.error("window", "window must be longer than 0s")
+    verify_map = _sub(at, item, "verify", {"resolve_within"})
+    vat = _At(file, verify_map)
+    resolve_within: float | None = _duration(vat, "resolve_within", 900.0)
+    if "resolve_within" in verify_map and verify_map["resolve_within"] in (None, "never"):
+        resolve_within = None
+    cb_map = _sub(at, item, "circuit_breaker", {"open_after", "reset_after"})
+    cat = _At(file, cb_map)
+    cb = CircuitBreaker(
+        open_after=_int(cat, "open_after", 3, lo=1, hi=1000) or 3,
+        reset_after=_duration(cat, "reset_after", 3600.0),
+    )
+    swr = item.get("silence_while_remediating")
+    return Rule(
+        name=name,
+        matchers=tuple(ms),
+        action=action,
+        description=_str(at, "description"),
+        runbook_url=_str(at, "runbook_url"),
+        source=source,
+        for_=_duration(at, "for", 0.0),
+        limits=limits,
+        resolve_within=resolve_within,
+        circuit_breaker=cb,
+        escalate=escalate,
+        silence_while_remediating=None
+        if swr is None
+        else _duration(at, "silence_while_remediating", 0.0),
+        file=file,
+        line=item.line,
+    )
+
+
+class _At:
+    """Errors located at a key of a mapping (its value's line), else at the mapping."""
+
+    def __init__(self, file: str, mapping: _Map) -> None:
+        self.file = file
+        self.mapping = mapping
+
+    def line(self, key: str) -> int:
+        return self.mapping.key_lines.get(key, self.mapping.line)
+
+    def error(self, key: str, message: str) -> errors.RuleFileError:
+        return errors.RuleFileError(self.file, self.line(key), message)
+
+
+def _sub(at: _At, item: _Map, key: str, allowed: set[str]) -> _Map:
+    value = item.get(key)
+    if value is None:
+        m = _Map()
+        m.line = at.line(key)
+        m.key_lines = {}
+        return m
+    if not isinstance(value, _Map):
+        raise at.error(key, f"`{key}` must be a mapping")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise _At(at.file, value).error(
+            unknown[0], f"unknown key {key}.{unknown[0]}; known: {', '.join(sorted(allowed))}"
+        )
+    return value
+
+
+def _action(at: _At, key: str, value: Any, *, required: bool) -> ActionSpec | None:
+    if value is None:
+        if required:
+            raise at.error(key, f"`{key}` is required")
+        return None
+    if not isinstance(value, _Map):
+        raise at.error(key, f"`{key}` must be a mapping with `type` and `params`")
+    aat = _At(at.file, value)
+    unknown = sorted(set(value) - {"type", "params"})
+    if unknown:
+        raise aat.error(unknown[0], f"unknown key {key}.{unknown[0]}; known: params, type")
+    type_ = value.get("type")
+    action = registry.get(type_) if isinstance(type_, str) else None
+    if action is None:
+        raise aat.error(
+            "type", f"unknown action type {type_!r}; known: {', '.join(registry.names())}"
+        )
+    raw = value.get("params") or {}
+    if not isinstance(raw, dict):
+        raise aat.error("params", f"`{key}.params` must be a mapping")
+    pat = _At(at.file, raw) if isinstance(raw, _Map) else aat
+    try:
+        compiled = templates.compile_params(raw)
+    except ValueError as exc:
+        raise pat.error(_first_bad_template(raw) or "params", str(exc)) from exc
+    try:
+        action.schema.check_static(compiled)
+    except errors.ParamError as exc:
+        raise pat.error(exc.field, f"{type_}: {exc}") from exc
+    return ActionSpec(type=type_, params=compiled)  # type: ignore[arg-type]
+
+
+def _first_bad_template(raw: dict[str, Any]) -> str | None:
+    for k, v in raw.items():
+        for text in _strings(v):
+            try:
+                templates.parse(text)
+            except ValueError:
+                return k
+    return None
+
+
+def _strings(v: Any) -> Iterator[str]:
+    if isinstance(v, str):
+        yield v
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from _strings(x)
+    elif isinstance(v, list):
+        for x in v:
+            yield from _strings(x)
+
+
+def _duration(at: _At, key: str, default: float) -> float:
+    v = at.mapping.get(key)
+    if v is None:
+        return default
+    try:
+        return durations.parse(v)
+    except ValueError as exc:
+        raise at.error(key, f"{key}: {exc}") from exc
+
+
+def _int(at: _At, key: str, default: int | None, *, lo: int, hi: int) -> int | None:
+    v = at.mapping.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise at.error(key, f"{key} must be an integer in {lo}..{hi}, got {v!r}")
+    return v
+
+
+def _bool(at: _At, key: str, default: bool) -> bool:
+    v = at.mapping.get(key)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise at.error(key, f"{key} must be true or false, got {v!r}")
+    return v
+
+
+def _str(at: _At, key: str) -> str:
+    v = at.mapping.get(key, "")
+    if not isinstance(v, str):
+        raise at.error(key, f"{key} must be a string")
+    return v

@@ -1,0 +1,120 @@
+"""Alertmanager matchers: the one implementation used by rules and (later) silences.
+
+Semantics follow Alertmanager's `pkg/labels`:
+- `=`, `!=`, `=~`, `!~`; a label that is absent is the empty string, so
+  `team = ""` matches alerts without `team` and `team != ""` requires it.
+- Regexes are anchored as Alertmanager anchors them: `^(?:RE)$`, matched against the
+  whole value. Python's `re` stands in for Go's RE2; the two agree on the syntax rule
+  authors use (alternation, classes, repetition). Back-references and look-arounds,
+  which RE2 rejects, are rejected here too so a rule means the same in both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Iterable, Mapping
+
+
+class Op(enum.StrEnum):
+    EQ = "="
+    NE = "!="
+    RE = "=~"
+    NRE = "!~"
+
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Operators longest first so `=~` is not read as `=` followed by `~`.
+_SYNTAX = re.compile(
+    r"""^\s*(?P<name>[a-zA-Z_][a-zA-Z0-9_]*)\s*(?P<op>=~|!~|!=|=)\s*
+        (?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<bare>[^\s"]*))\s*$""",
+    re.VERBOSE,
+)
+# Constructs RE2 rejects; accepting them would make a rule mean something other than
+# what Alertmanager would do with the same matcher in a silence.
+_NOT_RE2 = re.compile(r"\\[1-9]|\(\?[=!<]|\(\?P=")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Matcher:
+    name: str
+    op: Op
+    value: str
+    _regex: re.Pattern[str] | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def make(cls, name: str, op: Op, value: str) -> Matcher:
+        """Build a matcher, compiling its regex; ValueError names what is wrong."""
+        if not _LABEL_NAME.fullmatch(name):
+            raise ValueError(f"invalid label name {name!r}")
+        regex = None
+        if op in (Op.RE, Op.NRE):
+            if _NOT_RE2.search(value):
+                raise ValueError(
+                    f"regex {value!r} uses back-references or look-arounds, "
+                    "which Alertmanager's RE2 does not support"
+                )
+            try:
+                regex = re.compile(f"^(?:{value})$", re.DOTALL)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {value!r}: {exc}") from exc
+        return cls(name, op, value, regex)
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        v = labels.get(self.name, "")
+        if self.op is Op.EQ:
+            return v == self.value
+        if self.op is Op.NE:
+            return v != self.value
+        assert self._regex is not None  # make() compiles every regex op
+        found = self._regex.match(v) is not None
+        return found if self.op is Op.RE else not found
+
+    def __str__(self) -> str:
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'{self.name}{self.op}"{escaped}"'
+
+
+def parse(text: str) -> Matcher:
+    """Parse one matcher in Alertmanager syntax: `name op "value"` or `name op value`."""
+    m = _SYNTAX.match(text)
+    if m is None:
+        raise ValueError(
+            f'cannot parse matcher {text!r}: expected `name = "value"` with one of = != =~ !~'
+        )
+    quoted = m.group("quoted")
+    value = _unescape(quoted) if quoted is not None else (m.group("bare") or "")
+    return Matcher.make(m.group("name"), Op(m.group("op")), value)
+
+
+def from_silence(data: Mapping[str, object]) -> Matcher:
+    """A matcher from Alertmanager API v2 JSON: {name, value, isRegex, isEqual}."""
+    name, value = data.get("name"), data.get("value")
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise ValueError(f"silence matcher needs string name and value, got {data!r}")
+    is_regex = bool(data.get("isRegex", False))
+    is_equal = bool(data.get("isEqual", True))
+    op = {(False, True): Op.EQ, (False, False): Op.NE, (True, True): Op.RE}.get(
+        (is_regex, is_equal), Op.NRE
+    )
+    return Matcher.make(name, op, value)
+
+
+def match_all(matchers: Iterable[Matcher], labels: Mapping[str, str]) -> bool:
+    return all(m.matches(labels) for m in matchers)
+
+
+def _unescape(s: str) -> str:
+    out = []
+    i = 0
+    while i < len(s):
+        c = s[i]
+        if c == "\\" and i + 1 < len(s):
+            nxt = s[i + 1]
+            out.append({"n": "\n", "t": "\t"}.get(nxt, nxt))
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)

@@ -1,0 +1,80 @@
+"""Metric definitions, on a registry the caller injects (one per app, so tests isolate).
+
+Label sets are bounded: rule names, action types, outcomes and reasons come from
+config and code, never from alert label values or fingerprints.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from remediator import __version__
+
+PREFIX = "remediator"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.webhook_requests = Counter(
+            f"{PREFIX}_webhook_requests", "Webhook requests by source and HTTP status code.",
+            ["source", "code"], registry=r,
+        )  # fmt: skip
+        self.alerts_received = Counter(
+            f"{PREFIX}_alerts_received", "Alerts accepted into the journal.",
+            ["source", "status"], registry=r,
+        )  # fmt: skip
+        self.duplicates = Counter(
+            f"{PREFIX}_duplicates", "Re-deliveries of an occurrence that already has a decision.",
+            ["source"], registry=r,
+        )  # fmt: skip
+        self.decisions = Counter(
+            f"{PREFIX}_decisions", "Recorded decisions by rule, outcome and reason.",
+            ["rule", "outcome", "reason"], registry=r,
+        )  # fmt: skip
+        self.actions = Counter(
+            f"{PREFIX}_actions", "Actions run, by rule, action type and result.",
+            ["rule", "action", "result"], registry=r,
+        )  # fmt: skip
+        self.action_duration = Histogram(
+            f"{PREFIX}_action_duration_seconds", "Time an action took, retries included.",
+            ["action"], registry=r,
+            buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )  # fmt: skip
+        self.journal_backlog = Gauge(
+            f"{PREFIX}_journal_backlog", "Journaled alerts not yet decided.", registry=r
+        )
+        self.inflight_actions = Gauge(
+            f"{PREFIX}_inflight_actions", "Actions running or waiting for a slot.", registry=r
+        )
+        self.circuit_open = Gauge(
+            f"{PREFIX}_circuit_open", "Targets whose circuit breaker is open, per rule.",
+            ["rule"], registry=r,
+        )  # fmt: skip
+        self.verified = Counter(
+            f"{PREFIX}_remediation_verified", "Verification of attempts: effective or ineffective.",
+            ["rule", "result"], registry=r,
+        )  # fmt: skip
+        self.escalations = Counter(
+            f"{PREFIX}_escalations", "Escalations run, by rule and result.",
+            ["rule", "result"], registry=r,
+        )  # fmt: skip
+        self.rules_loaded = Gauge(f"{PREFIX}_rules_loaded", "Rules currently loaded.", registry=r)
+        self.reload_ok = Gauge(
+            f"{PREFIX}_config_last_reload_successful",
+            "1 if the last config/rules reload succeeded, else 0.", registry=r,
+        )  # fmt: skip
+        self.reload_ts = Gauge(
+            f"{PREFIX}_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful reload.", registry=r,
+        )  # fmt: skip
+        self.bad_input = Counter(
+            f"{PREFIX}_rejected_inputs", "Rejected webhook bodies, by source and kind.",
+            ["source", "kind"], registry=r,
+        )  # fmt: skip
+        self.build_info = Gauge(
+            f"{PREFIX}_build_info", "Always 1; the version as a label.", ["version"], registry=r
+        )
+        self.build_info.labels(version=__version__).set(1)
+        self.paused = Gauge(f"{PREFIX}_paused", "1 while all actions are paused.", registry=r)

@@ -1,0 +1,106 @@
+"""The normalized Alert every source adapter produces; nothing downstream knows wire formats."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any, Literal
+
+Status = Literal["firing", "resolved"]
+UTC = dt.UTC
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Alert:
+    """One alert as remediator sees it, whatever sent it.
+
+    `labels` and `annotations` are plain dicts by convention never mutated after
+    construction (frozen dataclasses cannot freeze a dict without copying on every read).
+    """
+
+    source: str
+    """`alertmanager` or `sns`: which adapter produced it."""
+    name: str
+    """The alertname label (Alertmanager) or AlarmName (CloudWatch)."""
+    status: Status
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    starts_at: dt.datetime
+    ends_at: dt.datetime | None
+    fingerprint: str
+    """Stable identity of the alert's label set, as its source computes it."""
+    generator_url: str
+    received_at: dt.datetime
+
+    @property
+    def occurrence(self) -> tuple[str, str]:
+        """(fingerprint, starts_at): one firing episode of one alert."""
+        return (self.fingerprint, iso(self.starts_at))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain-JSON form, as stored in the journal."""
+        return {
+            "source": self.source,
+            "name": self.name,
+            "status": self.status,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "starts_at": iso(self.starts_at),
+            "ends_at": iso(self.ends_at) if self.ends_at else None,
+            "fingerprint": self.fingerprint,
+            "generator_url": self.generator_url,
+            "received_at": iso(self.received_at),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Alert:
+        """Inverse of to_json (journal replay); trusts its input, which we wrote."""
+        ends_at = data.get("ends_at")
+        return cls(
+            source=data["source"],
+            name=data["name"],
+            status=data["status"],
+            labels=dict(data["labels"]),
+            annotations=dict(data["annotations"]),
+            starts_at=parse_time(data["starts_at"]),
+            ends_at=parse_time(ends_at) if ends_at else None,
+            fingerprint=data["fingerprint"],
+            generator_url=data["generator_url"],
+            received_at=parse_time(data["received_at"]),
+        )
+
+
+def fingerprint_of(labels: Mapping[str, str]) -> str:
+    """A stable fingerprint for a label set, for sources that do not send one."""
+    blob = json.dumps(sorted(labels.items()), separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def iso(t: dt.datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a Z, the one time format we write."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """Parse RFC 3339 (Go's and ours), always returning an aware UTC datetime.
+
+    Go writes up to nine fractional digits; Python reads six, so the rest is cut.
+    Raises ValueError for anything else.
+    """
+    s = text.strip()
+    if s.endswith(("Z", "z")):
+        s = s[:-1] + "+00:00"
+    dot = s.find(".")
+    if dot != -1:
+        end = dot + 1
+        while end < len(s) and s[end].isdigit():
+            end += 1
+        frac = s[dot + 1 : end][:6]
+        s = s[: dot + 1] + frac.ljust(6, "0") + s[end:] if frac else s[:dot] + s[end:]
+    t = dt.datetime.fromisoformat(s)
+    if t.tzinfo is None:
+        raise ValueError(f"time {text!r} has no timezone")
+    return t.astimezone(UTC)

@@ -1,0 +1,60 @@
+"""Decisions: every matched (alert, rule) pair ends in exactly one of these."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+
+class Outcome(enum.StrEnum):
+    EXECUTED = "executed"
+    DRY_RUN = "dry_run"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class Reason(enum.StrEnum):
+    """Why a decision is `skipped` (or, for `failed`, what failed)."""
+
+    NONE = ""
+    PAUSED = "paused"
+    BLACKOUT = "blackout"
+    SILENCED = "silenced"
+    TOO_YOUNG = "too_young"
+    COOLDOWN = "cooldown"
+    RATE_LIMITED = "rate_limited"
+    MAX_ATTEMPTS = "max_attempts"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    CIRCUIT_OPEN = "circuit_open"
+    LOCKED = "locked"
+    TEMPLATE_ERROR = "template_error"
+    NOT_ALLOWED = "not_allowed"
+    # failed decisions
+    ACTION_ERROR = "action_error"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+    """The daemon stopped while the action ran; never re-run, to avoid acting twice."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """The recorded outcome of one (alert, rule) pair."""
+
+    rule: str
+    alertname: str
+    fingerprint: str
+    starts_at: str
+    source: str
+    outcome: Outcome
+    reason: Reason
+    decided_at: dt.datetime
+    received_at: dt.datetime
+    target: str = ""
+    action: str = ""
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    detail: str = ""
+    request_id: str = ""
+    attempt: int = 1

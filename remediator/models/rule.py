@@ -1,0 +1,70 @@
+"""Rules as loaded: pure values, validated at load time (see matching/loader.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from remediator.matching.matchers import Matcher, Op
+
+Source = Literal["alertmanager", "sns", "any"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Limits:
+    cooldown: float = 900.0
+    """Seconds after an attempt on a target before the next one (default 15m)."""
+    max_attempts: int = 3
+    """Attempts per target within `window` before the rule gives up and escalates."""
+    window: float = 3600.0
+    """Seconds over which `max_attempts` and `max_actions` count (default 1h)."""
+    max_actions: int | None = None
+    """Optional: actions of this rule across all its targets per `window` (rate_limited)."""
+    retry_while_firing: bool = False
+    """Act again on the same occurrence after the cooldown while it still fires."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    open_after: int = 3
+    """Consecutive failed or ineffective attempts that open the circuit."""
+    reset_after: float = 3600.0
+    """Seconds after which an open circuit closes again (half-open: one attempt)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ActionSpec:
+    type: str
+    params: Mapping[str, Any]
+    """Parsed templates (matching.templates.Template) and plain values."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    matchers: tuple[Matcher, ...]
+    action: ActionSpec
+    description: str = ""
+    runbook_url: str = ""
+    source: Source = "any"
+    for_: float = 0.0
+    limits: Limits = Limits()
+    resolve_within: float | None = 900.0
+    """Seconds in which the alert must resolve after an attempt, else it was ineffective."""
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+    escalate: ActionSpec | None = None
+    silence_while_remediating: float | None = None
+    file: str = ""
+    line: int = 0
+
+    @property
+    def alertname(self) -> str | None:
+        """The alertname this rule is indexed under, if it has an equality matcher on it."""
+        for m in self.matchers:
+            if m.name == "alertname" and m.op is Op.EQ:
+                return m.value
+        return None
+
+    def accepts_source(self, source: str) -> bool:
+        return self.source in ("any", source)

@@ -1,0 +1,221 @@
+"""The daemon: wires backends, engine and web; root tasks, signals, staged shutdown.
+
+Shutdown on SIGTERM/SIGINT, in stages: (1) intake answers 503 so senders retry
+elsewhere, (2) workers stop taking new work, (3) running actions get
+`shutdown_timeout` to finish — any still running are cancelled and their audit rows
+keep saying `interrupted`, (4) the database is closed. Unfinished journal entries stay
+for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import signal
+import time
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from remediator import errors
+from remediator.backends import audit as audit_mod
+from remediator.backends import journal as journal_mod
+from remediator.backends.sqlite import Database
+from remediator.backends.state import MemoryState
+from remediator.clients import Clients
+from remediator.engine.clock import Clock, SystemClock
+from remediator.engine.engine import Engine
+from remediator.matching import loader
+from remediator.matching.index import RuleIndex
+from remediator.metrics import Metrics
+from remediator.models.alert import Alert
+from remediator.models.decision import Outcome, Reason
+from remediator.settings import Settings
+from remediator.web.app import make_app
+
+log = structlog.get_logger("remediator.runner")
+DEDUP_HORIZON = dt.timedelta(days=7)
+"""How far back decisions are replayed on start for occurrence dedup and cooldowns."""
+
+
+class Daemon:
+    def __init__(
+        self, settings: Settings, *, clock: Clock | None = None, metrics: Metrics | None = None
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.metrics = metrics or Metrics()
+        self.db = Database(
+            settings.data_dir / "remediator.db",
+            fsync=settings.journal_fsync,
+            schema=journal_mod.SCHEMA + audit_mod.SCHEMA,
+        )
+        self.journal = journal_mod.SqliteJournal(self.db)
+        self.audit = audit_mod.SqliteAudit(self.db)
+        self.state = MemoryState()
+        self.state.paused = settings.paused
+        self.stopping = False
+        self.clients: Clients | None = None
+        self.engine: Engine
+        self._engine_task: asyncio.Task[None] | None = None
+        self._reload_error = ""
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load rules (fail hard on errors at start), open backends, resume the journal."""
+        rules = loader.load_dir(self.settings.rules_dir)
+        await self.db.start()
+        self.clients = await Clients.open()
+        self.engine = Engine(
+            settings=self.settings, index=RuleIndex(rules), journal=self.journal,
+            audit=self.audit, state=self.state, metrics=self.metrics, clients=self.clients,
+            clock=self.clock,
+        )  # fmt: skip
+        self._reloaded(len(rules))
+        await self._restore()
+        await self.journal.load_backlog()
+        pending = await self.journal.pending()
+        self._engine_task = asyncio.create_task(
+            self.engine.run(self.settings.workers), name="engine"
+        )
+        self.engine.submit(pending)
+        self.metrics.paused.set(1 if self.state.paused else 0)
+        log.info(
+            "daemon_started", rules=len(rules), resumed=len(pending), dry_run=self.settings.dry_run,
+            paused=self.state.paused, data_dir=str(self.settings.data_dir),
+        )  # fmt: skip
+
+    async def _restore(self) -> None:
+        """Replay recent decisions: occurrences stay decided and cooldowns hold across restarts."""
+        since = dt.datetime.fromtimestamp(self.clock.now(), dt.UTC) - DEDUP_HORIZON
+        rows = await self.audit.recent_occurrences(since)
+        for row in rows:
+            at = dt.datetime.fromisoformat(row["decided_at"].replace("Z", "+00:00")).timestamp()
+            key = f"{row['rule']}\x00{row['fingerprint']}\x00{row['starts_at']}"
+            await self.state.set_occurrence(key, f"{row['outcome']}/{row['reason']}", at)
+            acted = row["outcome"] in (Outcome.EXECUTED, Outcome.DRY_RUN) or (
+                row["outcome"] == Outcome.FAILED and row["reason"] != Reason.TEMPLATE_ERROR
+            )
+            if acted and row["target"]:
+                self.state.restore_attempt(rule=row["rule"], target=row["target"], at=at)
+        if rows:
+            log.info("decisions_restored", count=len(rows))
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        log.info("shutdown_started")
+        if self._engine_task is not None:
+            self._engine_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._engine_task
+        self.engine.cancel_timers()
+        stuck = await self.engine.wait_actions(self.settings.shutdown_timeout)
+        for task in stuck:
+            log.warning("shutdown_cancelling_action", task=task.get_name())
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck, timeout=5.0)
+        if self.clients is not None:
+            await self.clients.close()
+        await self.db.close()
+        log.info("shutdown_finished", cancelled_actions=len(stuck))
+
+    # -- intake -----------------------------------------------------------------
+
+    async def accept(
+        self, alerts: Sequence[Alert], request_id: str
+    ) -> list[journal_mod.JournalEntry]:
+        """Journal alerts (durably) and hand them to the engine; Backpressure past the bound."""
+        limit = self.settings.intake.backlog_limit
+        if self.journal.backlog + len(alerts) > limit:
+            raise errors.Backpressure(
+                f"journal backlog at {self.journal.backlog} of {limit} "
+                "(intake.backlog_limit); retry later"
+            )
+        entries = await self.journal.append(alerts, request_id)
+        for a in alerts:
+            self.metrics.alerts_received.labels(source=a.source, status=a.status).inc()
+        self.engine.submit(entries)
+        return entries
+
+    # -- control ----------------------------------------------------------------
+
+    def set_paused(self, paused: bool, *, by: str) -> None:
+        self.state.paused = paused
+        self.metrics.paused.set(1 if paused else 0)
+        log.warning("paused" if paused else "resumed", by=by)
+
+    def reload(self) -> tuple[bool, str]:
+        """Reload rules; any error keeps the loaded set. (Config changes need a restart.)"""
+        try:
+            rules = loader.load_dir(self.settings.rules_dir)
+        except errors.RuleFileErrors as exc:
+            self._reload_error = str(exc)
+            self.metrics.reload_ok.set(0)
+            log.error("reload_failed", errors=[str(e) for e in exc.errors])
+            return False, str(exc)
+        self.engine.index = RuleIndex(rules)
+        self._reloaded(len(rules))
+        log.info("rules_reloaded", rules=len(rules))
+        return True, f"{len(rules)} rules loaded"
+
+    def _reloaded(self, count: int) -> None:
+        self._reload_error = ""
+        self.metrics.rules_loaded.set(count)
+        self.metrics.reload_ok.set(1)
+        self.metrics.reload_ts.set(time.time())
+
+    def refresh_gauges(self) -> None:
+        self.metrics.journal_backlog.set(self.journal.backlog)
+        now = self.clock.now()
+        for rule in self.engine.index.rules:
+            self.metrics.circuit_open.labels(rule=rule.name).set(
+                self.state.open_circuits(rule, now)
+            )
+
+    def readiness_problems(self) -> list[str]:
+        problems = []
+        if self.stopping:
+            problems.append("shutting down")
+        if self._engine_task is None or self._engine_task.done():
+            problems.append("engine not running")
+        if self.journal.backlog >= self.settings.intake.backlog_limit:
+            problems.append("journal backlog full")
+        return problems
+
+
+async def serve(settings: Settings) -> int:
+    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads rules. Returns the exit code."""
+    daemon = Daemon(settings)
+    try:
+        await daemon.start()
+    except (errors.RuleFileErrors, errors.RemediatorError) as exc:
+        log.error("start_failed", error=str(exc))
+        return 1
+    app = make_app(daemon)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.listen_host, settings.listen_port, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error(
+            "listen_failed", listen=f"{settings.listen_host}:{settings.listen_port}", error=str(exc)
+        )
+        await daemon.shutdown()
+        await runner.cleanup()
+        return 1
+    log.info("listening", listen=f"{settings.listen_host}:{settings.listen_port}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    await stop.wait()
+    await daemon.shutdown()
+    await runner.shutdown()
+    await runner.cleanup()
+    return 0

@@ -1,0 +1,367 @@
+"""Config: one YAML file + environment (for secrets) + CLI flags → frozen dataclasses.
+
+Precedence: CLI flags override the file; the file overrides defaults. Secrets are never
+in the file: the file names environment variables (`*_env` keys) that hold them.
+Every error is `path: message`, `path` being the dotted config key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from remediator import durations, errors
+from remediator.matching import matchers
+from remediator.matching.matchers import Matcher
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Auth:
+    webhook_bearer_token: str | None = None
+    """Bearer token Alertmanager must send (its `http_config.authorization`); None: open."""
+    webhook_basic_user: str | None = None
+    webhook_basic_password: str | None = None
+    """Basic auth alternative (`http_config.basic_auth`); both or neither."""
+    admin_token: str | None = None
+    """Bearer token for pause/resume/reload; None refuses them over HTTP (use SIGHUP)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Intake:
+    max_body_bytes: int = 1 << 20
+    """Largest webhook body accepted (413 above). Alertmanager groups stay far below 1 MiB."""
+    max_alerts_per_request: int = 1000
+    """More alerts than this in one body is a 413: a bounded unit of journal work."""
+    backlog_limit: int = 10000
+    """Unfinished journaled alerts before answering 503; bounds memory and recovery time."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Budgets:
+    """Global limits: the blast radius when many things break at once."""
+
+    window: float = 3600.0
+    """Seconds over which the two per-window budgets count."""
+    max_actions_per_window: int = 30
+    """Actions (all rules, all targets) per window before `budget_exhausted`."""
+    max_targets_per_window: int = 10
+    """Distinct targets acted on per window: a storm touching everything stops here."""
+    max_concurrent_actions: int = 4
+    """Actions running at once; the rest wait for a slot."""
+    action_timeout: float = 60.0
+    """Seconds an action has, retries included, before it is `failed` with `timeout`."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Blackout:
+    """A window in which nothing runs (deploy freeze, maintenance): `skipped/blackout`."""
+
+    name: str
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    """Absolute window [start, end); or a weekly one with days/from/to."""
+    days: tuple[int, ...] = ()
+    """Weekdays (0 = Monday) of a weekly window, in UTC."""
+    daily_from: dt.time | None = None
+    daily_to: dt.time | None = None
+    matchers: tuple[Matcher, ...] = ()
+    """Only alerts matching all of these are blacked out (default: all alerts)."""
+    rules: tuple[str, ...] = ()
+    """Only these rules are blacked out (default: all rules)."""
+
+    def active(self, now: dt.datetime) -> bool:
+        if self.start is not None and self.end is not None:
+            return self.start <= now < self.end
+        if self.days and now.weekday() not in self.days:
+            return False
+        if self.daily_from is None or self.daily_to is None:
+            return bool(self.days)
+        t = now.time()
+        if self.daily_from <= self.daily_to:
+            return self.daily_from <= t < self.daily_to
+        return t >= self.daily_from or t < self.daily_to  # crosses midnight
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Settings:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 9097
+    rules_dir: Path = Path("rules")
+    data_dir: Path = Path("data")
+    dry_run: bool = True
+    """Safe default: decide and record, change nothing. Turn off once rules are trusted."""
+    paused: bool = False
+    """Start paused (kill switch); pause/resume toggles it at run time."""
+    auth: Auth = Auth()
+    intake: Intake = Intake()
+    budgets: Budgets = Budgets()
+    blackouts: tuple[Blackout, ...] = ()
+    workers: int = 4
+    """Engine tasks deciding alerts concurrently."""
+    journal_fsync: bool = False
+    """False: survives a process crash (kill -9). True: also a power loss, at a cost."""
+    shutdown_timeout: float = 20.0
+    """Seconds SIGTERM waits for in-flight actions before exiting."""
+    log_format: str = "auto"
+    """`json`, `console`, or `auto` (console on a terminal, JSON otherwise)."""
+    log_level: str = "info"
+    config_file: Path | None = None
+
+
+def load(
+    path: Path | None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load settings: defaults ← file ← overrides (CLI flags, already typed)."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise errors.ConfigError(str(path), f"cannot read: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise errors.ConfigError(str(path), f"invalid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise errors.ConfigError(str(path), "top level must be a mapping")
+        raw = loaded
+    r = _Reader(raw, "")
+    listen = r.text("listen", "127.0.0.1:9097")
+    host, port = parse_listen(listen, "listen")
+    settings = Settings(
+        listen_host=host,
+        listen_port=port,
+        rules_dir=Path(r.text("rules_dir", "rules")),
+        data_dir=Path(r.text("data_dir", "data")),
+        dry_run=r.flag("dry_run", True),
+        paused=r.flag("paused", False),
+        auth=_auth(r.section("auth"), env),
+        intake=_intake(r.section("intake")),
+        budgets=_budgets(r.section("limits")),
+        blackouts=_blackouts(r.items("blackouts")),
+        workers=r.integer("workers", 4, lo=1, hi=64),
+        journal_fsync=r.flag("journal_fsync", False),
+        shutdown_timeout=r.duration("shutdown_timeout", 20.0),
+        log_format=r.choice("log_format", "auto", ("auto", "json", "console")),
+        log_level=r.choice(
+            "log_level",
+            env.get("REMEDIATOR_LOG_LEVEL", "info").lower(),
+            ("debug", "info", "warning", "error"),
+        ),
+        config_file=path,
+    )
+    r.finish()
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
+    return settings
+
+
+def parse_listen(text: str, path: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise errors.ConfigError(path, f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _auth(r: _Reader, env: Mapping[str, str]) -> Auth:
+    def secret(key: str, default_env: str) -> str | None:
+        name = r.text(key, default_env)
+        value = env.get(name)
+        return value or None
+
+    auth = Auth(
+        webhook_bearer_token=secret("webhook_bearer_token_env", "REMEDIATOR_WEBHOOK_TOKEN"),
+        webhook_basic_user=r.text("webhook_basic_user", "") or None,
+        webhook_basic_password=secret("webhook_basic_password_env", "REMEDIATOR_WEBHOOK_PASSWORD"),
+        admin_token=secret("admin_token_env", "REMEDIATOR_ADMIN_TOKEN"),
+    )
+    r.finish()
+    if (auth.webhook_basic_user is None) != (auth.webhook_basic_password is None):
+        raise errors.ConfigError(
+            "auth.webhook_basic_user",
+            "basic auth needs both the user and the password environment variable set",
+        )
+    return auth
+
+
+def _intake(r: _Reader) -> Intake:
+    out = Intake(
+        max_body_bytes=r.integer("max_body_bytes", 1 << 20, lo=1024, hi=64 << 20),
+        max_alerts_per_request=r.integer("max_alerts_per_request", 1000, lo=1, hi=100_000),
+        backlog_limit=r.integer("backlog_limit", 10000, lo=10, hi=10_000_000),
+    )
+    r.finish()
+    return out
+
+
+def _budgets(r: _Reader) -> Budgets:
+    out = Budgets(
+        window=r.duration("window", 3600.0),
+        max_actions_per_window=r.integer("max_actions_per_window", 30, lo=0, hi=10**9),
+        max_targets_per_window=r.integer("max_targets_per_window", 10, lo=0, hi=10**9),
+        max_concurrent_actions=r.integer("max_concurrent_actions", 4, lo=1, hi=1024),
+        action_timeout=r.duration("action_timeout", 60.0),
+    )
+    r.finish()
+    if out.window <= 0:
+        raise errors.ConfigError("limits.window", "must be longer than 0s")
+    if out.action_timeout <= 0:
+        raise errors.ConfigError("limits.action_timeout", "must be longer than 0s")
+    return out
+
+
+_DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+
+
+def _blackouts(items: list[_Reader]) -> tuple[Blackout, ...]:
+    out = []
+    for r in items:
+        name = r.text("name", "")
+        if not name:
+            raise errors.ConfigError(f"{r.prefix}name", "every blackout needs a name")
+        start, end = r.time("start"), r.time("end")
+        days_raw = r.raw_list("days")
+        days = []
+        for i, d in enumerate(days_raw):
+            if not isinstance(d, str) or d.lower()[:3] not in _DAYS:
+                raise errors.ConfigError(f"{r.prefix}days[{i}]", f"not a weekday: {d!r}")
+            days.append(_DAYS[d.lower()[:3]])
+        daily_from, daily_to = r.clock("from"), r.clock("to")
+        ms = []
+        for i, text in enumerate(r.raw_list("matchers")):
+            try:
+                ms.append(matchers.parse(str(text)))
+            except ValueError as exc:
+                raise errors.ConfigError(f"{r.prefix}matchers[{i}]", str(exc)) from exc
+        rules = tuple(str(x) for x in r.raw_list("rules"))
+        r.finish()
+        absolute = start is not None or end is not None
+        if absolute and (start is None or end is None or end <= start):
+            raise errors.ConfigError(f"{r.prefix}end", "needs both start and end, end after start")
+        if absolute == bool(days or daily_from or daily_to):
+            raise errors.ConfigError(
+                r.prefix.rstrip("."),
+                "give either start/end (absolute) or days and/or from/to (weekly, UTC)",
+            )
+        if (daily_from is None) != (daily_to is None):
+            raise errors.ConfigError(f"{r.prefix}to", "from and to go together")
+        out.append(Blackout(name, start, end, tuple(days), daily_from, daily_to, tuple(ms), rules))
+    return tuple(out)
+
+
+class _Reader:
+    """Typed access to one config mapping; remembers keys read to reject unknown ones."""
+
+    def __init__(self, data: Any, prefix: str) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise errors.ConfigError(prefix.rstrip(".") or "<top>", "must be a mapping")
+        self.data: dict[str, Any] = data
+        self.prefix = prefix
+        self.seen: set[str] = set()
+
+    def _get(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.seen, key=str)
+        if unknown:
+            raise errors.ConfigError(f"{self.prefix}{unknown[0]}", "unknown key")
+
+    def section(self, key: str) -> _Reader:
+        return _Reader(self._get(key), f"{self.prefix}{key}.")
+
+    def items(self, key: str) -> list[_Reader]:
+        return [
+            _Reader(item, f"{self.prefix}{key}[{i}].") for i, item in enumerate(self.raw_list(key))
+        ]
+
+    def raw_list(self, key: str) -> list[Any]:
+        v = self._get(key)
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise errors.ConfigError(f"{self.prefix}{key}", "must be a list")
+        return v
+
+    def text(self, key: str, default: str) -> str:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise errors.ConfigError(f"{self.prefix}{key}", f"must be a string, got {v!r}")
+        return v
+
+    def flag(self, key: str, default: bool) -> bool:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise errors.ConfigError(f"{self.prefix}{key}", f"must be true or false, got {v!r}")
+        return v
+
+    def integer(self, key: str, default: int, *, lo: int, hi: int) -> int:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise errors.ConfigError(f"{self.prefix}{key}", f"must be an integer, got {v!r}")
+        if not lo <= v <= hi:
+            raise errors.ConfigError(f"{self.prefix}{key}", f"must be in {lo}..{hi}, got {v}")
+        return v
+
+    def duration(self, key: str, default: float) -> float:
+        v = self._get(key)
+        if v is None:
+            return default
+        try:
+            return durations.parse(v)
+        except ValueError as exc:
+            raise errors.ConfigError(f"{self.prefix}{key}", str(exc)) from exc
+
+    def choice(self, key: str, default: str, options: tuple[str, ...]) -> str:
+        v = self.text(key, default)
+        if v not in options:
+            raise errors.ConfigError(f"{self.prefix}{key}", f"must be one of {', '.join(options)}")
+        return v
+
+    def time(self, key: str) -> dt.datetime | None:
+        v = self._get(key)
+        if v is None:
+            return None
+        if isinstance(v, dt.datetime):
+            return v if v.tzinfo else v.replace(tzinfo=dt.UTC)
+        try:
+            t = dt.datetime.fromisoformat(str(v).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise errors.ConfigError(
+                f"{self.prefix}{key}", f"expected RFC 3339 like 2026-12-20T00:00:00Z, got {v!r}"
+            ) from exc
+        return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+    def clock(self, key: str) -> dt.time | None:
+        v = self._get(key)
+        if v is None:
+            return None
+        if isinstance(v, int) and not isinstance(v, bool):
+            # YAML 1.1 reads 22:00 as a sexagesimal integer (1320); undo that.
+            return dt.time(v // 60 % 24, v % 60)
+        m = re.fullmatch(r"(\d{1,2}):(\d{2})", str(v))
+        if m is None or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+            raise errors.ConfigError(f"{self.prefix}{key}", f"expected HH:MM (UTC), got {v!r}")
+        return dt.time(int(m.group(1)), int(m.group(2)))

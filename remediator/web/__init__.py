@@ -1,0 +1,1 @@
+"""HTTP surface: webhook intake, probes, metrics, the audit and control API."""

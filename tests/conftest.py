@@ -1,0 +1,45 @@
+"""Suite-wide guards: every async test must leave no task behind and never block the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+
+SLOW_CALLBACK_SECONDS = 0.5
+"""A callback holding the loop this long is a blocking call (generous for a loaded CI box)."""
+
+
+class _SlowCallbacks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "took" in message and "Executing" in message:
+            self.seen.append(message)
+
+
+@pytest.fixture(autouse=True)
+async def _no_leaked_tasks_or_blocking() -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    before = asyncio.all_tasks()
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK_SECONDS
+    slow = _SlowCallbacks()
+    logging.getLogger("asyncio").addHandler(slow)
+    try:
+        yield
+    finally:
+        logging.getLogger("asyncio").removeHandler(slow)
+    await asyncio.sleep(0)
+    leaked = [
+        t for t in asyncio.all_tasks() - before if not t.done() and t is not asyncio.current_task()
+    ]
+    for t in leaked:
+        t.cancel()
+    assert not leaked, f"test leaked tasks: {[t.get_name() for t in leaked]}"
+    assert not slow.seen, f"the event loop was blocked: {slow.seen}"

@@ -1,0 +1,172 @@
+"""An in-process daemon for tests: real SQLite, real aiohttp app, an injected clock.
+
+    async with Harness(tmp_path, rules=RULES) as h:
+        await h.post(payload(am_alert("APIDown", namespace="prod")))
+        await h.settle()
+        assert [d["outcome"] for d in await h.decisions()] == ["dry_run"]
+
+The engine and HTTP surface are the production ones; only time is injected (FakeClock),
+so guards that depend on minutes are tested by advancing the clock, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import itertools
+import json
+import textwrap
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient, TestServer
+
+from remediator import settings as settings_mod
+from remediator.engine.clock import FakeClock
+from remediator.runner import Daemon
+from remediator.web.app import make_app
+
+START = dt.datetime(2027, 1, 15, 12, 0, 0, tzinfo=dt.UTC)
+_fingerprints = itertools.count(1)
+
+
+def am_alert(
+    name: str,
+    *,
+    status: str = "firing",
+    starts_at: dt.datetime | None = None,
+    fingerprint: str | None = None,
+    annotations: dict[str, str] | None = None,
+    **labels: str,
+) -> dict[str, Any]:
+    """One alert as Alertmanager's webhook carries it."""
+    return {
+        "status": status,
+        "labels": {"alertname": name, **labels},
+        "annotations": annotations or {"summary": f"{name} summary"},
+        "startsAt": (starts_at or START - dt.timedelta(minutes=10)).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ"
+        ),
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus.example/graph",
+        "fingerprint": fingerprint or f"{next(_fingerprints):016x}",
+    }
+
+
+def payload(*alerts: dict[str, Any]) -> dict[str, Any]:
+    """A v4 webhook body around some alerts."""
+    return {
+        "version": "4",
+        "groupKey": "{}:{}",
+        "truncatedAlerts": 0,
+        "status": "firing" if any(a["status"] == "firing" for a in alerts) else "resolved",
+        "receiver": "remediator",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager.example:9093",
+        "alerts": list(alerts),
+    }
+
+
+def resolved(alert: dict[str, Any]) -> dict[str, Any]:
+    """The resolved notification of a firing alert: same fingerprint and startsAt."""
+    return {**alert, "status": "resolved", "endsAt": START.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+class Harness:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        rules: str,
+        config: str = "",
+        env: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.tmp_path = tmp_path
+        self.rules_dir = tmp_path / "rules"
+        self.rules_dir.mkdir(exist_ok=True)
+        (self.rules_dir / "rules.yaml").write_text(textwrap.dedent(rules))
+        config_path = tmp_path / "config.yaml"
+        config_path.write_text(textwrap.dedent(config))
+        self.settings = settings_mod.load(
+            config_path,
+            overrides={"rules_dir": self.rules_dir, "data_dir": tmp_path / "data", **overrides},
+            environ=env or {},
+        )
+        self.clock = FakeClock(START.timestamp())
+        self.daemon: Daemon
+        self.client: TestClient[Any, Any]
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self.daemon = Daemon(self.settings, clock=self.clock)
+        await self.daemon.start()
+        self.client = TestClient(TestServer(make_app(self.daemon)))
+        await self.client.start_server()
+
+    async def stop(self) -> None:
+        await self.settle()
+        await self.client.close()
+        await self.daemon.shutdown()
+
+    def with_settings(self, **changes: Any) -> None:
+        """Change settings before start() (e.g. to restart with other limits)."""
+        self.settings = dataclasses.replace(self.settings, **changes)
+
+    async def post(self, body: Any, *, headers: dict[str, str] | None = None) -> ClientResponse:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        resp = await self.client.post(
+            "/webhook/alertmanager",
+            data=data,
+            headers={"Content-Type": "application/json", **(headers or {})},
+        )
+        await resp.read()
+        return resp
+
+    async def fire(self, *alerts: dict[str, Any]) -> None:
+        """Post alerts, require a 2xx, and wait until they are decided."""
+        resp = await self.post(payload(*alerts))
+        assert resp.status == 200, await resp.text()
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until queued alerts are decided, actions have finished and rows committed."""
+        engine = self.daemon.engine
+        for _ in range(10):
+            await engine.wait_idle()
+            await engine.wait_actions()
+            await self.daemon.db.submit(lambda c: None)
+            if engine._queue.empty() and not engine._tasks:
+                return
+
+    async def advance(self, seconds: float) -> None:
+        """Move the clock on; fire timers (held alerts, verification) and let them settle."""
+        self.clock.advance(seconds)
+        await asyncio.sleep(0)
+        await self.settle()
+
+    async def decisions(self, **query: str) -> list[dict[str, Any]]:
+        """Audit rows, oldest first (the API serves newest first)."""
+        resp = await self.client.get("/api/v1/decisions", params={"limit": "1000", **query})
+        assert resp.status == 200, await resp.text()
+        return list(reversed((await resp.json())["decisions"]))
+
+    async def outcomes(self) -> list[tuple[str, str]]:
+        return [(d["outcome"], d["reason"]) for d in await self.decisions()]
+
+    async def metric(self, name: str, **labels: str) -> float:
+        value = self.daemon.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
