@@ -182,6 +182,8 @@ class Daemon:
             problems.append("shutting down")
         if self._engine_task is None or self._engine_task.done():
             problems.append("engine not running")
+        if not self.db.alive:
+            problems.append(f"database writer for {self.db.path} is not running")
         if self.journal.backlog >= self.settings.intake.backlog_limit:
             problems.append("journal backlog full")
         return problems

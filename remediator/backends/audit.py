@@ -9,6 +9,7 @@ Verification and escalation are written onto the same row, so one row tells
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -65,7 +66,9 @@ class Query:
 
 
 class Audit(Protocol):
-    async def record(self, decision: Decision) -> int: ...
+    def record(self, decision: Decision) -> asyncio.Future[int]:
+        """Queue a decision row *now* (order matters: before the journal entry is dropped);
+        the future resolves with its id once the row is durable."""
 
     async def update(self, id_: int, *, outcome: Outcome, reason: Reason, detail: str) -> None: ...
 
@@ -81,7 +84,7 @@ class SqliteAudit:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def record(self, decision: Decision) -> int:
+    def record(self, decision: Decision) -> asyncio.Future[int]:
         d = decision
         row = (
             iso(d.decided_at), iso(d.received_at), d.rule, d.alertname, d.fingerprint,
@@ -97,7 +100,7 @@ class SqliteAudit:
             )
             return cur.lastrowid or 0
 
-        return await self._db.submit(job)
+        return self._db.submit(job)
 
     async def update(self, id_: int, *, outcome: Outcome, reason: Reason, detail: str) -> None:
         await self._db.submit(

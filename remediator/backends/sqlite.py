@@ -61,6 +61,11 @@ class Database:
         conn.execute("PRAGMA busy_timeout=5000")
         return conn
 
+    @property
+    def alive(self) -> bool:
+        """The writer thread runs: writes can be committed."""
+        return self._thread is not None and self._thread.is_alive()
+
     async def close(self) -> None:
         if self._thread is not None:
             self._jobs.put(_STOP)

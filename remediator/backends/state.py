@@ -18,6 +18,8 @@ from remediator.models.decision import Reason
 from remediator.models.rule import Rule
 from remediator.settings import Budgets
 
+GC_EVERY = 1000
+"""Reservations between sweeps of lapsed per-target state."""
 MAX_OCCURRENCES = 200_000
 """Occurrence records kept for dedup; the oldest go first past this (bounded memory)."""
 
@@ -48,6 +50,10 @@ class State(Protocol):
 
     async def snapshot(self, rule: Rule, now: float) -> dict[str, object]: ...
 
+    def open_circuits(self, rule: Rule, now: float) -> int: ...
+
+    def restore_attempt(self, *, rule: str, target: str, at: float) -> None: ...
+
 
 class MemoryState:
     def __init__(self) -> None:
@@ -56,10 +62,13 @@ class MemoryState:
         self._last_attempt: dict[str, float] = {}
         self._attempts: dict[tuple[str, str], deque[float]] = {}
         self._rule_actions: dict[str, deque[float]] = {}
-        self._actions: deque[tuple[float, str]] = deque()
+        self._budget = guards.Budget()
         self._circuits: dict[tuple[str, str], Circuit] = {}
         self._locks: set[str] = set()
         self._escalated: dict[tuple[str, str], float] = {}
+        self._expiry: dict[str, float] = {}
+        """Per target: when its cooldown, attempts and circuit can no longer matter."""
+        self._reserves = 0
 
     async def occurrence(self, key: str) -> Occurrence | None:
         return self._occurrences.get(key)
@@ -74,6 +83,9 @@ class MemoryState:
         self, *, rule: Rule, target: str, budgets: Budgets, now: float, dry_run: bool
     ) -> Verdict:
         """Check cooldown, attempts, rule rate, budgets, circuit, lock; reserve if all pass."""
+        self._reserves += 1
+        if self._reserves % GC_EVERY == 0:
+            self._collect(now)
         lim = rule.limits
         last = self._last_attempt.get(target)
         if last is not None and now - last < lim.cooldown:
@@ -99,7 +111,7 @@ class MemoryState:
                 f"rule ran {len(rule_actions)} actions in the last {lim.window:.0f}s "
                 f"(limits.max_actions={lim.max_actions})",
             )
-        why = guards.budget_exhausted(budgets, self._actions, target, now)
+        why = self._budget.refuses(budgets, target, now)
         if why is not None:
             return Verdict(Reason.BUDGET_EXHAUSTED, why)
         circuit = self._circuits.get(key)
@@ -119,10 +131,26 @@ class MemoryState:
         self._last_attempt[target] = now
         attempts.append(now)
         rule_actions.append(now)
-        self._actions.append((now, target))
+        self._budget.add(now, target)
+        self._expiry[target] = max(
+            self._expiry.get(target, 0.0),
+            now + max(lim.cooldown, lim.window, rule.circuit_breaker.reset_after),
+        )
         if not dry_run:
             self._locks.add(target)
         return Verdict(None, attempt=len(attempts))
+
+    def _collect(self, now: float) -> None:
+        """Forget targets whose limits have all lapsed, so memory follows live targets only."""
+        gone = {t for t, until in self._expiry.items() if until < now and t not in self._locks}
+        if not gone:
+            return
+        for t in gone:
+            del self._expiry[t]
+            self._last_attempt.pop(t, None)
+        for table in (self._attempts, self._circuits, self._escalated):
+            for key in [k for k in table if k[1] in gone]:
+                del table[key]
 
     async def release(self, target: str) -> None:
         self._locks.discard(target)
@@ -183,4 +211,5 @@ class MemoryState:
         self._last_attempt[target] = max(at, self._last_attempt.get(target, 0.0))
         self._attempts.setdefault((rule, target), deque()).append(at)
         self._rule_actions.setdefault(rule, deque()).append(at)
-        self._actions.append((at, target))
+        self._budget.add(at, target)
+        self._expiry[target] = max(self._expiry.get(target, 0.0), at + 86400.0)

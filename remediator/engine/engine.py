@@ -128,17 +128,14 @@ class Engine:
         self._refs: dict[int, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(settings.budgets.max_concurrent_actions)
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._busy = 0
+        self._unsaved: dict[int, list[asyncio.Future[int]]] = {}
+        """Audit writes per journal entry not yet known durable; the entry waits for them."""
 
     # -- intake side -------------------------------------------------------------
 
     def submit(self, entries: list[JournalEntry]) -> None:
         for e in entries:
             self._queue.put_nowait(e)
-        if entries:
-            self._idle.clear()
 
     async def run(self, workers: int) -> None:
         """Decide queued work until cancelled."""
@@ -149,7 +146,6 @@ class Engine:
     async def _worker(self) -> None:
         while True:
             item = await self._queue.get()
-            self._busy += 1
             try:
                 if isinstance(item, _Recheck):
                     await self._recheck(item)
@@ -158,10 +154,7 @@ class Engine:
             except Exception:
                 log.exception("engine_error", item=repr(item)[:200])
             finally:
-                self._busy -= 1
                 self._queue.task_done()
-                if self._queue.empty() and self._busy == 0:
-                    self._idle.set()
 
     async def wait_idle(self) -> None:
         """Until every queued alert has been decided (held ones stay held). For tests."""
@@ -182,7 +175,7 @@ class Engine:
         if alert.status == "resolved":
             for rule in rules:
                 await self._resolved(rule, alert)
-            self.journal.finish(entry.id)
+            self._finish(entry.id)
             return
         outstanding = 0
         for rule in rules:
@@ -191,7 +184,7 @@ class Engine:
         if outstanding:
             self._refs[entry.id] = outstanding
         else:
-            self.journal.finish(entry.id)
+            self._finish(entry.id)
 
     async def _recheck(self, item: _Recheck) -> None:
         key = occurrence_key(item.rule, item.entry.alert)
@@ -204,9 +197,30 @@ class Engine:
         left = self._refs.get(entry_id, 1) - 1
         if left <= 0:
             self._refs.pop(entry_id, None)
-            self.journal.finish(entry_id)
+            self._finish(entry_id)
         else:
             self._refs[entry_id] = left
+
+    def _finish(self, entry_id: int) -> None:
+        """Drop a journal entry once every audit row written for it is durable.
+
+        If a row could not be written the entry stays, so its alert is decided again on
+        the next start rather than lost.
+        """
+        writes = self._unsaved.pop(entry_id, [])
+        pending = [w for w in writes if not w.done()]
+        if pending:
+            gathered = asyncio.gather(*pending, return_exceptions=True)
+            gathered.add_done_callback(lambda _: self._finish_saved(entry_id, writes))
+        else:
+            self._finish_saved(entry_id, writes)
+
+    def _finish_saved(self, entry_id: int, writes: list[asyncio.Future[int]]) -> None:
+        failed = [w for w in writes if w.cancelled() or w.exception() is not None]
+        if failed:
+            log.error("journal_entry_kept", entry=entry_id, reason="audit write failed")
+            return
+        self.journal.finish(entry_id)
 
     async def _decide(self, entry: JournalEntry, rule: Rule, *, recheck: bool) -> bool:
         """Decide one rule for one firing alert. False when held for `for`."""
@@ -512,8 +526,8 @@ class Engine:
     ) -> int:
         """Record a decision: audit row, occurrence status, metric, log event.
 
-        Skips and dry runs are not awaited: the writer commits them in order before the
-        journal entry is dropped. An action's row is awaited (`durable`) before it runs.
+        Skips and dry runs are not awaited here: the journal entry is dropped only once
+        they are durable (`_finish`). An action's row is awaited (`durable`) before it runs.
         """
         alert = base.entry.alert
         decision = Decision(
@@ -526,11 +540,12 @@ class Engine:
         key = occurrence_key(base.rule, alert)
         await self.state.set_occurrence(key, f"{outcome}/{reason}", base.now)
         decision_id = 0
+        write = self.audit.record(decision)
+        write.add_done_callback(_log_record_failure)
         if durable:
-            decision_id = await self.audit.record(decision)
+            decision_id = await write
         else:
-            fut = asyncio.ensure_future(self.audit.record(decision))
-            fut.add_done_callback(_log_record_failure)
+            self._unsaved.setdefault(base.entry.id, []).append(write)
         if final:
             self._count(base.rule, outcome, reason)
             self._log(base, outcome, reason, target=target, detail=detail, decision_id=decision_id)

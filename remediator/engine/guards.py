@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections import deque
+from collections import Counter, deque
 
 from remediator.matching import matchers
 from remediator.models.alert import Alert
@@ -66,21 +66,36 @@ def blackout(
     return None
 
 
-def budget_exhausted(
-    budgets: Budgets, actions: deque[tuple[float, str]], target: str, now: float
-) -> str | None:
-    """Why global budgets refuse one more action on `target`, or None."""
-    while actions and actions[0][0] <= now - budgets.window:
-        actions.popleft()
-    if len(actions) >= budgets.max_actions_per_window:
-        return (
-            f"{len(actions)} actions in the last {budgets.window:.0f}s "
-            f"(limits.max_actions_per_window={budgets.max_actions_per_window})"
-        )
-    targets = {t for _, t in actions}
-    if target not in targets and len(targets) >= budgets.max_targets_per_window:
-        return (
-            f"{len(targets)} distinct targets acted on in the last {budgets.window:.0f}s "
-            f"(limits.max_targets_per_window={budgets.max_targets_per_window})"
-        )
-    return None
+class Budget:
+    """Actions in the global window, with a count per target: O(1) per check."""
+
+    def __init__(self) -> None:
+        self.actions: deque[tuple[float, str]] = deque()
+        self.per_target: Counter[str] = Counter()
+
+    def add(self, now: float, target: str) -> None:
+        self.actions.append((now, target))
+        self.per_target[target] += 1
+
+    def prune(self, now: float, window: float) -> None:
+        while self.actions and self.actions[0][0] <= now - window:
+            _, target = self.actions.popleft()
+            self.per_target[target] -= 1
+            if self.per_target[target] <= 0:
+                del self.per_target[target]
+
+    def refuses(self, budgets: Budgets, target: str, now: float) -> str | None:
+        """Why the global budgets refuse one more action on `target`, or None."""
+        self.prune(now, budgets.window)
+        if len(self.actions) >= budgets.max_actions_per_window:
+            return (
+                f"{len(self.actions)} actions in the last {budgets.window:.0f}s "
+                f"(limits.max_actions_per_window={budgets.max_actions_per_window})"
+            )
+        distinct = len(self.per_target)
+        if target not in self.per_target and distinct >= budgets.max_targets_per_window:
+            return (
+                f"{distinct} distinct targets acted on in the last {budgets.window:.0f}s "
+                f"(limits.max_targets_per_window={budgets.max_targets_per_window})"
+            )
+        return None

@@ -19,6 +19,7 @@ SOURCE = "alertmanager"
 MAX_LABELS = 128
 MAX_VALUE_LEN = 16384
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,127}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _GO_ZERO_YEAR = 1  # Alertmanager sends 0001-01-01T00:00:00Z for "no end"
 
 
@@ -34,6 +35,15 @@ def parse(body: bytes, *, received_at: dt.datetime, max_alerts: int) -> list[Ale
         raise errors.IntakeError("JSON nested too deeply") from exc
     except json.JSONDecodeError as exc:
         raise errors.IntakeError(f"malformed JSON: {exc.msg} at line {exc.lineno}") from exc
+    except ValueError as exc:  # e.g. an integer literal too long to convert
+        raise errors.IntakeError(f"malformed JSON: {exc}") from exc
+    if _SURROGATE_ESCAPE.search(text):
+        # A lone \uD800 escape decodes to a string no UTF-8 store can hold; refuse it now
+        # rather than acknowledge an alert whose decision could never be written.
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise errors.IntakeError("JSON string holds an unpaired UTF-16 surrogate") from exc
     if not isinstance(data, dict):
         raise _schema("body must be a JSON object")
     version = data.get("version")

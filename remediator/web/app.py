@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -151,7 +150,7 @@ def _admin_refused(d: Daemon) -> web.Response:
 
 async def rules(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
-    now = time.time()
+    now = d.clock.now()
     out: list[dict[str, Any]] = []
     for rule in d.engine.index.rules:
         out.append(
@@ -191,7 +190,7 @@ async def decisions(request: web.Request) -> web.Response:
     try:
         limit = int(q.get("limit", "100"))
         before = int(q["before"]) if "before" in q else None
-        since = _since(q["since"]) if "since" in q else None
+        since = _since(q["since"], now=d.clock.now()) if "since" in q else None
     except ValueError as exc:
         return _error(400, f"bad query: {exc}")
     if not 1 <= limit <= 1000:
@@ -208,7 +207,7 @@ async def decisions(request: web.Request) -> web.Response:
     return web.json_response({"decisions": rows, "next_before": next_before})
 
 
-def _since(text: str) -> dt.datetime:
+def _since(text: str, *, now: float) -> dt.datetime:
     """RFC 3339, Unix seconds, or a duration ago (`15m`)."""
     from remediator import durations  # noqa: PLC0415 - only this query form needs it
 
@@ -221,6 +220,6 @@ def _since(text: str) -> dt.datetime:
     except (ValueError, OverflowError, OSError):
         pass
     try:
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=durations.parse(text))
+        return dt.datetime.fromtimestamp(now - durations.parse(text), dt.UTC)
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"since={text!r}: expected RFC 3339, Unix seconds or a duration") from exc
