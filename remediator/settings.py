@@ -77,16 +77,25 @@ class Blackout:
     """Only these rules are blacked out (default: all rules)."""
 
     def active(self, now: dt.datetime) -> bool:
+        """Absolute: start <= now < end. Weekly: on `days`, between from and to (UTC).
+
+        A window that crosses midnight belongs to the day it starts: `days: [fri]`,
+        from 22:00 to 06:00 covers Friday night into Saturday morning.
+        """
         if self.start is not None and self.end is not None:
             return self.start <= now < self.end
-        if self.days and now.weekday() not in self.days:
-            return False
         if self.daily_from is None or self.daily_to is None:
-            return bool(self.days)
+            return now.weekday() in self.days
         t = now.time()
+        day = now.weekday()
         if self.daily_from <= self.daily_to:
-            return self.daily_from <= t < self.daily_to
-        return t >= self.daily_from or t < self.daily_to  # crosses midnight
+            inside = self.daily_from <= t < self.daily_to
+        elif t >= self.daily_from:
+            inside = True
+        else:
+            inside = t < self.daily_to
+            day = (day - 1) % 7  # the early-morning part of the previous day's window
+        return inside and (not self.days or day in self.days)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -118,14 +118,20 @@ class MemoryState:
         if guards.circuit_blocks(circuit, rule, now):
             assert circuit is not None  # circuit_blocks is False for None
             closes_in = rule.circuit_breaker.reset_after - (now - (circuit.opened_at or now))
+            if circuit.trial:
+                return Verdict(
+                    Reason.CIRCUIT_OPEN,
+                    f"half-open: the trial attempt on {target} has not reported yet",
+                )
             return Verdict(
                 Reason.CIRCUIT_OPEN,
                 f"{circuit.failures} consecutive failed or ineffective attempts on {target}; "
-                f"closes {closes_in:.0f}s "
-                "from now (circuit_breaker.reset_after)",
+                f"half-opens {closes_in:.0f}s from now (circuit_breaker.reset_after)",
             )
         if target in self._locks:
             return Verdict(Reason.LOCKED, f"an action on {target} is still running")
+        if circuit is not None and circuit.opened_at is not None and not dry_run:
+            circuit.trial = True  # half-open: this is the one trial attempt
         # All guards passed: reserve the attempt. A dry run counts too, so that dry-run
         # shows exactly what production would do, cooldowns and budgets included.
         self._last_attempt[target] = now
@@ -162,11 +168,15 @@ class MemoryState:
         if ok:
             c.failures = 0
             c.opened_at = None
+            c.trial = False
             return False
         c.failures += 1
         if c.failures >= rule.circuit_breaker.open_after:
-            was_open = guards.circuit_blocks(c, rule, now)
+            was_open = (
+                c.opened_at is not None and now - c.opened_at < rule.circuit_breaker.reset_after
+            )
             c.opened_at = now
+            c.trial = False
             return not was_open
         return False
 

@@ -16,7 +16,7 @@ import dataclasses
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final, Literal
 
 import structlog
 
@@ -42,8 +42,11 @@ log = structlog.get_logger("remediator.engine")
 # blackout or silence is over, the next re-delivery of a still-firing alert is decided
 # again instead of being dropped as a duplicate.
 TRANSIENT = frozenset({Reason.PAUSED, Reason.BLACKOUT, Reason.SILENCED})
-HELD = "held"
-DECIDING = "deciding"
+HELD: Final = "held"
+DECIDING: Final = "deciding"
+DECIDED: Final = "decided"
+DUPLICATE: Final = "duplicate"
+_Verdict = Literal["decided", "held", "duplicate"]
 
 SilenceCheck = Callable[[Alert], Awaitable[tuple[Reason, str] | None]]
 """Returns (silenced|silence_check_failed, detail) to skip, None to go on (issue: silences)."""
@@ -178,9 +181,13 @@ class Engine:
             self._finish(entry.id)
             return
         outstanding = 0
+        duplicate = False
         for rule in rules:
-            if not await self._decide(entry, rule, recheck=False):
-                outstanding += 1
+            verdict = await self._decide(entry, rule, recheck=False)
+            outstanding += verdict == HELD
+            duplicate |= verdict == DUPLICATE
+        if duplicate:  # counted once per re-delivered alert, however many rules it matches
+            self.metrics.duplicates.labels(source=alert.source).inc()
         if outstanding:
             self._refs[entry.id] = outstanding
         else:
@@ -190,7 +197,7 @@ class Engine:
         key = occurrence_key(item.rule, item.entry.alert)
         if self._held.pop(key, None) is None:
             return  # resolved meanwhile: its too_young decision is already recorded
-        if await self._decide(item.entry, item.rule, recheck=True):
+        if await self._decide(item.entry, item.rule, recheck=True) != HELD:
             self._release_ref(item.entry.id)
 
     def _release_ref(self, entry_id: int) -> None:
@@ -222,8 +229,8 @@ class Engine:
             return
         self.journal.finish(entry_id)
 
-    async def _decide(self, entry: JournalEntry, rule: Rule, *, recheck: bool) -> bool:
-        """Decide one rule for one firing alert. False when held for `for`."""
+    async def _decide(self, entry: JournalEntry, rule: Rule, *, recheck: bool) -> _Verdict:
+        """Decide one rule for one firing alert: decided, held for `for`, or a duplicate."""
         alert = entry.alert
         now = self.clock.now()
         key = occurrence_key(rule, alert)
@@ -237,18 +244,17 @@ class Engine:
             prev_at=prev.at if prev else 0.0,
             recheck=recheck,
         ):
-            self.metrics.duplicates.labels(source=alert.source).inc()
-            return True
+            return DUPLICATE
         await self.state.set_occurrence(key, DECIDING, now)
         base = _Base(entry, rule, now)
         if skip is not None:
             await self._record(base, Outcome.SKIPPED, skip[0], detail=skip[1])
-            return True
+            return DECIDED
         if self.silences is not None:
             silenced = await self.silences(alert)
             if silenced is not None:
                 await self._record(base, Outcome.SKIPPED, silenced[0], detail=silenced[1])
-                return True
+                return DECIDED
         age = now - alert.starts_at.timestamp()
         if age < rule.for_:
             await self.state.set_occurrence(key, HELD, now)
@@ -256,26 +262,29 @@ class Engine:
             timer = self.clock.call_at(due, lambda: self._queue.put_nowait(_Recheck(entry, rule)))
             self._held[key] = _Held(entry, rule, timer)
             log.debug("alert_held", rule=rule.name, fingerprint=alert.fingerprint, due=due)
-            return False
+            return HELD
         action, values, target, problem = prepare(rule.action, rule, alert, self.settings)
         if problem is not None:
             await self._record(
                 base, Outcome.SKIPPED, problem[0], detail=problem[1], action=rule.action.type
             )
-            return True
+            return DECIDED
         assert action is not None and values is not None  # set when no problem
         verdict = await self.state.reserve(
             rule=rule, target=target, budgets=self.settings.budgets, now=now,
             dry_run=self.settings.dry_run,
         )  # fmt: skip
         if verdict.reason is not None:
-            await self._record(
+            gives_up = verdict.reason is Reason.MAX_ATTEMPTS
+            decision_id = await self._record(
                 base, Outcome.SKIPPED, verdict.reason, detail=verdict.detail,
-                target=target, action=action.type, params=values,
+                target=target, action=action.type, params=values, durable=gives_up,
             )  # fmt: skip
-            if verdict.reason is Reason.MAX_ATTEMPTS:
-                self._spawn(self._escalate(rule, alert, target, None, verdict.detail), "escalate")
-            return True
+            if gives_up:
+                self._spawn(
+                    self._escalate(rule, alert, target, decision_id, verdict.detail), "escalate"
+                )
+            return DECIDED
         if self.settings.dry_run:
             result, failure = await self._call(action, values, self._context(rule, alert), dry=True)
             if failure is None:
@@ -289,12 +298,12 @@ class Engine:
                     base, Outcome.DRY_RUN, failure[0], detail=f"dry run failed: {failure[1]}",
                     target=target, action=action.type, params=values, attempt=verdict.attempt,
                 )  # fmt: skip
-            return True
+            return DECIDED
         # Written before the action runs: if the process dies now, the row already says
         # so and the occurrence is never acted on again after a restart.
         decision_id = await self._record(
             base, Outcome.FAILED, Reason.INTERRUPTED,
-            detail="started; the daemon stopped before the action finished",
+            detail="never started: the daemon stopped while the action waited for a slot",
             target=target, action=action.type, params=values, attempt=verdict.attempt,
             durable=True, final=False,
         )  # fmt: skip
@@ -303,7 +312,7 @@ class Engine:
             self._execute(base, action, values=values, target=target, decision_id=decision_id),
             f"action:{target}",
         )
-        return True
+        return DECIDED
 
     def _should_decide(
         self,
@@ -387,6 +396,22 @@ class Engine:
         started = time.monotonic()
         try:
             async with self._slots:
+                started_at = iso(dt.datetime.fromtimestamp(self.clock.now(), dt.UTC))
+                await self.audit.update(
+                    decision_id,
+                    outcome=Outcome.FAILED,
+                    reason=Reason.INTERRUPTED,
+                    detail=f"outcome unknown: started at {started_at}, the daemon stopped "
+                    "before it finished; check the target by hand",
+                )
+                log.info(
+                    "action_started",
+                    rule=rule.name,
+                    target=target,
+                    fingerprint=alert.fingerprint,
+                    request_id=base.entry.request_id,
+                    decision_id=decision_id,
+                )
                 result, failure = await self._call(
                     action, values, self._context(rule, alert), dry=False
                 )

@@ -23,6 +23,8 @@ class Circuit:
     failures: int = 0
     """Consecutive failed or ineffective attempts."""
     opened_at: float | None = None
+    trial: bool = False
+    """Half-open: the one attempt let through after `reset_after` has not reported yet."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -44,12 +46,12 @@ def prune(times: deque[float], now: float, window: float) -> deque[float]:
 def circuit_blocks(c: Circuit | None, rule: Rule, now: float) -> bool:
     """Open: enough consecutive failures and not yet `reset_after` since it opened.
 
-    After `reset_after` the circuit is half-open: one attempt may go; its failure
-    re-opens it at once (the failure count is still past the threshold).
+    After `reset_after` the circuit is half-open: one trial attempt may go, and nothing
+    else until it reports; its failure re-opens the circuit at once, its success closes it.
     """
     if c is None or c.opened_at is None:
         return False
-    return now - c.opened_at < rule.circuit_breaker.reset_after
+    return c.trial or now - c.opened_at < rule.circuit_breaker.reset_after
 
 
 def blackout(

@@ -53,7 +53,7 @@ async def simulate(
                     f"firing {age:.0f}s, for={rule.for_:.0f}s",
                 )
             )
-            action, values, target, problem = prepare(rule.action, rule, alert, settings)
+            _, values, target, problem = prepare(rule.action, rule, alert, settings)
             if problem is not None:
                 steps.append(Step("params", "skip", f"{problem[0]}: {problem[1]}"))
             else:
@@ -69,13 +69,8 @@ async def simulate(
                         verdict.detail or "cooldown, attempts, budgets, circuit (fresh state)",
                     )
                 )
-                steps.append(
-                    Step(
-                        "dry_run",
-                        "would_dry_run" if settings.dry_run else "would_execute",
-                        f"{action.type if action else ''} {target}",
-                    )
-                )
+                verdict_text = "would_dry_run" if settings.dry_run else "would_execute"
+                steps.append(Step("dry_run", verdict_text, target))
         out.append(
             {
                 "rule": rule.name,

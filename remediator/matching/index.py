@@ -18,6 +18,7 @@ class RuleIndex:
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules: tuple[Rule, ...] = tuple(rules)
         self.by_name: dict[str, Rule] = {r.name: r for r in rules}
+        self._position: dict[str, int] = {r.name: i for i, r in enumerate(rules)}
         self._by_alertname: dict[str, list[Rule]] = {}
         self._unindexed: list[Rule] = []
         for rule in rules:
@@ -28,16 +29,23 @@ class RuleIndex:
                 self._by_alertname.setdefault(name, []).append(rule)
 
     def match(self, alert: Alert) -> list[Rule]:
-        """Rules whose source and every matcher accept the alert, in load order."""
+        """Rules whose source and every matcher accept the alert, in load order.
+
+        Order matters: when two rules act on one target, the first takes the cooldown.
+        """
         candidates = self._by_alertname.get(alert.labels.get("alertname", alert.name), ())
         out = [
             r
             for r in candidates
             if r.accepts_source(alert.source) and matchers.match_all(r.matchers, alert.labels)
         ]
-        for r in self._unindexed:
-            if r.accepts_source(alert.source) and matchers.match_all(r.matchers, alert.labels):
-                out.append(r)
+        extra = [
+            r
+            for r in self._unindexed
+            if r.accepts_source(alert.source) and matchers.match_all(r.matchers, alert.labels)
+        ]
+        if extra:
+            out = sorted(out + extra, key=lambda r: self._position[r.name])
         return out
 
     def __len__(self) -> int:

@@ -34,6 +34,12 @@ class _Map(dict[str, Any]):
     key_lines: dict[str, int]
 
 
+class _Seq(list[Any]):
+    """A YAML list that remembers the line of each item (1-based)."""
+
+    item_lines: list[int]
+
+
 class _Loader(yaml.SafeLoader):
     pass
 
@@ -54,11 +60,18 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> _Map:
                 None, None, f"duplicate key {key!r}", key_node.start_mark
             )
         m[key] = loader.construct_object(value_node, deep=True)
-        m.key_lines[key] = value_node.start_mark.line + 1
+        m.key_lines[key] = key_node.start_mark.line + 1
     return m
 
 
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    seq = _Seq(loader.construct_object(child, deep=True) for child in node.value)
+    seq.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return seq
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
 def rule_files(directory: Path) -> list[Path]:
@@ -154,15 +167,16 @@ def _rule(file: str, item: Any, list_line: int) -> Rule:
     if not isinstance(raw_matchers, list) or not raw_matchers:
         raise at.error("matchers", "matchers must be a non-empty list")
     ms = []
-    for text in raw_matchers:
+    for i, text in enumerate(raw_matchers):
+        line = raw_matchers.item_lines[i] if isinstance(raw_matchers, _Seq) else at.line("matchers")
         if not isinstance(text, str):
-            raise at.error(
-                "matchers", f"matcher must be a string like 'alertname = \"X\"', got {text!r}"
+            raise errors.RuleFileError(
+                file, line, f"matcher must be a string like 'alertname = \"X\"', got {text!r}"
             )
         try:
             ms.append(matchers.parse(text))
         except ValueError as exc:
-            raise at.error("matchers", str(exc)) from exc
+            raise errors.RuleFileError(file, line, str(exc)) from exc
     action = _action(at, "action", item.get("action"), required=True)
     assert action is not None  # required=True never returns None
     escalate = _action(at, "escalate", item.get("escalate"), required=False)
@@ -184,9 +198,9 @@ def _rule(file: str, item: Any, list_line: int) -> Rule:
         raise lat.error("window", "window must be longer than 0s")
     verify_map = _sub(at, item, "verify", {"resolve_within"})
     vat = _At(file, verify_map)
-    resolve_within: float | None = _duration(vat, "resolve_within", 900.0)
-    if "resolve_within" in verify_map and verify_map["resolve_within"] in (None, "never"):
-        resolve_within = None
+    resolve_within: float | None = None
+    if verify_map.get("resolve_within") != "never":
+        resolve_within = _duration(vat, "resolve_within", 900.0)
     cb_map = _sub(at, item, "circuit_breaker", {"open_after", "reset_after"})
     cat = _At(file, cb_map)
     cb = CircuitBreaker(

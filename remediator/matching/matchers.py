@@ -33,6 +33,7 @@ _SYNTAX = re.compile(
 )
 # Constructs RE2 rejects; accepting them would make a rule mean something other than
 # what Alertmanager would do with the same matcher in a silence.
+_LEADING_FLAGS = re.compile(r"\(\?([imsU]+)\)")
 _NOT_RE2 = re.compile(r"\\[1-9]|\(\?[=!<]|\(\?P=")
 
 
@@ -55,8 +56,16 @@ class Matcher:
                     f"regex {value!r} uses back-references or look-arounds, "
                     "which Alertmanager's RE2 does not support"
                 )
+            # Go accepts leading flags like (?i) anywhere a group starts; Python wants them
+            # at the very start, so they are lifted out of the anchoring group.
+            flags = _LEADING_FLAGS.match(value)
+            lead, body = (f"(?{flags.group(1)})", value[flags.end() :]) if flags else ("", value)
+            if "U" in lead:
+                raise ValueError(f"regex {value!r}: the U (ungreedy) flag is not supported")
             try:
-                regex = re.compile(f"^(?:{value})$", re.DOTALL)
+                # fullmatch, without DOTALL: `.` does not cross a newline and `$` does not
+                # accept a trailing one — as RE2 behaves for Alertmanager.
+                regex = re.compile(f"{lead}(?:{body})")
             except re.error as exc:
                 raise ValueError(f"invalid regex {value!r}: {exc}") from exc
         return cls(name, op, value, regex)
@@ -68,7 +77,7 @@ class Matcher:
         if self.op is Op.NE:
             return v != self.value
         assert self._regex is not None  # make() compiles every regex op
-        found = self._regex.match(v) is not None
+        found = self._regex.fullmatch(v) is not None
         return found if self.op is Op.RE else not found
 
     def __str__(self) -> str:
@@ -105,14 +114,18 @@ def match_all(matchers: Iterable[Matcher], labels: Mapping[str, str]) -> bool:
     return all(m.matches(labels) for m in matchers)
 
 
+_ESCAPES = {"n": "\n", '"': '"', "\\": "\\"}
+
+
 def _unescape(s: str) -> str:
+    """Undo `\\"`, `\\\\` and `\\n` as Alertmanager does; any other backslash stays, so
+    a regex like `api\\.example\\.com` keeps its escaped dots."""
     out = []
     i = 0
     while i < len(s):
         c = s[i]
-        if c == "\\" and i + 1 < len(s):
-            nxt = s[i + 1]
-            out.append({"n": "\n", "t": "\t"}.get(nxt, nxt))
+        if c == "\\" and i + 1 < len(s) and s[i + 1] in _ESCAPES:
+            out.append(_ESCAPES[s[i + 1]])
             i += 2
         else:
             out.append(c)

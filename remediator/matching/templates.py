@@ -76,8 +76,17 @@ def parse(text: str) -> Template:
 
 
 def render_params(params: Mapping[str, Any], alert: Alert) -> dict[str, Any]:
-    """Render every string (recursively) of a params mapping against one alert."""
-    return {k: _render_value(v, alert) for k, v in params.items()}
+    """Render every string (recursively) of a params mapping against one alert.
+
+    A TemplateError names the param whose template failed.
+    """
+    out = {}
+    for k, v in params.items():
+        try:
+            out[k] = _render_value(v, alert)
+        except errors.TemplateError as exc:
+            raise errors.TemplateError(f"param {k!r}: {exc}") from exc
+    return out
 
 
 def _render_value(value: Any, alert: Alert) -> Any:

@@ -1,0 +1,407 @@
+"""The `remediator` command as an SRE runs it: check, simulate and serve, as processes.
+
+Every process here is started by the test and stopped by its own PID; waits on it are
+bounded polls (it is a real process, so real time is the only clock it has).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests import servers
+
+REPO = Path(__file__).resolve().parent.parent
+RULES = REPO / "rules"
+EXAMPLE = REPO / "examples" / "apidown.json"
+_VENV_BIN = REPO / ".venv" / "bin" / "remediator"
+COMMAND = [str(_VENV_BIN)] if _VENV_BIN.exists() else [sys.executable, "-m", "remediator"]
+RUN_TIMEOUT = 30.0
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 15.0
+
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+T = TypeVar("T")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without remediator's own variables (no stray config)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATOR_")}
+    env["PYTHONPATH"] = str(REPO)
+    return env | extra
+
+
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def tree(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*")}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- check
+
+
+def test_check_accepts_the_example_rules(tmp_path: Path) -> None:
+    result = run("check", str(RULES), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok: 3 rules in 3 files"
+    assert result.stderr == ""
+
+
+def test_check_reads_rules_from_the_working_directory_by_default(tmp_path: Path) -> None:
+    shutil.copytree(RULES, tmp_path / "rules")
+    result = run("check", cwd=tmp_path)
+    assert (result.returncode, result.stdout.strip()) == (0, "ok: 3 rules in 3 files")
+
+
+def test_check_reports_every_broken_file_as_file_line_message_and_exits_1(
+    tmp_path: Path,
+) -> None:
+    shutil.copytree(RULES, tmp_path / "rules")
+    write(
+        tmp_path / "rules" / "broken.yaml",
+        """
+        rules:
+          - name: restart-api
+            matchers: ['alertname = "APIDown"']
+            for: two minutes
+            action: {type: log, params: {message: hi}}
+        """,
+    )
+    write(tmp_path / "rules" / "typo.yaml", "rules:\n  - name: x\n    matcher: []\n")
+    result = run("check", "rules", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        "rules/broken.yaml:4: for: expected a duration like 30s, 5m, 1h30m, got 'two minutes'"
+    )
+    assert lines[1].startswith("rules/typo.yaml:3: unknown key 'matcher'")
+    assert lines[2] == "2 error(s)"
+
+
+def test_check_of_a_missing_directory_fails(tmp_path: Path) -> None:
+    result = run("check", "nowhere", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "nowhere:0: rules directory does not exist" in result.stderr
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+def test_simulate_shows_the_rule_each_guard_and_the_rendered_action_without_side_effects(
+    tmp_path: Path,
+) -> None:
+    result = run("simulate", str(EXAMPLE), "--rules", str(RULES), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "alert APIDown (firing) fingerprint=a1b2c3d4e5f60718" in out
+    assert f"rule apidown-restart ({RULES / 'apidown.yaml'}:4) action=log" in out
+    lines = out.splitlines()
+    guards = [
+        (parts[0], parts[1])
+        for line in lines
+        if line.startswith("    ") and not (parts := line.split())[1].startswith("{")
+    ]
+    assert guards == [
+        ("paused", "pass"),
+        ("blackout", "pass"),
+        ("duplicate", "not_checked"),
+        ("silenced", "not_checked"),
+        ("for", "pass"),
+        ("params", "pass"),
+        ("limits", "pass"),
+        ("dry_run", "would_dry_run"),
+    ]
+    [rendered] = [line.split(None, 1)[1] for line in lines if line.startswith("    params     {")]
+    assert json.loads(rendered) == {
+        "message": "would restart deployment api in prod",
+        "target": "prod/deploy/api",
+    }
+    # No side effects: nothing written where it ran (no ./data, no database).
+    assert tree(tmp_path) == set()
+
+
+def test_simulate_names_the_target_once(tmp_path: Path) -> None:
+    result = run("simulate", str(EXAMPLE), "--rules", str(RULES), cwd=tmp_path)
+    [dry_run_line] = [x for x in result.stdout.splitlines() if x.strip().startswith("dry_run")]
+    assert dry_run_line.split(None, 2)[2] == "log prod/deploy/api"
+
+
+def test_simulate_json_is_machine_readable(tmp_path: Path) -> None:
+    result = run("simulate", str(EXAMPLE), "--rules", str(RULES), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [item] = json.loads(result.stdout)
+    assert (item["alert"], item["status"], item["fingerprint"]) == (
+        "APIDown",
+        "firing",
+        "a1b2c3d4e5f60718",
+    )
+    assert item["labels"]["namespace"] == "prod"
+    [rule] = item["rules"]
+    assert (rule["rule"], rule["action"], rule["target"]) == (
+        "apidown-restart",
+        "log",
+        "log prod/deploy/api",
+    )
+    assert rule["params"]["target"] == "prod/deploy/api"
+    assert [(g["guard"], g["verdict"]) for g in rule["guards"]] == [
+        ("paused", "pass"),
+        ("blackout", "pass"),
+        ("duplicate", "not_checked"),
+        ("silenced", "not_checked"),
+        ("for", "pass"),
+        ("params", "pass"),
+        ("limits", "pass"),
+        ("dry_run", "would_dry_run"),
+    ]
+    assert tree(tmp_path) == set()
+
+
+def test_simulate_shows_a_blackout_as_the_reason_to_skip(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "config" / "remediator.yaml",
+        """
+        blackouts:
+          - name: always-frozen
+            start: 2000-01-01T00:00:00Z
+            end: 2100-01-01T00:00:00Z
+        """,
+    )
+    before = tree(tmp_path)
+    result = run(
+        "simulate", str(EXAMPLE), "--rules", str(RULES), "--config", str(config), "--json",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [item] = json.loads(result.stdout)
+    [rule] = item["rules"]
+    blackout = next(g for g in rule["guards"] if g["guard"] == "blackout")
+    assert blackout["verdict"] == "skip"
+    assert "always-frozen" in blackout["detail"]
+    assert tree(tmp_path) == before
+
+
+def test_simulate_says_when_no_rule_matches(tmp_path: Path) -> None:
+    body = json.loads(EXAMPLE.read_text())
+    body["alerts"][0]["labels"]["namespace"] = "dev"
+    alert = write(tmp_path / "dev.json", json.dumps(body))
+    result = run("simulate", str(alert), "--rules", str(RULES), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "no rule matches" in result.stdout
+
+
+def test_simulate_of_a_bad_payload_or_broken_rules_exits_1(tmp_path: Path) -> None:
+    bad = write(tmp_path / "bad.json", '{"version": "4", "alerts": [')
+    result = run("simulate", str(bad), "--rules", str(RULES), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("remediator simulate: ")
+    write(tmp_path / "rules" / "x.yaml", "rules:\n  - name: X\n")
+    result = run("simulate", str(EXAMPLE), "--rules", "rules", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith("rules/x.yaml:2: rule name must match")
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def test_serve_with_a_bad_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
+    config = write(tmp_path / "remediator.yaml", "limits:\n  max_concurrent_actions: 0\n")
+    result = run("serve", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "limits.max_concurrent_actions: must be in 1..1024, got 0" in result.stderr
+    assert tree(tmp_path) == {"remediator.yaml"}
+
+
+def test_serve_reads_the_config_file_named_by_remediator_config(tmp_path: Path) -> None:
+    config = write(tmp_path / "remediator.yaml", "workers: many\n")
+    result = run("serve", cwd=tmp_path, env=clean_env(REMEDIATOR_CONFIG=str(config)))
+    assert result.returncode == 2
+    assert "workers: must be an integer, got 'many'" in result.stderr
+
+
+def test_serve_with_a_bad_listen_flag_exits_2(tmp_path: Path) -> None:
+    result = run("serve", "--listen", "localhost", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--listen: expected HOST:PORT, got 'localhost'" in result.stderr
+
+
+def test_serve_with_broken_rules_exits_1_and_says_which_file(tmp_path: Path) -> None:
+    write(tmp_path / "rules" / "x.yaml", "rules:\n  - name: Bad_Name\n")
+    result = run(
+        "serve", "--listen", f"127.0.0.1:{servers.free_port()}", "--data-dir", "data",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    [event] = [json.loads(line) for line in result.stderr.splitlines()]
+    assert event["event"] == "start_failed"
+    assert event["error"].startswith("rules/x.yaml:2: rule name must match")
+
+
+def http(method: str, url: str, body: bytes | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with _OPENER.open(request, timeout=5) as response:
+            status, raw = int(response.status), response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = int(error.code), error.read()
+    return status, json.loads(raw) if raw.strip() else None
+
+
+def eventually(probe: Callable[[], T | None], *, what: str, timeout: float = 10.0) -> T:
+    """Poll `probe` until it returns something other than None (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value is not None:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """`remediator serve` on a free port in tmp_path; yields (process, base URL, stderr file)."""
+    port = servers.free_port()
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            [*COMMAND, "serve", "--listen", f"127.0.0.1:{port}", *args],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        servers.wait_http(
+            f"{url}/healthz", timeout=START_TIMEOUT, ok=lambda s: s == 200, process=process, log=log
+        )
+        yield process, url, log
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=STOP_TIMEOUT)
+
+
+def log_events(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def test_serve_decides_an_alert_in_dry_run_reloads_on_sighup_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    shutil.copytree(RULES, tmp_path / "rules")
+    # Flags win over the file: the file asks for real actions and another port.
+    config = write(tmp_path / "remediator.yaml", "dry_run: false\nlisten: 127.0.0.1:1\n")
+    with serving(
+        tmp_path, "--config", str(config), "--rules", "rules", "--data-dir", "state", "--dry-run"
+    ) as (process, url, log):
+        assert http("GET", f"{url}/healthz") == (200, {"status": "ok"})
+        status, answer = http("POST", f"{url}/webhook/alertmanager", EXAMPLE.read_bytes())
+        assert (status, answer["accepted"]) == (200, 1)
+
+        def decided() -> list[dict[str, Any]] | None:
+            rows = http("GET", f"{url}/api/v1/decisions")[1]["decisions"]
+            return rows or None
+
+        [row] = eventually(decided, what="the decision in /api/v1/decisions")
+        assert (row["rule"], row["outcome"], row["fingerprint"]) == (
+            "apidown-restart",
+            "dry_run",
+            "a1b2c3d4e5f60718",
+        )
+        assert row["target"] == "log prod/deploy/api"
+
+        def logged() -> dict[str, Any] | None:
+            found = [e for e in log_events(log) if e.get("event") == "decision_recorded"]
+            return found[0] if found else None
+
+        event = eventually(logged, what="decision_recorded on stderr")
+        assert (event["rule"], event["outcome"], event["fingerprint"]) == (
+            "apidown-restart",
+            "dry_run",
+            "a1b2c3d4e5f60718",
+        )
+        assert event["request_id"] == answer["request_id"]
+        assert (tmp_path / "state" / "remediator.db").exists()
+
+        # SIGHUP: a rule file added while running is loaded.
+        write(
+            tmp_path / "rules" / "disk.yaml",
+            """
+            rules:
+              - name: disk-full-cleanup
+                matchers: ['alertname = "DiskFull"']
+                action: {type: log, params: {message: "clean {{ labels.instance }}"}}
+            """,
+        )
+        process.send_signal(signal.SIGHUP)
+
+        def reloaded() -> list[str] | None:
+            names = [r["name"] for r in http("GET", f"{url}/api/v1/rules")[1]["rules"]]
+            return names if "disk-full-cleanup" in names else None
+
+        assert len(eventually(reloaded, what="the new rule in /api/v1/rules")) == 4
+        assert http("GET", f"{url}/api/v1/rules")[1]["dry_run"] is True
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_TIMEOUT) == 0
+    events = [e["event"] for e in log_events(log)]
+    assert "rules_reloaded" in events
+    assert events[-1] == "shutdown_finished"
+
+
+def test_serve_keeps_its_rules_when_a_sighup_reload_finds_a_broken_file(tmp_path: Path) -> None:
+    shutil.copytree(RULES, tmp_path / "rules")
+    with serving(tmp_path, "--rules", "rules", "--data-dir", "state") as (process, url, log):
+        write(tmp_path / "rules" / "broken.yaml", "rules:\n  - name: Broken\n")
+        process.send_signal(signal.SIGHUP)
+
+        def failed() -> dict[str, Any] | None:
+            found = [e for e in log_events(log) if e.get("event") == "reload_failed"]
+            return found[0] if found else None
+
+        event = eventually(failed, what="reload_failed on stderr")
+        assert event["errors"][0].startswith("rules/broken.yaml:2: rule name must match")
+        names = [r["name"] for r in http("GET", f"{url}/api/v1/rules")[1]["rules"]]
+        assert len(names) == 3
+        assert http("GET", f"{url}/readyz")[0] == 200
+        with _OPENER.open(f"{url}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert "remediator_config_last_reload_successful 0.0" in metrics
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=STOP_TIMEOUT) == 0

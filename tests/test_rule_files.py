@@ -1,0 +1,649 @@
+"""Rule files: the examples load, every mistake is `file:line: message` at the right line,
+and the alertname index finds exactly the rules that match.
+
+In the YAML below, `# <- here` marks the line an error must point at.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from remediator import errors
+from remediator.matching import loader
+from remediator.matching.index import RuleIndex
+from remediator.models.alert import Alert
+from remediator.models.rule import Rule
+
+REPO_RULES = Path(__file__).resolve().parent.parent / "rules"
+MARK = "# <- here"
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def marked_line(path: Path) -> int:
+    """The 1-based line of `path` that carries the `# <- here` marker."""
+    [line] = [i for i, text in enumerate(path.read_text().splitlines(), start=1) if MARK in text]
+    return line
+
+
+def load_errors(directory: Path) -> list[errors.RuleFileError]:
+    with pytest.raises(errors.RuleFileErrors) as caught:
+        loader.load_dir(directory)
+    return caught.value.errors
+
+
+def only_error(tmp_path: Path, text: str) -> tuple[Path, errors.RuleFileError]:
+    path = write(tmp_path, "rules.yaml", text)
+    [error] = load_errors(tmp_path)
+    assert error.file == str(path)
+    assert str(error).startswith(f"{path}:{error.line}: ")
+    return path, error
+
+
+def test_the_example_rules_load() -> None:
+    rules = loader.load_dir(REPO_RULES)
+    by_name = {r.name: r for r in rules}
+    assert set(by_name) == {
+        "apidown-restart",
+        "db-pool-exhausted-terminate",
+        "sqs-backlog-scale-consumers",
+    }
+    apidown = by_name["apidown-restart"]
+    assert [str(m) for m in apidown.matchers] == [
+        'alertname="APIDown"',
+        'namespace=~"prod|staging"',
+    ]
+    assert (apidown.source, apidown.for_, apidown.action.type) == ("alertmanager", 120.0, "log")
+    assert (apidown.limits.cooldown, apidown.limits.max_attempts) == (900.0, 3)
+    assert apidown.resolve_within == 600.0
+    assert apidown.escalate is not None and apidown.escalate.type == "notify.webhook"
+    assert apidown.file == str(REPO_RULES / "apidown.yaml")
+    assert apidown.line == 4
+
+
+def test_a_rule_that_sets_nothing_gets_the_documented_defaults(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "minimal.yaml",
+        """
+        rules:
+          - name: minimal
+            matchers: ['alertname = "A"']
+            action: {type: log, params: {message: hi}}
+        """,
+    )
+    [rule] = loader.load_dir(tmp_path)
+    assert (rule.source, rule.for_, rule.escalate) == ("any", 0.0, None)
+    assert (rule.limits.cooldown, rule.limits.max_attempts, rule.limits.window) == (
+        900.0,
+        3,
+        3600.0,
+    )
+    assert (rule.limits.max_actions, rule.limits.retry_while_firing) == (None, False)
+    assert rule.resolve_within == 900.0
+    assert (rule.circuit_breaker.open_after, rule.circuit_breaker.reset_after) == (3, 3600.0)
+
+
+def test_verify_never_turns_verification_off(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "never.yaml",
+        """
+        rules:
+          - name: never
+            matchers: ['alertname = "A"']
+            action: {type: log, params: {message: hi}}
+            verify: {resolve_within: never}
+        """,
+    )
+    [rule] = loader.load_dir(tmp_path)
+    assert rule.resolve_within is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"'
+                action: type: log   # <- here
+            """,
+            "invalid YAML",
+            id="invalid-yaml",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+            owner: sre   # <- here
+            """,
+            "unknown key 'owner'",
+            id="unknown-top-level-key",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+                priority: high   # <- here
+            """,
+            "unknown key 'priority'",
+            id="unknown-rule-key",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: API_Restart   # <- here
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+            """,
+            "rule name must match [a-z0-9-]+",
+            id="bad-name",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"', 'namespace ~ "prod"']   # <- here
+                action: {type: log, params: {message: hi}}
+            """,
+            "cannot parse matcher 'namespace ~ \"prod\"'",
+            id="bad-matcher",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"', 'namespace =~ "(prod"']   # <- here
+                action: {type: log, params: {message: hi}}
+            """,
+            "invalid regex '(prod'",
+            id="bad-regex",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action:
+                  type: kubernetes.reboot_everything   # <- here
+            """,
+            "unknown action type 'kubernetes.reboot_everything'; known: log, notify.webhook",
+            id="unknown-action-type",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action:
+                  type: log
+                  params:
+                    message: hi
+                    colour: red   # <- here
+            """,
+            "log: param 'colour': unknown parameter; known: message, target",
+            id="unknown-param",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action:
+                  type: log
+                  params: {target: api}   # <- here
+            """,
+            "log: param 'message': is required",
+            id="missing-required-param",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action:
+                  type: log
+                  params:
+                    message: hi
+                    target: "prod\\ndeploy"   # <- here
+            """,
+            "log: param 'target': contains control characters",
+            id="log-target-with-a-newline",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+                escalate:
+                  type: notify.webhook
+                  params:
+                    url_env: slack_url   # <- here
+            """,
+            "notify.webhook: param 'url_env': 'slack_url' is not an environment variable name",
+            id="url-env-lowercase",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action:
+                  type: log
+                  params:
+                    target: "{{ labels.namespace }}"
+                    message: "restart {{ labels.deployment | upper }}"   # <- here
+            """,
+            "template placeholder '{{ labels.deployment | upper }}' is not allowed",
+            id="bad-template-placeholder",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action:
+                  type: log
+                  params:
+                    message: "{{ alert.owner }}"   # <- here
+            """,
+            "unknown alert field 'owner'",
+            id="unknown-alert-field",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                for: 5 minutes   # <- here
+                action: {type: log, params: {message: hi}}
+            """,
+            "for: expected a duration like 30s, 5m, 1h30m, got '5 minutes'",
+            id="bad-duration",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+                limits:
+                  cooldown: 5m
+                  max_attempts: 0   # <- here
+            """,
+            "max_attempts must be an integer in 1..1000000, got 0",
+            id="max-attempts-zero",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+                limits: 3   # <- here
+            """,
+            "`limits` must be a mapping",
+            id="limits-not-a-mapping",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+                limits:
+                  cooldown: 5m
+                  burst: 2   # <- here
+            """,
+            "unknown key limits.burst",
+            id="unknown-limits-key",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                source: cloudwatch   # <- here
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+            """,
+            "source must be alertmanager, sns or any",
+            id="bad-source",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: []   # <- here
+                action: {type: log, params: {message: hi}}
+            """,
+            "matchers must be a non-empty list",
+            id="no-matchers",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+                verify: {resolve_within: soon}   # <- here
+            """,
+            "resolve_within: expected a duration",
+            id="bad-verify-duration",
+        ),
+        pytest.param(
+            """
+            rules:   # <- here
+              name: x
+            """,
+            "`rules` must be a list",
+            id="rules-not-a-list",
+        ),
+    ],
+)
+def test_a_mistake_is_reported_at_its_line_with_what_to_fix(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path, error = only_error(tmp_path, text)
+    assert message in error.message
+    assert error.line == marked_line(path)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+            owner:   # <- here
+              team: sre
+            """,
+            id="top-level",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+                labels:   # <- here
+                  team: sre
+            """,
+            id="rule",
+        ),
+    ],
+)
+def test_an_unknown_key_with_a_block_value_is_reported_at_the_key(
+    tmp_path: Path, text: str
+) -> None:
+    path, error = only_error(tmp_path, text)
+    assert "unknown key" in error.message
+    assert error.line == marked_line(path)
+
+
+def test_a_bad_matcher_in_a_block_list_is_reported_at_its_own_line(tmp_path: Path) -> None:
+    path, error = only_error(
+        tmp_path,
+        """
+        rules:
+          - name: apidown-restart
+            matchers:
+              - alertname = "APIDown"
+              - namespace =~ "(prod|staging"   # <- here
+            action: {type: log, params: {message: hi}}
+        """,
+    )
+    assert "invalid regex" in error.message
+    assert error.line == marked_line(path)
+
+
+def test_a_missing_required_param_in_a_block_points_into_the_params(tmp_path: Path) -> None:
+    path, error = only_error(
+        tmp_path,
+        """
+        rules:
+          - name: x
+            matchers: ['alertname = "A"']
+            action:
+              type: notify.webhook
+              params:   # <- here
+                text: the API is down
+        """,
+    )
+    assert error.message == "notify.webhook: param 'url_env': is required"
+    # The `params:` key or its first entry: either shows the block to complete.
+    assert error.line in (marked_line(path), marked_line(path) + 1)
+
+
+def test_a_duplicate_name_points_at_the_second_and_names_the_first(tmp_path: Path) -> None:
+    first = write(
+        tmp_path,
+        "a-api.yaml",
+        """
+        rules:
+          - name: api-restart
+            matchers: ['alertname = "APIDown"']
+            action: {type: log, params: {message: restart}}
+        """,
+    )
+    second = write(
+        tmp_path,
+        "b-more/api.yaml",
+        """
+        # a copy someone forgot about
+        rules:
+          - name: other
+            matchers: ['alertname = "Other"']
+            action: {type: log, params: {message: other}}
+          - name: api-restart   # <- here
+            matchers: ['alertname = "APIDown"']
+            action: {type: log, params: {message: restart again}}
+        """,
+    )
+    [error] = load_errors(tmp_path)
+    assert (error.file, error.line) == (str(second), marked_line(second))
+    assert "duplicate rule name 'api-restart'" in error.message
+    assert f"{first}:2" in error.message
+
+
+def test_every_error_of_every_file_is_reported_in_one_pass(tmp_path: Path) -> None:
+    a = write(
+        tmp_path,
+        "a.yaml",
+        """
+        rules:
+          - name: one
+            matchers: ['alertname = "A"']
+            for: 1 hour   # <- here
+            action: {type: log, params: {message: hi}}
+          - name: fine
+            matchers: ['alertname = "A"']
+            action: {type: log, params: {message: hi}}
+          - name: three
+            matchers: ['alertname = "A"']
+            action: {type: log, params: {message: hi, size: 3}}   # <- here
+        """,
+    )
+    b = write(tmp_path, "b.yaml", "rules:\n  - name: x\n    bogus: 1   # <- here\n")
+    c = write(tmp_path, "c.yaml", "rules: [\n")
+    found = [(e.file, e.line) for e in load_errors(tmp_path)]
+    lines_a = [i for i, t in enumerate(a.read_text().splitlines(), 1) if MARK in t]
+    assert found[:2] == [(str(a), lines_a[0]), (str(a), lines_a[1])]
+    assert found[2] == (str(b), marked_line(b))
+    assert found[3][0] == str(c)
+    assert len(found) == 4
+
+
+def test_an_empty_file_or_one_with_only_comments_is_fine(tmp_path: Path) -> None:
+    write(tmp_path, "empty.yaml", "")
+    write(tmp_path, "comments.yml", "# rules to come\n")
+    write(tmp_path, "none.yaml", "rules: []\n")
+    write(
+        tmp_path,
+        "real.yaml",
+        """
+        rules:
+          - name: x
+            matchers: ['alertname = "A"']
+            action: {type: log, params: {message: hi}}
+        """,
+    )
+    assert [r.name for r in loader.load_dir(tmp_path)] == ["x"]
+
+
+def test_files_that_are_not_yaml_rule_files_are_ignored(tmp_path: Path) -> None:
+    write(tmp_path, "README.md", "rules: [ this is not yaml")
+    write(tmp_path, "old.yaml.bak", "rules: [")
+    assert loader.load_dir(tmp_path) == []
+
+
+def test_a_file_that_is_not_utf8_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b"rules:\n  - name: caf\xe9\n")
+    [error] = load_errors(tmp_path)
+    assert error.file == str(path)
+    assert "not UTF-8" in error.message
+
+
+def test_a_missing_rules_directory_is_an_error(tmp_path: Path) -> None:
+    [error] = load_errors(tmp_path / "nope")
+    assert "does not exist" in error.message
+
+
+def test_a_file_without_a_rules_list_says_what_is_expected(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, "- name: x\n")
+    assert error.line == 1
+    assert "expected a mapping with a `rules:` list" in error.message
+
+
+def test_a_rule_file_cannot_build_objects_through_yaml_tags(tmp_path: Path) -> None:
+    _, error = only_error(tmp_path, "rules: !!python/object/apply:os.system ['touch /tmp/pwned']\n")
+    assert "invalid YAML" in error.message
+
+
+# --------------------------------------------------------------------------- index
+
+
+def rules_from(tmp_path: Path, text: str) -> list[Rule]:
+    write(tmp_path, "rules.yaml", text)
+    return loader.load_dir(tmp_path)
+
+
+def alert(name: str, *, source: str = "alertmanager", **labels: str) -> Alert:
+    now = dt.datetime(2027, 1, 15, 12, tzinfo=dt.UTC)
+    return Alert(
+        source=source,
+        name=name,
+        status="firing",
+        labels={"alertname": name, **labels},
+        annotations={},
+        starts_at=now,
+        ends_at=None,
+        fingerprint="0123456789abcdef",
+        generator_url="",
+        received_at=now,
+    )
+
+
+def rule_yaml(name: str, *matchers: str, source: str = "any") -> str:
+    quoted = ", ".join(repr(m) for m in matchers)
+    return (
+        f"  - name: {name}\n    source: {source}\n    matchers: [{quoted}]\n"
+        f"    action: {{type: log, params: {{message: hi}}}}\n"
+    )
+
+
+INDEX_RULES = "rules:\n" + "".join(
+    [
+        rule_yaml("api-restart", 'alertname = "APIDown"', 'namespace =~ "prod|staging"'),
+        rule_yaml("api-page", 'alertname = "APIDown"', 'severity = "critical"'),
+        rule_yaml("any-down", 'alertname =~ ".*Down"'),
+        rule_yaml("not-api", 'alertname != "APIDown"', 'team = "sre"'),
+        rule_yaml("db-restart", 'alertname = "DBDown"'),
+        rule_yaml("sns-only", 'alertname = "APIDown"', source="sns"),
+        rule_yaml("am-only", 'alertname = "APIDown"', source="alertmanager"),
+    ]
+)
+
+
+def names(rules: list[Rule]) -> list[str]:
+    return [r.name for r in rules]
+
+
+@pytest.mark.parametrize(
+    ("the_alert", "expected"),
+    [
+        (alert("APIDown", namespace="prod"), {"api-restart", "any-down", "am-only"}),
+        (
+            alert("APIDown", namespace="dev", severity="critical"),
+            {"api-page", "any-down", "am-only"},
+        ),
+        (alert("APIDown", source="sns", namespace="prod"), {"api-restart", "any-down", "sns-only"}),
+        (alert("DBDown", team="sre"), {"any-down", "not-api", "db-restart"}),
+        (alert("DiskFull", team="sre"), {"not-api"}),
+        (alert("DiskFull"), set()),
+    ],
+    ids=["by-alertname", "other-labels", "sns-source", "regex-and-negative", "unindexed", "none"],
+)
+def test_the_index_finds_exactly_the_rules_whose_matchers_and_source_accept_the_alert(
+    tmp_path: Path, the_alert: Alert, expected: set[str]
+) -> None:
+    rules = rules_from(tmp_path, INDEX_RULES)
+    found = names(RuleIndex(rules).match(the_alert))
+    assert set(found) == expected
+    assert len(found) == len(set(found))
+    # Same answer as checking every rule one by one.
+    brute = {
+        r.name
+        for r in rules
+        if r.accepts_source(the_alert.source)
+        and all(m.matches(the_alert.labels) for m in r.matchers)
+    }
+    assert brute == expected
+
+
+def test_a_thousand_unrelated_rules_do_not_change_which_rules_match(tmp_path: Path) -> None:
+    small = RuleIndex(rules_from(tmp_path / "small", INDEX_RULES))
+    noise = "".join(
+        rule_yaml(f"noise-{i}", f'alertname = "Noise{i}"', 'namespace =~ "prod|staging"')
+        for i in range(1000)
+    )
+    big = RuleIndex(rules_from(tmp_path / "big", INDEX_RULES + noise))
+    assert len(big) == len(small) + 1000
+    for a in [
+        alert("APIDown", namespace="prod"),
+        alert("DBDown", team="sre"),
+        alert("DiskFull", team="sre"),
+        alert("APIDown", source="sns", namespace="prod"),
+    ]:
+        assert names(big.match(a)) == names(small.match(a))
+    assert names(big.match(alert("Noise517", namespace="prod"))) == ["noise-517"]
+    assert big.by_name["noise-999"].alertname == "Noise999"
+
+
+def test_the_index_returns_matching_rules_in_load_order(tmp_path: Path) -> None:
+    rules = rules_from(
+        tmp_path,
+        "rules:\n"
+        + rule_yaml("first-any-down", 'alertname =~ ".*Down"')
+        + rule_yaml("second-api", 'alertname = "APIDown"'),
+    )
+    assert names(RuleIndex(rules).match(alert("APIDown"))) == ["first-any-down", "second-api"]
