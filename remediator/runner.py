@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import signal
 import time
 from collections.abc import Sequence
@@ -19,14 +20,14 @@ from collections.abc import Sequence
 import structlog
 from aiohttp import web
 
-from remediator import errors
+from remediator import errors, intake
 from remediator.backends import audit as audit_mod
 from remediator.backends import journal as journal_mod
 from remediator.backends.sqlite import Database
 from remediator.backends.state import MemoryState
 from remediator.clients import Clients
 from remediator.engine.clock import Clock, SystemClock
-from remediator.engine.engine import Engine
+from remediator.engine.engine import Engine, occurrence_key
 from remediator.matching import loader
 from remediator.matching.index import RuleIndex
 from remediator.metrics import Metrics
@@ -36,6 +37,8 @@ from remediator.settings import Settings
 from remediator.web.app import make_app
 
 log = structlog.get_logger("remediator.runner")
+GC_GEN0_THRESHOLD = 50_000
+"""Allocations between young-generation collections (CPython's default is 700)."""
 DEDUP_HORIZON = dt.timedelta(days=7)
 """How far back decisions are replayed on start for occurrence dedup and cooldowns."""
 
@@ -76,8 +79,7 @@ class Daemon:
         )  # fmt: skip
         self._reloaded(len(rules))
         await self._restore()
-        await self.journal.load_backlog()
-        pending = await self.journal.pending()
+        pending = await self.journal.pending(intake.replay)
         self._engine_task = asyncio.create_task(
             self.engine.run(self.settings.workers), name="engine"
         )
@@ -94,7 +96,7 @@ class Daemon:
         rows = await self.audit.recent_occurrences(since)
         for row in rows:
             at = dt.datetime.fromisoformat(row["decided_at"].replace("Z", "+00:00")).timestamp()
-            key = f"{row['rule']}\x00{row['fingerprint']}\x00{row['starts_at']}"
+            key = occurrence_key(row["rule"], row["fingerprint"], row["starts_at"])
             await self.state.set_occurrence(key, f"{row['outcome']}/{row['reason']}", at)
             acted = row["outcome"] in (Outcome.EXECUTED, Outcome.DRY_RUN) or (
                 row["outcome"] == Outcome.FAILED and row["reason"] != Reason.TEMPLATE_ERROR
@@ -126,7 +128,13 @@ class Daemon:
     # -- intake -----------------------------------------------------------------
 
     async def accept(
-        self, alerts: Sequence[Alert], request_id: str
+        self,
+        alerts: Sequence[Alert],
+        *,
+        source: str,
+        payload: bytes,
+        request_id: str,
+        received_at: dt.datetime,
     ) -> list[journal_mod.JournalEntry]:
         """Journal alerts (durably) and hand them to the engine; Backpressure past the bound."""
         limit = self.settings.intake.backlog_limit
@@ -135,7 +143,10 @@ class Daemon:
                 f"journal backlog at {self.journal.backlog} of {limit} "
                 "(intake.backlog_limit); retry later"
             )
-        entries = await self.journal.append(alerts, request_id)
+        entries = await self.journal.append(
+            source=source, payload=payload, alerts=alerts, request_id=request_id,
+            received_at=received_at,
+        )  # fmt: skip
         for a in alerts:
             self.metrics.alerts_received.labels(source=a.source, status=a.status).inc()
         self.engine.submit(entries)
@@ -197,6 +208,12 @@ async def serve(settings: Settings) -> int:
     except (errors.RuleFileErrors, errors.RemediatorError) as exc:
         log.error("start_failed", error=str(exc))
         return 1
+    # What start-up built (rules, indexes, restored state) lives as long as the process:
+    # move it out of the collector's sight, and collect young objects less often — an
+    # alert storm allocates fast, and each full collection would stall intake.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
     app = make_app(daemon)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -148,6 +148,7 @@ class Harness:
         for _ in range(10):
             await engine.wait_idle()
             await engine.wait_actions()
+            await asyncio.sleep(0)  # let batched audit/journal writes flush (call_soon)
             await self.daemon.db.submit(lambda c: None)
             if engine._queue.empty() and not engine._tasks:
                 return

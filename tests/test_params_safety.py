@@ -27,6 +27,7 @@ class RecordingRestart:
 
     type: ClassVar[str] = "test.restart"
     idempotent: ClassVar[bool] = True
+    local: ClassVar[bool] = True
     schema: ClassVar[params.Schema] = params.Schema(
         {
             "namespace": params.Field(params.dns_label(), doc="namespace of the deployment"),

@@ -12,6 +12,8 @@ from remediator.actions import params
 from remediator.models.alert import Alert
 from remediator.settings import Settings
 
+_log: structlog.typing.FilteringBoundLogger = structlog.get_logger("remediator.actions")
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Context:
@@ -22,9 +24,13 @@ class Context:
     settings: Settings
     clients: Any
     """remediator.clients.Clients: the process's shared I/O clients."""
-    log: structlog.typing.FilteringBoundLogger
     timeout: float
     """Seconds the action has in all, retries included."""
+
+    @property
+    def log(self) -> structlog.typing.FilteringBoundLogger:
+        """A logger bound to the rule and the alert's fingerprint."""
+        return _log.bind(rule=self.rule, fingerprint=self.alert.fingerprint)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,6 +47,8 @@ class Action(Protocol):
     type: ClassVar[str]
     idempotent: ClassVar[bool]
     """True when running it twice is harmless: only then are failures retried."""
+    local: ClassVar[bool]
+    """True when it does no I/O (e.g. `log`): run without the timeout machinery."""
     schema: ClassVar[params.Schema]
 
     def check_allowed(self, values: Mapping[str, Any], settings: Settings) -> None:

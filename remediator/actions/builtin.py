@@ -13,6 +13,7 @@ from remediator.settings import Settings
 class Log:
     type: ClassVar[str] = "log"
     idempotent: ClassVar[bool] = True
+    local: ClassVar[bool] = True
     schema: ClassVar[params.Schema] = params.Schema(
         {
             "message": params.Field(params.text(max_len=2000), doc="what to record"),

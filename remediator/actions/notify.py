@@ -24,6 +24,7 @@ class NotifyWebhook:
     # receiver may already have posted it keeps channels readable. Retries only happen
     # on errors that say nothing was delivered (connect failures, 429, 5xx).
     idempotent: ClassVar[bool] = True
+    local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(
         {
             "url_env": params.Field(params.env_name(), doc="environment variable holding the URL"),

@@ -14,9 +14,9 @@ import dataclasses
 import datetime as dt
 import json
 import sqlite3
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from remediator.backends.sqlite import Database
+from remediator.backends.sqlite import Batcher, Database
 from remediator.models.alert import iso
 from remediator.models.decision import Decision, Outcome, Reason
 
@@ -65,10 +65,21 @@ class Query:
     limit: int = 100
 
 
+class Receipt(NamedTuple):
+    """A queued audit row: `batch` resolves (with the ids of its rows) once it is durable."""
+
+    batch: asyncio.Future[list[int]]
+    position: int
+
+    async def id(self) -> int:
+        return (await self.batch)[self.position]
+
+
 class Audit(Protocol):
-    def record(self, decision: Decision) -> asyncio.Future[int]:
-        """Queue a decision row *now* (order matters: before the journal entry is dropped);
-        the future resolves with its id once the row is durable."""
+    def record(self, decision: Decision) -> Receipt:
+        """Queue a decision row now; its receipt resolves once the row is durable.
+
+        Rows written in one loop turn share one batch (one future, one commit)."""
 
     async def update(self, id_: int, *, outcome: Outcome, reason: Reason, detail: str) -> None: ...
 
@@ -80,27 +91,31 @@ class Audit(Protocol):
     async def recent_occurrences(self, since: dt.datetime) -> list[dict[str, Any]]: ...
 
 
+_Row = tuple[Any, ...]
+_INSERT = (
+    f"INSERT INTO decisions ({', '.join(COLUMNS[1:16])}) "  # noqa: S608 - fixed names
+    f"VALUES ({', '.join('?' * 15)})"
+)
+
+
+def _insert(conn: sqlite3.Connection, rows: list[_Row]) -> list[int]:
+    return [conn.execute(_INSERT, row).lastrowid or 0 for row in rows]
+
+
 class SqliteAudit:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._rows: Batcher[_Row] = Batcher(db, _insert)
 
-    def record(self, decision: Decision) -> asyncio.Future[int]:
+    def record(self, decision: Decision) -> Receipt:
         d = decision
-        row = (
-            iso(d.decided_at), iso(d.received_at), d.rule, d.alertname, d.fingerprint,
+        row: _Row = (
+            d.decided_at, iso(d.received_at), d.rule, d.alertname, d.fingerprint,
             d.starts_at, d.source, str(d.outcome), str(d.reason), d.target, d.action,
             json.dumps(dict(d.params), default=str), d.detail, d.request_id, d.attempt,
         )  # fmt: skip
 
-        def job(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(
-                f"INSERT INTO decisions ({', '.join(COLUMNS[1:16])}) "  # noqa: S608 - fixed names
-                f"VALUES ({', '.join('?' * 15)})",
-                row,
-            )
-            return cur.lastrowid or 0
-
-        return self._db.submit(job)
+        return Receipt(*self._rows.add(row))
 
     async def update(self, id_: int, *, outcome: Outcome, reason: Reason, detail: str) -> None:
         await self._db.submit(

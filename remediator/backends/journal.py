@@ -1,22 +1,24 @@
 """The journal of acknowledged alerts: a 2xx is only sent once alerts are in it.
 
-An entry is removed once every rule has decided its alert, so on restart whatever is
-left is exactly the unfinished work. `backlog` counts entries not yet finished; intake
-answers 503 once it reaches the bound, so memory and recovery time stay bounded.
+One row per accepted request holds the source's own payload (for Alertmanager, the
+body as received) — no re-encoding on the hot path, one insert per request however
+many alerts it carries. The row is removed once every alert in it has been decided,
+so on restart whatever is left is exactly the unfinished work, replayed through the
+source adapter. `backlog` counts alerts not yet finished; intake answers 503 once it
+reaches the bound, so memory and recovery time stay bounded.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
+import datetime as dt
 import sqlite3
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import structlog
 
-from remediator.backends.sqlite import Database
-from remediator.models.alert import Alert
+from remediator.backends.sqlite import Batcher, Database
+from remediator.models.alert import Alert, iso, parse_time
 
 log = structlog.get_logger(__name__)
 
@@ -24,91 +26,122 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY,
     request_id TEXT NOT NULL,
-    alert TEXT NOT NULL
+    source TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    payload BLOB NOT NULL
 );
 """
 
-
-class Entry(Protocol):
-    id: int
-    alert: Alert
-    request_id: str
+Replay = Callable[[str, bytes, dt.datetime], list[Alert]]
+"""(source, payload, received_at) → the alerts of a journaled request, parsed again."""
 
 
 class JournalEntry:
-    __slots__ = ("alert", "id", "request_id")
+    """One alert of one journaled request: the unit the engine decides and finishes."""
 
-    def __init__(self, id_: int, alert: Alert, request_id: str) -> None:
-        self.id = id_
+    __slots__ = ("alert", "request_id", "row")
+
+    def __init__(self, row: int, alert: Alert, request_id: str) -> None:
+        self.row = row
         self.alert = alert
         self.request_id = request_id
+
+    def __repr__(self) -> str:
+        return f"JournalEntry(row={self.row}, fingerprint={self.alert.fingerprint!r})"
 
 
 class Journal(Protocol):
     @property
-    def backlog(self) -> int: ...
+    def backlog(self) -> int:
+        """Alerts journaled and not yet finished."""
 
-    async def append(self, alerts: Sequence[Alert], request_id: str) -> list[JournalEntry]: ...
+    async def append(
+        self, *, source: str, payload: bytes, alerts: Sequence[Alert], request_id: str,
+        received_at: dt.datetime,
+    ) -> list[JournalEntry]:  # fmt: skip
+        """Durably store one request's alerts; returns one entry per alert."""
 
-    def finish(self, entry_id: int) -> None: ...
+    def finish(self, entry: JournalEntry) -> None:
+        """The entry's alert is decided; its request leaves the journal with its last alert."""
 
-    async def pending(self) -> list[JournalEntry]: ...
+    async def pending(self, replay: Replay) -> list[JournalEntry]:
+        """Unfinished entries left by an earlier run, oldest first."""
 
 
 class SqliteJournal:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._backlog = 0
+        self._open: dict[int, int] = {}
+        """Row id → alerts of that request not yet finished."""
+        self._removals: Batcher[int] = Batcher(db, _delete)
 
     @property
     def backlog(self) -> int:
         return self._backlog
 
-    async def load_backlog(self) -> None:
-        self._backlog = await self._db.read(
-            lambda c: c.execute("SELECT count(*) FROM journal").fetchone()[0]
-        )
-
-    async def append(self, alerts: Sequence[Alert], request_id: str) -> list[JournalEntry]:
-        rows = [json.dumps(a.to_json(), separators=(",", ":")) for a in alerts]
-
-        def job(conn: sqlite3.Connection) -> list[int]:
-            ids = []
-            for row in rows:
-                cur = conn.execute(
-                    "INSERT INTO journal (request_id, alert) VALUES (?, ?)", (request_id, row)
-                )
-                ids.append(cur.lastrowid or 0)
-            return ids
-
+    async def append(
+        self,
+        *,
+        source: str,
+        payload: bytes,
+        alerts: Sequence[Alert],
+        request_id: str,
+        received_at: dt.datetime,
+    ) -> list[JournalEntry]:
+        if not alerts:
+            return []
+        values = (request_id, source, iso(received_at), payload)
         # Counted before the commit so concurrent requests see each other's load.
         self._backlog += len(alerts)
         try:
-            ids = await self._db.submit(job)
+            row = await self._db.submit(lambda conn: _insert(conn, values))
         except BaseException:
             self._backlog -= len(alerts)
             raise
-        return [JournalEntry(i, a, request_id) for i, a in zip(ids, alerts, strict=True)]
+        self._open[row] = len(alerts)
+        return [JournalEntry(row, a, request_id) for a in alerts]
 
-    def finish(self, entry_id: int) -> None:
-        """Drop a finished entry. Queued after its decisions, so it commits with or after them."""
+    def finish(self, entry: JournalEntry) -> None:
         self._backlog -= 1
-        fut = self._db.submit(lambda c: c.execute("DELETE FROM journal WHERE id = ?", (entry_id,)))
-        fut.add_done_callback(_log_failure)
+        left = self._open.get(entry.row, 1) - 1
+        if left > 0:
+            self._open[entry.row] = left
+            return
+        self._open.pop(entry.row, None)
+        self._removals.add(entry.row)  # a failed batch is logged by the Batcher
 
-    async def pending(self) -> list[JournalEntry]:
+    async def pending(self, replay: Replay) -> list[JournalEntry]:
         rows = await self._db.read(
-            lambda c: c.execute("SELECT id, request_id, alert FROM journal ORDER BY id").fetchall()
+            lambda c: c.execute(
+                "SELECT id, request_id, source, received_at, payload FROM journal ORDER BY id"
+            ).fetchall()
         )
-        out = []
-        for id_, request_id, blob in rows:
+        out: list[JournalEntry] = []
+        for row, request_id, source, received_at, payload in rows:
             try:
-                out.append(JournalEntry(id_, Alert.from_json(json.loads(blob)), request_id))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.error("journal_entry_unreadable", id=id_, error=str(exc))
+                alerts = replay(source, bytes(payload), parse_time(received_at))
+            except Exception as exc:  # an unreadable row must not stop the start
+                log.error("journal_entry_unreadable", row=row, source=source, error=str(exc))
+                self._removals.add(row)
+                continue
+            if not alerts:
+                self._removals.add(row)
+                continue
+            self._open[row] = len(alerts)
+            self._backlog += len(alerts)
+            out.extend(JournalEntry(row, a, request_id) for a in alerts)
         return out
 
 
-def _log_failure(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("journal_finish_failed", error=str(fut.exception()))
+def _insert(conn: sqlite3.Connection, values: tuple[str, str, str, bytes]) -> int:
+    cur = conn.execute(
+        "INSERT INTO journal (request_id, source, received_at, payload) VALUES (?, ?, ?, ?)",
+        values,
+    )
+    return cur.lastrowid or 0
+
+
+def _delete(conn: sqlite3.Connection, rows: list[int]) -> list[None]:
+    conn.executemany("DELETE FROM journal WHERE id = ?", [(r,) for r in rows])
+    return []

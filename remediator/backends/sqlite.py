@@ -19,7 +19,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 
@@ -113,31 +113,97 @@ class Database:
                     batch.append(self._jobs.get_nowait())
                 except queue.Empty:
                     break
-            results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+            if _STOP in batch:
+                stop = True
+                batch = [item for item in batch if item is not _STOP]
+            if batch:
+                loop.call_soon_threadsafe(_resolve_all, self._run_batch(conn, batch))
+        conn.close()
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[Job, asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        """All jobs in one transaction; if any fails, each job again in its own.
+
+        The fast path has no per-job savepoint; a failure is rare, and re-running the
+        jobs one transaction each (after the rollback undid them all) isolates it.
+        """
+        try:
             conn.execute("BEGIN")
-            for item in batch:
-                if item is _STOP:
-                    stop = True
-                    continue
-                job, fut = item
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = job(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    results.append((fut, None, exc))
-                else:
-                    results.append((fut, value, None))
-                conn.execute("RELEASE job")
+            values = [job(conn) for job, _ in batch]
+            conn.execute("COMMIT")
+        except Exception:  # any job error: isolated below, reported to each caller
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        else:
+            return [(fut, value, None) for (_, fut), value in zip(batch, values, strict=True)]
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        for job, fut in batch:
             try:
+                conn.execute("BEGIN")
+                value = job(conn)
                 conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                log.error("sqlite_commit_failed", path=str(self.path), error=str(exc))
+            except Exception as exc:
+                log.error("sqlite_job_failed", path=str(self.path), error=str(exc))
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                results = [(f, None, exc) for f, _, _ in results]
-            loop.call_soon_threadsafe(_resolve_all, results)
-        conn.close()
+                results.append((fut, None, exc))
+            else:
+                results.append((fut, value, None))
+        return results
+
+
+class Batcher(Generic[T]):
+    """Rows queued during one turn of the event loop, written by one job.
+
+    Under load hundreds of decisions or journal removals share one job and one commit
+    instead of one each; when idle, a row is flushed on the next loop turn.
+    """
+
+    def __init__(
+        self, db: Database, write: Callable[[sqlite3.Connection, list[T]], list[Any]]
+    ) -> None:
+        self._db = db
+        self._write = write
+        self._items: list[T] = []
+        self._batch: asyncio.Future[list[Any]] | None = None
+
+    def add(self, item: T) -> tuple[asyncio.Future[list[Any]], int]:
+        """Queue one row; returns the future of its batch's results and its index there."""
+        if self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._batch = loop.create_future()
+            loop.call_soon(self._flush)
+        self._items.append(item)
+        return self._batch, len(self._items) - 1
+
+    def _flush(self) -> None:
+        items, batch = self._items, self._batch
+        self._items, self._batch = [], None
+        assert batch is not None  # set by the add() that scheduled this flush
+        write = self._write
+        try:
+            done = self._db.submit(lambda conn: write(conn, items))
+        except Exception as exc:  # the database is closed: tell every waiter
+            batch.set_exception(exc)
+            return
+        done.add_done_callback(lambda f: _chain(f, batch))
+        batch.add_done_callback(self._log_failure)
+
+    def _log_failure(self, batch: asyncio.Future[list[Any]]) -> None:
+        if not batch.cancelled() and batch.exception() is not None:
+            log.error("sqlite_batch_failed", path=str(self._db.path), error=str(batch.exception()))
+
+
+def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif source.exception() is not None:
+        target.set_exception(source.exception())  # type: ignore[arg-type]
+    else:
+        target.set_result(source.result())
 
 
 def _resolve_all(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, Literal
 
 import structlog
@@ -23,7 +23,7 @@ import structlog
 from remediator import errors
 from remediator.actions import registry
 from remediator.actions.base import Action, Context, Result
-from remediator.backends.audit import Audit
+from remediator.backends.audit import Audit, Receipt
 from remediator.backends.journal import Journal, JournalEntry
 from remediator.backends.state import State
 from remediator.engine import guards
@@ -31,7 +31,7 @@ from remediator.engine.clock import Clock, Timer
 from remediator.matching import templates
 from remediator.matching.index import RuleIndex
 from remediator.metrics import Metrics
-from remediator.models.alert import Alert, iso
+from remediator.models.alert import Alert, iso, iso_ts
 from remediator.models.decision import Decision, Outcome, Reason
 from remediator.models.rule import ActionSpec, Rule
 from remediator.settings import Settings
@@ -52,8 +52,13 @@ SilenceCheck = Callable[[Alert], Awaitable[tuple[Reason, str] | None]]
 """Returns (silenced|silence_check_failed, detail) to skip, None to go on (issue: silences)."""
 
 
-def occurrence_key(rule: Rule, alert: Alert) -> str:
-    return f"{rule.name}\x00{alert.fingerprint}\x00{iso(alert.starts_at)}"
+def occurrence_key(rule: str, fingerprint: str, starts_at: str) -> str:
+    """The state key of one rule's decision on one occurrence (fingerprint, startsAt)."""
+    return f"{rule}\x00{fingerprint}\x00{starts_at}"
+
+
+def _key(rule: Rule, alert: Alert) -> str:
+    return occurrence_key(rule.name, alert.fingerprint, alert.starts_iso)
 
 
 def prepare(
@@ -128,10 +133,11 @@ class Engine:
         self._queue: asyncio.Queue[JournalEntry | _Recheck] = asyncio.Queue()
         self._held: dict[str, _Held] = {}
         self._verifying: dict[str, _Verifying] = {}
-        self._refs: dict[int, int] = {}
+        self._refs: dict[JournalEntry, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(settings.budgets.max_concurrent_actions)
-        self._unsaved: dict[int, list[asyncio.Future[int]]] = {}
+        self._decision_counters: dict[tuple[str, Outcome, Reason], Any] = {}
+        self._unsaved: dict[JournalEntry, list[Receipt]] = {}
         """Audit writes per journal entry not yet known durable; the entry waits for them."""
 
     # -- intake side -------------------------------------------------------------
@@ -178,7 +184,7 @@ class Engine:
         if alert.status == "resolved":
             for rule in rules:
                 await self._resolved(rule, alert)
-            self._finish(entry.id)
+            self._finish(entry)
             return
         outstanding = 0
         duplicate = False
@@ -189,51 +195,60 @@ class Engine:
         if duplicate:  # counted once per re-delivered alert, however many rules it matches
             self.metrics.duplicates.labels(source=alert.source).inc()
         if outstanding:
-            self._refs[entry.id] = outstanding
+            self._refs[entry] = outstanding
         else:
-            self._finish(entry.id)
+            self._finish(entry)
 
     async def _recheck(self, item: _Recheck) -> None:
-        key = occurrence_key(item.rule, item.entry.alert)
+        key = _key(item.rule, item.entry.alert)
         if self._held.pop(key, None) is None:
             return  # resolved meanwhile: its too_young decision is already recorded
         if await self._decide(item.entry, item.rule, recheck=True) != HELD:
-            self._release_ref(item.entry.id)
+            self._release_ref(item.entry)
 
-    def _release_ref(self, entry_id: int) -> None:
-        left = self._refs.get(entry_id, 1) - 1
+    def _release_ref(self, entry: JournalEntry) -> None:
+        left = self._refs.get(entry, 1) - 1
         if left <= 0:
-            self._refs.pop(entry_id, None)
-            self._finish(entry_id)
+            self._refs.pop(entry, None)
+            self._finish(entry)
         else:
-            self._refs[entry_id] = left
+            self._refs[entry] = left
 
-    def _finish(self, entry_id: int) -> None:
+    def _finish(self, entry: JournalEntry) -> None:
         """Drop a journal entry once every audit row written for it is durable.
 
         If a row could not be written the entry stays, so its alert is decided again on
         the next start rather than lost.
         """
-        writes = self._unsaved.pop(entry_id, [])
-        pending = [w for w in writes if not w.done()]
-        if pending:
-            gathered = asyncio.gather(*pending, return_exceptions=True)
-            gathered.add_done_callback(lambda _: self._finish_saved(entry_id, writes))
-        else:
-            self._finish_saved(entry_id, writes)
-
-    def _finish_saved(self, entry_id: int, writes: list[asyncio.Future[int]]) -> None:
-        failed = [w for w in writes if w.cancelled() or w.exception() is not None]
-        if failed:
-            log.error("journal_entry_kept", entry=entry_id, reason="audit write failed")
+        batches = {id(r.batch): r.batch for r in self._unsaved.pop(entry, ())}
+        pending = [b for b in batches.values() if not b.done()]
+        if not pending:
+            self._finish_saved(entry, batches.values())
             return
-        self.journal.finish(entry_id)
+        left = len(pending)
+
+        def one_done(_: asyncio.Future[list[int]]) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                self._finish_saved(entry, batches.values())
+
+        for b in pending:
+            b.add_done_callback(one_done)
+
+    def _finish_saved(
+        self, entry: JournalEntry, batches: Iterable[asyncio.Future[list[int]]]
+    ) -> None:
+        if any(b.cancelled() or b.exception() is not None for b in batches):
+            log.error("journal_entry_kept", entry=repr(entry), reason="audit write failed")
+            return
+        self.journal.finish(entry)
 
     async def _decide(self, entry: JournalEntry, rule: Rule, *, recheck: bool) -> _Verdict:
         """Decide one rule for one firing alert: decided, held for `for`, or a duplicate."""
         alert = entry.alert
         now = self.clock.now()
-        key = occurrence_key(rule, alert)
+        key = _key(rule, alert)
         skip = self._transient_reason(rule, alert, now)
         prev = await self.state.occurrence(key)
         if not self._should_decide(
@@ -340,6 +355,8 @@ class Engine:
     def _transient_reason(self, rule: Rule, alert: Alert, now: float) -> tuple[Reason, str] | None:
         if self.state.paused:
             return Reason.PAUSED, "all actions are paused (POST /api/v1/resume to resume)"
+        if not self.settings.blackouts:
+            return None
         name = guards.blackout(
             self.settings.blackouts, rule, alert, dt.datetime.fromtimestamp(now, dt.UTC)
         )
@@ -353,7 +370,6 @@ class Engine:
             rule=rule.name,
             settings=self.settings,
             clients=self.clients,
-            log=log.bind(rule=rule.name, fingerprint=alert.fingerprint),
             timeout=self.settings.budgets.action_timeout,
         )
 
@@ -362,6 +378,11 @@ class Engine:
     ) -> tuple[Result | None, tuple[Reason, str] | None]:
         """Run (or dry-run) an action within its timeout, retrying only if idempotent."""
         fn = action.dry_run if dry else action.run
+        if action.local:
+            try:
+                return await fn(values, ctx), None
+            except errors.RemediatorError as exc:
+                return None, (Reason.ACTION_ERROR, str(exc))
         deadline = time.monotonic() + ctx.timeout
         while True:
             try:
@@ -426,7 +447,7 @@ class Engine:
         else:
             outcome, reason, detail = Outcome.FAILED, failure[0], failure[1]
         await self.audit.update(decision_id, outcome=outcome, reason=reason, detail=detail)
-        key = occurrence_key(rule, alert)
+        key = _key(rule, alert)
         await self.state.set_occurrence(key, f"{outcome}/{reason}", now)
         self._count(rule, outcome, reason)
         self.metrics.actions.labels(
@@ -450,7 +471,7 @@ class Engine:
     # -- verification and escalation --------------------------------------------
 
     async def _resolved(self, rule: Rule, alert: Alert) -> None:
-        key = occurrence_key(rule, alert)
+        key = _key(rule, alert)
         held = self._held.pop(key, None)
         if held is not None:
             held.timer.cancel()
@@ -460,7 +481,7 @@ class Engine:
                 detail=f"resolved after {now - alert.starts_at.timestamp():.0f}s, "
                 f"before for={rule.for_:.0f}s",
             )  # fmt: skip
-            self._release_ref(held.entry.id)
+            self._release_ref(held.entry)
         pending = self._verifying.pop(key, None)
         if pending is not None:
             pending.timer.cancel()
@@ -557,29 +578,33 @@ class Engine:
         alert = base.entry.alert
         decision = Decision(
             rule=base.rule.name, alertname=alert.name, fingerprint=alert.fingerprint,
-            starts_at=iso(alert.starts_at), source=alert.source, outcome=outcome, reason=reason,
-            decided_at=dt.datetime.fromtimestamp(self.clock.now(), dt.UTC),
+            starts_at=alert.starts_iso, source=alert.source, outcome=outcome, reason=reason,
+            decided_at=iso_ts(self.clock.now()),
             received_at=alert.received_at, target=target, action=action,
             params=params or {}, detail=detail, request_id=base.entry.request_id, attempt=attempt,
         )  # fmt: skip
-        key = occurrence_key(base.rule, alert)
+        key = _key(base.rule, alert)
         await self.state.set_occurrence(key, f"{outcome}/{reason}", base.now)
         decision_id = 0
-        write = self.audit.record(decision)
-        write.add_done_callback(_log_record_failure)
+        receipt = self.audit.record(decision)
         if durable:
-            decision_id = await write
+            decision_id = await receipt.id()
         else:
-            self._unsaved.setdefault(base.entry.id, []).append(write)
+            self._unsaved.setdefault(base.entry, []).append(receipt)
         if final:
             self._count(base.rule, outcome, reason)
             self._log(base, outcome, reason, target=target, detail=detail, decision_id=decision_id)
         return decision_id
 
     def _count(self, rule: Rule, outcome: Outcome, reason: Reason) -> None:
-        self.metrics.decisions.labels(
-            rule=rule.name, outcome=str(outcome), reason=str(reason)
-        ).inc()
+        key = (rule.name, outcome, reason)
+        counter = self._decision_counters.get(key)
+        if counter is None:  # labels() costs a lock and a tuple build: once per label set
+            counter = self.metrics.decisions.labels(
+                rule=rule.name, outcome=str(outcome), reason=str(reason)
+            )
+            self._decision_counters[key] = counter
+        counter.inc()
 
     def _log(
         self,
@@ -632,8 +657,3 @@ class _Base:
     entry: JournalEntry
     rule: Rule
     now: float
-
-
-def _log_record_failure(fut: asyncio.Future[int]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("audit_record_failed", error=str(fut.exception()))

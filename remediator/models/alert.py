@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -34,11 +35,17 @@ class Alert:
     """Stable identity of the alert's label set, as its source computes it."""
     generator_url: str
     received_at: dt.datetime
+    starts_iso: str = dataclasses.field(default="", compare=False)
+    """`starts_at` in our one text form, computed once: it keys every occurrence."""
+
+    def __post_init__(self) -> None:
+        if not self.starts_iso:
+            object.__setattr__(self, "starts_iso", iso(self.starts_at))
 
     @property
     def occurrence(self) -> tuple[str, str]:
         """(fingerprint, starts_at): one firing episode of one alert."""
-        return (self.fingerprint, iso(self.starts_at))
+        return (self.fingerprint, self.starts_iso)
 
     def to_json(self) -> dict[str, Any]:
         """Plain-JSON form, as stored in the journal."""
@@ -48,7 +55,7 @@ class Alert:
             "status": self.status,
             "labels": dict(self.labels),
             "annotations": dict(self.annotations),
-            "starts_at": iso(self.starts_at),
+            "starts_at": self.starts_iso,
             "ends_at": iso(self.ends_at) if self.ends_at else None,
             "fingerprint": self.fingerprint,
             "generator_url": self.generator_url,
@@ -66,6 +73,7 @@ class Alert:
             labels=dict(data["labels"]),
             annotations=dict(data["annotations"]),
             starts_at=parse_time(data["starts_at"]),
+            starts_iso=data["starts_at"],
             ends_at=parse_time(ends_at) if ends_at else None,
             fingerprint=data["fingerprint"],
             generator_url=data["generator_url"],
@@ -81,13 +89,32 @@ def fingerprint_of(labels: Mapping[str, str]) -> str:
 
 def iso(t: dt.datetime) -> str:
     """RFC 3339 in UTC with microseconds and a Z, the one time format we write."""
+    global _last_iso  # noqa: PLW0603 - a one-entry cache, see below
+    last_t, last_s = _last_iso
+    if t is last_t:  # every alert of one request shares its received_at
+        return last_s
     if t.utcoffset() != _ZERO:
         t = t.astimezone(UTC)
     # isoformat is several times faster than strftime; this runs per alert and rule.
-    return t.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    s = t.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    _last_iso = (t, s)
+    return s
+
+
+def iso_ts(ts: float) -> str:
+    """`iso` of a Unix time, with the second's text cached: decisions come in bursts."""
+    global _last_second  # noqa: PLW0603 - a one-entry cache
+    second = int(ts)
+    cached, prefix = _last_second
+    if second != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, prefix)
+    return f"{prefix}.{int((ts - second) * 1_000_000):06d}Z"
 
 
 _ZERO = dt.timedelta(0)
+_last_iso: tuple[dt.datetime | None, str] = (None, "")
+_last_second: tuple[int, str] = (-1, "")
 
 
 def parse_time(text: str) -> dt.datetime:

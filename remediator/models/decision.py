@@ -39,9 +39,13 @@ class Reason(enum.StrEnum):
     """The daemon stopped while the action ran; never re-run, to avoid acting twice."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class Decision:
-    """The recorded outcome of one (alert, rule) pair."""
+    """The recorded outcome of one (alert, rule) pair.
+
+    Not frozen: one is built per decision on the hot path, and a frozen dataclass pays
+    an object.__setattr__ per field. Treat it as immutable all the same.
+    """
 
     rule: str
     alertname: str
@@ -50,7 +54,8 @@ class Decision:
     source: str
     outcome: Outcome
     reason: Reason
-    decided_at: dt.datetime
+    decided_at: str
+    """RFC 3339 (models.alert.iso_ts of the engine clock)."""
     received_at: dt.datetime
     target: str = ""
     action: str = ""

@@ -84,7 +84,9 @@ async def _intake(request: web.Request, d: Daemon) -> web.Response:
         return _error(exc.status, str(exc))
     request_id = _request_id(request)
     try:
-        entries = await d.accept(alerts, request_id)
+        entries = await d.accept(
+            alerts, source=source, payload=body, request_id=request_id, received_at=received_at
+        )
     except errors.Backpressure as exc:
         return _error(503, str(exc), **{"Retry-After": "5"})
     return web.json_response({"status": "ok", "accepted": len(entries), "request_id": request_id})
