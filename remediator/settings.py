@@ -11,7 +11,7 @@ import dataclasses
 import datetime as dt
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,33 @@ class Settings:
     """`json`, `console`, or `auto` (console on a terminal, JSON otherwise)."""
     log_level: str = "info"
     config_file: Path | None = None
+    sections: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """Config of action families (`kubernetes`, `aws`, ...), parsed by the family's own
+    registered parser (see `section`); absent when the file has no such section."""
+
+    def section(self, name: str) -> Any:
+        """A family's parsed config, or None when the config file does not configure it."""
+        return self.sections.get(name)
+
+
+SectionParser = Callable[["Reader", Mapping[str, str]], Any]
+_SECTIONS: dict[str, SectionParser] = {}
+
+
+def section(name: str) -> Callable[[SectionParser], SectionParser]:
+    """Register the parser of a top-level config section owned by an action family.
+
+    The parser gets a Reader on the section (errors name `name.key`) and the environment;
+    it returns the family's frozen settings. Adding a family never touches this module.
+    """
+
+    def register(parser: SectionParser) -> SectionParser:
+        if name in _SECTIONS:
+            raise RuntimeError(f"config section {name!r} registered twice")
+        _SECTIONS[name] = parser
+        return parser
+
+    return register
 
 
 def load(
@@ -147,7 +174,7 @@ def load(
         if not isinstance(loaded, dict):
             raise errors.ConfigError(str(path), "top level must be a mapping")
         raw = loaded
-    r = _Reader(raw, "")
+    r = Reader(raw, "")
     listen = r.text("listen", "127.0.0.1:9097")
     host, port = parse_listen(listen, "listen")
     settings = Settings(
@@ -171,11 +198,28 @@ def load(
             ("debug", "info", "warning", "error"),
         ),
         config_file=path,
+        sections=_sections(r, env),
     )
     r.finish()
     if overrides:
         settings = dataclasses.replace(settings, **overrides)
     return settings
+
+
+def _sections(r: Reader, env: Mapping[str, str]) -> dict[str, Any]:
+    # Family modules register their sections when they are imported.
+    from remediator.actions import registry  # noqa: PLC0415 - actions import settings
+
+    registry.names()
+    out = {}
+    for name, parser in _SECTIONS.items():
+        if r.data.get(name) is not None:
+            sub = r.section(name)
+            out[name] = parser(sub, env)
+            sub.finish()
+        else:
+            r.seen.add(name)
+    return out
 
 
 def parse_listen(text: str, path: str) -> tuple[str, int]:
@@ -185,11 +229,9 @@ def parse_listen(text: str, path: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _auth(r: _Reader, env: Mapping[str, str]) -> Auth:
+def _auth(r: Reader, env: Mapping[str, str]) -> Auth:
     def secret(key: str, default_env: str) -> str | None:
-        name = r.text(key, default_env)
-        value = env.get(name)
-        return value or None
+        return r.secret(key, env, default_env=default_env)
 
     auth = Auth(
         webhook_bearer_token=secret("webhook_bearer_token_env", "REMEDIATOR_WEBHOOK_TOKEN"),
@@ -206,7 +248,7 @@ def _auth(r: _Reader, env: Mapping[str, str]) -> Auth:
     return auth
 
 
-def _intake(r: _Reader) -> Intake:
+def _intake(r: Reader) -> Intake:
     out = Intake(
         max_body_bytes=r.integer("max_body_bytes", 1 << 20, lo=1024, hi=64 << 20),
         max_alerts_per_request=r.integer("max_alerts_per_request", 1000, lo=1, hi=100_000),
@@ -216,7 +258,7 @@ def _intake(r: _Reader) -> Intake:
     return out
 
 
-def _budgets(r: _Reader) -> Budgets:
+def _budgets(r: Reader) -> Budgets:
     out = Budgets(
         window=r.duration("window", 3600.0),
         max_actions_per_window=r.integer("max_actions_per_window", 30, lo=0, hi=10**9),
@@ -235,7 +277,7 @@ def _budgets(r: _Reader) -> Budgets:
 _DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 
 
-def _blackouts(items: list[_Reader]) -> tuple[Blackout, ...]:
+def _blackouts(items: list[Reader]) -> tuple[Blackout, ...]:
     out = []
     for r in items:
         name = r.text("name", "")
@@ -271,8 +313,11 @@ def _blackouts(items: list[_Reader]) -> tuple[Blackout, ...]:
     return tuple(out)
 
 
-class _Reader:
-    """Typed access to one config mapping; remembers keys read to reject unknown ones."""
+class Reader:
+    """Typed access to one config mapping; remembers keys read to reject unknown ones.
+
+    Every error is a ConfigError naming the dotted path of the key.
+    """
 
     def __init__(self, data: Any, prefix: str) -> None:
         if data is None:
@@ -292,12 +337,12 @@ class _Reader:
         if unknown:
             raise errors.ConfigError(f"{self.prefix}{unknown[0]}", "unknown key")
 
-    def section(self, key: str) -> _Reader:
-        return _Reader(self._get(key), f"{self.prefix}{key}.")
+    def section(self, key: str) -> Reader:
+        return Reader(self._get(key), f"{self.prefix}{key}.")
 
-    def items(self, key: str) -> list[_Reader]:
+    def items(self, key: str) -> list[Reader]:
         return [
-            _Reader(item, f"{self.prefix}{key}[{i}].") for i, item in enumerate(self.raw_list(key))
+            Reader(item, f"{self.prefix}{key}[{i}].") for i, item in enumerate(self.raw_list(key))
         ]
 
     def raw_list(self, key: str) -> list[Any]:
@@ -342,6 +387,16 @@ class _Reader:
             return durations.parse(v)
         except ValueError as exc:
             raise errors.ConfigError(f"{self.prefix}{key}", str(exc)) from exc
+
+    def secret(self, key: str, env: Mapping[str, str], *, default_env: str = "") -> str | None:
+        """The value of the environment variable that `key` names (secrets never sit in
+        the file); None when the key and default are empty or the variable is unset."""
+        name = self.text(key, default_env)
+        if name and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise errors.ConfigError(
+                f"{self.prefix}{key}", f"not an environment variable name: {name!r}"
+            )
+        return (env.get(name) or None) if name else None
 
     def choice(self, key: str, default: str, options: tuple[str, ...]) -> str:
         v = self.text(key, default)

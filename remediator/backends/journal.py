@@ -121,7 +121,7 @@ class SqliteJournal:
         for row, request_id, source, received_at, payload in rows:
             try:
                 alerts = replay(source, bytes(payload), parse_time(received_at))
-            except Exception as exc:  # an unreadable row must not stop the start
+            except Exception as exc:  # noqa: BLE001 - an unreadable row must not stop the start
                 log.error("journal_entry_unreadable", row=row, source=source, error=str(exc))
                 self._removals.add(row)
                 continue

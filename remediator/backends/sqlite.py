@@ -132,7 +132,7 @@ class Database:
             conn.execute("BEGIN")
             values = [job(conn) for job, _ in batch]
             conn.execute("COMMIT")
-        except Exception:  # any job error: isolated below, reported to each caller
+        except Exception:  # noqa: BLE001 - any job error: isolated below, reported to each caller
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         else:
@@ -143,7 +143,7 @@ class Database:
                 conn.execute("BEGIN")
                 value = job(conn)
                 conn.execute("COMMIT")
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
                 log.error("sqlite_job_failed", path=str(self.path), error=str(exc))
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
@@ -184,7 +184,7 @@ class Batcher(Generic[T]):
         write = self._write
         try:
             done = self._db.submit(lambda conn: write(conn, items))
-        except Exception as exc:  # the database is closed: tell every waiter
+        except Exception as exc:  # noqa: BLE001 - the database is closed: tell every waiter
             batch.set_exception(exc)
             return
         done.add_done_callback(lambda f: _chain(f, batch))
