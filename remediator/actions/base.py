@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Protocol
 
 import structlog
 
+from remediator import errors
 from remediator.actions import params
 from remediator.models.alert import Alert
 from remediator.settings import Settings
@@ -61,3 +62,19 @@ class Action(Protocol):
 
     async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         """Prove what can be proven without a side effect; say what would change."""
+
+
+def family_config(settings: Settings, name: str) -> Any:
+    """The parsed `name` section of the config, for an action's allow-lists and connection.
+
+    With no such section, a live run is refused (`not_allowed`: nothing is allowed until
+    the config says what is), while a dry run goes on and its detail says nothing could be
+    checked — so the example rules still show what they would do on a bare `make run`.
+    Returns None only in that dry-run case.
+    """
+    cfg = settings.section(name)
+    if cfg is None and not settings.dry_run:
+        raise errors.NotAllowed(
+            name, f"no `{name}:` section in the config file: nothing is allowed"
+        )
+    return cfg

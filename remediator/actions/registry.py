@@ -33,4 +33,11 @@ def _load_builtin() -> None:
     if _loaded:
         return
     _loaded = True
-    from remediator.actions import builtin, notify  # noqa: F401, PLC0415
+    from remediator.actions import (  # noqa: F401, PLC0415
+        aws,
+        builtin,
+        docker,
+        kubernetes,
+        notify,
+        postgres,
+    )

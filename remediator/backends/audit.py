@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
 from remediator.backends.sqlite import Batcher, Database
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     request_id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
     verification TEXT NOT NULL DEFAULT '',
-    escalation TEXT NOT NULL DEFAULT ''
+    escalation TEXT NOT NULL DEFAULT '',
+    result TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS decisions_rule ON decisions (rule, id);
 CREATE INDEX IF NOT EXISTS decisions_alertname ON decisions (alertname, id);
@@ -50,7 +52,7 @@ CREATE INDEX IF NOT EXISTS decisions_decided_at ON decisions (decided_at);
 COLUMNS = (
     "id", "decided_at", "received_at", "rule", "alertname", "fingerprint", "starts_at",
     "source", "outcome", "reason", "target", "action", "params", "detail", "request_id",
-    "attempt", "verification", "escalation",
+    "attempt", "verification", "escalation", "result",
 )  # fmt: skip
 
 
@@ -81,7 +83,11 @@ class Audit(Protocol):
 
         Rows written in one loop turn share one batch (one future, one commit)."""
 
-    async def update(self, id_: int, *, outcome: Outcome, reason: Reason, detail: str) -> None: ...
+    async def update(
+        self, id_: int, *, outcome: Outcome, reason: Reason, detail: str,
+        result: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """Set a row's outcome; `result` is what the action reports (e.g. what it changed)."""
 
     def annotate(self, id_: int, *, verification: str | None = None,
                  escalation: str | None = None) -> None: ...  # fmt: skip
@@ -92,9 +98,10 @@ class Audit(Protocol):
 
 
 _Row = tuple[Any, ...]
+_INSERTED = (*COLUMNS[1:16], "result")
 _INSERT = (
-    f"INSERT INTO decisions ({', '.join(COLUMNS[1:16])}) "  # noqa: S608 - fixed names
-    f"VALUES ({', '.join('?' * 15)})"
+    f"INSERT INTO decisions ({', '.join(_INSERTED)}) "  # noqa: S608 - fixed names
+    f"VALUES ({', '.join('?' * len(_INSERTED))})"
 )
 
 
@@ -113,15 +120,25 @@ class SqliteAudit:
             d.decided_at, iso(d.received_at), d.rule, d.alertname, d.fingerprint,
             d.starts_at, d.source, str(d.outcome), str(d.reason), d.target, d.action,
             json.dumps(dict(d.params), default=str), d.detail, d.request_id, d.attempt,
+            json.dumps(dict(d.result), default=str) if d.result else "{}",
         )  # fmt: skip
 
         return Receipt(*self._rows.add(row))
 
-    async def update(self, id_: int, *, outcome: Outcome, reason: Reason, detail: str) -> None:
+    async def update(
+        self,
+        id_: int,
+        *,
+        outcome: Outcome,
+        reason: Reason,
+        detail: str,
+        result: Mapping[str, Any] | None = None,
+    ) -> None:
+        data = json.dumps(dict(result or {}), default=str)
         await self._db.submit(
             lambda c: c.execute(
-                "UPDATE decisions SET outcome = ?, reason = ?, detail = ? WHERE id = ?",
-                (str(outcome), str(reason), detail, id_),
+                "UPDATE decisions SET outcome = ?, reason = ?, detail = ?, result = ? WHERE id = ?",
+                (str(outcome), str(reason), detail, data, id_),
             )
         )
 
@@ -163,6 +180,7 @@ class SqliteAudit:
         for row in rows:
             item = dict(zip(COLUMNS, row, strict=True))
             item["params"] = json.loads(item["params"])
+            item["result"] = json.loads(item["result"])
             out.append(item)
         return out
 

@@ -307,6 +307,7 @@ class Engine:
                 await self._record(
                     base, Outcome.DRY_RUN, Reason.NONE, detail=result.detail, target=target,
                     action=action.type, params=values, attempt=verdict.attempt,
+                    result=result.data,
                 )  # fmt: skip
             else:
                 await self._record(
@@ -441,12 +442,20 @@ class Engine:
             await self.state.release(target)
         self.metrics.action_duration.labels(action=action.type).observe(time.monotonic() - started)
         now = self.clock.now()
+        data: Mapping[str, Any] = {}
         if failure is None:
             assert result is not None
-            outcome, reason, detail = Outcome.EXECUTED, Reason.NONE, result.detail
+            outcome, reason, detail, data = (
+                Outcome.EXECUTED,
+                Reason.NONE,
+                result.detail,
+                result.data,
+            )
         else:
             outcome, reason, detail = Outcome.FAILED, failure[0], failure[1]
-        await self.audit.update(decision_id, outcome=outcome, reason=reason, detail=detail)
+        await self.audit.update(
+            decision_id, outcome=outcome, reason=reason, detail=detail, result=data
+        )
         key = _key(rule, alert)
         await self.state.set_occurrence(key, f"{outcome}/{reason}", now)
         self._count(rule, outcome, reason)
@@ -567,6 +576,7 @@ class Engine:
         action: str = "",
         params: Mapping[str, Any] | None = None,
         attempt: int = 0,
+        result: Mapping[str, Any] | None = None,
         durable: bool = False,
         final: bool = True,
     ) -> int:
@@ -582,6 +592,7 @@ class Engine:
             decided_at=iso_ts(self.clock.now()),
             received_at=alert.received_at, target=target, action=action,
             params=params or {}, detail=detail, request_id=base.entry.request_id, attempt=attempt,
+            result=result or {},
         )  # fmt: skip
         key = _key(base.rule, alert)
         await self.state.set_occurrence(key, f"{outcome}/{reason}", base.now)

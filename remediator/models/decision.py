@@ -63,3 +63,5 @@ class Decision:
     detail: str = ""
     request_id: str = ""
     attempt: int = 1
+    result: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """What the action reported (Result.data): what it changed or would change."""

@@ -1,0 +1,1 @@
+"""`ecs.*`, `lambda.*`, `sqs.*`: bounded AWS remediations (issue: AWS)."""

@@ -1,0 +1,1 @@
+"""`docker.restart`: restart a container through the Docker Engine API (issue: Docker)."""

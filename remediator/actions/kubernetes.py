@@ -1,0 +1,1 @@
+"""`kubernetes.*`: rollout restart, bounded scale, bounded pod delete (issue: Kubernetes)."""

@@ -1,0 +1,1 @@
+"""`postgres.terminate_queries`: bounded termination of stuck queries (issue: PostgreSQL)."""
