@@ -78,3 +78,11 @@ class Metrics:
         )
         self.build_info.labels(version=__version__).set(1)
         self.paused = Gauge(f"{PREFIX}_paused", "1 while all actions are paused.", registry=r)
+        self._sns(r)
+        self._silences(r)
+
+    def _sns(self, r: CollectorRegistry) -> None:
+        """Metrics of the SNS intake."""
+
+    def _silences(self, r: CollectorRegistry) -> None:
+        """Metrics of the silence checks."""

@@ -99,6 +99,20 @@ class Blackout:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Sns:
+    """SNS intake (`POST /webhook/sns`): CloudWatch alarms through an SNS subscription."""
+
+    # Filled in by the SNS intake issue.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AlertmanagerApi:
+    """Alertmanager's API v2, asked about silences before acting."""
+
+    # Filled in by the silences issue.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 9097
@@ -112,6 +126,8 @@ class Settings:
     intake: Intake = Intake()
     budgets: Budgets = Budgets()
     blackouts: tuple[Blackout, ...] = ()
+    sns: Sns = Sns()
+    alertmanager: AlertmanagerApi = AlertmanagerApi()
     workers: int = 4
     """Engine tasks deciding alerts concurrently."""
     journal_fsync: bool = False
@@ -188,6 +204,8 @@ def load(
         intake=_intake(r.section("intake")),
         budgets=_budgets(r.section("limits")),
         blackouts=_blackouts(r.items("blackouts")),
+        sns=_sns(r.section("sns"), env),
+        alertmanager=_alertmanager(r.section("alertmanager"), env),
         workers=r.integer("workers", 4, lo=1, hi=64),
         journal_fsync=r.flag("journal_fsync", False),
         shutdown_timeout=r.duration("shutdown_timeout", 20.0),
@@ -246,6 +264,18 @@ def _auth(r: Reader, env: Mapping[str, str]) -> Auth:
             "basic auth needs both the user and the password environment variable set",
         )
     return auth
+
+
+def _sns(r: Reader, env: Mapping[str, str]) -> Sns:
+    out = Sns()
+    r.finish()
+    return out
+
+
+def _alertmanager(r: Reader, env: Mapping[str, str]) -> AlertmanagerApi:
+    out = AlertmanagerApi()
+    r.finish()
+    return out
 
 
 def _intake(r: Reader) -> Intake:
