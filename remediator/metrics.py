@@ -86,3 +86,12 @@ class Metrics:
 
     def _silences(self, r: CollectorRegistry) -> None:
         """Metrics of the silence checks."""
+        self.silence_checks = Counter(
+            f"{PREFIX}_silence_checks", "Silence checks before acting, by result "
+            "(silenced, not_silenced, error).", ["result"], registry=r,
+        )  # fmt: skip
+        self.silences_managed = Counter(
+            f"{PREFIX}_silences", "Silences remediator created or expired itself "
+            "(silence_while_remediating), by operation and result.",
+            ["operation", "result"], registry=r,
+        )  # fmt: skip

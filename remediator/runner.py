@@ -26,8 +26,10 @@ from remediator.backends import journal as journal_mod
 from remediator.backends.sqlite import Database
 from remediator.backends.state import MemoryState
 from remediator.clients import Clients
+from remediator.clients.alertmanager import AlertmanagerClient
 from remediator.engine.clock import Clock, SystemClock
 from remediator.engine.engine import Engine, occurrence_key
+from remediator.engine.silences import Silences
 from remediator.matching import loader
 from remediator.matching.index import RuleIndex
 from remediator.metrics import Metrics
@@ -72,10 +74,16 @@ class Daemon:
         rules = loader.load_dir(self.settings.rules_dir)
         await self.db.start()
         self.clients = await Clients.open()
+        silences = None
+        if self.settings.alertmanager.enabled:
+            silences = Silences(
+                api=AlertmanagerClient(self.clients.http, self.settings.alertmanager),
+                config=self.settings.alertmanager, clock=self.clock, metrics=self.metrics,
+            )  # fmt: skip
         self.engine = Engine(
             settings=self.settings, index=RuleIndex(rules), journal=self.journal,
             audit=self.audit, state=self.state, metrics=self.metrics, clients=self.clients,
-            clock=self.clock,
+            clock=self.clock, silences=silences,
         )  # fmt: skip
         self._reloaded(len(rules))
         await self._restore()

@@ -109,7 +109,26 @@ class Sns:
 class AlertmanagerApi:
     """Alertmanager's API v2, asked about silences before acting."""
 
-    # Filled in by the silences issue.
+    urls: tuple[str, ...] = ()
+    """Base URLs (e.g. http://alertmanager:9093), tried in turn (an HA pair shares
+    silences through gossip, so any one answers for both). Empty: no silence checks."""
+    bearer_token: str | None = None
+    basic_user: str | None = None
+    basic_password: str | None = None
+    """Credentials for Alertmanager's `http_config` (secrets come from the environment)."""
+    timeout: float = 2.0
+    """Seconds per request. Short: a silence check sits in front of every action."""
+    cache_ttl: float = 5.0
+    """Seconds a fetched silence list is reused. Longer means fewer requests in a storm
+    and a longer delay before a new silence is seen; a few seconds is the design's
+    trade-off."""
+    on_error: str = "fail_closed"
+    """`fail_closed`: when Alertmanager cannot be asked, do not act (reason
+    `silence_check_failed`); `fail_open`: act as if nothing were silenced."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.urls)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -273,8 +292,23 @@ def _sns(r: Reader, env: Mapping[str, str]) -> Sns:
 
 
 def _alertmanager(r: Reader, env: Mapping[str, str]) -> AlertmanagerApi:
-    out = AlertmanagerApi()
+    urls = []
+    for i, u in enumerate(r.raw_list("urls")):
+        if not isinstance(u, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?", u):
+            raise errors.ConfigError(f"{r.prefix}urls[{i}]", f"expected an http(s) URL, got {u!r}")
+        urls.append(u.rstrip("/"))
+    out = AlertmanagerApi(
+        urls=tuple(urls),
+        bearer_token=r.secret("bearer_token_env", env),
+        basic_user=r.text("basic_user", "") or None,
+        basic_password=r.secret("basic_password_env", env),
+        timeout=r.duration("timeout", 2.0),
+        cache_ttl=r.duration("cache_ttl", 5.0),
+        on_error=r.choice("on_error", "fail_closed", ("fail_closed", "fail_open")),
+    )
     r.finish()
+    if out.timeout <= 0:
+        raise errors.ConfigError(f"{r.prefix}timeout", "must be longer than 0s")
     return out
 
 

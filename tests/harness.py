@@ -85,11 +85,14 @@ class Harness:
         rules: str,
         config: str = "",
         env: dict[str, str] | None = None,
+        now: float | None = None,
         **overrides: Any,
     ) -> None:
+        """`now`: where the FakeClock starts (default START); pass time.time() when a real
+        server's notion of time (Alertmanager's silences) must agree with the daemon's."""
         self.tmp_path = tmp_path
         self.rules_dir = tmp_path / "rules"
-        self.rules_dir.mkdir(exist_ok=True)
+        self.rules_dir.mkdir(parents=True, exist_ok=True)
         (self.rules_dir / "rules.yaml").write_text(textwrap.dedent(rules))
         config_path = tmp_path / "config.yaml"
         config_path.write_text(textwrap.dedent(config))
@@ -98,7 +101,7 @@ class Harness:
             overrides={"rules_dir": self.rules_dir, "data_dir": tmp_path / "data", **overrides},
             environ=env or {},
         )
-        self.clock = FakeClock(START.timestamp())
+        self.clock = FakeClock(START.timestamp() if now is None else now)
         self.daemon: Daemon
         self.client: TestClient[Any, Any]
 

@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     attempt INTEGER NOT NULL,
     verification TEXT NOT NULL DEFAULT '',
     escalation TEXT NOT NULL DEFAULT '',
-    result TEXT NOT NULL DEFAULT '{}'
+    result TEXT NOT NULL DEFAULT '{}',
+    silence TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS decisions_rule ON decisions (rule, id);
 CREATE INDEX IF NOT EXISTS decisions_alertname ON decisions (alertname, id);
@@ -52,7 +53,7 @@ CREATE INDEX IF NOT EXISTS decisions_decided_at ON decisions (decided_at);
 COLUMNS = (
     "id", "decided_at", "received_at", "rule", "alertname", "fingerprint", "starts_at",
     "source", "outcome", "reason", "target", "action", "params", "detail", "request_id",
-    "attempt", "verification", "escalation", "result",
+    "attempt", "verification", "escalation", "result", "silence",
 )  # fmt: skip
 
 
@@ -89,8 +90,11 @@ class Audit(Protocol):
     ) -> None:  # fmt: skip
         """Set a row's outcome; `result` is what the action reports (e.g. what it changed)."""
 
-    def annotate(self, id_: int, *, verification: str | None = None,
-                 escalation: str | None = None) -> None: ...  # fmt: skip
+    def annotate(
+        self, id_: int, *, verification: str | None = None, escalation: str | None = None,
+        silence: str | None = None,
+    ) -> None:  # fmt: skip
+        """Add verification, escalation or silence text to a row (not awaited)."""
 
     async def query(self, q: Query) -> list[dict[str, Any]]: ...
 
@@ -143,9 +147,17 @@ class SqliteAudit:
         )
 
     def annotate(
-        self, id_: int, *, verification: str | None = None, escalation: str | None = None
+        self,
+        id_: int,
+        *,
+        verification: str | None = None,
+        escalation: str | None = None,
+        silence: str | None = None,
     ) -> None:
         sets, args = [], []
+        if silence is not None:
+            sets.append("silence = ?")
+            args.append(silence)
         if verification is not None:
             sets.append("verification = ?")
             args.append(verification)

@@ -1,12 +1,16 @@
-"""Outgoing HTTP (webhooks to chat, later Alertmanager): timeouts split, errors mapped."""
+"""Outgoing HTTP (chat webhooks, Alertmanager's API): timeouts split, errors mapped."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
 
 from remediator import errors
+
+MAX_RESPONSE_BYTES = 8 << 20
+"""Largest JSON answer read (a silence list of a busy Alertmanager stays far below)."""
 
 
 class HttpClient:
@@ -29,17 +33,48 @@ class HttpClient:
 
         `what` names the call in errors (never the URL: webhook URLs carry secrets).
         """
+        status, _ = await self.request(
+            "POST", url, body=body, timeout=timeout, what=what, headers=headers
+        )
+        return status
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        timeout: float,
+        what: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
+        """Send a request (JSON body if given); return (status, parsed JSON or None).
+
+        Raises errors.TemporaryError for I/O failures, timeouts, 429 and 5xx, and
+        errors.PermanentError for other 4xx, each naming `what` and the status.
+        """
         t = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
         try:
-            async with self._session.post(url, json=body, timeout=t, headers=headers) as resp:
-                await resp.read()
+            async with self._session.request(
+                method, url, json=body, timeout=t, headers=headers
+            ) as resp:
+                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
                 status = resp.status
         except TimeoutError as exc:
-            raise errors.TemporaryError(f"{what}: no answer within {timeout:.0f}s") from exc
+            raise errors.TemporaryError(f"{what}: no answer within {timeout:g}s") from exc
         except aiohttp.ClientError as exc:
+            # Only the type: the message of some aiohttp errors holds the URL, which for a
+            # chat webhook is a secret.
             raise errors.TemporaryError(f"{what}: {type(exc).__name__}") from exc
         if status == 429 or status >= 500:
             raise errors.TemporaryError(f"{what}: HTTP {status}", delay=1.0)
         if status >= 400:
-            raise errors.PermanentError(f"{what}: HTTP {status}")
-        return status
+            raise errors.PermanentError(f"{what}: HTTP {status}: {raw[:200]!r}")
+        if len(raw) > MAX_RESPONSE_BYTES:
+            raise errors.PermanentError(f"{what}: answer larger than {MAX_RESPONSE_BYTES} bytes")
+        if not raw:
+            return status, None
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, None

@@ -15,7 +15,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, Final, Literal
 
 import structlog
@@ -28,6 +28,7 @@ from remediator.backends.journal import Journal, JournalEntry
 from remediator.backends.state import State
 from remediator.engine import guards
 from remediator.engine.clock import Clock, Timer
+from remediator.engine.silences import Silences
 from remediator.matching import templates
 from remediator.matching.index import RuleIndex
 from remediator.metrics import Metrics
@@ -41,15 +42,14 @@ log = structlog.get_logger("remediator.engine")
 # A skip for one of these reasons holds only while the reason does: once the pause,
 # blackout or silence is over, the next re-delivery of a still-firing alert is decided
 # again instead of being dropped as a duplicate.
-TRANSIENT = frozenset({Reason.PAUSED, Reason.BLACKOUT, Reason.SILENCED})
+TRANSIENT = frozenset(
+    {Reason.PAUSED, Reason.BLACKOUT, Reason.SILENCED, Reason.SILENCE_CHECK_FAILED}
+)
 HELD: Final = "held"
 DECIDING: Final = "deciding"
 DECIDED: Final = "decided"
 DUPLICATE: Final = "duplicate"
 _Verdict = Literal["decided", "held", "duplicate"]
-
-SilenceCheck = Callable[[Alert], Awaitable[tuple[Reason, str] | None]]
-"""Returns (silenced|silence_check_failed, detail) to skip, None to go on (issue: silences)."""
 
 
 def occurrence_key(rule: str, fingerprint: str, starts_at: str) -> str:
@@ -117,7 +117,7 @@ class Engine:
         metrics: Metrics,
         clients: Any,
         clock: Clock,
-        silences: SilenceCheck | None = None,
+        silences: Silences | None = None,
     ) -> None:
         self.settings = settings
         self.index = index
@@ -184,6 +184,10 @@ class Engine:
         if alert.status == "resolved":
             for rule in rules:
                 await self._resolved(rule, alert)
+            if self.silences is not None:
+                released = await self.silences.release(alert)
+                if released is not None:
+                    self.audit.annotate(released[0], silence=released[1])
             self._finish(entry)
             return
         outstanding = 0
@@ -266,7 +270,7 @@ class Engine:
             await self._record(base, Outcome.SKIPPED, skip[0], detail=skip[1])
             return DECIDED
         if self.silences is not None:
-            silenced = await self.silences(alert)
+            silenced = await self.silences.check(alert)
             if silenced is not None:
                 await self._record(base, Outcome.SKIPPED, silenced[0], detail=silenced[1])
                 return DECIDED
@@ -467,6 +471,12 @@ class Engine:
             if await self.state.record_result(rule=rule, target=target, ok=False, now=now):
                 await self._escalate(rule, alert, target, decision_id, f"circuit opened: {detail}")
             return
+        if rule.silence_while_remediating and self.silences is not None:
+            text = await self.silences.hold(
+                alert, rule=rule.name, decision_id=decision_id,
+                duration=rule.silence_while_remediating,
+            )  # fmt: skip
+            self.audit.annotate(decision_id, silence=text)
         if rule.resolve_within is None or (result is not None and not result.changed):
             await self.state.record_result(rule=rule, target=target, ok=True, now=now)
             return

@@ -23,6 +23,8 @@ class Reason(enum.StrEnum):
     PAUSED = "paused"
     BLACKOUT = "blackout"
     SILENCED = "silenced"
+    SILENCE_CHECK_FAILED = "silence_check_failed"
+    """Alertmanager could not be asked and `alertmanager.on_error` is fail_closed."""
     TOO_YOUNG = "too_young"
     COOLDOWN = "cooldown"
     RATE_LIMITED = "rate_limited"

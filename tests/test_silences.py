@@ -1,0 +1,378 @@
+"""Silence-aware remediation against a real Alertmanager (Debian's prometheus-alertmanager).
+
+The daemon runs in process (tests/harness.py) with its clock started at the real time, so
+that Alertmanager's notion of "active silence" and the daemon's agree; the silence cache is
+expired by advancing that clock, never by sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from remediator.engine.silences import parse_silences
+from remediator.models.alert import Alert
+from tests import servers
+from tests.harness import Harness, am_alert, resolved
+
+MINUTE = 60.0
+
+RULES = """
+rules:
+  - name: api-restart
+    matchers: ['alertname = "APIDown"']
+    action:
+      type: log
+      params:
+        message: "restart {{ labels.deployment }}"
+        target: "{{ labels.namespace }}/{{ labels.deployment }}"
+    limits: {cooldown: 0s}
+"""
+
+HELD_RULES = RULES.replace("limits: {cooldown: 0s}", "limits: {cooldown: 0s}\n    for: 1m")
+
+SILENCING_RULES = RULES.replace(
+    "limits: {cooldown: 0s}", "limits: {cooldown: 0s}\n    silence_while_remediating: 10m"
+)
+
+
+def config(am: servers.AlertmanagerServer, *, on_error: str = "fail_closed") -> str:
+    return f"""
+    alertmanager:
+      urls: ["{am.url}"]
+      cache_ttl: 5s
+      timeout: 1s
+      on_error: {on_error}
+    """
+
+
+@pytest.fixture(scope="module")
+def alertmanager() -> Iterator[servers.AlertmanagerServer]:
+    # Nothing listens at the webhook URL: Alertmanager's deliveries do not matter here.
+    with servers.AlertmanagerServer(
+        f"http://127.0.0.1:{servers.free_port()}/unused", log_level="warn"
+    ) as am:
+        yield am
+
+
+@pytest.fixture
+def clean(alertmanager: servers.AlertmanagerServer) -> Iterator[servers.AlertmanagerServer]:
+    """The module's Alertmanager with no active silence before and after the test."""
+
+    def expire_all() -> None:
+        for s in alertmanager.list_silences():
+            if s["status"]["state"] != "expired":
+                alertmanager.expire_silence(s["id"])
+
+    expire_all()
+    yield alertmanager
+    expire_all()
+
+
+def real_now_alert(**labels: str) -> dict[str, Any]:
+    """APIDown that started a few minutes ago in real time (the clock starts at time.time())."""
+    started = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    return am_alert("APIDown", starts_at=started, **labels)
+
+
+async def silence(am: servers.AlertmanagerServer, matchers: list[dict[str, Any]]) -> str:
+    return await asyncio.to_thread(am.create_silence, matchers, comment="deploy v2.1.0")
+
+
+async def test_silences_skip_exactly_the_alerts_their_matchers_cover(
+    tmp_path: Path, clean: servers.AlertmanagerServer
+) -> None:
+    await silence(
+        clean, [{"name": "namespace", "value": "prod"}, {"name": "deployment", "value": "api"}]
+    )
+    await silence(clean, [{"name": "deployment", "value": "batch-.*", "isRegex": True}])
+    await silence(
+        clean,
+        [
+            {"name": "deployment", "value": "web"},
+            {"name": "namespace", "value": "prod", "isEqual": False},
+        ],
+    )
+    cases = {
+        ("prod", "api"): "silenced",  # equality
+        ("staging", "api"): "",  # the equality silence needs namespace=prod
+        ("prod", "batch-7"): "silenced",  # regex
+        ("prod", "batchx"): "",  # anchored: "batch-.*" does not match "batchx"
+        ("staging", "web"): "silenced",  # negative matcher: namespace != prod
+        ("prod", "web"): "",
+    }
+    async with Harness(tmp_path, rules=RULES, config=config(clean), now=time.time()) as h:
+        sent = {}
+        for namespace, deployment in cases:
+            alert = real_now_alert(namespace=namespace, deployment=deployment)
+            sent[alert["fingerprint"]] = (namespace, deployment)
+            await h.fire(alert)
+        rows = await h.decisions()
+    got = {sent[d["fingerprint"]]: d for d in rows}
+    assert {k: got[k]["reason"] for k in cases} == cases
+    assert all(got[k]["outcome"] == ("skipped" if v else "dry_run") for k, v in cases.items())
+    assert "deploy v2.1.0" in got[("prod", "api")]["detail"]
+
+
+async def test_a_silence_created_after_the_webhook_still_prevents_the_action(
+    tmp_path: Path, clean: servers.AlertmanagerServer
+) -> None:
+    async with Harness(
+        tmp_path, rules=HELD_RULES, config=config(clean), now=time.time(), dry_run=False
+    ) as h:
+        alert = am_alert(
+            "APIDown", namespace="prod", deployment="api", starts_at=dt.datetime.now(dt.UTC)
+        )
+        await h.fire(alert)  # held for `for: 1m`: checked and cached "not silenced" now
+        assert await h.decisions() == []
+        await silence(clean, [{"name": "deployment", "value": "api"}])
+        await h.advance(MINUTE + 5)  # due by then, and the cache is older than cache_ttl
+        [d] = await h.decisions()
+        assert (d["outcome"], d["reason"]) == ("skipped", "silenced")
+        assert (
+            await h.metric(
+                "remediator_actions_total", rule="api-restart", action="log", result="ok"
+            )
+            == 0
+        )
+
+
+async def test_when_alertmanager_is_down_fail_closed_keeps_hands_off(tmp_path: Path) -> None:
+    am = servers.AlertmanagerServer(
+        f"http://127.0.0.1:{servers.free_port()}/unused", log_level="warn"
+    )
+    await asyncio.to_thread(am.start)
+    try:
+        async with Harness(
+            tmp_path, rules=RULES, config=config(am), now=time.time(), dry_run=False
+        ) as h:
+            await h.fire(real_now_alert(namespace="prod", deployment="api"))
+            await asyncio.to_thread(am.stop)
+            await h.advance(MINUTE)
+            await h.fire(real_now_alert(namespace="prod", deployment="web"))
+            first, second = await h.decisions()
+            assert (first["outcome"], first["reason"]) == ("executed", "")
+            assert (second["outcome"], second["reason"]) == ("skipped", "silence_check_failed")
+            assert "fail_closed" in second["detail"]
+            assert await h.metric("remediator_silence_checks_total", result="error") == 1
+    finally:
+        await asyncio.to_thread(am.stop)
+
+
+async def test_when_alertmanager_is_down_fail_open_acts(tmp_path: Path) -> None:
+    unreachable = f"http://127.0.0.1:{servers.free_port()}"
+    cfg = f"""
+    alertmanager:
+      urls: ["{unreachable}"]
+      timeout: 1s
+      on_error: fail_open
+    """
+    async with Harness(tmp_path, rules=RULES, config=cfg, now=time.time(), dry_run=False) as h:
+        await h.fire(real_now_alert(namespace="prod", deployment="api"))
+        [d] = await h.decisions()
+        assert (d["outcome"], d["reason"]) == ("executed", "")
+        assert await h.metric("remediator_silence_checks_total", result="error") == 1
+
+
+async def test_an_ha_pair_is_asked_in_turn_when_the_first_is_down(
+    tmp_path: Path, clean: servers.AlertmanagerServer
+) -> None:
+    await silence(clean, [{"name": "deployment", "value": "api"}])
+    cfg = f"""
+    alertmanager:
+      urls: ["http://127.0.0.1:{servers.free_port()}", "{clean.url}"]
+      timeout: 1s
+    """
+    async with Harness(tmp_path, rules=RULES, config=cfg, now=time.time()) as h:
+        await h.fire(real_now_alert(namespace="prod", deployment="api"))
+        [d] = await h.decisions()
+        assert (d["outcome"], d["reason"]) == ("skipped", "silenced")
+
+
+class CountingProxy:
+    """A reverse proxy in front of the real Alertmanager that counts the requests it passes."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.requests: list[str] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> CountingProxy:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        port = servers.free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        self.requests.append(f"{request.method} {request.path}")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(
+                request.method, self.upstream + request.path_qs, data=await request.read()
+            ) as resp,
+        ):
+            return web.Response(
+                body=await resp.read(), status=resp.status, content_type=resp.content_type
+            )
+
+
+async def test_a_storm_refreshes_the_silence_list_with_one_request(
+    tmp_path: Path, clean: servers.AlertmanagerServer
+) -> None:
+    async with CountingProxy(clean.url) as proxy:
+        cfg = f"""
+        alertmanager: {{urls: ["{proxy.url}"], cache_ttl: 5s}}
+        limits: {{max_targets_per_window: 1000, max_actions_per_window: 1000}}
+        """
+        async with Harness(tmp_path, rules=RULES, config=cfg, now=time.time()) as h:
+            storm = [real_now_alert(namespace="prod", deployment=f"d{i}") for i in range(200)]
+            resp = await h.post({"version": "4", "alerts": storm})
+            assert resp.status == 200
+            await h.settle()
+            assert [d["outcome"] for d in await h.decisions()] == ["dry_run"] * 200
+            assert await h.metric("remediator_silence_checks_total", result="not_silenced") == 200
+            assert proxy.requests == ["GET /api/v2/silences"]
+            await h.advance(5)  # past cache_ttl: the next alert asks again
+            await h.fire(real_now_alert(namespace="prod", deployment="late"))
+            assert proxy.requests == ["GET /api/v2/silences"] * 2
+
+
+async def test_silence_while_remediating_holds_a_silence_until_the_alert_resolves(
+    tmp_path: Path, clean: servers.AlertmanagerServer
+) -> None:
+    async with Harness(
+        tmp_path, rules=SILENCING_RULES, config=config(clean), now=time.time(), dry_run=False
+    ) as h:
+        alert = real_now_alert(namespace="prod", deployment="api", pod="api-7f9c")
+        await h.fire(alert)
+        [d] = await h.decisions()
+        assert d["outcome"] == "executed"
+        [ours] = [
+            s
+            for s in await asyncio.to_thread(clean.list_silences)
+            if s["createdBy"] == "remediator" and s["status"]["state"] == "active"
+        ]
+        assert sorted(
+            (m["name"], m["value"], m["isRegex"], m["isEqual"]) for m in ours["matchers"]
+        ) == sorted((k, v, False, True) for k, v in alert["labels"].items())
+        assert "api-restart" in ours["comment"] and f"decision {d['id']}" in ours["comment"]
+        ends = dt.datetime.fromisoformat(ours["endsAt"].replace("Z", "+00:00"))
+        assert dt.timedelta(minutes=9) < ends - dt.datetime.now(dt.UTC) <= dt.timedelta(minutes=10)
+        assert ours["id"] in d["silence"]
+
+        await h.fire(resolved(alert))
+        [after] = [s for s in await asyncio.to_thread(clean.list_silences) if s["id"] == ours["id"]]
+        assert after["status"]["state"] == "expired"
+        [d] = await h.decisions()
+        assert "expired when the alert resolved" in d["silence"]
+        assert await h.metric("remediator_silences_total", operation="expire", result="ok") == 1
+
+
+async def test_a_dry_run_creates_no_silence(
+    tmp_path: Path, clean: servers.AlertmanagerServer
+) -> None:
+    async with Harness(tmp_path, rules=SILENCING_RULES, config=config(clean), now=time.time()) as h:
+        await h.fire(real_now_alert(namespace="prod", deployment="api"))
+        [d] = await h.decisions()
+        assert d["outcome"] == "dry_run"
+    assert [
+        s
+        for s in await asyncio.to_thread(clean.list_silences)
+        if s["createdBy"] == "remediator" and s["status"]["state"] != "expired"
+    ] == []
+
+
+def sns_alert(**labels: str) -> Alert:
+    now = dt.datetime.now(dt.UTC)
+    return Alert(
+        source="sns",
+        name=labels["alertname"],
+        status="firing",
+        labels=labels,
+        annotations={},
+        starts_at=now,
+        ends_at=None,
+        fingerprint="0123456789abcdef",
+        generator_url="",
+        received_at=now,
+    )
+
+
+# (silence matchers, alert labels): asked of Alertmanager itself and of our checker.
+SEMANTICS: list[tuple[list[dict[str, Any]], dict[str, str]]] = [
+    ([{"name": "team", "value": "", "isEqual": True}], {"team": ""}),
+    ([{"name": "env", "value": "prod|staging", "isRegex": True}], {"env": "staging"}),
+    ([{"name": "env", "value": "prod|staging", "isRegex": True}], {"env": "preprod"}),
+    ([{"name": "env", "value": "prod", "isRegex": True, "isEqual": False}], {"env": "dev"}),
+    ([{"name": "env", "value": "prod", "isRegex": True, "isEqual": False}], {"env": "prod"}),
+    ([{"name": "env", "value": "prod", "isEqual": False}], {"other": "x"}),
+    (
+        [{"name": "host", "value": "api\\.example\\.com", "isRegex": True}],
+        {"host": "apixexample.com"},
+    ),
+    ([{"name": "sev", "value": "(?i)critical", "isRegex": True}], {"sev": "CRITICAL"}),
+    ([{"name": "queue", "value": ".+", "isRegex": True}], {"queue": "jobs"}),
+    ([{"name": "queue", "value": ".+", "isRegex": True}], {"other": "x"}),
+]
+
+
+async def test_our_silence_check_agrees_with_alertmanager_on_every_case(
+    tmp_path: Path, clean: servers.AlertmanagerServer
+) -> None:
+    """Alertmanager says (silencedBy) whether each alert is silenced; our check must agree."""
+    ids = []
+    for i, (ms, labels) in enumerate(SEMANTICS):
+        ids.append(await silence(clean, [{"name": "case", "value": str(i)}, *ms]))
+        case = {"alertname": "SemanticsCase", "case": str(i), **labels}
+        await asyncio.to_thread(clean.post_alerts, [servers.alert("SemanticsCase", labels=case)])
+    async with Harness(tmp_path, rules=RULES, config=config(clean), now=time.time()) as h:
+        checker = h.daemon.engine.silences
+        assert checker is not None
+        ours = [
+            await checker.check(sns_alert(alertname="SemanticsCase", case=str(i), **labels))
+            is not None
+            for i, (_, labels) in enumerate(SEMANTICS)
+        ]
+    theirs = []
+    for i, sid in enumerate(ids):
+        for _ in range(100):  # Alertmanager marks alerts on its next pass: poll, bounded
+            [found] = await asyncio.to_thread(clean.get_alerts, filter=[f'case="{i}"'])
+            if found["status"]["state"] != "unprocessed":
+                break
+            await asyncio.sleep(0.05)
+        theirs.append(sid in found["status"]["silencedBy"])
+    assert ours == theirs
+    assert set(ours) == {True, False}  # the table has both answers
+
+
+def test_parse_silences_ignores_expired_and_unreadable_ones() -> None:
+    now = dt.datetime.now(dt.UTC).isoformat()
+    raw = [
+        {"id": "a", "status": {"state": "expired"}, "matchers": [], "startsAt": now, "endsAt": now},
+        {
+            "id": "b",
+            "status": {"state": "active"},
+            "matchers": [{"name": "x"}],
+            "startsAt": now,
+            "endsAt": now,
+        },
+        {"id": "c", "status": {"state": "active"}, "matchers": [], "startsAt": now, "endsAt": now},
+    ]
+    assert [s.id for s in parse_silences(raw)] == ["c"]
