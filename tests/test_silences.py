@@ -376,3 +376,19 @@ def test_parse_silences_ignores_expired_and_unreadable_ones() -> None:
         {"id": "c", "status": {"state": "active"}, "matchers": [], "startsAt": now, "endsAt": now},
     ]
     assert [s.id for s in parse_silences(raw)] == ["c"]
+
+
+async def test_a_silenced_alert_re_sent_adds_no_row_until_the_silence_ends(
+    tmp_path: Path, clean: servers.AlertmanagerServer
+) -> None:
+    sid = await silence(clean, [{"name": "deployment", "value": "api"}])
+    async with Harness(tmp_path, rules=RULES, config=config(clean), now=time.time()) as h:
+        alert = real_now_alert(namespace="prod", deployment="api")
+        await h.fire(alert)
+        await h.fire(alert)  # Alertmanager's re-send while the silence holds
+        assert await h.outcomes() == [("skipped", "silenced")]
+        assert await h.metric("remediator_duplicates_total", source="alertmanager") == 1
+        await asyncio.to_thread(clean.expire_silence, sid)
+        await h.advance(5)  # past cache_ttl
+        await h.fire(alert)  # the next re-send after the silence ended is decided again
+        assert await h.outcomes() == [("skipped", "silenced"), ("dry_run", "")]

@@ -254,6 +254,11 @@ class Engine:
         now = self.clock.now()
         key = _key(rule, alert)
         skip = self._transient_reason(rule, alert, now)
+        if skip is None and self.silences is not None:
+            # Asked before the duplicate check (from a cache, mostly): the only await on
+            # I/O must not sit between reading the occurrence and claiming it, and a
+            # re-delivery of a still-silenced alert must stay a duplicate, not a new row.
+            skip = await self.silences.check(alert)
         prev = await self.state.occurrence(key)
         if not self._should_decide(
             prev.status if prev else None,
@@ -269,11 +274,6 @@ class Engine:
         if skip is not None:
             await self._record(base, Outcome.SKIPPED, skip[0], detail=skip[1])
             return DECIDED
-        if self.silences is not None:
-            silenced = await self.silences.check(alert)
-            if silenced is not None:
-                await self._record(base, Outcome.SKIPPED, silenced[0], detail=silenced[1])
-                return DECIDED
         age = now - alert.starts_at.timestamp()
         if age < rule.for_:
             await self.state.set_occurrence(key, HELD, now)
