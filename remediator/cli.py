@@ -15,9 +15,10 @@ from typing import Any
 from remediator import __version__, errors, logs
 from remediator import settings as settings_mod
 from remediator.engine.simulate import simulate
-from remediator.intake import alertmanager
+from remediator.intake import alertmanager, sns
 from remediator.matching import loader
 from remediator.matching.index import RuleIndex
+from remediator.models.alert import Alert
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("rules_dir", nargs="?", type=Path)
     _config_arg(c)
     m = sub.add_parser("simulate", help="show what the rules would do with a sample alert")
-    m.add_argument("alert_file", type=Path, help="an Alertmanager webhook payload (JSON)")
+    m.add_argument(
+        "alert_file",
+        type=Path,
+        help="an Alertmanager webhook payload, or an SNS notification body (JSON)",
+    )
     m.add_argument("--rules", type=Path)
     m.add_argument("--json", action="store_true", help="machine-readable output")
     _config_arg(m)
@@ -106,12 +111,29 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(body: bytes) -> tuple[list[Alert], str]:
+    """The alerts of a sample file: an Alertmanager payload, or an SNS notification body
+    (a CloudWatch alarm) whose signature is not checked."""
+    received_at = dt.datetime.now(dt.UTC)
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict) and doc.get("Type") in sns.TYPES:
+        alerts = sns.sample(body, received_at=received_at)
+        note = "SNS message: signature not verified (simulate never fetches certificates)"
+        if not alerts:
+            note += "; not a CloudWatch ALARM or OK notification, nothing to decide"
+        return alerts, note
+    return alertmanager.parse(body, received_at=received_at, max_alerts=10_000), ""
+
+
 def _simulate(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args, rules_dir=args.rules)
         rules = loader.load_dir(settings.rules_dir)
         body = args.alert_file.read_bytes()
-        alerts = alertmanager.parse(body, received_at=dt.datetime.now(dt.UTC), max_alerts=10_000)
+        alerts, note = _sample(body)
     except errors.RuleFileErrors as exc:
         for e in exc.errors:
             print(e, file=sys.stderr)
@@ -135,6 +157,8 @@ def _simulate(args: argparse.Namespace) -> int:
         ]
 
     report = asyncio.run(run_all())
+    if note:
+        print(f"note: {note}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

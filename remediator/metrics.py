@@ -83,6 +83,28 @@ class Metrics:
 
     def _sns(self, r: CollectorRegistry) -> None:
         """Metrics of the SNS intake."""
+        self.sns_messages = Counter(
+            f"{PREFIX}_sns_messages",
+            "SNS requests by message type and result: verified, bad_signature, "
+            "topic_not_allowed, replay, duplicate, malformed, too_large, cert_unavailable.",
+            ["type", "result"], registry=r,
+        )  # fmt: skip
+        self.sns_notifications = Counter(
+            f"{PREFIX}_sns_notifications",
+            "Verified SNS notifications by CloudWatch alarm state (ALARM, OK, "
+            "INSUFFICIENT_DATA) or stale (older than a transition already seen), not_alarm.",
+            ["state"], registry=r,
+        )  # fmt: skip
+        self.sns_subscriptions = Counter(
+            f"{PREFIX}_sns_subscriptions",
+            "Subscription events: confirmed, confirm_failed, left_unconfirmed, unsubscribed.",
+            ["event"], registry=r,
+        )  # fmt: skip
+        self.sns_cert_fetches = Counter(
+            f"{PREFIX}_sns_cert_fetches",
+            "Signing certificate downloads by result (ok, error); cached ones are not counted.",
+            ["result"], registry=r,
+        )  # fmt: skip
 
     def _silences(self, r: CollectorRegistry) -> None:
         """Metrics of the silence checks."""

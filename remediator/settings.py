@@ -98,11 +98,42 @@ class Blackout:
         return inside and (not self.days or day in self.days)
 
 
+SNS_CERT_HOST_PATTERN = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+SNS_CERT_PATH_PATTERN = r"^/SimpleNotificationService-[0-9a-f]+\.pem$"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Sns:
-    """SNS intake (`POST /webhook/sns`): CloudWatch alarms through an SNS subscription."""
+    """SNS intake (`POST /webhook/sns`): CloudWatch alarms through an SNS subscription.
 
-    # Filled in by the SNS intake issue.
+    The endpoint is internet-facing and unauthenticated by design; the message signature
+    is what authenticates it. See docs/sns.md.
+    """
+
+    allowed_topics: tuple[str, ...] = ()
+    """TopicArns accepted (exact, or `fnmatch` patterns such as `arn:aws:sns:*:123456789012:*`).
+    Empty (the default) refuses every message with 403: the endpoint is closed until topics
+    are listed. Only these topics get their subscriptions confirmed."""
+    max_age: float = 3600.0
+    """Seconds a message's `Timestamp` may lie in the past before it is refused as a replay.
+    SNS retries an HTTP/S delivery for at most 3600 s, so one hour loses no genuine retry."""
+    cert_host_pattern: re.Pattern[str] = re.compile(SNS_CERT_HOST_PATTERN)
+    """Hosts `SigningCertURL` and `SubscribeURL` may name (the whole host must match; https
+    only). Widen it only for tests or a private SNS-compatible service."""
+    cert_path_pattern: re.Pattern[str] = re.compile(SNS_CERT_PATH_PATTERN)
+    """Paths `SigningCertURL` may name: bounds the URLs a forged message can make us fetch."""
+    ca_file: Path | None = None
+    """PEM bundle that *replaces* the system trust store for the certificate fetch and the
+    subscription confirmation. Test-only (a loopback CA) or a private SNS-compatible
+    service; leave unset against AWS."""
+    confirm_subscriptions: bool = True
+    """GET `SubscribeURL` for a verified confirmation of an allowed topic. False: log it and
+    leave confirming to a human (console or `aws sns confirm-subscription`)."""
+    timeout: float = 5.0
+    """Seconds for one outgoing call (certificate fetch, subscription confirmation)."""
+    dedup_max_entries: int = 10_000
+    """MessageIds remembered (each for `max_age`) to drop SNS's at-least-once re-deliveries.
+    Past the bound the oldest are forgotten; occurrence dedup still stops a second action."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -286,8 +317,43 @@ def _auth(r: Reader, env: Mapping[str, str]) -> Auth:
 
 
 def _sns(r: Reader, env: Mapping[str, str]) -> Sns:
-    out = Sns()
+    topics = []
+    for i, topic in enumerate(r.raw_list("allowed_topics")):
+        if not isinstance(topic, str) or not re.fullmatch(r"arn:[!-~]{1,250}", topic):
+            raise errors.ConfigError(
+                f"{r.prefix}allowed_topics[{i}]",
+                f"expected a TopicArn like arn:aws:sns:REGION:ACCOUNT:NAME, got {topic!r}",
+            )
+        topics.append(topic)
+
+    def pattern(key: str, default: str) -> re.Pattern[str]:
+        text = r.text(key, default)
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            raise errors.ConfigError(
+                f"{r.prefix}{key}", f"not a regular expression: {exc}"
+            ) from exc
+
+    ca_text = r.text("ca_file", "")
+    ca_file = Path(ca_text) if ca_text else None
+    if ca_file is not None and not ca_file.is_file():
+        raise errors.ConfigError(f"{r.prefix}ca_file", f"no such file: {ca_text}")
+    out = Sns(
+        allowed_topics=tuple(topics),
+        max_age=r.duration("max_age", 3600.0),
+        cert_host_pattern=pattern("cert_host_pattern", SNS_CERT_HOST_PATTERN),
+        cert_path_pattern=pattern("cert_path_pattern", SNS_CERT_PATH_PATTERN),
+        ca_file=ca_file,
+        confirm_subscriptions=r.flag("confirm_subscriptions", True),
+        timeout=r.duration("timeout", 5.0),
+        dedup_max_entries=r.integer("dedup_max_entries", 10_000, lo=100, hi=10_000_000),
+    )
     r.finish()
+    if not 0 < out.max_age <= 7 * 86400:
+        raise errors.ConfigError(f"{r.prefix}max_age", "must be longer than 0s, at most 7d")
+    if not 0 < out.timeout <= 60:
+        raise errors.ConfigError(f"{r.prefix}timeout", "must be longer than 0s, at most 60s")
     return out
 
 

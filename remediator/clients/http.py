@@ -58,7 +58,7 @@ class HttpClient:
             async with self._session.request(
                 method, url, json=body, timeout=t, headers=headers
             ) as resp:
-                raw = await resp.content.read(MAX_RESPONSE_BYTES + 1)
+                raw = await _read_bounded(resp, MAX_RESPONSE_BYTES)
                 status = resp.status
         except TimeoutError as exc:
             raise errors.TemporaryError(f"{what}: no answer within {timeout:g}s") from exc
@@ -68,13 +68,26 @@ class HttpClient:
             raise errors.TemporaryError(f"{what}: {type(exc).__name__}") from exc
         if status == 429 or status >= 500:
             raise errors.TemporaryError(f"{what}: HTTP {status}", delay=1.0)
+        if raw is None:
+            raise errors.PermanentError(f"{what}: answer larger than {MAX_RESPONSE_BYTES} bytes")
         if status >= 400:
             raise errors.PermanentError(f"{what}: HTTP {status}: {raw[:200]!r}")
-        if len(raw) > MAX_RESPONSE_BYTES:
-            raise errors.PermanentError(f"{what}: answer larger than {MAX_RESPONSE_BYTES} bytes")
         if not raw:
             return status, None
         try:
             return status, json.loads(raw)
         except ValueError:
             return status, None
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None once it passes `limit` bytes (read in chunks: a single
+    `content.read(n)` returns whatever has arrived so far, not the whole body)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 << 10):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)

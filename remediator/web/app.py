@@ -12,19 +12,22 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import structlog
+import yarl
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from remediator import errors
 from remediator.backends.audit import Query
-from remediator.intake import alertmanager
-from remediator.models.alert import parse_time
+from remediator.clients import sns as sns_client
+from remediator.intake import alertmanager, sns
+from remediator.models.alert import Alert, parse_time
 from remediator.web import auth
 
 if TYPE_CHECKING:
     from remediator.runner import Daemon
 
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+SNS_GATE: web.AppKey[sns.Gate] = web.AppKey("sns_gate", sns.Gate)
 log = structlog.get_logger("remediator.web")
 _request_ids = itertools.count(1)
 _BOOT = os.urandom(3).hex()
@@ -34,7 +37,9 @@ def make_app(daemon: Daemon) -> web.Application:
     # aiohttp enforces the body bound while reading (413) before any JSON work.
     app = web.Application(client_max_size=daemon.settings.intake.max_body_bytes)
     app[DAEMON] = daemon
+    app[SNS_GATE] = sns.Gate(daemon.settings.sns)
     app.router.add_post("/webhook/alertmanager", alertmanager_webhook)
+    app.router.add_post("/webhook/sns", sns_webhook)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -61,35 +66,207 @@ async def alertmanager_webhook(request: web.Request) -> web.Response:
 async def _intake(request: web.Request, d: Daemon) -> web.Response:
     source = alertmanager.SOURCE
     if d.stopping:
-        return _error(503, "shutting down; retry on another replica", **{"Retry-After": "5"})
+        return _stopping()
     if not auth.webhook_ok(request, d.settings.auth):
         d.metrics.bad_input.labels(source=source, kind="unauthorized").inc()
         return _error(401, "missing or wrong credentials", **{"WWW-Authenticate": "Bearer"})
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        d.metrics.bad_input.labels(source=source, kind="too_large").inc()
-        return _error(
-            413,
-            f"body larger than {d.settings.intake.max_body_bytes} bytes (intake.max_body_bytes)",
-        )
+    body = await _read_body(request, d, source)
+    if isinstance(body, web.Response):
+        return body
     received_at = dt.datetime.now(dt.UTC)
     try:
         alerts = alertmanager.parse(
             body, received_at=received_at, max_alerts=d.settings.intake.max_alerts_per_request
         )
     except errors.IntakeError as exc:
-        kind = {400: "malformed", 413: "too_large", 422: "schema"}.get(exc.status, "invalid")
-        d.metrics.bad_input.labels(source=source, kind=kind).inc()
-        return _error(exc.status, str(exc))
-    request_id = _request_id(request)
+        return _refused(d, source, exc)
+    return await _journal(
+        d, alerts, source=source, payload=body, request_id=_request_id(request),
+        received_at=received_at,
+    )  # fmt: skip
+
+
+# -- shared by the webhook handlers ----------------------------------------------------
+
+
+def _stopping() -> web.Response:
+    return _error(503, "shutting down; retry on another replica", **{"Retry-After": "5"})
+
+
+async def _read_body(request: web.Request, d: Daemon, source: str) -> bytes | web.Response:
+    """The body, or the 413 answer (counted) when it is larger than intake.max_body_bytes."""
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        d.metrics.bad_input.labels(source=source, kind="too_large").inc()
+        return _error(
+            413,
+            f"body larger than {d.settings.intake.max_body_bytes} bytes (intake.max_body_bytes)",
+        )
+
+
+def _refused(d: Daemon, source: str, exc: errors.IntakeError, *, kind: str = "") -> web.Response:
+    """A 4xx for bad input, counted in rejected_inputs_total{source,kind}."""
+    kind = kind or {400: "malformed", 413: "too_large", 422: "schema"}.get(exc.status, "invalid")
+    d.metrics.bad_input.labels(source=source, kind=kind).inc()
+    return _error(exc.status, str(exc))
+
+
+async def _journal(
+    d: Daemon,
+    alerts: list[Alert],
+    *,
+    source: str,
+    payload: bytes,
+    request_id: str,
+    received_at: dt.datetime,
+) -> web.Response:
+    """Journal durably, then 200; 503 (the sender retries) when the backlog is full."""
     try:
         entries = await d.accept(
-            alerts, source=source, payload=body, request_id=request_id, received_at=received_at
+            alerts, source=source, payload=payload, request_id=request_id, received_at=received_at
         )
     except errors.Backpressure as exc:
         return _error(503, str(exc), **{"Retry-After": "5"})
     return web.json_response({"status": "ok", "accepted": len(entries), "request_id": request_id})
+
+
+# -- SNS ------------------------------------------------------------------------------
+
+
+async def sns_webhook(request: web.Request) -> web.Response:
+    """SNS HTTP(S) subscription: verify, then confirm, record or journal (docs/sns.md)."""
+    d = request.app[DAEMON]
+    response = await _sns_intake(request, d, request.app[SNS_GATE])
+    d.metrics.webhook_requests.labels(source=sns.SOURCE, code=str(response.status)).inc()
+    return response
+
+
+async def _sns_intake(request: web.Request, d: Daemon, gate: sns.Gate) -> web.Response:
+    source = sns.SOURCE
+    header = request.headers.get(sns.TYPE_HEADER)
+    claimed = header if header in sns.TYPES else "unknown"
+    if d.stopping:
+        return _stopping()
+    body = await _read_body(request, d, source)
+    if isinstance(body, web.Response):
+        d.metrics.sns_messages.labels(type=claimed, result="too_large").inc()
+        return body
+    now = d.clock.now()
+    try:
+        envelope = sns.parse(body, type_header=header)
+    except errors.IntakeError as exc:
+        d.metrics.sns_messages.labels(type=claimed, result="malformed").inc()
+        return _refused(d, source, exc)
+    bound = log.bind(
+        sns_type=envelope.type, message_id=envelope.message_id, topic=envelope.topic_arn
+    )
+    # Cheapest first: forged traffic for other topics or of another day costs no fetch.
+    try:
+        urls = gate.check(envelope, now=now)
+        client = await _sns_client(d)
+        sns.verify_signature(envelope, await client.public_key(urls.cert))
+    except sns.Rejected as exc:
+        d.metrics.sns_messages.labels(type=envelope.type, result=exc.result).inc()
+        bound.info("sns_message_rejected", result=exc.result, error=str(exc))
+        return _refused(d, source, exc, kind=exc.result)
+    except errors.IntakeError as exc:  # the certificate itself was refused
+        d.metrics.sns_messages.labels(type=envelope.type, result="bad_signature").inc()
+        bound.info("sns_message_rejected", result="bad_signature", error=str(exc))
+        return _refused(d, source, exc, kind="bad_signature")
+    except errors.TemporaryError as exc:
+        d.metrics.sns_messages.labels(type=envelope.type, result="cert_unavailable").inc()
+        bound.warning("sns_cert_unavailable", error=str(exc))
+        return _error(503, f"cannot verify the message now: {exc}", **{"Retry-After": "10"})
+    seen = gate.seen.reserve(
+        envelope.message_id, expires=gate.remember_until(envelope, now=now), now=now
+    )
+    if seen != "new":
+        d.metrics.sns_messages.labels(type=envelope.type, result="duplicate").inc()
+        if seen == "pending":  # its first copy may still fail: this one must not be acked
+            return _error(503, "this MessageId is being accepted; retry", **{"Retry-After": "5"})
+        return web.json_response({"status": "ok", "duplicate": True})
+    d.metrics.sns_messages.labels(type=envelope.type, result="verified").inc()
+    response: web.Response | None = None
+    try:
+        if envelope.type == sns.NOTIFICATION:
+            received_at = dt.datetime.fromtimestamp(now, dt.UTC)
+            response = await _sns_notification(d, gate, envelope, received_at=received_at)
+        elif envelope.type == sns.SUBSCRIPTION:
+            assert urls.subscribe is not None  # checked by gate.check for this type
+            response = await _sns_subscribe(d, client, urls.subscribe, bound)
+        else:
+            d.metrics.sns_subscriptions.labels(event="unsubscribed").inc()
+            bound.warning("sns_unsubscribed")
+            response = web.json_response({"status": "ok"})
+        return response
+    finally:
+        if response is None or response.status >= 300:
+            gate.seen.release(envelope.message_id)  # not accepted: SNS's retry must be
+        else:
+            gate.seen.settle(envelope.message_id)
+
+
+async def _sns_client(d: Daemon) -> sns_client.SnsClient:
+    assert d.clients is not None  # set by Daemon.start, before the app serves
+
+    def fetched(result: str) -> None:
+        d.metrics.sns_cert_fetches.labels(result=result).inc()
+
+    async def opener() -> sns_client.SnsClient:
+        return await sns_client.open_client(d.settings.sns, fetched=fetched)
+
+    return await d.clients.get("sns", opener, sns_client.SnsClient.close)
+
+
+async def _sns_subscribe(
+    d: Daemon, client: sns_client.SnsClient, url: yarl.URL, bound: Any
+) -> web.Response:
+    """Confirm a verified subscription of an allowed topic (or leave it to a human)."""
+    if not d.settings.sns.confirm_subscriptions:
+        d.metrics.sns_subscriptions.labels(event="left_unconfirmed").inc()
+        bound.warning("sns_subscription_left_unconfirmed", hint="sns.confirm_subscriptions: false")
+        return web.json_response({"status": "ok", "confirmed": False})
+    try:
+        subscription = await client.confirm(url)
+    except errors.TemporaryError as exc:
+        d.metrics.sns_subscriptions.labels(event="confirm_failed").inc()
+        bound.error("sns_subscription_confirm_failed", error=str(exc))
+        return _error(503, f"could not confirm the subscription: {exc}", **{"Retry-After": "10"})
+    d.metrics.sns_subscriptions.labels(event="confirmed").inc()
+    bound.warning("sns_subscription_confirmed", subscription=subscription)
+    return web.json_response({"status": "ok", "confirmed": True})
+
+
+async def _sns_notification(
+    d: Daemon, gate: sns.Gate, envelope: sns.Envelope, *, received_at: dt.datetime
+) -> web.Response:
+    """Journal an ALARM (firing) or OK (resolved); record and answer 2xx for the rest."""
+    try:
+        alarm = sns.parse_alarm(envelope)
+    except errors.IntakeError as exc:
+        return _refused(d, sns.SOURCE, exc)
+    if alarm is None:
+        d.metrics.sns_notifications.labels(state="not_alarm").inc()
+        log.info("sns_notification_ignored", message_id=envelope.message_id, reason="not_alarm")
+        return web.json_response({"status": "ok", "accepted": 0, "ignored": "not_alarm"})
+    transition, undo = gate.alarms.advance(alarm)
+    state = "stale" if transition.note == "stale" else alarm.state
+    d.metrics.sns_notifications.labels(state=state).inc()
+    log.info(
+        "sns_alarm", alarm=alarm.name, state=alarm.state, old_state=alarm.old_state,
+        fingerprint=alarm.fingerprint, message_id=envelope.message_id, note=transition.note,
+    )  # fmt: skip
+    if transition.status == "ignored":
+        return web.json_response({"status": "ok", "accepted": 0, "ignored": transition.note})
+    alert = sns.to_alert(alarm, starts_at=transition.starts_at, received_at=received_at)
+    response = await _journal(
+        d, [alert], source=sns.SOURCE, payload=sns.journal_payload(envelope, alert),
+        request_id=envelope.message_id[:64], received_at=received_at,
+    )  # fmt: skip
+    if response.status != 200:
+        undo()
+    return response
 
 
 def _request_id(request: web.Request) -> str:
