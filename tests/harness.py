@@ -151,8 +151,12 @@ class Harness:
         for _ in range(10):
             await engine.wait_idle()
             await engine.wait_actions()
-            await asyncio.sleep(0)  # let batched audit/journal writes flush (call_soon)
-            await self.daemon.db.submit(lambda c: None)
+            # Writes chain: decision rows commit, then the journal rows they finish are
+            # removed in a later batch. Each round lets one batch flush (call_soon) and
+            # waits for a commit behind it.
+            for _ in range(3):
+                await asyncio.sleep(0)
+                await self.daemon.db.submit(lambda c: None)
             if engine._queue.empty() and not engine._tasks:
                 return
 

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from tests import servers
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +33,13 @@ COMMAND = [str(_VENV_BIN)] if _VENV_BIN.exists() else [sys.executable, "-m", "re
 RUN_TIMEOUT = 30.0
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
+
+
+def example_rules() -> tuple[int, int]:
+    """(rules, files) in ./rules: each action family adds its own example file."""
+    files = sorted(RULES.glob("*.yaml"))
+    return sum(len(yaml.safe_load(f.read_text())["rules"]) for f in files), len(files)
+
 
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 T = TypeVar("T")
@@ -73,14 +82,15 @@ def write(path: Path, text: str) -> Path:
 def test_check_accepts_the_example_rules(tmp_path: Path) -> None:
     result = run("check", str(RULES), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: 3 rules in 3 files"
+    assert result.stdout.strip() == "ok: {} rules in {} files".format(*example_rules())
     assert result.stderr == ""
 
 
 def test_check_reads_rules_from_the_working_directory_by_default(tmp_path: Path) -> None:
     shutil.copytree(RULES, tmp_path / "rules")
     result = run("check", cwd=tmp_path)
-    assert (result.returncode, result.stdout.strip()) == (0, "ok: 3 rules in 3 files")
+    expected = "ok: {} rules in {} files".format(*example_rules())
+    assert (result.returncode, result.stdout.strip()) == (0, expected)
 
 
 def test_check_reports_every_broken_file_as_file_line_message_and_exits_1(
@@ -125,7 +135,10 @@ def test_simulate_shows_the_rule_each_guard_and_the_rendered_action_without_side
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "alert APIDown (firing) fingerprint=a1b2c3d4e5f60718" in out
-    assert f"rule apidown-restart ({RULES / 'apidown.yaml'}:4) action=log" in out
+    assert (
+        f"rule apidown-restart ({RULES / 'apidown.yaml'}:4) action=kubernetes.rollout_restart"
+        in out
+    )
     lines = out.splitlines()
     guards = [
         (parts[0], parts[1])
@@ -144,8 +157,10 @@ def test_simulate_shows_the_rule_each_guard_and_the_rendered_action_without_side
     ]
     [rendered] = [line.split(None, 1)[1] for line in lines if line.startswith("    params     {")]
     assert json.loads(rendered) == {
-        "message": "would restart deployment api in prod",
-        "target": "prod/deploy/api",
+        "namespace": "prod",
+        "name": "api",
+        "kind": "deployment",
+        "if_rolling_out": "skip",
     }
     # No side effects: nothing written where it ran (no ./data, no database).
     assert tree(tmp_path) == set()
@@ -154,7 +169,7 @@ def test_simulate_shows_the_rule_each_guard_and_the_rendered_action_without_side
 def test_simulate_names_the_target_once(tmp_path: Path) -> None:
     result = run("simulate", str(EXAMPLE), "--rules", str(RULES), cwd=tmp_path)
     [dry_run_line] = [x for x in result.stdout.splitlines() if x.strip().startswith("dry_run")]
-    assert dry_run_line.split(None, 2)[2] == "log prod/deploy/api"
+    assert dry_run_line.split(None, 2)[2] == "kubernetes.rollout_restart prod/deployment/api"
 
 
 def test_simulate_json_is_machine_readable(tmp_path: Path) -> None:
@@ -170,10 +185,10 @@ def test_simulate_json_is_machine_readable(tmp_path: Path) -> None:
     [rule] = item["rules"]
     assert (rule["rule"], rule["action"], rule["target"]) == (
         "apidown-restart",
-        "log",
-        "log prod/deploy/api",
+        "kubernetes.rollout_restart",
+        "kubernetes.rollout_restart prod/deployment/api",
     )
-    assert rule["params"]["target"] == "prod/deploy/api"
+    assert (rule["params"]["namespace"], rule["params"]["name"]) == ("prod", "api")
     assert [(g["guard"], g["verdict"]) for g in rule["guards"]] == [
         ("paused", "pass"),
         ("blackout", "pass"),
@@ -343,7 +358,9 @@ def test_serve_decides_an_alert_in_dry_run_reloads_on_sighup_and_stops_on_sigter
             "dry_run",
             "a1b2c3d4e5f60718",
         )
-        assert row["target"] == "log prod/deploy/api"
+        assert row["target"] == "kubernetes.rollout_restart prod/deployment/api"
+        # No `kubernetes:` config (as on `make run`): a dry run that says it was not checked.
+        assert "not checked against a cluster" in row["detail"]
 
         def logged() -> dict[str, Any] | None:
             found = [e for e in log_events(log) if e.get("event") == "decision_recorded"]
@@ -374,7 +391,8 @@ def test_serve_decides_an_alert_in_dry_run_reloads_on_sighup_and_stops_on_sigter
             names = [r["name"] for r in http("GET", f"{url}/api/v1/rules")[1]["rules"]]
             return names if "disk-full-cleanup" in names else None
 
-        assert len(eventually(reloaded, what="the new rule in /api/v1/rules")) == 4
+        new_rules = eventually(reloaded, what="the new rule in /api/v1/rules")
+        assert len(new_rules) == example_rules()[0] + 1
         assert http("GET", f"{url}/api/v1/rules")[1]["dry_run"] is True
 
         process.send_signal(signal.SIGTERM)
@@ -397,7 +415,7 @@ def test_serve_keeps_its_rules_when_a_sighup_reload_finds_a_broken_file(tmp_path
         event = eventually(failed, what="reload_failed on stderr")
         assert event["errors"][0].startswith("rules/broken.yaml:2: rule name must match")
         names = [r["name"] for r in http("GET", f"{url}/api/v1/rules")[1]["rules"]]
-        assert len(names) == 3
+        assert len(names) == example_rules()[0]
         assert http("GET", f"{url}/readyz")[0] == 200
         with _OPENER.open(f"{url}/metrics", timeout=5) as response:
             metrics = response.read().decode()

@@ -54,20 +54,33 @@ def test_the_example_rules_load() -> None:
     by_name = {r.name: r for r in rules}
     assert set(by_name) == {
         "apidown-restart",
+        "apidown-compose-restart",
+        "traffic-spike-scale-up",
         "db-pool-exhausted-terminate",
         "sqs-backlog-scale-consumers",
+        "sqs-backlog-scale-ecs-consumers",
+        "plooral-api-redeploy",
+        "plooral-worker-throttled",
+        "plooral-dlq-redrive",
     }
     apidown = by_name["apidown-restart"]
     assert [str(m) for m in apidown.matchers] == [
         'alertname="APIDown"',
         'namespace=~"prod|staging"',
     ]
-    assert (apidown.source, apidown.for_, apidown.action.type) == ("alertmanager", 120.0, "log")
+    assert (apidown.source, apidown.for_, apidown.action.type) == (
+        "alertmanager",
+        120.0,
+        "kubernetes.rollout_restart",
+    )
     assert (apidown.limits.cooldown, apidown.limits.max_attempts) == (900.0, 3)
     assert apidown.resolve_within == 600.0
     assert apidown.escalate is not None and apidown.escalate.type == "notify.webhook"
     assert apidown.file == str(REPO_RULES / "apidown.yaml")
     assert apidown.line == 4
+    scale = by_name["traffic-spike-scale-up"]
+    assert scale.action.type == "kubernetes.scale"
+    assert scale.file == str(REPO_RULES / "traffic-spike-scale.yaml")
 
 
 def test_a_rule_that_sets_nothing_gets_the_documented_defaults(tmp_path: Path) -> None:
@@ -182,7 +195,7 @@ def test_verify_never_turns_verification_off(tmp_path: Path) -> None:
                 action:
                   type: kubernetes.reboot_everything   # <- here
             """,
-            "unknown action type 'kubernetes.reboot_everything'; known: log, notify.webhook",
+            "unknown action type 'kubernetes.reboot_everything'; known: docker.restart, ",
             id="unknown-action-type",
         ),
         pytest.param(

@@ -1,1 +1,787 @@
-"""`kubernetes.*`: rollout restart, bounded scale, bounded pod delete (issue: Kubernetes)."""
+"""`kubernetes.*`: rollout restart, bounded scale, bounded pod delete — the way kubectl does.
+
+What keeps a label value from steering these actions (in this order):
+
+1. Params are validated by format: DNS-1123 names, label keys and values, bounded
+   integers. Bounds (`min_replicas`, `max_replicas`, `max_pods`, `allow_last_ready`,
+   `if_rolling_out`) must be literal in the rule: a template there is a rule error.
+2. Before any request (`check_allowed`): the namespace must be in
+   `kubernetes.allowed_namespaces`, the workload not in `kubernetes.protected_workloads`.
+3. At run time, a workload (or a pod's owning workload) carrying the protected label or
+   annotation (`remediator.io/protected: "true"`) is refused before anything is written.
+
+Dry-run sends the very same writes with `dryRun=All`: the API server authorizes,
+admits and validates them and persists nothing, so a dry run proves the target exists
+and the permissions suffice. All I/O is in remediator/clients/kubernetes.py, imported
+only when an action runs (start-up and `remediator check` stay fast).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import importlib
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from remediator import errors, settings
+from remediator.actions import base, params, registry
+from remediator.actions.base import Context, Result
+
+if TYPE_CHECKING:
+    from remediator.clients.kubernetes import KubeClient
+
+SECTION = "kubernetes"
+_CLIENT_MODULE = "remediator.clients.kubernetes"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+MAX_REPLICAS = 10_000
+"""Upper limit of any replica count or bound in a rule (a typo guard, not a policy)."""
+
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class KubernetesConfig:
+    """The `kubernetes:` config section: how to connect, and what may be touched."""
+
+    allowed_namespaces: frozenset[str]
+    """Namespaces Kubernetes actions may act in. Required and non-empty: nothing is
+    allowed until listed. Grant the RBAC (deploy/kubernetes/rbac.yaml) in the same ones."""
+    in_cluster: bool = False
+    """Use the pod's service account (the daemon runs in the cluster). Excludes kubeconfig."""
+    kubeconfig: str = ""
+    """Path of a kubeconfig file; empty: $KUBECONFIG, else ~/.kube/config."""
+    context: str = ""
+    """Kubeconfig context to use; empty: the file's current-context."""
+    request_timeout: float = 10.0
+    """Seconds one API request may take (never more than what the action has left). The
+    API server answers in milliseconds when healthy; 10 s leaves room for a slow one
+    while retries still fit in the default 60 s action timeout."""
+    protected_key: str = "remediator.io/protected"
+    """A label or annotation key: a workload (or the owner of a pod) where it is "true"
+    is never acted on. Lets a team opt a workload out without editing rules."""
+    protected_workloads: frozenset[str] = frozenset()
+    """`namespace/kind/name` entries (kind: deployment, statefulset, daemonset) refused
+    before any request, whatever the rules say."""
+
+
+@settings.section(SECTION)
+def _config(r: settings.Reader, env: Mapping[str, str]) -> KubernetesConfig:
+    namespaces = r.raw_list("allowed_namespaces")
+    if not namespaces:
+        raise errors.ConfigError(
+            f"{r.prefix}allowed_namespaces",
+            "required: list the namespaces Kubernetes actions may act in",
+        )
+    for i, ns in enumerate(namespaces):
+        if not isinstance(ns, str) or not _DNS1123_LABEL.fullmatch(ns):
+            raise errors.ConfigError(
+                f"{r.prefix}allowed_namespaces[{i}]", f"not a namespace name: {ns!r}"
+            )
+    in_cluster = r.flag("in_cluster", False)
+    kubeconfig = r.text("kubeconfig", "")
+    context = r.text("context", "")
+    if in_cluster and (kubeconfig or context):
+        raise errors.ConfigError(
+            f"{r.prefix}in_cluster", "in_cluster excludes kubeconfig and context: choose one"
+        )
+    if not in_cluster and not kubeconfig:
+        kubeconfig = env.get("KUBECONFIG", "")
+    timeout = r.duration("request_timeout", 10.0)
+    if not 0 < timeout <= 300:
+        raise errors.ConfigError(f"{r.prefix}request_timeout", "must be in (0s, 5m]")
+    key = r.text("protected_key", "remediator.io/protected")
+    if not _label_key_ok(key):
+        raise errors.ConfigError(f"{r.prefix}protected_key", f"not a label key: {key!r}")
+    protected = r.raw_list("protected_workloads")
+    for i, item in enumerate(protected):
+        parts = item.split("/") if isinstance(item, str) else []
+        if (
+            len(parts) != 3
+            or not _DNS1123_LABEL.fullmatch(parts[0])
+            or parts[1] not in ("deployment", "statefulset", "daemonset")
+            or not _DNS1123_SUBDOMAIN.fullmatch(parts[2])
+        ):
+            raise errors.ConfigError(
+                f"{r.prefix}protected_workloads[{i}]",
+                f"expected namespace/kind/name (kind deployment, statefulset or daemonset), "
+                f"got {item!r}",
+            )
+    return KubernetesConfig(
+        allowed_namespaces=frozenset(namespaces),
+        in_cluster=in_cluster,
+        kubeconfig=kubeconfig,
+        context=context,
+        request_timeout=timeout,
+        protected_key=key,
+        protected_workloads=frozenset(protected),
+    )
+
+
+# --------------------------------------------------------------------------- params
+
+
+def _label_key_ok(key: Any) -> bool:
+    if not isinstance(key, str):
+        return False
+    prefix, slash, name = key.rpartition("/")
+    if slash and (len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return bool(_LABEL_NAME.fullmatch(name))
+
+
+def _is_template(value: Any) -> bool:
+    from remediator.matching.templates import Template  # noqa: PLC0415 - avoids a cycle
+
+    return isinstance(value, Template)
+
+
+def _label_selector() -> params.Validator:
+    """Equality labels `{key: value}` (matchLabels): each value is checked on its own,
+    so a rendered label cannot add a selector operator, a comma, or an empty value."""
+
+    def check(field: str, value: Any) -> dict[str, str]:
+        if not isinstance(value, Mapping) or not value:
+            raise errors.ParamError(field, "expected a non-empty mapping of label: value")
+        if len(value) > 10:
+            raise errors.ParamError(field, "at most 10 labels")
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if not _label_key_ok(k):
+                raise errors.ParamError(field, f"{str(k)[:80]!r} is not a label key")
+            text = v
+            if _is_template(v):
+                if not v.is_literal:
+                    out[k] = ""  # checked again once rendered
+                    continue
+                text = v.render_literal()
+            if not isinstance(text, str) or not _LABEL_NAME.fullmatch(text):
+                raise errors.ParamError(
+                    f"{field}.{k}",
+                    f"{str(text)[:80]!r} is not a label value (1-63 of [A-Za-z0-9-_.], "
+                    "alphanumeric at both ends)",
+                )
+            out[k] = text
+        return out
+
+    return check
+
+
+def _step() -> params.Validator:
+    """A change of replicas: +N or -N (YAML reads an unquoted +2 as 2: also a step up)."""
+
+    def check(field: str, value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,6}", value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise errors.ParamError(field, f"expected a step like +2 or -1, got {value!r:.80}")
+        if value == 0 or abs(value) > MAX_REPLICAS:
+            raise errors.ParamError(field, f"step {value} must be non-zero, at most {MAX_REPLICAS}")
+        return value
+
+    return check
+
+
+def _flag() -> params.Validator:
+    def check(field: str, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if value in ("true", "false"):
+            return bool(value == "true")
+        raise errors.ParamError(field, f"expected true or false, got {value!r:.80}")
+
+    return check
+
+
+_NAMESPACE = params.Field(params.dns_label(), doc="namespace (must be in allowed_namespaces)")
+_NAME = params.Field(params.dns_subdomain(), doc="the workload's name")
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _workload_key(values: Mapping[str, Any]) -> str:
+    return f"{values['namespace']}/{values['kind']}/{values['name']}"
+
+
+def _check_workload(values: Mapping[str, Any], cfg: KubernetesConfig | None) -> None:
+    """Allow-lists from config, before any request (cfg None: dry run without config)."""
+    if cfg is None:
+        return
+    ns = values["namespace"]
+    if ns not in cfg.allowed_namespaces:
+        raise errors.NotAllowed(
+            "namespace",
+            f"{ns!r} is not in kubernetes.allowed_namespaces "
+            f"({', '.join(sorted(cfg.allowed_namespaces))})",
+        )
+    if "name" in values and _workload_key(values) in cfg.protected_workloads:
+        raise errors.NotAllowed(
+            "name", f"{_workload_key(values)} is listed in kubernetes.protected_workloads"
+        )
+
+
+def _cfg(ctx: Context) -> KubernetesConfig | None:
+    cfg: KubernetesConfig | None = base.family_config(ctx.settings, SECTION)
+    return cfg
+
+
+async def _client(ctx: Context, cfg: KubernetesConfig) -> KubeClient:
+    if _CLIENT_MODULE not in sys.modules:
+        # kubernetes_asyncio takes ~0.4 s to import: off the event loop, once, so the
+        # first Kubernetes action does not stall intake (and start-up never pays it).
+        await asyncio.to_thread(importlib.import_module, _CLIENT_MODULE)
+    from remediator.clients import kubernetes as kube  # noqa: PLC0415 - kept off start-up
+
+    async def opener() -> KubeClient:
+        return await kube.open_client(
+            in_cluster=cfg.in_cluster,
+            kubeconfig=cfg.kubeconfig,
+            context=cfg.context,
+            request_timeout=cfg.request_timeout,
+        )
+
+    client: KubeClient = await ctx.clients.get("kubernetes", opener, kube.close_client)
+    return client
+
+
+def _deadline(ctx: Context) -> float:
+    # A little before the engine's own timeout, so that the error says what was tried
+    # (e.g. "HTTP 503; gave up retrying") instead of a bare timeout.
+    return time.monotonic() + ctx.timeout - min(1.0, ctx.timeout * 0.1)
+
+
+def _protected(obj: Mapping[str, Any], key: str) -> str | None:
+    meta = obj.get("metadata") or {}
+    for where in ("labels", "annotations"):
+        if str((meta.get(where) or {}).get(key, "")).lower() == "true":
+            return f"{where[:-1]} {key}=true"
+    return None
+
+
+def _refuse_protected(obj: Mapping[str, Any], cfg: KubernetesConfig, what: str) -> None:
+    why = _protected(obj, cfg.protected_key)
+    if why is not None:
+        raise errors.NotAllowed("name", f"{what} is protected ({why}): never acted on")
+
+
+def _not_checked(what: str) -> Result:
+    return Result(
+        detail=f"would {what} (not checked against a cluster: no `{SECTION}:` config)",
+        data={"checked": False},
+    )
+
+
+def _now_rfc3339() -> str:
+    # What kubectl writes: time.Now().Format(time.RFC3339), here in UTC.
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- restart
+
+
+def _rollout_in_progress(kind: str, obj: Mapping[str, Any]) -> str | None:
+    """Why a rollout of the current template is still under way, or None.
+
+    Readiness is not part of it: pods all on the latest template but not ready are
+    exactly what a restart is for (the APIDown case), so only an unfinished change of
+    template counts — as `kubectl rollout status` sees it, minus availability.
+    """
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    generation = int(meta.get("generation") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return f"the controller has not yet observed generation {generation}"
+    if kind == "deployment":
+        for c in status.get("conditions") or []:
+            if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
+                return None  # a failed rollout is not progressing: a restart may be wanted
+        want = int(spec.get("replicas", 1) or 0)
+        updated = int(status.get("updatedReplicas") or 0)
+        if updated < want:
+            return f"{updated} of {want} replicas updated"
+        if int(status.get("replicas") or 0) > updated:
+            return f"{int(status.get('replicas') or 0) - updated} old replicas pending termination"
+        return None
+    if kind == "statefulset":
+        strategy = spec.get("updateStrategy") or {}
+        if strategy.get("type") == "OnDelete":
+            return None
+        partition = int((strategy.get("rollingUpdate") or {}).get("partition") or 0)
+        want = int(spec.get("replicas", 1) or 0) - partition
+        updated = int(status.get("updatedReplicas") or 0)
+        if updated < want:
+            return f"{updated} of {want} replicas updated"
+        current, update = status.get("currentRevision"), status.get("updateRevision")
+        if partition == 0 and update and current != update:
+            return f"revision {update} is replacing {current}"
+        return None
+    desired = int(status.get("desiredNumberScheduled") or 0)
+    updated = int(status.get("updatedNumberScheduled") or 0)
+    if updated < desired:
+        return f"{updated} of {desired} pods updated"
+    return None
+
+
+class RolloutRestart:
+    type: ClassVar[str] = "kubernetes.rollout_restart"
+    # Each run is a new restart (a new restartedAt), so the engine must not repeat it;
+    # a lost answer is retried here with the same patch body, which is harmless.
+    idempotent: ClassVar[bool] = False
+    local: ClassVar[bool] = False
+    schema: ClassVar[params.Schema] = params.Schema(
+        {
+            "namespace": _NAMESPACE,
+            "name": _NAME,
+            "kind": params.Field(
+                params.choice("deployment", "statefulset", "daemonset"),
+                required=False,
+                default="deployment",
+                doc="the workload's kind",
+            ),
+            "if_rolling_out": params.Field(
+                params.choice("skip", "restart"),
+                required=False,
+                default="skip",
+                doc="when a rollout is already under way: record it and change nothing "
+                "(skip), or restart anyway",
+            ),
+        },
+        literal=frozenset({"if_rolling_out"}),
+    )
+
+    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
+        _check_workload(values, base.family_config(settings, SECTION))
+
+    def target(self, values: Mapping[str, Any]) -> str:
+        return _workload_key(values)
+
+    async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        return await self._restart(values, ctx, dry=False)
+
+    async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        return await self._restart(values, ctx, dry=True)
+
+    async def _restart(self, values: Mapping[str, Any], ctx: Context, *, dry: bool) -> Result:
+        kind, ns, name = values["kind"], values["namespace"], values["name"]
+        what = f"{kind} {ns}/{name}"
+        cfg = _cfg(ctx)
+        if cfg is None:
+            return _not_checked(f"restart {what}")
+        kube, deadline = await _client(ctx, cfg), _deadline(ctx)
+        from remediator.clients.kubernetes import Conflict  # noqa: PLC0415 - loaded by _client
+
+        obj = await kube.get(kind, ns, name, deadline=deadline)
+        _refuse_protected(obj, cfg, what)
+        if kind == "deployment" and (obj.get("spec") or {}).get("paused"):
+            raise errors.PermanentError(
+                f"{what} is paused: a restart would not roll out (kubectl rollout resume first)"
+            )
+        data: dict[str, Any] = {"kind": kind, "namespace": ns, "name": name}
+        busy = _rollout_in_progress(kind, obj)
+        if busy is not None and values["if_rolling_out"] == "skip":
+            return Result(
+                detail=f"{what}: a rollout is already in progress ({busy}): no change",
+                changed=False,
+                data={**data, "rollout_in_progress": busy},
+            )
+        restarted_at = _now_rfc3339()
+        patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: restarted_at}}}}}
+        try:
+            after = await kube.patch(kind, ns, name, patch, dry_run=dry, deadline=deadline)
+        except Conflict:  # a strategic-merge patch rarely conflicts; once more, then give up
+            after = await kube.patch(kind, ns, name, patch, dry_run=dry, deadline=deadline)
+        data |= {
+            "restartedAt": restarted_at,
+            "generation": (after.get("metadata") or {}).get("generation"),
+            "dry_run": dry,
+        }
+        if busy is not None:
+            data["rollout_in_progress"] = busy
+        verb = "would restart (server-side dry run accepted)" if dry else "restarted"
+        return Result(detail=f"{verb} {what}: {RESTARTED_AT}={restarted_at}", data=data)
+
+
+# --------------------------------------------------------------------------- scale
+
+
+def _scale_across(values: Mapping[str, Any]) -> None:
+    if ("replicas" in values) == ("to" in values):
+        raise errors.ParamError(
+            "replicas", "give either `replicas` (a step like +2 or -1) or `to` (a count)"
+        )
+    lo, hi = values.get("min_replicas"), values.get("max_replicas")
+    if lo is not None and hi is not None and lo > hi:
+        raise errors.ParamError("min_replicas", f"{lo} is above max_replicas {hi}")
+
+
+class Scale:
+    type: ClassVar[str] = "kubernetes.scale"
+    # A step applied twice is two steps: never repeated by the engine. Requests are
+    # retried here (the PUT carries the resourceVersion read, so it cannot double).
+    idempotent: ClassVar[bool] = False
+    local: ClassVar[bool] = False
+    schema: ClassVar[params.Schema] = params.Schema(
+        {
+            "namespace": _NAMESPACE,
+            "name": _NAME,
+            "kind": params.Field(
+                params.choice("deployment", "statefulset"),
+                required=False,
+                default="deployment",
+                doc="the workload's kind",
+            ),
+            "replicas": params.Field(
+                _step(), required=False, doc="a step: +N adds, -N removes (or use `to`)"
+            ),
+            "to": params.Field(
+                params.integer(lo=0, hi=MAX_REPLICAS),
+                required=False,
+                doc="an absolute replica count (or use `replicas`)",
+            ),
+            "min_replicas": params.Field(
+                params.integer(lo=0, hi=MAX_REPLICAS), doc="never below this (required)"
+            ),
+            "max_replicas": params.Field(
+                params.integer(lo=1, hi=MAX_REPLICAS), doc="never above this (required)"
+            ),
+        },
+        literal=frozenset({"min_replicas", "max_replicas"}),
+        across=_scale_across,
+    )
+
+    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
+        _check_workload(values, base.family_config(settings, SECTION))
+
+    def target(self, values: Mapping[str, Any]) -> str:
+        return _workload_key(values)
+
+    async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        return await self._scale(values, ctx, dry=False)
+
+    async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        return await self._scale(values, ctx, dry=True)
+
+    @staticmethod
+    def desired(values: Mapping[str, Any], current: int) -> tuple[int, str]:
+        """The replica count to set, and why it differs from the request (or "")."""
+        lo, hi = values["min_replicas"], values["max_replicas"]
+        step = values.get("replicas")
+        if step is None:
+            want = int(values["to"])
+            got = min(max(want, lo), hi)
+            return got, (f"clamped from {want} to {got}" if got != want else "")
+        want = current + step
+        # A step up never lowers (current may already be above max), a step down never raises.
+        got = max(current, min(want, hi)) if step > 0 else min(current, max(want, lo))
+        return got, (f"clamped from {want} to {got}" if got != want else "")
+
+    async def _scale(self, values: Mapping[str, Any], ctx: Context, *, dry: bool) -> Result:
+        kind, ns, name = values["kind"], values["namespace"], values["name"]
+        lo, hi = values["min_replicas"], values["max_replicas"]
+        what = f"{kind} {ns}/{name}"
+        request = f"{values['replicas']:+d}" if "replicas" in values else f"to {values['to']}"
+        cfg = _cfg(ctx)
+        if cfg is None:
+            return _not_checked(f"scale {what} {request} within {lo}..{hi}")
+        kube, deadline = await _client(ctx, cfg), _deadline(ctx)
+        from remediator.clients.kubernetes import Conflict  # noqa: PLC0415 - loaded by _client
+
+        obj = await kube.get(kind, ns, name, deadline=deadline)
+        _refuse_protected(obj, cfg, what)
+        # An HPA owns the replicas of its target: a manual change is undone within its
+        # sync period (15 s), so it would look like a fix and not be one. Refused; change
+        # the HPA's minReplicas/maxReplicas instead (deliberately not done here).
+        api_kind = {"deployment": "Deployment", "statefulset": "StatefulSet"}[kind]
+        for hpa in await kube.list_hpas(ns, deadline=deadline):
+            ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+            if ref.get("kind") == api_kind and ref.get("name") == name:
+                hpa_name = (hpa.get("metadata") or {}).get("name", "?")
+                raise errors.NotAllowed(
+                    "name",
+                    f"{what} is managed by HorizontalPodAutoscaler {ns}/{hpa_name}: a manual "
+                    "scale would be undone; change the HPA's bounds instead",
+                )
+        data: dict[str, Any] = {
+            "kind": kind, "namespace": ns, "name": name, "request": request,
+            "min_replicas": lo, "max_replicas": hi, "dry_run": dry,
+        }  # fmt: skip
+        tried: int | None = None
+        for attempt in (1, 2):  # a 409 means it changed since it was read: re-read, once
+            scale = await kube.get_scale(kind, ns, name, deadline=deadline)
+            current = int((scale.get("spec") or {}).get("replicas") or 0)
+            if tried is not None and current == tried and not dry:
+                # The write refused with 409 may have been ours, sent again after a lost
+                # answer: the count is what was asked for, and a new step would double it.
+                data["confirmed_after_conflict"] = True
+                break
+            target, note = self.desired(values, current)
+            data |= {"from": current, "to": target}
+            data.pop("clamped", None)
+            if note:
+                data["clamped"] = note
+            if target == current:
+                step = values.get("replicas") or 0
+                if step > 0 and current >= hi:
+                    why = f"at or above max_replicas {hi}"
+                elif step < 0 and current <= lo:
+                    why = f"at or below min_replicas {lo}"
+                else:
+                    why = f"already at {current}" + (f" ({note})" if note else "")
+                data["already"] = why
+                return Result(
+                    detail=f"{what} has {current} replicas, {why}: no change",
+                    changed=False,
+                    data=data,
+                )
+            version = str((scale.get("metadata") or {}).get("resourceVersion") or "")
+            try:
+                await kube.replace_scale(
+                    kind, ns, name, target, resource_version=version, dry_run=dry,
+                    deadline=deadline,
+                )  # fmt: skip
+                break
+            except Conflict:
+                tried = target
+                if attempt == 2:
+                    raise
+        verb = "would scale (server-side dry run accepted)" if dry else "scaled"
+        extra = f", {data['clamped']}" if "clamped" in data else ""
+        return Result(
+            detail=f"{verb} {what} from {data['from']} to {data['to']} replicas "
+            f"({request}, bounds {lo}..{hi}{extra})",
+            data=data,
+        )
+
+
+# --------------------------------------------------------------------------- delete pods
+
+
+def _pods_across(values: Mapping[str, Any]) -> None:
+    if ("selector" in values) == ("pod" in values):
+        raise errors.ParamError("selector", "give either `selector` (labels) or `pod` (a name)")
+
+
+def _selector_text(selector: Mapping[str, Any]) -> str:
+    """A LabelSelector (matchLabels + matchExpressions) as the list query's string."""
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for e in selector.get("matchExpressions") or []:
+        key, op, vals = e.get("key", ""), e.get("operator", ""), e.get("values") or []
+        if op == "In":
+            parts.append(f"{key} in ({','.join(vals)})")
+        elif op == "NotIn":
+            parts.append(f"{key} notin ({','.join(vals)})")
+        elif op == "Exists":
+            parts.append(key)
+        elif op == "DoesNotExist":
+            parts.append(f"!{key}")
+    return ",".join(parts)
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Ready":
+            return bool(c.get("status") == "True")
+    return False
+
+
+def _controller(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return dict(ref)
+    return None
+
+
+@dataclasses.dataclass(slots=True)
+class _Owner:
+    """The workload that recreates a pod, and how many of its pods are ready."""
+
+    kind: str
+    namespace: str
+    name: str
+    obj: dict[str, Any]
+    ready: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+class DeletePod:
+    type: ClassVar[str] = "kubernetes.delete_pod"
+    # Run again, it would pick the next pods: never repeated by the engine.
+    idempotent: ClassVar[bool] = False
+    local: ClassVar[bool] = False
+    schema: ClassVar[params.Schema] = params.Schema(
+        {
+            "namespace": _NAMESPACE,
+            "selector": params.Field(
+                _label_selector(),
+                required=False,
+                doc="pods whose labels equal all of these (or use `pod`)",
+            ),
+            "pod": params.Field(params.dns_subdomain(), required=False, doc="one pod by name"),
+            "max_pods": params.Field(
+                params.integer(lo=1, hi=100),
+                required=False,
+                default=1,
+                doc="at most this many pods deleted per action",
+            ),
+            "allow_last_ready": params.Field(
+                _flag(),
+                required=False,
+                default=False,
+                doc="may delete the last ready pod of its owner (default false: never)",
+            ),
+        },
+        literal=frozenset({"max_pods", "allow_last_ready"}),
+        across=_pods_across,
+    )
+
+    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
+        _check_workload(values, base.family_config(settings, SECTION))
+
+    def target(self, values: Mapping[str, Any]) -> str:
+        if "pod" in values:
+            return f"{values['namespace']}/pod/{values['pod']}"
+        labels = ",".join(f"{k}={v}" for k, v in sorted(values["selector"].items()))
+        return f"{values['namespace']}/pods/{labels}"
+
+    async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        return await self._delete(values, ctx, dry=False)
+
+    async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        return await self._delete(values, ctx, dry=True)
+
+    async def _delete(self, values: Mapping[str, Any], ctx: Context, *, dry: bool) -> Result:
+        ns, limit = values["namespace"], values["max_pods"]
+        what = self.target(values)
+        cfg = _cfg(ctx)
+        if cfg is None:
+            return _not_checked(f"delete at most {limit} pod(s) of {what}")
+        kube, deadline = await _client(ctx, cfg), _deadline(ctx)
+        from remediator.clients.kubernetes import Conflict, NotFound  # noqa: PLC0415
+
+        if "pod" in values:
+            pods = await kube.list_pods(
+                ns, field_selector=f"metadata.name={values['pod']}", deadline=deadline
+            )
+        else:
+            selector = ",".join(f"{k}={v}" for k, v in sorted(values["selector"].items()))
+            pods = await kube.list_pods(ns, label_selector=selector, deadline=deadline)
+        pods = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+        # The broken ones first (not ready), then by name: deterministic, and the pods a
+        # runbook means by "the bad pod" go before healthy ones.
+        pods.sort(key=lambda p: (_ready(p), (p.get("metadata") or {}).get("name", "")))
+        owners: dict[str, _Owner | str] = {}
+        deleted: list[str] = []
+        kept: list[dict[str, str]] = []
+        for pod in pods:
+            name = (pod.get("metadata") or {}).get("name", "")
+            if len(deleted) >= limit:
+                kept.append({"pod": name, "why": f"max_pods {limit} reached"})
+                continue
+            mark = _protected(pod, cfg.protected_key)
+            owner = (
+                f"pod is protected ({mark})"
+                if mark is not None
+                else await self._owner(kube, cfg, pod, owners, deadline)
+            )
+            if isinstance(owner, str):
+                kept.append({"pod": name, "why": owner})
+                continue
+            ready = _ready(pod)
+            if ready and owner.ready <= 1 and not values["allow_last_ready"]:
+                kept.append({"pod": name, "why": f"last ready pod of {owner.label}"})
+                continue
+            uid = str((pod.get("metadata") or {}).get("uid") or "")
+            try:
+                await kube.delete_pod(ns, name, uid=uid, dry_run=dry, deadline=deadline)
+            except (NotFound, Conflict):  # gone, or replaced by a new pod of that name
+                kept.append({"pod": name, "why": "already gone"})
+                continue
+            deleted.append(name)
+            owner.ready -= ready
+        data = {
+            "namespace": ns, "matched": len(pods), "deleted": deleted, "kept": kept,
+            "max_pods": limit, "dry_run": dry,
+        }  # fmt: skip
+        if not pods:
+            return Result(detail=f"no pod matches {what}: no change", changed=False, data=data)
+        if not deleted:
+            why = "; ".join(f"{k['pod']}: {k['why']}" for k in kept[:5])
+            return Result(detail=f"no pod deleted ({why}): no change", changed=False, data=data)
+        verb = "would delete (server-side dry run accepted)" if dry else "deleted"
+        return Result(
+            detail=f"{verb} {len(deleted)} of {len(pods)} pod(s) matching {what}: "
+            f"{', '.join(deleted)}" + (f"; kept {len(kept)}" if kept else ""),
+            data=data,
+        )
+
+    async def _owner(
+        self,
+        kube: KubeClient,
+        cfg: KubernetesConfig,
+        pod: Mapping[str, Any],
+        seen: dict[str, _Owner | str],
+        deadline: float,
+    ) -> _Owner | str:
+        """The workload that recreates this pod (with its ready count), or why none may
+        be acted on. A pod nothing recreates is never deleted."""
+        ns = (pod.get("metadata") or {}).get("namespace") or ""
+        ref = _controller(pod)
+        if ref is None or ref.get("kind") not in ("ReplicaSet", "StatefulSet", "DaemonSet"):
+            kind = ref.get("kind") if ref else "nothing"
+            return f"owned by {kind}: not recreated by a ReplicaSet, StatefulSet or DaemonSet"
+        key = f"{ref['kind']}/{ref.get('name')}"
+        if key in seen:
+            return seen[key]
+        kind, name = str(ref["kind"]).lower(), str(ref.get("name", ""))
+        obj = await kube.get(kind, ns, name, deadline=deadline)
+        owner = _Owner(kind, ns, name, obj)
+        if kind == "replicaset":
+            top = _controller(obj)
+            if top is not None and top.get("kind") == "Deployment":
+                dep = await kube.get("deployment", ns, str(top.get("name")), deadline=deadline)
+                owner = _Owner("deployment", ns, str(top.get("name")), dep)
+        why = _protected(owner.obj, cfg.protected_key) or _protected(obj, cfg.protected_key)
+        if why is None and f"{ns}/{owner.kind}/{owner.name}" in cfg.protected_workloads:
+            why = "listed in kubernetes.protected_workloads"
+        found: _Owner | str = owner
+        if why is not None:
+            found = f"{owner.label} is protected ({why})"
+        else:
+            owner.ready = await self._ready_count(kube, owner, deadline)
+        seen[key] = found
+        return found
+
+    @staticmethod
+    async def _ready_count(kube: KubeClient, owner: _Owner, deadline: float) -> int:
+        """Ready pods of the owner, from the pods themselves (its status may lag)."""
+        selector = _selector_text((owner.obj.get("spec") or {}).get("selector") or {})
+        if not selector:
+            return 0  # an owner that selects nothing: count none, delete nothing ready
+        pods = await kube.list_pods(owner.namespace, label_selector=selector, deadline=deadline)
+        uid = (owner.obj.get("metadata") or {}).get("uid")
+        mine = [
+            p
+            for p in pods
+            # A Deployment owns its pods through ReplicaSets it selects the same way.
+            if owner.kind == "deployment" or (_controller(p) or {}).get("uid") == uid
+        ]
+        return sum(_ready(p) for p in mine)
+
+
+registry.register(RolloutRestart())
+registry.register(Scale())
+registry.register(DeletePod())

@@ -33,9 +33,25 @@ class Field:
     doc: str = ""
 
 
+class _Templated:
+    def __repr__(self) -> str:
+        return "TEMPLATED"
+
+
+TEMPLATED: Any = _Templated()
+"""What `Schema.across` sees at load time for a param set by a template (unknown yet)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Schema:
     fields: Mapping[str, Field]
+    literal: frozenset[str] = frozenset()
+    """Params that must be written in the rule, never rendered from a template: bounds.
+    A label must never choose how far an action may go."""
+    across: Callable[[Mapping[str, Any]], None] | None = None
+    """A check across params (exactly one of `step`/`to`, min <= max), raising
+    ParamError. It gets the params given in the rule, validated; at load time those set
+    by a template are `TEMPLATED`. It runs at load time and again after rendering."""
 
     def check_static(self, params: Mapping[str, Any]) -> None:
         """Load-time check: keys known, required present, literal values valid."""
@@ -46,6 +62,7 @@ class Schema:
             raise errors.ParamError(
                 unknown[0], f"unknown parameter; known: {', '.join(sorted(self.fields))}"
             )
+        known: dict[str, Any] = {}
         for name, f in self.fields.items():
             if name not in params:
                 if f.required:
@@ -54,9 +71,18 @@ class Schema:
             value = params[name]
             if isinstance(value, Template):
                 if not value.is_literal:
+                    if name in self.literal:
+                        raise errors.ParamError(
+                            name,
+                            "must be written in the rule, not a template: "
+                            "a label must never choose a bound",
+                        )
+                    known[name] = TEMPLATED
                     continue
                 value = value.render_literal()
-            f.check(name, value)
+            known[name] = f.check(name, value)
+        if self.across is not None:
+            self.across(known)
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Run-time check of rendered params; returns cleaned values with defaults."""
@@ -68,6 +94,8 @@ class Schema:
                 raise errors.ParamError(name, "is required")
             elif f.default is not None:
                 out[name] = f.default
+        if self.across is not None:
+            self.across({name: out[name] for name in params if name in out})
         return out
 
 
@@ -168,3 +196,34 @@ def _show(value: Any) -> str:
     """A value for an error message: quoted, and cut so a 10 kB label stays readable."""
     r = repr(value)
     return r if len(r) <= 80 else r[:77] + "..."
+
+
+def bound(*, lo: int, hi: int) -> Validator:
+    """A limit of a capacity change (`max_replicas: 10`), written in the rule as a number.
+
+    Templates render to text, so text is refused: a label can never move a bound.
+    """
+
+    def check(field: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise errors.ParamError(
+                field, f"is a bound: write it in the rule as a number, got {_show(value)}"
+            )
+        if not lo <= value <= hi:
+            raise errors.ParamError(field, f"{value} is outside {lo}..{hi}")
+        return value
+
+    return check
+
+
+def flag() -> Validator:
+    """`true` or `false` written in the rule; text (so any template) is refused."""
+
+    def check(field: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise errors.ParamError(
+                field, f"write true or false in the rule (not text), got {_show(value)}"
+            )
+        return value
+
+    return check

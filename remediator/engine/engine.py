@@ -313,6 +313,11 @@ class Engine:
                     action=action.type, params=values, attempt=verdict.attempt,
                     result=result.data,
                 )  # fmt: skip
+            elif failure[0] is Reason.NOT_ALLOWED:
+                await self._record(
+                    base, Outcome.SKIPPED, failure[0], detail=failure[1], target=target,
+                    action=action.type, params=values, attempt=verdict.attempt,
+                )  # fmt: skip
             else:
                 await self._record(
                     base, Outcome.DRY_RUN, failure[0], detail=f"dry run failed: {failure[1]}",
@@ -386,6 +391,8 @@ class Engine:
         if action.local:
             try:
                 return await fn(values, ctx), None
+            except errors.NotAllowed as exc:
+                return None, (Reason.NOT_ALLOWED, str(exc))
             except errors.RemediatorError as exc:
                 return None, (Reason.ACTION_ERROR, str(exc))
         deadline = time.monotonic() + ctx.timeout
@@ -403,6 +410,10 @@ class Engine:
                     return None, (Reason.ACTION_ERROR, str(exc))
                 ctx.log.info("action_retry", action=action.type, error=str(exc), delay=exc.delay)
                 await asyncio.sleep(exc.delay)
+            except errors.NotAllowed as exc:
+                # Only known once the target is read (a protected label, an HPA owning
+                # the replicas): a refusal, not a failure of the fix.
+                return None, (Reason.NOT_ALLOWED, str(exc))
             except errors.RemediatorError as exc:
                 return None, (Reason.ACTION_ERROR, str(exc))
             except Exception as exc:
@@ -455,6 +466,8 @@ class Engine:
                 result.detail,
                 result.data,
             )
+        elif failure[0] is Reason.NOT_ALLOWED:
+            outcome, reason, detail = Outcome.SKIPPED, failure[0], failure[1]
         else:
             outcome, reason, detail = Outcome.FAILED, failure[0], failure[1]
         await self.audit.update(
@@ -464,9 +477,11 @@ class Engine:
         await self.state.set_occurrence(key, f"{outcome}/{reason}", now)
         self._count(rule, outcome, reason)
         self.metrics.actions.labels(
-            rule=rule.name, action=action.type, result="ok" if failure is None else "error"
+            rule=rule.name, action=action.type, result=_action_result(outcome)
         ).inc()
         self._log(base, outcome, reason, target=target, detail=detail, decision_id=decision_id)
+        if outcome is Outcome.SKIPPED:
+            return  # refused after reading the target: nothing was done, nothing to verify
         if failure is not None:
             if await self.state.record_result(rule=rule, target=target, ok=False, now=now):
                 await self._escalate(rule, alert, target, decision_id, f"circuit opened: {detail}")
@@ -678,3 +693,8 @@ class _Base:
     entry: JournalEntry
     rule: Rule
     now: float
+
+
+def _action_result(outcome: Outcome) -> str:
+    """`actions_total{result}`: ok, error, or refused (not_allowed found while running)."""
+    return {Outcome.EXECUTED: "ok", Outcome.SKIPPED: "refused"}.get(outcome, "error")

@@ -1,0 +1,254 @@
+"""AWS APIs through aioboto3: one session per process, clients reused, errors mapped.
+
+The session uses botocore's default credential chain (environment, shared config and
+profile, web identity / IRSA, container and instance roles); remediator never holds a
+key itself. Each service client is created on first use and kept until shutdown.
+Retries are botocore's `standard` mode with a bounded attempt count (`aws.max_attempts`)
+and split timeouts (`aws.connect_timeout`, `aws.read_timeout`) per attempt; the engine's
+`limits.action_timeout` bounds the whole action around them.
+
+Every failure becomes one of errors.py's types, with a message naming the call, the
+resource and what to fix:
+
+    throttled (Throttling*, TooManyRequests, 429)   → TemporaryError (after the retries)
+    HTTP 5xx, InternalFailure, ServiceUnavailable   → TemporaryError (after the retries)
+    cannot connect, read timeout, closed connection → TemporaryError
+    AccessDenied and other credential refusals      → PermanentError (grant the IAM action)
+    not found (cluster, service, function, queue)   → PermanentError
+    no credentials / no region                      → PermanentError (fix the environment)
+    any other AWS error (validation, limits)        → PermanentError
+
+A throttled request was refused before it did anything. A 5xx or a lost answer to a
+call that changes something leaves the outcome unknown: the message says so, and only
+actions that look before they act (and so are safe to run again) let the engine retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+# aioboto3/aiobotocore/botocore ship no type information (no py.typed).
+import aioboto3
+from aiobotocore.config import AioConfig
+from botocore import exceptions as botoerrors
+
+from remediator import errors
+
+_THROTTLED = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "SlowDown",
+        "PriorRequestNotComplete",
+    }
+)
+_UNAVAILABLE = frozenset(
+    {
+        "InternalFailure",
+        "InternalError",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "ServerException",
+        "ServiceException",
+    }
+)
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "AuthFailure",
+        "KMSAccessDeniedException",
+    }
+)
+_NOT_FOUND = frozenset(
+    {
+        "ClusterNotFoundException",
+        "ServiceNotFoundException",
+        "ServiceNotActiveException",
+        "ResourceNotFoundException",
+        "QueueDoesNotExist",
+        "AWS.SimpleQueueService.NonExistentQueue",
+    }
+)
+_MESSAGE_MAX = 300
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Connection:
+    """Where and how to reach AWS; the `aws:` config section holds it."""
+
+    region: str
+    endpoint_url: str | None = None
+    profile: str | None = None
+    max_attempts: int = 3
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+
+
+class AwsClient:
+    """One aioboto3 session and its service clients, opened lazily and closed together."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._session = aioboto3.Session(
+            region_name=connection.region, profile_name=connection.profile
+        )
+        self._config = AioConfig(
+            connect_timeout=connection.connect_timeout,
+            read_timeout=connection.read_timeout,
+            retries={"mode": "standard", "total_max_attempts": connection.max_attempts},
+        )
+        self._stack = contextlib.AsyncExitStack()
+        self._clients: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        self._clients.clear()
+        await self._stack.aclose()
+
+    async def _client(self, service: str) -> Any:
+        found = self._clients.get(service)
+        if found is not None:
+            return found
+        async with self._lock:
+            found = self._clients.get(service)
+            if found is None:
+                try:
+                    found = await self._stack.enter_async_context(
+                        self._session.client(
+                            service,
+                            endpoint_url=self.connection.endpoint_url,
+                            config=self._config,
+                        )
+                    )
+                except botoerrors.BotoCoreError as exc:
+                    raise errors.PermanentError(
+                        f"cannot create the AWS {service} client: {exc} "
+                        "(check aws.region, aws.profile and aws.endpoint_url)"
+                    ) from exc
+                self._clients[service] = found
+        return found
+
+    async def call(
+        self,
+        service: str,
+        operation: str,
+        params: Mapping[str, Any],
+        *,
+        what: str,
+        changes: bool,
+        permission: str,
+    ) -> dict[str, Any]:
+        """Call `operation` (botocore's snake_case name) of `service` with `params`.
+
+        `what` names the call and resource in errors ("ecs UpdateService prod/api");
+        `changes` says whether the call changes something (an unknown outcome is then
+        said so); `permission` is the IAM action to grant when AWS refuses it.
+        """
+        client = await self._client(service)
+        try:
+            answer = await getattr(client, operation)(**params)
+        except botoerrors.ClientError as exc:
+            raise _client_error(exc, what=what, changes=changes, permission=permission) from exc
+        except (botoerrors.NoCredentialsError, botoerrors.PartialCredentialsError) as exc:
+            raise errors.PermanentError(
+                f"{what}: no AWS credentials found by the default chain (environment, "
+                "aws.profile, web identity / IRSA, instance or task role): give the "
+                "daemon one of them"
+            ) from exc
+        except botoerrors.CredentialRetrievalError as exc:
+            raise errors.TemporaryError(
+                f"{what}: could not fetch AWS credentials: {_cut(str(exc))}"
+            ) from exc
+        except botoerrors.NoRegionError as exc:
+            raise errors.PermanentError(f"{what}: no AWS region: set aws.region") from exc
+        except (botoerrors.ConnectTimeoutError, botoerrors.EndpointConnectionError) as exc:
+            # Nothing reached AWS: safe to try again, whatever the call does.
+            raise errors.TemporaryError(
+                f"{what}: cannot reach the AWS endpoint after {self.connection.max_attempts} "
+                f"attempts ({type(exc).__name__}); check the network or aws.endpoint_url"
+            ) from exc
+        except (botoerrors.ReadTimeoutError, botoerrors.ConnectionClosedError) as exc:
+            raise errors.TemporaryError(
+                f"{what}: no answer from AWS within aws.read_timeout="
+                f"{self.connection.read_timeout:g}s after {self.connection.max_attempts} "
+                f"attempts{_unknown(changes)}"
+            ) from exc
+        except botoerrors.ParamValidationError as exc:
+            raise errors.PermanentError(f"{what}: invalid request: {_cut(str(exc))}") from exc
+        except botoerrors.BotoCoreError as exc:
+            raise errors.PermanentError(
+                f"{what}: {type(exc).__name__}: {_cut(str(exc))}{_unknown(changes)}"
+            ) from exc
+        except OSError as exc:  # a socket error botocore did not wrap
+            raise errors.TemporaryError(
+                f"{what}: {type(exc).__name__}: {_cut(str(exc))}{_unknown(changes)}"
+            ) from exc
+        return dict(answer)
+
+
+async def open_client(connection: Connection) -> AwsClient:
+    """The process's AWS client (for `Clients.get`)."""
+    return AwsClient(connection)
+
+
+async def close_client(client: AwsClient) -> None:
+    await client.close()
+
+
+def _client_error(exc: Any, *, what: str, changes: bool, permission: str) -> errors.ActionError:
+    response = exc.response if isinstance(getattr(exc, "response", None), dict) else {}
+    err = response.get("Error") or {}
+    code = str(err.get("Code") or "")
+    # SQS's JSON protocol names errors with a namespace ("com.amazonaws.sqs#QueueDoesNotExist").
+    code = code.rpartition("#")[2]
+    message = _cut(str(err.get("Message") or ""))
+    meta = response.get("ResponseMetadata") or {}
+    status = int(meta.get("HTTPStatusCode") or 0)
+    attempts = int(meta.get("RetryAttempts") or 0) + 1
+    said = f"{code or 'error'} (HTTP {status}){': ' + message if message else ''}"
+    if code in _THROTTLED or status == 429:
+        return errors.TemporaryError(
+            f"{what}: AWS kept throttling the call: {said}; gave up after {attempts} "
+            "attempts (aws.max_attempts); nothing was changed",
+            delay=2.0,
+        )
+    if code in _UNAVAILABLE or status >= 500:
+        return errors.TemporaryError(
+            f"{what}: AWS answered with a server error: {said}; gave up after {attempts} "
+            f"attempts (aws.max_attempts){_unknown(changes)}",
+            delay=2.0,
+        )
+    if code in _DENIED or status == 403:
+        return errors.PermanentError(
+            f"{what}: AWS refused the credentials or the permission: {said}; grant "
+            f"{permission} on this resource to the daemon's role (deploy/aws/iam-policy.json)"
+        )
+    if code in _NOT_FOUND or status == 404:
+        return errors.PermanentError(f"{what}: not found: {said}")
+    return errors.PermanentError(f"{what}: {said}")
+
+
+def _unknown(changes: bool) -> str:
+    return "; the change may or may not have been applied: check it" if changes else ""
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _MESSAGE_MAX else text[: _MESSAGE_MAX - 3] + "..."

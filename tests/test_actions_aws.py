@@ -1,0 +1,907 @@
+"""The Plooral runbook's AWS fixes (ecs.*, lambda.*, sqs.*) against moto's server.
+
+Each end-to-end test fires an alert at the in-process daemon (tests/harness.py), whose
+`aws:` config points at tests/aws_emulator.AwsProxy: a loopback proxy in front of
+moto's ThreadedMotoServer that adds SQS message move tasks (moto has none), injects
+throttling and 5xx answers, and records every call. The daemon makes real aioboto3
+calls over real HTTP; afterwards each test reads the state back from moto through the
+AWS API (desiredCount, deployments, reserved concurrency, messages in each queue).
+Credentials are fake and every endpoint is loopback: nothing can reach real AWS.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import dataclasses
+import datetime as dt
+import io
+import json
+import os
+import textwrap
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import botocore.session
+import hypothesis
+import pytest
+from hypothesis import strategies as st
+
+from remediator import errors
+from remediator import settings as settings_mod
+from remediator.actions import aws as aws_actions
+from remediator.actions import registry
+from remediator.matching import loader
+from tests.aws_emulator import AwsProxy, MotoServer
+from tests.harness import START, Harness, am_alert
+
+REPO = Path(__file__).resolve().parent.parent
+REGION = "eu-west-1"
+ACCOUNT = "123456789012"  # moto's default account
+CLUSTER = "plooral-prod"
+PLOORAL_RULES = (REPO / "rules" / "plooral.yaml").read_text()
+SQS_RULES = (REPO / "rules" / "sqs.yaml").read_text()
+DLQ_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:plooral-jobs-dlq"
+
+
+def config(endpoint: str, *, max_attempts: int = 3, extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""\
+        limits: {{action_timeout: 20s}}
+        aws:
+          region: {REGION}
+          account_id: "{ACCOUNT}"
+          endpoint_url: {endpoint}
+          max_attempts: {max_attempts}
+          connect_timeout: 2s
+          read_timeout: 5s
+          ecs: {{clusters: [{CLUSTER}]}}
+          lambda: {{functions: [plooral-worker]}}
+          sqs: {{queues: [plooral-jobs, plooral-jobs-dlq, plooral-worker-queue]}}
+        """
+    ) + textwrap.dedent(extra)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    server = MotoServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@dataclasses.dataclass
+class Aws:
+    """moto, the proxy in front of it, and clients that go to moto directly."""
+
+    proxy: AwsProxy
+    ecs: Any
+    lam: Any
+    sqs: Any
+    iam: Any
+
+    @property
+    def endpoint(self) -> str:
+        return self.proxy.url
+
+    async def service(self, name: str, *, desired: int, rolling: bool = False) -> None:
+        """An ECS service; its deployment is COMPLETED unless `rolling`."""
+        await self.ecs.create_cluster(clusterName=CLUSTER)
+        await self.ecs.register_task_definition(
+            family=name, containerDefinitions=[{"name": name, "image": "app:1", "memory": 128}]
+        )
+        # moto reports a deployment IN_PROGRESS until this many tasks run; read at creation.
+        os.environ["MOTO_ECS_SERVICE_RUNNING"] = "0" if rolling else str(desired)
+        try:
+            await self.ecs.create_service(
+                cluster=CLUSTER, serviceName=name, taskDefinition=name, desiredCount=desired
+            )
+        finally:
+            del os.environ["MOTO_ECS_SERVICE_RUNNING"]
+
+    async def described(self, name: str) -> dict[str, Any]:
+        [svc] = (await self.ecs.describe_services(cluster=CLUSTER, services=[name]))["services"]
+        return dict(svc)
+
+    async def function(self, name: str, *, reserved: int | None) -> None:
+        role = await self.iam.create_role(
+            RoleName=f"{name}-role",
+            AssumeRolePolicyDocument=json.dumps(
+                {
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "lambda.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ]
+                }
+            ),
+        )
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as z:
+            z.writestr("worker.py", "def handle(event, context):\n    return None\n")
+        await self.lam.create_function(
+            FunctionName=name,
+            Runtime="python3.11",
+            Role=role["Role"]["Arn"],
+            Handler="worker.handle",
+            Code={"ZipFile": code.getvalue()},
+        )
+        if reserved is not None:
+            await self.lam.put_function_concurrency(
+                FunctionName=name, ReservedConcurrentExecutions=reserved
+            )
+
+    async def reserved(self, name: str) -> int | None:
+        answer = await self.lam.get_function_concurrency(FunctionName=name)
+        value = answer.get("ReservedConcurrentExecutions")
+        return None if value is None else int(value)
+
+    async def queues(self, *, in_dlq: int) -> None:
+        """plooral-jobs with plooral-jobs-dlq as its DLQ, and `in_dlq` failed jobs in it."""
+        dlq = await self.sqs.create_queue(QueueName="plooral-jobs-dlq")
+        await self.sqs.create_queue(
+            QueueName="plooral-jobs",
+            Attributes={
+                "RedrivePolicy": json.dumps({"deadLetterTargetArn": DLQ_ARN, "maxReceiveCount": 3})
+            },
+        )
+        await self.sqs.create_queue(QueueName="plooral-jobs-retry")
+        for i in range(in_dlq):
+            await self.sqs.send_message(QueueUrl=dlq["QueueUrl"], MessageBody=f"job-{i}")
+
+    async def visible(self, queue: str) -> int:
+        url = (await self.sqs.get_queue_url(QueueName=queue))["QueueUrl"]
+        attrs = await self.sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+    async def bodies(self, queue: str) -> list[str]:
+        url = (await self.sqs.get_queue_url(QueueName=queue))["QueueUrl"]
+        got = await self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
+        return sorted(m["Body"] for m in got.get("Messages", []))
+
+
+SESSION = aioboto3.Session(region_name=REGION)
+DECLARED = {(service, call.api) for (service, _), call in aws_actions.CALLS.items()}
+
+
+@pytest.fixture
+async def aws(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> AsyncIterator[Aws]:
+    # Fake credentials, no profile or metadata service, no proxy: only loopback.
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN",
+                 "AWS_WEB_IDENTITY_TOKEN_FILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
+                 "https_proxy", "ALL_PROXY", "all_proxy"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    await asyncio.to_thread(moto.reset)
+    proxy = await AwsProxy(moto.url).start()
+    session = SESSION  # shared: it caches the service models, the clients are per test
+    try:
+        async with (
+            session.client("ecs", endpoint_url=moto.url) as ecs,
+            session.client("lambda", endpoint_url=moto.url) as lam,
+            session.client("sqs", endpoint_url=moto.url) as sqs,
+            session.client("iam", endpoint_url=moto.url) as iam,
+        ):
+            yield Aws(proxy, ecs, lam, sqs, iam)
+    finally:
+        await proxy.stop()
+    undeclared = set(proxy.calls) - DECLARED
+    assert not undeclared, f"calls not declared in actions.aws.CALLS: {undeclared}"
+
+
+def harness(tmp_path: Path, aws: Aws, rules: str, **kw: Any) -> Harness:
+    cfg = config(aws.endpoint, max_attempts=kw.pop("max_attempts", 3))
+    return Harness(tmp_path, rules=rules, config=cfg, dry_run=kw.pop("dry_run", False), **kw)
+
+
+async def one_decision(h: Harness) -> dict[str, Any]:
+    [row] = await h.decisions()
+    return row
+
+
+def api_error_alert(**labels: str) -> dict[str, Any]:
+    """PlooralAPIHighErrorRate as the SNS intake labels a CloudWatch alarm."""
+    return am_alert(
+        "PlooralAPIHighErrorRate",
+        region=REGION,
+        account=ACCOUNT,
+        namespace="Plooral/API",
+        metric="5xxRate",
+        **{"ClusterName": CLUSTER, "ServiceName": "plooral-api", **labels},
+    )
+
+
+def scale_rule(*, step: int | None = None, to: int | None = None, lo: int, hi: int) -> str:
+    change = f"step: {step}" if step is not None else f"to: {to}"
+    return f"""
+rules:
+  - name: api-saturated-scale
+    matchers: ['alertname = "PlooralAPISaturated"']
+    action:
+      type: ecs.scale
+      params:
+        cluster: "{{{{ labels.ClusterName }}}}"
+        service: "{{{{ labels.ServiceName }}}}"
+        {change}
+        min_desired_count: {lo}
+        max_desired_count: {hi}
+"""
+
+
+def saturated(service: str = "plooral-api", cluster: str = CLUSTER) -> dict[str, Any]:
+    return am_alert("PlooralAPISaturated", ClusterName=cluster, ServiceName=service)
+
+
+def concurrency_rule(*, step: int | None = None, to: int | None = None, lo: int, hi: int) -> str:
+    change = f"step: {step}" if step is not None else f"to: {to}"
+    return f"""
+rules:
+  - name: worker-throttled
+    matchers: ['alertname = "PlooralWorkerFailure"']
+    action:
+      type: lambda.set_concurrency
+      params:
+        function: "{{{{ labels.FunctionName }}}}"
+        {change}
+        min_concurrency: {lo}
+        max_concurrency: {hi}
+"""
+
+
+def throttled(function: str = "plooral-worker") -> dict[str, Any]:
+    return am_alert("PlooralWorkerFailure", metric="Throttles", FunctionName=function)
+
+
+def dlq_alert(queue: str = "plooral-jobs-dlq") -> dict[str, Any]:
+    # The rule holds it for 30m (`for`): this one has fired for an hour.
+    return am_alert(
+        "PlooralJobsDLQNotEmpty",
+        starts_at=START - dt.timedelta(hours=1),
+        QueueName=queue,
+        namespace="AWS/SQS",
+    )
+
+
+# --------------------------------------------------------------------------- ECS
+
+
+async def test_a_high_api_error_rate_forces_a_new_deployment_of_the_api(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.service("plooral-api", desired=3)
+    before = (await aws.described("plooral-api"))["deployments"][0]["id"]
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(api_error_alert())
+        row = await one_decision(h)
+    after = (await aws.described("plooral-api"))["deployments"][0]["id"]
+    assert (row["outcome"], row["reason"]) == ("executed", "")
+    assert row["target"] == f"ecs.force_new_deployment {CLUSTER}/plooral-api"
+    assert after != before
+    assert row["result"]["deployment_id"] == after
+    assert row["result"]["previous_deployment_id"] == before
+    assert f"forced a new deployment of ecs service {CLUSTER}/plooral-api: {after}" in row["detail"]
+    assert aws.proxy.calls == [("ecs", "DescribeServices"), ("ecs", "UpdateService")]
+
+
+async def test_no_new_deployment_is_forced_while_one_is_still_rolling_out(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.service("plooral-api", desired=3, rolling=True)
+    before = (await aws.described("plooral-api"))["deployments"]
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(api_error_alert())
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("executed", "")
+    assert "no change because deployment ecs-svc/" in row["detail"]
+    assert "already in progress (rolloutState IN_PROGRESS" in row["detail"]
+    assert (await aws.described("plooral-api"))["deployments"] == before
+    assert aws.proxy.count("ecs", "UpdateService") == 0
+
+
+async def test_saturation_scales_the_service_by_its_step(tmp_path: Path, aws: Aws) -> None:
+    await aws.service("plooral-api", desired=2)
+    async with harness(tmp_path, aws, scale_rule(step=2, lo=1, hi=6)) as h:
+        await h.fire(saturated())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed", row["detail"]
+    assert (await aws.described("plooral-api"))["desiredCount"] == 4
+    assert row["result"]["desired_count"] == {"before": 2, "after": 4}
+    assert row["detail"].endswith("desiredCount 2 → 4 (bounds 1..6)")
+
+
+async def test_a_scale_step_is_clamped_at_max_desired_count(tmp_path: Path, aws: Aws) -> None:
+    await aws.service("plooral-api", desired=5)
+    async with harness(tmp_path, aws, scale_rule(step=3, lo=1, hi=6)) as h:
+        await h.fire(saturated())
+        row = await one_decision(h)
+    assert (await aws.described("plooral-api"))["desiredCount"] == 6
+    assert row["detail"].endswith("desiredCount 5 → 6 (clamped from 8 to 1..6)")
+
+
+async def test_a_service_already_at_its_bound_is_a_recorded_no_op(tmp_path: Path, aws: Aws) -> None:
+    await aws.service("plooral-api", desired=9)  # scaled by hand beyond the rule's max
+    async with harness(tmp_path, aws, scale_rule(step=1, lo=1, hi=6)) as h:
+        await h.fire(saturated())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed"
+    assert row["detail"] == (
+        f"ecs service {CLUSTER}/plooral-api: no change because 9 is already at or above "
+        "the upper bound 6"
+    )
+    # A step up never scales down to the bound.
+    assert (await aws.described("plooral-api"))["desiredCount"] == 9
+    assert aws.proxy.count("ecs", "UpdateService") == 0
+
+
+async def test_a_cluster_not_in_the_config_is_refused_before_any_request(
+    tmp_path: Path, aws: Aws
+) -> None:
+    async with harness(tmp_path, aws, scale_rule(step=1, lo=1, hi=6)) as h:
+        await h.fire(saturated(cluster="billing-prod"))
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("skipped", "not_allowed")
+    assert "'billing-prod' is not in aws.ecs.clusters (plooral-prod)" in row["detail"]
+    assert aws.proxy.calls == []
+
+
+@pytest.mark.parametrize(
+    ("service", "message"),
+    [
+        ("api; rm -rf /", "is not an ECS service name or ARN"),
+        ("x" * 300, "is not an ECS service name or ARN"),
+        (f"arn:aws:ecs:us-east-1:{ACCOUNT}:service/{CLUSTER}/api", "aws.region=eu-west-1"),
+        (f"arn:aws:ecs:{REGION}:210987654321:service/{CLUSTER}/api", "not aws.account_id"),
+        (f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/other/api", "names cluster 'other'"),
+    ],
+)
+async def test_a_label_cannot_steer_a_scale_outside_the_config(
+    tmp_path: Path, aws: Aws, service: str, message: str
+) -> None:
+    async with harness(tmp_path, aws, scale_rule(step=1, lo=1, hi=6)) as h:
+        await h.fire(saturated(service=service))
+        row = await one_decision(h)
+    assert row["outcome"] == "skipped"
+    assert row["reason"] in ("template_error", "not_allowed")
+    assert message in row["detail"]
+    assert aws.proxy.calls == []
+
+
+async def test_a_missing_service_fails_and_says_so(tmp_path: Path, aws: Aws) -> None:
+    await aws.service("plooral-api", desired=2)
+    async with harness(tmp_path, aws, scale_rule(step=1, lo=1, hi=6)) as h:
+        await h.fire(saturated(service="plooral-gone"))
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("failed", "action_error")
+    assert (
+        f"ecs DescribeServices {CLUSTER}/plooral-gone: no such service (MISSING)" in row["detail"]
+    )
+
+
+async def test_a_dry_run_reads_the_service_and_says_what_it_would_change(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.service("plooral-api", desired=2)
+    async with harness(tmp_path, aws, scale_rule(to=5, lo=1, hi=4), dry_run=True) as h:
+        await h.fire(saturated())
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("dry_run", "")
+    assert row["detail"] == (
+        f"would scale ecs service {CLUSTER}/plooral-api: desiredCount 2 → 4 "
+        "(clamped from 5 to 1..4)"
+    )
+    assert (await aws.described("plooral-api"))["desiredCount"] == 2
+    assert aws.proxy.calls == [("ecs", "DescribeServices")]
+
+
+# --------------------------------------------------------------------------- Lambda
+
+
+async def test_a_queue_backlog_raises_the_worker_lambdas_reserved_concurrency(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.function("plooral-worker", reserved=20)
+    async with harness(tmp_path, aws, SQS_RULES) as h:
+        await h.fire(am_alert("SQSBacklog", QueueName="plooral-worker-queue"))
+        row = await one_decision(h)
+    assert row["outcome"] == "executed", row["detail"]
+    assert await aws.reserved("plooral-worker") == 30
+    assert row["result"]["reserved_concurrency"] == {"before": 20, "after": 30}
+    assert aws.proxy.calls == [
+        ("lambda", "GetFunctionConcurrency"),
+        ("lambda", "PutFunctionConcurrency"),
+    ]
+
+
+async def test_reserved_concurrency_is_clamped_at_max_concurrency(tmp_path: Path, aws: Aws) -> None:
+    await aws.function("plooral-worker", reserved=48)
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(throttled())
+        row = await one_decision(h)
+    assert await aws.reserved("plooral-worker") == 50
+    assert row["detail"].endswith("48 → 50 (clamped from 53 to 5..50)")
+
+
+async def test_a_function_turned_off_with_0_is_never_turned_back_on(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.function("plooral-worker", reserved=0)
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(throttled())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed"
+    assert "no change because its reserved concurrency is 0" in row["detail"]
+    assert await aws.reserved("plooral-worker") == 0
+    assert aws.proxy.count("lambda", "PutFunctionConcurrency") == 0
+
+
+async def test_a_step_down_stops_at_min_and_never_reaches_0(tmp_path: Path, aws: Aws) -> None:
+    await aws.function("plooral-worker", reserved=3)
+    async with harness(tmp_path, aws, concurrency_rule(step=-10, lo=1, hi=50)) as h:
+        await h.fire(throttled())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed", row["detail"]
+    assert await aws.reserved("plooral-worker") == 1
+
+
+async def test_a_step_needs_a_reservation_to_start_from(tmp_path: Path, aws: Aws) -> None:
+    await aws.function("plooral-worker", reserved=None)
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(throttled())
+        row = await one_decision(h)
+    assert "no change because it has no reserved concurrency" in row["detail"]
+    assert await aws.reserved("plooral-worker") is None
+
+
+async def test_a_function_not_in_the_config_is_refused_before_any_request(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.function("billing-worker", reserved=10)
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(throttled("billing-worker"))
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("skipped", "not_allowed")
+    assert "'billing-worker' is not in aws.lambda.functions" in row["detail"]
+    assert aws.proxy.calls == []
+    assert await aws.reserved("billing-worker") == 10
+
+
+# --------------------------------------------------------------------------- SQS
+
+
+async def test_a_dlq_redrive_moves_the_failed_jobs_back_to_the_jobs_queue(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.queues(in_dlq=3)
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(dlq_alert())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed", row["detail"]
+    assert await aws.visible("plooral-jobs-dlq") == 0
+    assert await aws.bodies("plooral-jobs") == ["job-0", "job-1", "job-2"]
+    [task] = aws.proxy.tasks
+    assert (task.source_arn, task.destination_arn, task.rate) == (
+        DLQ_ARN,
+        f"arn:aws:sqs:{REGION}:{ACCOUNT}:plooral-jobs",
+        10,
+    )
+    assert row["result"]["task_handle"] == task.handle
+    assert row["detail"] == (
+        "started moving ~3 messages from sqs queue plooral-jobs-dlq to plooral-jobs at most 10/s"
+    )
+
+
+async def test_without_a_destination_jobs_go_back_to_their_source_queue(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.queues(in_dlq=2)
+    rules = PLOORAL_RULES.replace("        destination: plooral-jobs\n", "")
+    async with harness(tmp_path, aws, rules) as h:
+        await h.fire(dlq_alert())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed", row["detail"]
+    assert "to the queues they came from" in row["detail"]
+    assert await aws.bodies("plooral-jobs") == ["job-0", "job-1"]
+    assert await aws.bodies("plooral-jobs-retry") == []
+
+
+async def test_no_second_redrive_starts_while_a_move_task_runs(tmp_path: Path, aws: Aws) -> None:
+    await aws.queues(in_dlq=3)
+    aws.proxy.hold_running(DLQ_ARN)  # started from the console, say
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(dlq_alert())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed"
+    assert "no change because a message move task is already running" in row["detail"]
+    assert aws.proxy.count("sqs", "StartMessageMoveTask") == 0
+    assert await aws.visible("plooral-jobs-dlq") == 3
+
+
+async def test_an_empty_dlq_is_not_redriven(tmp_path: Path, aws: Aws) -> None:
+    await aws.queues(in_dlq=0)
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(dlq_alert())
+        row = await one_decision(h)
+    assert row["detail"].endswith("no change because the DLQ holds no visible messages")
+    assert aws.proxy.count("sqs", "StartMessageMoveTask") == 0
+
+
+async def test_a_queue_not_in_the_config_is_refused_before_any_request(
+    tmp_path: Path, aws: Aws
+) -> None:
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(dlq_alert("billing-dlq"))
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("skipped", "not_allowed")
+    assert "'billing-dlq' is not in aws.sqs.queues" in row["detail"]
+    assert aws.proxy.calls == []
+
+
+async def test_a_redrive_dry_run_counts_the_messages_and_moves_none(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.queues(in_dlq=4)
+    async with harness(tmp_path, aws, PLOORAL_RULES, dry_run=True) as h:
+        await h.fire(dlq_alert())
+        row = await one_decision(h)
+    assert row["outcome"] == "dry_run"
+    assert row["detail"] == (
+        "would move ~4 messages from sqs queue plooral-jobs-dlq to plooral-jobs at most 10/s"
+    )
+    assert await aws.visible("plooral-jobs-dlq") == 4
+    assert aws.proxy.count("sqs", "StartMessageMoveTask") == 0
+
+
+# --------------------------------------------------------------------------- AWS errors
+
+
+async def test_throttling_is_retried_within_the_timeout(tmp_path: Path, aws: Aws) -> None:
+    await aws.service("plooral-api", desired=2)
+    aws.proxy.fail(2, kind="throttle", service="ecs", operation="UpdateService")
+    async with harness(tmp_path, aws, scale_rule(step=1, lo=1, hi=6)) as h:
+        await h.fire(saturated())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed", row["detail"]
+    assert (await aws.described("plooral-api"))["desiredCount"] == 3
+    assert aws.proxy.count("ecs", "UpdateService") == 3
+
+
+async def test_a_lambda_429_is_retried_within_the_timeout(tmp_path: Path, aws: Aws) -> None:
+    await aws.function("plooral-worker", reserved=10)
+    aws.proxy.fail(1, kind="throttle", service="lambda", operation="PutFunctionConcurrency")
+    aws.proxy.fail(1, kind="unavailable", service="lambda", operation="GetFunctionConcurrency")
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(throttled())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed", row["detail"]
+    assert await aws.reserved("plooral-worker") == 15
+    assert aws.proxy.count("lambda") == 4
+
+
+async def test_a_persistent_503_fails_clearly_after_the_bounded_attempts(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.service("plooral-api", desired=2)
+    aws.proxy.fail(-1, kind="unavailable", service="ecs", operation="UpdateService")
+    async with harness(tmp_path, aws, scale_rule(step=1, lo=1, hi=6), max_attempts=2) as h:
+        await h.fire(saturated())
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("failed", "action_error")
+    assert row["detail"] == (
+        f"ecs UpdateService {CLUSTER}/plooral-api: AWS answered with a server error: "
+        "ServiceUnavailable (HTTP 503): injected by the test proxy; gave up after 2 attempts "
+        "(aws.max_attempts); the change may or may not have been applied: check it"
+    )
+    # ecs.scale is not idempotent (a step must not apply twice): the engine does not
+    # run it again, so only botocore's bounded attempts reached AWS.
+    assert aws.proxy.count("ecs", "UpdateService") == 2
+    assert (await aws.described("plooral-api"))["desiredCount"] == 2
+
+
+async def test_persistent_throttling_says_nothing_was_changed(tmp_path: Path, aws: Aws) -> None:
+    await aws.function("plooral-worker", reserved=10)
+    aws.proxy.fail(-1, kind="throttle", service="lambda", operation="PutFunctionConcurrency")
+    async with harness(tmp_path, aws, PLOORAL_RULES, max_attempts=2) as h:
+        await h.fire(throttled())
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("failed", "action_error")
+    assert "AWS kept throttling the call: TooManyRequestsException (HTTP 429)" in row["detail"]
+    assert row["detail"].endswith(
+        "gave up after 2 attempts (aws.max_attempts); nothing was changed"
+    )
+    assert await aws.reserved("plooral-worker") == 10
+
+
+async def test_one_aws_client_serves_every_action_and_is_closed_at_shutdown(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.service("plooral-api", desired=2)
+    await aws.function("plooral-worker", reserved=10)
+    rules = PLOORAL_RULES + scale_rule(step=1, lo=1, hi=6).replace("rules:\n", "", 1)
+    h = harness(tmp_path, aws, rules)
+    await h.start()
+    try:
+        await h.fire(saturated(), throttled(), api_error_alert())
+        assert [r["outcome"] for r in await h.decisions()] == ["executed"] * 3
+        client, _ = h.daemon.clients._opened["aws"]
+        assert sorted(client._clients) == ["ecs", "lambda"]
+    finally:
+        await h.stop()
+    assert client._clients == {}  # closed with the daemon
+
+
+async def test_a_refused_permission_names_the_iam_action_to_grant(tmp_path: Path, aws: Aws) -> None:
+    await aws.service("plooral-api", desired=3)
+    aws.proxy.fail(-1, kind="denied", service="ecs", operation="UpdateService")
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(api_error_alert())
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("failed", "action_error")
+    assert row["detail"].endswith(
+        "grant ecs:UpdateService on this resource to the daemon's role (deploy/aws/iam-policy.json)"
+    )
+    assert aws.proxy.count("ecs", "UpdateService") == 1  # not retried: it cannot help
+
+
+# --------------------------------------------------------------------------- no config
+
+
+async def test_the_example_rules_decide_dry_run_on_a_bare_start(tmp_path: Path) -> None:
+    # `make run`: no config file, dry-run on. Nothing is checked, nothing is called.
+    rules = PLOORAL_RULES + SQS_RULES.replace("rules:\n", "", 1)
+    async with Harness(tmp_path, rules=rules) as h:
+        await h.fire(
+            api_error_alert(),
+            throttled(),
+            dlq_alert(),
+            am_alert("SQSBacklog", QueueName="plooral-emails"),
+        )
+        rows = await h.decisions()
+    assert [(r["rule"], r["outcome"], r["reason"]) for r in rows] == [
+        ("plooral-api-redeploy", "dry_run", ""),
+        ("plooral-worker-throttled", "dry_run", ""),
+        ("plooral-dlq-redrive", "dry_run", ""),
+        ("sqs-backlog-scale-ecs-consumers", "dry_run", ""),
+    ]
+    assert [r["detail"] for r in rows] == [
+        f"would force a new deployment of ecs service {CLUSTER}/plooral-api; "
+        "not checked against AWS: no `aws:` config",
+        "would set reserved concurrency of lambda function plooral-worker by +5 within 5..50; "
+        "not checked against AWS: no `aws:` config",
+        "would redrive sqs queue plooral-jobs-dlq at most 10/s; "
+        "not checked against AWS: no `aws:` config",
+        f"would scale ecs service {CLUSTER}/plooral-email-consumer by +2 within 2..12; "
+        "not checked against AWS: no `aws:` config",
+    ]
+
+
+async def test_a_live_run_without_an_aws_section_acts_on_nothing(tmp_path: Path) -> None:
+    async with Harness(tmp_path, rules=PLOORAL_RULES, dry_run=False) as h:
+        await h.fire(api_error_alert())
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("skipped", "not_allowed")
+    assert "no `aws:` section in the config file: nothing is allowed" in row["detail"]
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def load_rules(tmp_path: Path, params: str, action: str = "lambda.set_concurrency") -> Any:
+    (tmp_path / "r.yaml").write_text(
+        "rules:\n  - name: r\n    matchers: ['alertname = \"A\"']\n"
+        f"    action:\n      type: {action}\n      params:\n"
+        + textwrap.indent(textwrap.dedent(params).strip() + "\n", " " * 8)
+    )
+    return loader.load_dir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("function: w\nstep: 1\nmin_concurrency: 0\nmax_concurrency: 5",
+         "param 'min_concurrency': 0 throttles the function entirely: set allow_zero: true"),
+        ("function: w\nto: 0\nmin_concurrency: 1\nmax_concurrency: 5",
+         "param 'to': 0 throttles the function entirely"),
+        ("function: w\nstep: 1\nmin_concurrency: 1\nmax_concurrency: '{{ labels.max }}'",
+         "param 'max_concurrency': must be written in the rule, not a template"),
+        ("function: w\nstep: 1\nmin_concurrency: 1\nmax_concurrency: '50'",
+         "param 'max_concurrency': is a bound: write it in the rule as a number, got '50'"),
+        ("function: w\nstep: 1\nmin_concurrency: 1",
+         "param 'max_concurrency': is required"),
+        ("function: w\nstep: 1\nto: 3\nmin_concurrency: 1\nmax_concurrency: 5",
+         "param 'step': give exactly one of `step` and `to`"),
+        ("function: w\nstep: 1\nmin_concurrency: 9\nmax_concurrency: 5",
+         "param 'min_concurrency': 9 is above max_concurrency (5)"),
+        ("function: w\nstep: 1\nmin_concurrency: 1\nmax_concurrency: 5\n"
+         "allow_zero: '{{ labels.z }}'",
+         "param 'allow_zero': must be written in the rule"),
+        ("function: 'arn:aws:lambda:eu-west-1:123456789012:function:w:live'\nstep: 1\n"
+         "min_concurrency: 1\nmax_concurrency: 5",
+         "is not a Lambda function name or unqualified ARN"),
+    ],
+)  # fmt: skip
+def test_a_concurrency_rule_that_could_throttle_or_drift_fails_to_load(
+    tmp_path: Path, params: str, message: str
+) -> None:
+    with pytest.raises(errors.RuleFileErrors) as caught:
+        load_rules(tmp_path, params)
+    assert message in str(caught.value)
+
+
+def test_zero_concurrency_loads_only_when_the_rule_says_so(tmp_path: Path) -> None:
+    [rule] = load_rules(
+        tmp_path, "function: w\nto: 0\nmin_concurrency: 0\nmax_concurrency: 5\nallow_zero: true"
+    )
+    assert rule.action.type == "lambda.set_concurrency"
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "message"),
+    [
+        ("ecs.scale", "cluster: c\nservice: s\nstep: 1\nmax_desired_count: 5",
+         "param 'min_desired_count': is required"),
+        ("ecs.scale", "cluster: c\nservice: s\nstep: 0\nmin_desired_count: 1\nmax_desired_count: 5",
+         "a step of 0 changes nothing"),
+        ("sqs.redrive_dlq", "dlq: q-dlq", "param 'max_messages_per_second': is required"),
+        ("sqs.redrive_dlq", "dlq: q\nmax_messages_per_second: 501",
+         "param 'max_messages_per_second': 501 is outside 1..500"),
+        ("sqs.redrive_dlq", "dlq: q\ndestination: q\nmax_messages_per_second: 5",
+         "param 'destination': is the DLQ itself"),
+    ],
+)  # fmt: skip
+def test_scale_and_redrive_rules_need_their_bounds(
+    tmp_path: Path, action: str, params: str, message: str
+) -> None:
+    with pytest.raises(errors.RuleFileErrors) as caught:
+        load_rules(tmp_path, params, action)
+    assert message in str(caught.value)
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+@pytest.mark.parametrize(
+    ("current", "change", "new", "why"),
+    [
+        (2, {"step": 2}, 4, ""),
+        (5, {"step": 3}, 6, ""),
+        (0, {"step": 1}, 1, ""),
+        (3, {"step": -5}, 1, ""),
+        (9, {"step": 1}, 9, "9 is already at or above the upper bound 6"),
+        (1, {"step": -1}, 1, "1 is already at or below the lower bound 1"),
+        (9, {"to": 5}, 5, ""),
+        (9, {"to": 50}, 9, "9 is already at or above the upper bound 6"),
+        (4, {"to": 4}, 4, "it is already 4"),
+    ],
+)
+def test_a_change_is_clamped_and_never_goes_the_other_way(
+    current: int, change: dict[str, int], new: int, why: str
+) -> None:
+    assert aws_actions._plan(current, change, 1, 6) == (new, why)
+
+
+@hypothesis.given(
+    current=st.integers(0, 100),
+    change=st.one_of(
+        st.builds(dict, step=st.integers(-50, 50).filter(bool)),
+        st.builds(dict, to=st.integers(0, 100)),
+    ),
+    lo=st.integers(0, 50),
+    span=st.integers(0, 50),
+)
+def test_a_change_lands_within_the_bounds_or_not_at_all(
+    current: int, change: dict[str, int], lo: int, span: int
+) -> None:
+    hi = lo + span
+    new, why = aws_actions._plan(current, change, lo, hi)
+    want = change["to"] if "to" in change else current + change["step"]
+    if new == current:
+        assert why
+    else:
+        assert lo <= new <= hi and not why
+        assert (new - current) * (want - current) > 0  # the way that was asked
+
+
+# --------------------------------------------------------------------------- config
+
+
+def load_config(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Any:
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text))
+    return settings_mod.load(path, environ=env or {}).section("aws")
+
+
+def test_the_aws_section_parses_with_documented_defaults(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path, "aws: {ecs: {clusters: [plooral-prod]}}", {"AWS_REGION": REGION})
+    assert cfg == aws_actions.AwsConfig(region=REGION, ecs_clusters=frozenset({"plooral-prod"}))
+    assert (cfg.max_attempts, cfg.connect_timeout, cfg.read_timeout) == (3, 5.0, 10.0)
+    assert cfg.endpoint_url is None and cfg.profile is None
+    # Every attempt timing out, plus backoff, still fits the default 60s action timeout.
+    assert aws_actions.retry_budget(cfg) == 3 * (5 + 10) + 1 + 2
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("aws: {}", "aws.region: required"),
+        ("aws: {region: europe}", "aws.region: not an AWS region: 'europe'"),
+        ("aws: {region: eu-west-1, account_id: 123456789012}", "aws.account_id: quote it"),
+        ("aws: {region: eu-west-1, endpoint_url: 'ftp://x'}",
+         "aws.endpoint_url: expected an http(s) URL"),
+        ("aws: {region: eu-west-1, max_attempts: 0}", "aws.max_attempts: must be in 1..10"),
+        ("aws: {region: eu-west-1, read_timeout: 0s}", "aws.read_timeout: must be more than 0s"),
+        ("aws: {region: eu-west-1, ecs: {clusters: ['arn:aws:ecs:x']}}",
+         "aws.ecs.clusters[0]: not a name (names here, not ARNs)"),
+        ("aws: {region: eu-west-1, lambda: {function: [w]}}", "aws.lambda.function: unknown key"),
+        ("aws: {region: eu-west-1, secret_key: x}", "aws.secret_key: unknown key"),
+    ],
+)  # fmt: skip
+def test_a_bad_aws_section_names_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(errors.ConfigError) as caught:
+        load_config(tmp_path, text)
+    assert str(caught.value).startswith(message)
+
+
+# --------------------------------------------------------------------------- IAM policy
+
+
+def called_operations() -> set[tuple[str, str]]:
+    """Every (service, operation) literally passed to `_call` in the actions module."""
+    tree = ast.parse(Path(aws_actions.__file__).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_call":
+            service, operation = node.args[2], node.args[3]
+            assert isinstance(service, ast.Constant) and isinstance(operation, ast.Constant)
+            found.add((service.value, operation.value))
+    return found
+
+
+def test_the_iam_policy_grants_exactly_the_actions_the_code_calls() -> None:
+    policy = json.loads((REPO / "deploy" / "aws" / "iam-policy.json").read_text())
+    granted: set[str] = set()
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        actions = statement["Action"]
+        granted |= set([actions] if isinstance(actions, str) else actions)
+        resources = statement["Resource"]
+        for resource in [resources] if isinstance(resources, str) else resources:
+            assert resource.startswith("arn:aws:"), resource  # resource-scoped, never "*"
+    assert called_operations() == set(aws_actions.CALLS)
+    assert granted == aws_actions.iam_actions()
+
+
+def test_every_declared_call_is_a_real_aws_operation() -> None:
+    session = botocore.session.get_session()
+    for (service, operation), call in aws_actions.CALLS.items():
+        model = session.get_service_model(service)
+        assert call.api in model.operation_names, (service, call.api)
+        assert botocore.xform_name(call.api) == operation
+        assert call.iam[0] == f"{service}:{call.api}"
+
+
+def test_registered_aws_actions_have_bounds_where_they_change_capacity() -> None:
+    for name, bounds in {
+        "ecs.scale": ("min_desired_count", "max_desired_count"),
+        "lambda.set_concurrency": ("min_concurrency", "max_concurrency"),
+    }.items():
+        action = registry.get(name)
+        assert action is not None
+        assert all(action.schema.fields[b].required for b in bounds)
+        assert action.idempotent is False  # a step must never apply twice
