@@ -3,20 +3,25 @@
     RemediatorError
     ├── ConfigError            config file or environment is invalid (`path: message`)
     ├── RuleFileError          a rule file is invalid (`file:line: message`)
-    ├── IntakeError            a webhook body cannot be accepted → HTTP 4xx
+    ├── RuleFileErrors         all of a directory's rule file errors, reported at once
+    ├── IntakeError            a webhook body cannot be accepted → HTTP 4xx (`status`)
     │   ├── PayloadTooLarge    → 413
-    │   └── Unauthorized       → 401
+    │   ├── Unauthorized       → 401
+    │   └── intake.sns.Rejected  a signed message refused for what it claims → 403
     ├── Backpressure           the journal backlog is full → 503, the sender retries
     ├── TemplateError          a template references a key the alert does not have
     ├── ParamError             a rendered action parameter is invalid (→ template_error)
-    ├── NotAllowed             a rendered parameter is outside what config/rule allow
-    └── ActionError            an action ran and failed
+    ├── NotAllowed             outside what config/rule allow (→ not_allowed), raised
+    │                          before a request, or by an action once it reads its target
+    └── ActionError            an outgoing call failed: an action's, or one made for it
+        │                      (Alertmanager's silences, an SNS certificate fetch)
         ├── PermanentError     retrying cannot help (404, 403, bad request)
         ├── TemporaryError     may succeed later (timeout, 429, 5xx); carries `delay`
         └── ActionTimeout      the action did not finish within its timeout
 
 Every error carries what failed (rule, target, config key, field) so that the message
-says what to fix.
+says what to fix. Library exceptions are wrapped at the client boundary (clients/)
+with `raise ... from`.
 """
 
 from __future__ import annotations

@@ -7,43 +7,24 @@ Every way a body can be wrong ends in errors.IntakeError with the status to answ
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from remediator import errors
+from remediator.intake import payload
 from remediator.models.alert import Alert, fingerprint_of, parse_time
 
 SOURCE = "alertmanager"
 MAX_LABELS = 128
 MAX_VALUE_LEN = 16384
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,127}")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _GO_ZERO_YEAR = 1  # Alertmanager sends 0001-01-01T00:00:00Z for "no end"
 
 
 def parse(body: bytes, *, received_at: dt.datetime, max_alerts: int) -> list[Alert]:
     """Parse and validate a webhook body; raises errors.IntakeError."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise errors.IntakeError(f"body is not UTF-8 (byte {exc.start})") from exc
-    try:
-        data = json.loads(text)
-    except RecursionError as exc:
-        raise errors.IntakeError("JSON nested too deeply") from exc
-    except json.JSONDecodeError as exc:
-        raise errors.IntakeError(f"malformed JSON: {exc.msg} at line {exc.lineno}") from exc
-    except ValueError as exc:  # e.g. an integer literal too long to convert
-        raise errors.IntakeError(f"malformed JSON: {exc}") from exc
-    if _SURROGATE_ESCAPE.search(text):
-        # A lone \uD800 escape decodes to a string no UTF-8 store can hold; refuse it now
-        # rather than acknowledge an alert whose decision could never be written.
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise errors.IntakeError("JSON string holds an unpaired UTF-16 surrogate") from exc
+    data = payload.load_bytes(body)
     if not isinstance(data, dict):
         raise _schema("body must be a JSON object")
     version = data.get("version")

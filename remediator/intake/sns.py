@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from remediator import errors
+from remediator.intake import payload
 from remediator.models.alert import Alert, Status, parse_time
 from remediator.settings import Sns
 
@@ -78,7 +79,6 @@ _HASHES: Mapping[str, Callable[[], hashes.HashAlgorithm]] = {
 _MESSAGE_ID = re.compile(r"[0-9A-Za-z-]{1,128}")
 _TOPIC_ARN = re.compile(r"arn:[!-~]{1,250}")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,127}")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _RESERVED_LABELS = frozenset({"alertname", "region", "account", "namespace", "metric"})
 
 
@@ -121,7 +121,7 @@ class Envelope:
 def parse(body: bytes, *, type_header: str | None) -> Envelope:
     """Shape-check a posted body; 400 for what is not JSON or disagrees with the header,
     422 for JSON that is not an SNS message."""
-    data = _json(body)
+    data = payload.load_bytes(body)
     if type_header is None:
         raise errors.IntakeError(f"missing the {TYPE_HEADER} header")
     envelope = _envelope(data)
@@ -168,33 +168,6 @@ def _envelope(data: Any) -> Envelope:
         signed=signed,
         doc=data,
     )
-
-
-def _json(body: bytes) -> Any:
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise errors.IntakeError(f"body is not UTF-8 (byte {exc.start})") from exc
-    data = _loads(text, "body")
-    if _SURROGATE_ESCAPE.search(text):
-        # A lone \uD800 escape decodes to a string that UTF-8 (the canonical string, the
-        # journal) cannot hold: refuse it here rather than fail later.
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise errors.IntakeError("JSON string holds an unpaired UTF-16 surrogate") from exc
-    return data
-
-
-def _loads(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except RecursionError as exc:
-        raise errors.IntakeError(f"{what}: JSON nested too deeply") from exc
-    except json.JSONDecodeError as exc:
-        raise errors.IntakeError(f"{what}: malformed JSON: {exc.msg} at line {exc.lineno}") from exc
-    except ValueError as exc:  # e.g. an integer literal too long to convert
-        raise errors.IntakeError(f"{what}: malformed JSON: {exc}") from exc
 
 
 # -- trust --------------------------------------------------------------------------
@@ -385,16 +358,15 @@ def parse_alarm(envelope: Envelope) -> Alarm | None:
     wrong it is a 422, not silently ignored.
     """
     try:
-        data = _loads(envelope.message, "Message")
-    except errors.IntakeError:
+        data = json.loads(envelope.message)
+    except (RecursionError, ValueError):
         return None
     if not isinstance(data, dict) or "AlarmName" not in data or "NewStateValue" not in data:
         return None
-    if _SURROGATE_ESCAPE.search(envelope.message):
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise _schema("Message holds an unpaired UTF-16 surrogate") from None
+    try:
+        payload.check_storable(envelope.message, data, what="Message")
+    except errors.IntakeError as exc:
+        raise _schema(str(exc)) from None
     name = data["AlarmName"]
     if not isinstance(name, str) or not 0 < len(name) <= 255:
         raise _schema(f"Message.AlarmName must be a string of 1-255 characters, got {_show(name)}")
@@ -615,7 +587,7 @@ def replay(payload: bytes, received_at: dt.datetime) -> list[Alert]:
 def sample(body: bytes, *, received_at: dt.datetime) -> list[Alert]:
     """The alert of a notification body for `remediator simulate`: no signature or
     freshness check, and an OK is its own occurrence (no earlier ALARM is known)."""
-    alarm = parse_alarm(_envelope(_json(body)))
+    alarm = parse_alarm(_envelope(payload.load_bytes(body)))
     if alarm is None or alarm.state == INSUFFICIENT_DATA:
         return []
     return [to_alert(alarm, starts_at=alarm.changed_at, received_at=received_at)]
