@@ -89,7 +89,8 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     from remediator import runner  # noqa: PLC0415 - keeps `check` free of server imports
 
-    return asyncio.run(runner.serve(settings))
+    # A reload reads the file again with the same flags on top (flags still win).
+    return asyncio.run(runner.serve(settings, config_loader=lambda: _settings(args, **overrides)))
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@
         │                      (Alertmanager's silences, an SNS certificate fetch)
         ├── PermanentError     retrying cannot help (404, 403, bad request)
         ├── TemporaryError     may succeed later (timeout, 429, 5xx); carries `delay`
+        │   └── NotSent        never reached the receiver (refused, 429): safe to retry
         └── ActionTimeout      the action did not finish within its timeout
 
 Every error carries what failed (rule, target, config key, field) so that the message
@@ -115,6 +116,11 @@ class TemporaryError(ActionError):
     def __init__(self, message: str, *, delay: float = 1.0) -> None:
         super().__init__(message)
         self.delay = delay
+
+
+class NotSent(TemporaryError):
+    """The request never reached (or was refused unprocessed by) the receiver: a retry
+    cannot do anything twice, even for an action that is not idempotent."""
 
 
 class ActionTimeout(ActionError):

@@ -15,16 +15,17 @@ import datetime as dt
 import gc
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import structlog
 from aiohttp import web
 
 from remediator import errors, intake
+from remediator import settings as settings_mod
 from remediator.backends import audit as audit_mod
 from remediator.backends import journal as journal_mod
 from remediator.backends.sqlite import Database
-from remediator.backends.state import MemoryState
+from remediator.backends.state import MAX_OCCURRENCES, MemoryState
 from remediator.clients import Clients
 from remediator.clients.alertmanager import AlertmanagerClient
 from remediator.engine.clock import Clock, SystemClock
@@ -35,20 +36,28 @@ from remediator.matching.index import RuleIndex
 from remediator.metrics import Metrics
 from remediator.models.alert import Alert
 from remediator.models.decision import Outcome, Reason
+from remediator.models.rule import Rule
 from remediator.settings import Settings
 from remediator.web.app import make_app
 
 log = structlog.get_logger("remediator.runner")
 GC_GEN0_THRESHOLD = 50_000
 """Allocations between young-generation collections (CPython's default is 700)."""
-DEDUP_HORIZON = dt.timedelta(days=7)
+DEDUP_HORIZON = dt.timedelta(days=30)
 """How far back decisions are replayed on start for occurrence dedup and cooldowns."""
 
 
 class Daemon:
     def __init__(
-        self, settings: Settings, *, clock: Clock | None = None, metrics: Metrics | None = None
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        metrics: Metrics | None = None,
+        config_loader: Callable[[], Settings] | None = None,
     ) -> None:
+        """`config_loader` re-reads the config file (with the same CLI overrides) on reload;
+        without one, a reload re-reads the rules only."""
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
@@ -66,6 +75,8 @@ class Daemon:
         self.engine: Engine
         self._engine_task: asyncio.Task[None] | None = None
         self._reload_error = ""
+        self._reload_lock = asyncio.Lock()
+        self._config_loader = config_loader
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -101,16 +112,16 @@ class Daemon:
     async def _restore(self) -> None:
         """Replay recent decisions: occurrences stay decided and cooldowns hold across restarts."""
         since = dt.datetime.fromtimestamp(self.clock.now(), dt.UTC) - DEDUP_HORIZON
-        rows = await self.audit.recent_occurrences(since)
-        for row in rows:
-            at = dt.datetime.fromisoformat(row["decided_at"].replace("Z", "+00:00")).timestamp()
-            key = occurrence_key(row["rule"], row["fingerprint"], row["starts_at"])
-            await self.state.set_occurrence(key, f"{row['outcome']}/{row['reason']}", at)
-            acted = row["outcome"] in (Outcome.EXECUTED, Outcome.DRY_RUN) or (
-                row["outcome"] == Outcome.FAILED and row["reason"] != Reason.TEMPLATE_ERROR
+        rows = await self.audit.recent_occurrences(since, limit=MAX_OCCURRENCES)
+        for rule, fingerprint, starts_at, outcome, reason, target, decided_at in rows:
+            at = dt.datetime.fromisoformat(decided_at.replace("Z", "+00:00")).timestamp()
+            key = occurrence_key(rule, fingerprint, starts_at)
+            await self.state.set_occurrence(key, f"{outcome}/{reason}", at)
+            acted = outcome in (Outcome.EXECUTED, Outcome.DRY_RUN) or (
+                outcome == Outcome.FAILED and reason != Reason.TEMPLATE_ERROR
             )
-            if acted and row["target"]:
-                self.state.restore_attempt(rule=row["rule"], target=row["target"], at=at)
+            if acted and target:
+                self.state.restore_attempt(rule=rule, target=target, at=at)
         if rows:
             log.info("decisions_restored", count=len(rows))
 
@@ -167,19 +178,38 @@ class Daemon:
         self.metrics.paused.set(1 if paused else 0)
         log.warning("paused" if paused else "resumed", by=by)
 
-    def reload(self) -> tuple[bool, str]:
-        """Reload rules; any error keeps the loaded set. (Config changes need a restart.)"""
-        try:
-            rules = loader.load_dir(self.settings.rules_dir)
-        except errors.RuleFileErrors as exc:
-            self._reload_error = str(exc)
-            self.metrics.reload_ok.set(0)
-            log.error("reload_failed", errors=[str(e) for e in exc.errors])
-            return False, str(exc)
-        self.engine.index = RuleIndex(rules)
-        self._reloaded(len(rules))
-        log.info("rules_reloaded", rules=len(rules))
-        return True, f"{len(rules)} rules loaded"
+    async def reload(self) -> tuple[bool, str]:
+        """Reload the config file and the rules (off the event loop); all or nothing.
+
+        Any error keeps what runs now. What can change live does (budgets, blackouts,
+        dry-run, auth, intake limits, the action families' allow-lists); what cannot
+        (listen address, data dir, workers, concurrency, Alertmanager and SNS clients)
+        keeps its running value and the answer says a restart is needed.
+        """
+        async with self._reload_lock:
+            try:
+                fresh, rules = await asyncio.to_thread(self._load_config_and_rules)
+            except (errors.ConfigError, errors.RuleFileErrors) as exc:
+                self._reload_error = str(exc)
+                self.metrics.reload_ok.set(0)
+                details = exc.errors if isinstance(exc, errors.RuleFileErrors) else [exc]
+                log.error("reload_failed", errors=[str(e) for e in details])
+                return False, str(exc)
+            fresh, pinned = settings_mod.for_reload(self.settings, fresh)
+            self.settings = fresh
+            self.engine.settings = fresh
+            self.engine.index = RuleIndex(rules)
+            self._reloaded(len(rules))
+            message = f"{len(rules)} rules loaded"
+            if pinned:
+                message += f"; restart to apply: {', '.join(sorted(pinned))}"
+                log.warning("reload_needs_restart", settings=sorted(pinned))
+            log.info("rules_reloaded", rules=len(rules))
+            return True, message
+
+    def _load_config_and_rules(self) -> tuple[Settings, list[Rule]]:
+        fresh = self._config_loader() if self._config_loader is not None else self.settings
+        return fresh, loader.load_dir(fresh.rules_dir)
 
     def _reloaded(self, count: int) -> None:
         self._reload_error = ""
@@ -208,9 +238,10 @@ class Daemon:
         return problems
 
 
-async def serve(settings: Settings) -> int:
-    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads rules. Returns the exit code."""
-    daemon = Daemon(settings)
+async def serve(settings: Settings, *, config_loader: Callable[[], Settings] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT; SIGHUP reloads config and rules. Returns the
+    exit code."""
+    daemon = Daemon(settings, config_loader=config_loader)
     try:
         await daemon.start()
     except (errors.RuleFileErrors, errors.RemediatorError) as exc:
@@ -240,7 +271,14 @@ async def serve(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    reloads: set[asyncio.Task[tuple[bool, str]]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(daemon.reload(), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     await stop.wait()
     await daemon.shutdown()
     await runner.shutdown()

@@ -98,7 +98,10 @@ class Blackout:
         return inside and (not self.days or day in self.days)
 
 
-SNS_CERT_HOST_PATTERN = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+# Region-shaped on purpose: a looser `sns\.[a-z0-9-]+\.amazonaws\.com` also admits S3's
+# virtual-hosted names for a bucket called `sns` (sns.s3.amazonaws.com), whose owner could
+# serve a certificate of their own.
+SNS_CERT_HOST_PATTERN = r"^sns\.[a-z]{2}(-[a-z]+)+-[0-9]{1,2}\.amazonaws\.com(\.cn)?$"
 SNS_CERT_PATH_PATTERN = r"^/SimpleNotificationService-[0-9a-f]+\.pem$"
 
 
@@ -122,6 +125,9 @@ class Sns:
     only). Widen it only for tests or a private SNS-compatible service."""
     cert_path_pattern: re.Pattern[str] = re.compile(SNS_CERT_PATH_PATTERN)
     """Paths `SigningCertURL` may name: bounds the URLs a forged message can make us fetch."""
+    cert_ports: tuple[int, ...] | None = (443,)
+    """Ports a SigningCertURL/SubscribeURL may name (none named = 443). None (`any`): no
+    restriction — for a test server or a private service only."""
     ca_file: Path | None = None
     """PEM bundle that *replaces* the system trust store for the certificate fetch and the
     subscription confirmation. Test-only (a loopback CA) or a private SNS-compatible
@@ -274,6 +280,27 @@ def load(
     return settings
 
 
+RESTART_ONLY = (
+    "listen_host", "listen_port", "data_dir", "workers", "journal_fsync", "alertmanager",
+    "sns", "log_format", "log_level", "config_file",
+)  # fmt: skip
+"""Settings a running daemon cannot take on a reload: sockets, files, tasks, clients."""
+
+
+def for_reload(running: Settings, fresh: Settings) -> tuple[Settings, list[str]]:
+    """`fresh` with what cannot change live kept at its running value, and the names of
+    the settings that will only take effect after a restart."""
+    pinned = [name for name in RESTART_ONLY if getattr(running, name) != getattr(fresh, name)]
+    out = dataclasses.replace(fresh, **{name: getattr(running, name) for name in pinned})
+    slots = running.budgets.max_concurrent_actions
+    if fresh.budgets.max_concurrent_actions != slots:  # the action slots are sized at start
+        pinned.append("limits.max_concurrent_actions")
+        out = dataclasses.replace(
+            out, budgets=dataclasses.replace(out.budgets, max_concurrent_actions=slots)
+        )
+    return out, pinned
+
+
 def _sections(r: Reader, env: Mapping[str, str]) -> dict[str, Any]:
     # Family modules register their sections when they are imported.
     from remediator.actions import registry  # noqa: PLC0415 - actions import settings
@@ -319,10 +346,14 @@ def _auth(r: Reader, env: Mapping[str, str]) -> Auth:
 def _sns(r: Reader, env: Mapping[str, str]) -> Sns:
     topics = []
     for i, topic in enumerate(r.raw_list("allowed_topics")):
-        if not isinstance(topic, str) or not re.fullmatch(r"arn:[!-~]{1,250}", topic):
+        # The account is literal: anyone can create a topic in their own account, subscribe
+        # this endpoint, and have AWS genuinely sign what they publish. The topic list is
+        # what authenticates, so a wildcard may stand for the region or the name only.
+        if not isinstance(topic, str) or not _TOPIC.fullmatch(topic):
             raise errors.ConfigError(
                 f"{r.prefix}allowed_topics[{i}]",
-                f"expected a TopicArn like arn:aws:sns:REGION:ACCOUNT:NAME, got {topic!r}",
+                "expected a TopicArn arn:aws:sns:REGION:ACCOUNT:NAME with a literal 12-digit "
+                f"account (REGION and NAME may use * and ?), got {topic!r}",
             )
         topics.append(topic)
 
@@ -344,6 +375,7 @@ def _sns(r: Reader, env: Mapping[str, str]) -> Sns:
         max_age=r.duration("max_age", 3600.0),
         cert_host_pattern=pattern("cert_host_pattern", SNS_CERT_HOST_PATTERN),
         cert_path_pattern=pattern("cert_path_pattern", SNS_CERT_PATH_PATTERN),
+        cert_ports=_ports(r, "cert_ports"),
         ca_file=ca_file,
         confirm_subscriptions=r.flag("confirm_subscriptions", True),
         timeout=r.duration("timeout", 5.0),
@@ -355,6 +387,27 @@ def _sns(r: Reader, env: Mapping[str, str]) -> Sns:
     if not 0 < out.timeout <= 60:
         raise errors.ConfigError(f"{r.prefix}timeout", "must be longer than 0s, at most 60s")
     return out
+
+
+_TOPIC = re.compile(
+    r"arn:aws(-cn|-us-gov)?:sns:[a-z0-9*?-]{1,32}:[0-9]{12}:[A-Za-z0-9_*?.-]{1,256}"
+)
+
+
+def _ports(r: Reader, key: str) -> tuple[int, ...] | None:
+    raw = r.data.get(key)
+    r.seen.add(key)
+    if raw is None:
+        return (443,)
+    if raw == "any":
+        return None
+    if not isinstance(raw, list) or not all(
+        isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in raw
+    ):
+        raise errors.ConfigError(
+            f"{r.prefix}{key}", f"expected a list of ports or `any`, got {raw!r}"
+        )
+    return tuple(raw)
 
 
 def _alertmanager(r: Reader, env: Mapping[str, str]) -> AlertmanagerApi:
@@ -439,6 +492,10 @@ def _blackouts(items: list[Reader]) -> tuple[Blackout, ...]:
             )
         if (daily_from is None) != (daily_to is None):
             raise errors.ConfigError(f"{r.prefix}to", "from and to go together")
+        if daily_from is not None and daily_from == daily_to:
+            raise errors.ConfigError(
+                f"{r.prefix}to", "from equals to: an empty window (leave both out for whole days)"
+            )
         out.append(Blackout(name, start, end, tuple(days), daily_from, daily_to, tuple(ms), rules))
     return tuple(out)
 

@@ -94,12 +94,12 @@ class Harness:
         self.rules_dir = tmp_path / "rules"
         self.rules_dir.mkdir(parents=True, exist_ok=True)
         (self.rules_dir / "rules.yaml").write_text(textwrap.dedent(rules))
-        config_path = tmp_path / "config.yaml"
-        config_path.write_text(textwrap.dedent(config))
+        self.config_path = tmp_path / "config.yaml"
+        self.config_path.write_text(textwrap.dedent(config))
+        self._overrides = {"rules_dir": self.rules_dir, "data_dir": tmp_path / "data", **overrides}
+        self._environ = env or {}
         self.settings = settings_mod.load(
-            config_path,
-            overrides={"rules_dir": self.rules_dir, "data_dir": tmp_path / "data", **overrides},
-            environ=env or {},
+            self.config_path, overrides=self._overrides, environ=self._environ
         )
         self.clock = FakeClock(START.timestamp() if now is None else now)
         self.daemon: Daemon
@@ -115,10 +115,14 @@ class Harness:
         await self.stop()
 
     async def start(self) -> None:
-        self.daemon = Daemon(self.settings, clock=self.clock)
+        self.daemon = Daemon(self.settings, clock=self.clock, config_loader=self._reload_settings)
         await self.daemon.start()
         self.client = TestClient(TestServer(make_app(self.daemon)))
         await self.client.start_server()
+
+    def _reload_settings(self) -> settings_mod.Settings:
+        """What a reload reads: the config file again, with the same overrides."""
+        return settings_mod.load(self.config_path, overrides=self._overrides, environ=self._environ)
 
     async def stop(self) -> None:
         await self.settle()

@@ -150,6 +150,7 @@ def sns_config(pki: Pki, *, topics: tuple[str, ...] = (TOPIC,), extra: str = "")
         "sns:\n"
         f"  allowed_topics: [{listed}]\n"
         "  cert_host_pattern: '^127\\.0\\.0\\.1$'\n"
+        "  cert_ports: any\n"
         f"  ca_file: {pki.ca_file}\n"
         "  timeout: 5s\n"
         f"{extra}"

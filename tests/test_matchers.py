@@ -47,6 +47,12 @@ CASES: list[Any] = [
     ('namespace =~ "prod|staging"', {"namespace": "staging"}, True),
     ('namespace =~ "prod|staging"', {"namespace": "preprod"}, False),
     ('namespace =~ "prod|staging"', {"namespace": "staging-2"}, False),
+    # RE2's POSIX classes and ASCII-only shorthand classes
+    ('instance =~ "[[:digit:]]+"', {"instance": "123"}, True),
+    ('instance =~ "[[:digit:]]+"', {"instance": "d]"}, False),
+    ('instance =~ "[[:alpha:]_-]+"', {"instance": "api_x-y"}, True),
+    ('instance =~ "\\d+"', {"instance": "\u0661\u0660\u0660"}, False),
+    ('instance =~ "\\w+"', {"instance": "caf\u00e9"}, False),
     ('namespace =~ "prod.*"', {"namespace": "production"}, True),
     ('namespace !~ "prod|staging"', {"namespace": "preprod"}, True),
     ('namespace !~ "prod|staging"', {"namespace": "staging"}, False),

@@ -837,6 +837,11 @@ def test_a_composite_alarm_without_a_trigger_still_names_region_and_account(pki:
         ("sns.us-east-1.amazonaws.com.", False),
         ("evil-sns.us-east-1.amazonaws.com", False),
         ("sqs.us-east-1.amazonaws.com", False),
+        # S3 virtual-hosted names of a bucket called `sns`: whoever owns it could serve
+        # a certificate of their own.
+        ("sns.s3.amazonaws.com", False),
+        ("sns.s3-accelerate.amazonaws.com", False),
+        ("sns.s3-us-west-2.amazonaws.com", False),
     ],
 )
 def test_the_default_host_pattern_admits_only_sns_endpoints(host: str, allowed: bool) -> None:
@@ -850,10 +855,39 @@ def test_the_default_host_pattern_admits_only_sns_endpoints(host: str, allowed: 
 
 
 @pytest.mark.parametrize(
+    "suffix",
+    [":8443" + CERT_PATH, ":443" + CERT_PATH + "?x=1", CERT_PATH + "?x=1", CERT_PATH + "#frag"],
+)
+def test_a_cert_url_with_another_port_a_query_or_a_fragment_is_refused(suffix: str) -> None:
+    """Each variation would be one more URL a forger could make us fetch and cache."""
+    s = settings_mod.Sns()
+    with pytest.raises(sns.Rejected):
+        sns.check_url(
+            f"https://sns.us-east-1.amazonaws.com{suffix}",
+            host=s.cert_host_pattern, path=s.cert_path_pattern, what="x", ports=s.cert_ports,
+        )  # fmt: skip
+
+
+def test_a_cert_from_another_regions_endpoint_is_refused_before_any_fetch(pki: Pki) -> None:
+    doc = notification(
+        alarm_message(),
+        cert_url=f"https://sns.eu-west-1.amazonaws.com{CERT_PATH}",
+        key=pki.signing_key,
+    )
+    envelope = sns.parse(json.dumps(doc).encode(), type_header="Notification")
+    gate = sns.Gate(settings_mod.Sns(allowed_topics=(TOPIC,)))
+    with pytest.raises(sns.Rejected, match="region eu-west-1"):
+        gate.check(envelope, now=envelope.timestamp.timestamp())
+
+
+@pytest.mark.parametrize(
     ("section", "path"),
     [
         ("allowed_topics: [42]", "sns.allowed_topics[0]"),
         ("allowed_topics: ['my-topic']", "sns.allowed_topics[0]"),
+        ("allowed_topics: ['arn:aws:sns:*:*:alarms']", "sns.allowed_topics[0]"),
+        ("allowed_topics: ['arn:*']", "sns.allowed_topics[0]"),
+        ("cert_ports: [0]", "sns.cert_ports"),
         ("cert_host_pattern: '('", "sns.cert_host_pattern"),
         ("ca_file: /nonexistent/ca.pem", "sns.ca_file"),
         ("max_age: 0s", "sns.max_age"),

@@ -20,10 +20,10 @@ DEFAULT_TEXT = "{{ alert.name }}"
 
 class NotifyWebhook:
     type: ClassVar[str] = "notify.webhook"
-    # Sending the same message twice is noise, not harm; but not retrying after the
-    # receiver may already have posted it keeps channels readable. Retries only happen
-    # on errors that say nothing was delivered (connect failures, 429, 5xx).
-    idempotent: ClassVar[bool] = True
+    # A timeout or a 5xx may come after the receiver posted the message: not retried, so
+    # a channel never shows an escalation twice. Errors that say nothing was delivered
+    # (cannot connect, 429) are retried all the same (errors.NotSent).
+    idempotent: ClassVar[bool] = False
     local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(
         {

@@ -17,6 +17,9 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
+import structlog
+
+from remediator import errors
 from remediator.backends.sqlite import Batcher, Database
 from remediator.models.alert import iso
 from remediator.models.decision import Decision, Outcome, Reason
@@ -98,8 +101,12 @@ class Audit(Protocol):
 
     async def query(self, q: Query) -> list[dict[str, Any]]: ...
 
-    async def recent_occurrences(self, since: dt.datetime) -> list[dict[str, Any]]: ...
+    async def recent_occurrences(self, since: dt.datetime, *, limit: int) -> list[tuple[Any, ...]]:
+        """(rule, fingerprint, starts_at, outcome, reason, target, decided_at) of at most
+        `limit` decisions since a time, oldest first: rebuilds occurrence dedup on start."""
 
+
+log = structlog.get_logger(__name__)
 
 _Row = tuple[Any, ...]
 _INSERTED = (*COLUMNS[1:16], "result")
@@ -167,7 +174,12 @@ class SqliteAudit:
         if not sets:
             return
         sql = f"UPDATE decisions SET {', '.join(sets)} WHERE id = ?"  # noqa: S608 - fixed names
-        self._db.submit(lambda c: c.execute(sql, (*args, id_)))
+        try:
+            done = self._db.submit(lambda c: c.execute(sql, (*args, id_)))
+        except errors.RemediatorError as exc:
+            log.error("audit_annotate_failed", decision_id=id_, error=str(exc))
+            return
+        done.add_done_callback(lambda f: _log_annotate_failure(f, id_))
 
     async def query(self, q: Query) -> list[dict[str, Any]]:
         where: list[str] = []
@@ -196,12 +208,16 @@ class SqliteAudit:
             out.append(item)
         return out
 
-    async def recent_occurrences(self, since: dt.datetime) -> list[dict[str, Any]]:
-        """Decisions since a time, oldest first: rebuilds occurrence dedup on start."""
+    async def recent_occurrences(self, since: dt.datetime, *, limit: int) -> list[tuple[Any, ...]]:
         sql = (
             "SELECT rule, fingerprint, starts_at, outcome, reason, target, decided_at "
-            "FROM decisions WHERE decided_at >= ? ORDER BY id"
+            "FROM decisions WHERE decided_at >= ? ORDER BY id DESC LIMIT ?"
         )
-        rows = await self._db.read(lambda c: c.execute(sql, (iso(since),)).fetchall())
-        keys = ("rule", "fingerprint", "starts_at", "outcome", "reason", "target", "decided_at")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        rows = await self._db.read(lambda c: c.execute(sql, (iso(since), limit)).fetchall())
+        rows.reverse()
+        return rows
+
+
+def _log_annotate_failure(fut: asyncio.Future[Any], decision_id: int) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("audit_annotate_failed", decision_id=decision_id, error=str(fut.exception()))

@@ -42,6 +42,7 @@ class Database:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        self._closing = False
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -68,6 +69,7 @@ class Database:
 
     async def close(self) -> None:
         if self._thread is not None:
+            self._closing = True  # nothing queued after the stop would ever be written
             self._jobs.put(_STOP)
             await asyncio.to_thread(self._thread.join, 10.0)
             self._thread = None
@@ -77,7 +79,7 @@ class Database:
 
     def submit(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Queue a write job; the future resolves once its transaction is committed."""
-        if self._thread is None or self._loop is None:
+        if self._thread is None or self._loop is None or self._closing:
             raise errors.RemediatorError(f"database {self.path} is not open")
         fut: asyncio.Future[T] = self._loop.create_future()
         self._jobs.put((job, fut))

@@ -17,6 +17,8 @@ from remediator.models.decision import Reason
 from remediator.models.rule import Rule
 from remediator.settings import Budgets
 
+_EMPTY: deque[float] = deque()
+"""Stands for "no attempts yet" in reads; never appended to."""
 GC_EVERY = 1000
 """Reservations between sweeps of lapsed per-target state."""
 MAX_OCCURRENCES = 200_000
@@ -40,10 +42,16 @@ class State(Protocol):
 
     async def set_occurrence(self, key: str, status: str, now: float) -> None: ...
 
+    async def forget_occurrence(self, key: str) -> None:
+        """Drop a claim left by a decision that failed half-way (decided afresh later)."""
+
     async def reserve(self, *, rule: Rule, target: str, budgets: Budgets, now: float,
                       dry_run: bool) -> Verdict: ...  # fmt: skip
 
     async def release(self, target: str) -> None: ...
+
+    async def end_trial(self, *, rule: Rule, target: str) -> None:
+        """A half-open circuit's trial was refused before it acted: let another through."""
 
     async def record_result(self, *, rule: Rule, target: str, ok: bool, now: float) -> bool: ...
 
@@ -72,7 +80,11 @@ class MemoryState:
         self._reserves = 0
 
     async def occurrence(self, key: str) -> Occurrence | None:
-        return self._occurrences.get(key)
+        found = self._occurrences.get(key)
+        if found is not None:
+            # Still being re-sent, so still firing: the last to be forgotten past the bound.
+            self._occurrences.move_to_end(key)
+        return found
 
     async def set_occurrence(self, key: str, status: str, now: float) -> None:
         self._occurrences[key] = Occurrence(status, now)
@@ -96,16 +108,16 @@ class MemoryState:
                 f"(limits.cooldown={lim.cooldown:.0f}s)",
             )
         key = (rule.name, target)
-        attempts = guards.prune(self._attempts.setdefault(key, deque()), now, lim.window)
+        # Read without creating: a target refused below must leave nothing behind, or a
+        # storm over many targets (pods, instances) would grow these tables for good.
+        attempts = guards.prune(self._attempts.get(key, _EMPTY), now, lim.window)
         if len(attempts) >= lim.max_attempts:
             return Verdict(
                 Reason.MAX_ATTEMPTS,
                 f"{len(attempts)} attempts on {target} in the last {lim.window:.0f}s "
                 f"(limits.max_attempts={lim.max_attempts})",
             )
-        rule_actions = guards.prune(
-            self._rule_actions.setdefault(rule.name, deque()), now, lim.window
-        )
+        rule_actions = guards.prune(self._rule_actions.get(rule.name, _EMPTY), now, lim.window)
         if lim.max_actions is not None and len(rule_actions) >= lim.max_actions:
             return Verdict(
                 Reason.RATE_LIMITED,
@@ -136,6 +148,10 @@ class MemoryState:
         # All guards passed: reserve the attempt. A dry run counts too, so that dry-run
         # shows exactly what production would do, cooldowns and budgets included.
         self._last_attempt[target] = now
+        if attempts is _EMPTY:
+            attempts = self._attempts[key] = deque()
+        if rule_actions is _EMPTY:
+            rule_actions = self._rule_actions[rule.name] = deque()
         attempts.append(now)
         rule_actions.append(now)
         self._budget.add(now, target)
@@ -161,6 +177,14 @@ class MemoryState:
 
     async def release(self, target: str) -> None:
         self._locks.discard(target)
+
+    async def forget_occurrence(self, key: str) -> None:
+        self._occurrences.pop(key, None)
+
+    async def end_trial(self, *, rule: Rule, target: str) -> None:
+        c = self._circuits.get((rule.name, target))
+        if c is not None:
+            c.trial = False
 
     async def record_result(self, *, rule: Rule, target: str, ok: bool, now: float) -> bool:
         """Count a failed/ineffective or successful attempt; True when the circuit opens now."""

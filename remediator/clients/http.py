@@ -62,11 +62,15 @@ class HttpClient:
                 status = resp.status
         except TimeoutError as exc:
             raise errors.TemporaryError(f"{what}: no answer within {timeout:g}s") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise errors.NotSent(f"{what}: cannot connect ({type(exc).__name__})") from exc
         except aiohttp.ClientError as exc:
             # Only the type: the message of some aiohttp errors holds the URL, which for a
             # chat webhook is a secret.
             raise errors.TemporaryError(f"{what}: {type(exc).__name__}") from exc
-        if status == 429 or status >= 500:
+        if status == 429:
+            raise errors.NotSent(f"{what}: HTTP 429 (rate limited)", delay=1.0)
+        if status >= 500:
             raise errors.TemporaryError(f"{what}: HTTP {status}", delay=1.0)
         if raw is None:
             raise errors.PermanentError(f"{what}: answer larger than {MAX_RESPONSE_BYTES} bytes")

@@ -64,6 +64,9 @@ class SnsClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
         self._fetched = fetched
         self._cache: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
+        # Refusals are kept apart and bounded on their own: a flood of forged URLs that
+        # fail must never push a good signing key out of the cache.
+        self._refused: collections.OrderedDict[str, _Cached] = collections.OrderedDict()
         self._inflight: dict[str, asyncio.Task[rsa.RSAPublicKey]] = {}
 
     async def close(self) -> None:
@@ -76,12 +79,12 @@ class SnsClient:
 
     async def public_key(self, url: yarl.URL) -> rsa.RSAPublicKey:
         """The RSA public key of the certificate at `url`, from the cache if fresh."""
-        key = str(url)
-        hit = self._cache.get(key)
+        key = _key(url)
+        hit = self._cache.get(key) or self._refused.get(key)
         if hit is not None and hit.expires > time.monotonic():
-            self._cache.move_to_end(key)
             if hit.key is None:
                 raise errors.IntakeError(hit.refused, status=403)
+            self._cache.move_to_end(key)
             return hit.key
         task = self._inflight.get(key)
         if task is None:
@@ -99,13 +102,14 @@ class SnsClient:
             task.exception()  # retrieved here too: every waiter may have gone away
 
     def _remember(self, key: str, entry: _Cached) -> None:
-        self._cache[key] = entry
-        self._cache.move_to_end(key)
-        while len(self._cache) > CERT_CACHE_SIZE:
-            self._cache.popitem(last=False)
+        table = self._cache if entry.key is not None else self._refused
+        table[key] = entry
+        table.move_to_end(key)
+        while len(table) > CERT_CACHE_SIZE:
+            table.popitem(last=False)
 
     async def _fetch(self, url: yarl.URL) -> rsa.RSAPublicKey:
-        key = str(url)
+        key = _key(url)
         try:
             status, body = await self._get(url, limit=MAX_CERT_BYTES, what="signing certificate")
         except errors.RemediatorError as exc:
@@ -160,6 +164,11 @@ class SnsClient:
         except aiohttp.ClientError as exc:
             raise errors.TemporaryError(f"{what}: {type(exc).__name__}: {exc}") from exc
         return status, bytes(body)
+
+
+def _key(url: yarl.URL) -> str:
+    """One cache entry per host, port and path (queries and fragments are refused before)."""
+    return f"{url.host}:{url.port}{url.raw_path}"
 
 
 def _rsa_key(status: int, body: bytes) -> rsa.RSAPublicKey:

@@ -12,6 +12,7 @@ action never stalls intake. Their audit row is written *before* they run.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import time
@@ -49,7 +50,18 @@ HELD: Final = "held"
 DECIDING: Final = "deciding"
 DECIDED: Final = "decided"
 DUPLICATE: Final = "duplicate"
-_Verdict = Literal["decided", "held", "duplicate"]
+PENDING: Final = "pending"
+"""A dry run doing I/O in its own task: it records the decision (and releases the
+journal entry) when it is done, so a slow API never holds an engine worker."""
+_Verdict = Literal["decided", "held", "duplicate", "pending"]
+# With `retry_while_firing`, these refusals end nothing: the occurrence is decided again
+# after the cooldown.
+RETRYABLE = frozenset(
+    {Reason.COOLDOWN, Reason.LOCKED, Reason.BUDGET_EXHAUSTED, Reason.RATE_LIMITED,
+     Reason.CIRCUIT_OPEN}
+)  # fmt: skip
+RESOLVED_MEMORY = 10_000
+"""Occurrences remembered as resolved, for decisions and actions still under way."""
 
 
 def occurrence_key(rule: str, fingerprint: str, starts_at: str) -> str:
@@ -59,6 +71,10 @@ def occurrence_key(rule: str, fingerprint: str, starts_at: str) -> str:
 
 def _key(rule: Rule, alert: Alert) -> str:
     return occurrence_key(rule.name, alert.fingerprint, alert.starts_iso)
+
+
+def _occurrence(alert: Alert) -> str:
+    return f"{alert.fingerprint}\x00{alert.starts_iso}"
 
 
 def prepare(
@@ -133,6 +149,13 @@ class Engine:
         self._queue: asyncio.Queue[JournalEntry | _Recheck] = asyncio.Queue()
         self._held: dict[str, _Held] = {}
         self._verifying: dict[str, _Verifying] = {}
+        self._waiting: dict[str, set[str]] = {}
+        """Occurrence → keys in _held and _verifying: a resolved notification finds them
+        whatever the rules are now (a reload may have renamed or narrowed a rule)."""
+        self._resolved_recently: collections.OrderedDict[str, float] = collections.OrderedDict()
+        """Occurrences seen resolved (bounded): an action that finishes, or a decision
+        made, after its alert resolved must not act or wait for a resolution."""
+        self._closing = False
         self._refs: dict[JournalEntry, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(settings.budgets.max_concurrent_actions)
@@ -161,7 +184,15 @@ class Engine:
                 else:
                     await self._process(item)
             except Exception:
-                log.exception("engine_error", item=repr(item)[:200])
+                # A bug or a failed write: the entry stays in the journal (decided again
+                # on the next start), and what this process held for it is let go.
+                entry = item.entry if isinstance(item, _Recheck) else item
+                self._unsaved.pop(entry, None)
+                self._refs.pop(entry, None)
+                log.exception(
+                    "engine_error", entry=repr(entry), alertname=entry.alert.name,
+                    request_id=entry.request_id,
+                )  # fmt: skip
             finally:
                 self._queue.task_done()
 
@@ -182,8 +213,7 @@ class Engine:
         alert = entry.alert
         rules = self.index.match(alert)
         if alert.status == "resolved":
-            for rule in rules:
-                await self._resolved(rule, alert)
+            await self._resolved(alert)
             if self.silences is not None:
                 released = await self.silences.release(alert)
                 if released is not None:
@@ -194,7 +224,7 @@ class Engine:
         duplicate = False
         for rule in rules:
             verdict = await self._decide(entry, rule, recheck=False)
-            outstanding += verdict == HELD
+            outstanding += verdict in (HELD, PENDING)
             duplicate |= verdict == DUPLICATE
         if duplicate:  # counted once per re-delivered alert, however many rules it matches
             self.metrics.duplicates.labels(source=alert.source).inc()
@@ -207,8 +237,20 @@ class Engine:
         key = _key(item.rule, item.entry.alert)
         if self._held.pop(key, None) is None:
             return  # resolved meanwhile: its too_young decision is already recorded
-        if await self._decide(item.entry, item.rule, recheck=True) != HELD:
+        self._untrack(item.entry.alert, key)
+        if await self._decide(item.entry, item.rule, recheck=True) in (DECIDED, DUPLICATE):
             self._release_ref(item.entry)
+
+    def _track(self, alert: Alert, key: str) -> None:
+        self._waiting.setdefault(_occurrence(alert), set()).add(key)
+
+    def _untrack(self, alert: Alert, key: str) -> None:
+        occ = _occurrence(alert)
+        keys = self._waiting.get(occ)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._waiting[occ]
 
     def _release_ref(self, entry: JournalEntry) -> None:
         left = self._refs.get(entry, 1) - 1
@@ -249,7 +291,16 @@ class Engine:
         self.journal.finish(entry)
 
     async def _decide(self, entry: JournalEntry, rule: Rule, *, recheck: bool) -> _Verdict:
-        """Decide one rule for one firing alert: decided, held for `for`, or a duplicate."""
+        """Decide one rule for one firing alert: decided, held for `for`, pending (a dry
+        run in its own task), or a duplicate. On an unexpected error the occurrence is
+        forgotten, so a later delivery is decided afresh."""
+        try:
+            return await self._decide_guarded(entry, rule, recheck=recheck)
+        except Exception:
+            await self.state.forget_occurrence(_key(rule, entry.alert))
+            raise
+
+    async def _decide_guarded(self, entry: JournalEntry, rule: Rule, *, recheck: bool) -> _Verdict:
         alert = entry.alert
         now = self.clock.now()
         key = _key(rule, alert)
@@ -274,12 +325,21 @@ class Engine:
         if skip is not None:
             await self._record(base, Outcome.SKIPPED, skip[0], detail=skip[1])
             return DECIDED
-        age = now - alert.starts_at.timestamp()
-        if age < rule.for_:
+        if _occurrence(alert) in self._resolved_recently:
+            await self._record(
+                base, Outcome.SKIPPED, Reason.TOO_YOUNG,
+                detail="resolved before it was decided: nothing to remediate",
+            )  # fmt: skip
+            return DECIDED
+        # A startsAt ahead of our clock (a skewed or forged sender) counts from arrival:
+        # never hold an alert longer than `for` after we received it.
+        started = min(alert.starts_at.timestamp(), alert.received_at.timestamp())
+        if now - started < rule.for_:
             await self.state.set_occurrence(key, HELD, now)
-            due = alert.starts_at.timestamp() + rule.for_
+            due = started + rule.for_
             timer = self.clock.call_at(due, lambda: self._queue.put_nowait(_Recheck(entry, rule)))
             self._held[key] = _Held(entry, rule, timer)
+            self._track(alert, key)
             log.debug("alert_held", rule=rule.name, fingerprint=alert.fingerprint, due=due)
             return HELD
         action, values, target, problem = prepare(rule.action, rule, alert, self.settings)
@@ -305,39 +365,68 @@ class Engine:
                 )
             return DECIDED
         if self.settings.dry_run:
-            result, failure = await self._call(action, values, self._context(rule, alert), dry=True)
-            if failure is None:
-                assert result is not None
-                await self._record(
-                    base, Outcome.DRY_RUN, Reason.NONE, detail=result.detail, target=target,
-                    action=action.type, params=values, attempt=verdict.attempt,
-                    result=result.data,
+            if not action.local:
+                self._spawn(
+                    self._dry_run(base, action, values=values, target=target,
+                                  attempt=verdict.attempt),
+                    f"dry-run:{target}",
                 )  # fmt: skip
-            elif failure[0] is Reason.NOT_ALLOWED:
-                await self._record(
-                    base, Outcome.SKIPPED, failure[0], detail=failure[1], target=target,
-                    action=action.type, params=values, attempt=verdict.attempt,
-                )  # fmt: skip
-            else:
-                await self._record(
-                    base, Outcome.DRY_RUN, failure[0], detail=f"dry run failed: {failure[1]}",
-                    target=target, action=action.type, params=values, attempt=verdict.attempt,
-                )  # fmt: skip
+                return PENDING
+            await self._dry_run(base, action, values=values, target=target, attempt=verdict.attempt)
             return DECIDED
-        # Written before the action runs: if the process dies now, the row already says
-        # so and the occurrence is never acted on again after a restart.
-        decision_id = await self._record(
-            base, Outcome.FAILED, Reason.INTERRUPTED,
-            detail="never started: the daemon stopped while the action waited for a slot",
-            target=target, action=action.type, params=values, attempt=verdict.attempt,
-            durable=True, final=False,
-        )  # fmt: skip
+        try:
+            # Written before the action runs: if the process dies now, the row already
+            # says so and the occurrence is never acted on again after a restart.
+            decision_id = await self._record(
+                base, Outcome.FAILED, Reason.INTERRUPTED,
+                detail="never started: the daemon stopped while the action waited for a slot",
+                target=target, action=action.type, params=values, attempt=verdict.attempt,
+                durable=True, final=False,
+            )  # fmt: skip
+        except BaseException:
+            await self.state.release(target)  # reserved above; nothing will run
+            raise
         self.metrics.inflight_actions.inc()
         self._spawn(
             self._execute(base, action, values=values, target=target, decision_id=decision_id),
             f"action:{target}",
         )
         return DECIDED
+
+    async def _dry_run(
+        self, base: _Base, action: Action, *, values: dict[str, Any], target: str, attempt: int
+    ) -> None:
+        """Dry-run the action and record the decision; as a task, release its entry."""
+        rule, alert = base.rule, base.entry.alert
+        try:
+            if action.local:
+                result, failure = await self._call(
+                    action, values, self._context(rule, alert), dry=True
+                )
+            else:
+                async with self._slots:
+                    result, failure = await self._call(
+                        action, values, self._context(rule, alert), dry=True
+                    )
+            if failure is None:
+                assert result is not None
+                await self._record(
+                    base, Outcome.DRY_RUN, Reason.NONE, detail=result.detail, target=target,
+                    action=action.type, params=values, attempt=attempt, result=result.data,
+                )  # fmt: skip
+            elif failure[0] is Reason.NOT_ALLOWED:
+                await self._record(
+                    base, Outcome.SKIPPED, failure[0], detail=failure[1], target=target,
+                    action=action.type, params=values, attempt=attempt,
+                )  # fmt: skip
+            else:
+                await self._record(
+                    base, Outcome.DRY_RUN, failure[0], detail=f"dry run failed: {failure[1]}",
+                    target=target, action=action.type, params=values, attempt=attempt,
+                )  # fmt: skip
+        finally:
+            if not action.local:
+                self._release_ref(base.entry)
 
     def _should_decide(
         self,
@@ -358,7 +447,7 @@ class Engine:
         outcome, _, reason = prev.partition("/")
         if outcome == Outcome.SKIPPED and reason in TRANSIENT:
             return skip is None or skip[0] != reason
-        if rule.limits.retry_while_firing and outcome != Outcome.SKIPPED:
+        if rule.limits.retry_while_firing and (outcome != Outcome.SKIPPED or reason in RETRYABLE):
             return now - prev_at >= rule.limits.cooldown
         return False
 
@@ -406,7 +495,8 @@ class Engine:
                     f"no result within {ctx.timeout:.0f}s (limits.action_timeout)",
                 )
             except errors.TemporaryError as exc:
-                if not action.idempotent or time.monotonic() + exc.delay >= deadline:
+                retry_safe = action.idempotent or isinstance(exc, errors.NotSent)
+                if not retry_safe or time.monotonic() + exc.delay >= deadline:
                     return None, (Reason.ACTION_ERROR, str(exc))
                 ctx.log.info("action_retry", action=action.type, error=str(exc), delay=exc.delay)
                 await asyncio.sleep(exc.delay)
@@ -481,10 +571,19 @@ class Engine:
         ).inc()
         self._log(base, outcome, reason, target=target, detail=detail, decision_id=decision_id)
         if outcome is Outcome.SKIPPED:
-            return  # refused after reading the target: nothing was done, nothing to verify
+            # Refused after reading the target: nothing was done, nothing to verify, and
+            # a half-open circuit's trial did not happen.
+            await self.state.end_trial(rule=rule, target=target)
+            return
         if failure is not None:
             if await self.state.record_result(rule=rule, target=target, ok=False, now=now):
                 await self._escalate(rule, alert, target, decision_id, f"circuit opened: {detail}")
+            return
+        if _occurrence(alert) in self._resolved_recently:
+            # It resolved while the action ran (or waited for a slot): nothing left to
+            # wait for, and no silence to hold over a resolved alert.
+            await self.state.record_result(rule=rule, target=target, ok=True, now=now)
+            self._verified(rule, target, decision_id, "effective: resolved while the action ran")
             return
         if rule.silence_while_remediating and self.silences is not None:
             text = await self.silences.hold(
@@ -495,50 +594,62 @@ class Engine:
         if rule.resolve_within is None or (result is not None and not result.changed):
             await self.state.record_result(rule=rule, target=target, ok=True, now=now)
             return
+        if self._closing:
+            return  # no new timers once shutdown has begun
         if key in self._verifying:
-            self._verifying.pop(key).timer.cancel()
+            # A retry while firing: the previous attempt did not resolve it in time.
+            await self._ineffective(key)
         timer = self.clock.call_at(
             now + rule.resolve_within, lambda: self._spawn(self._ineffective(key), "verify")
         )
         self._verifying[key] = _Verifying(rule, alert, target, decision_id, timer)
+        self._track(alert, key)
 
     # -- verification and escalation --------------------------------------------
 
-    async def _resolved(self, rule: Rule, alert: Alert) -> None:
-        key = _key(rule, alert)
-        held = self._held.pop(key, None)
-        if held is not None:
-            held.timer.cancel()
-            now = self.clock.now()
-            await self._record(
-                _Base(held.entry, rule, now), Outcome.SKIPPED, Reason.TOO_YOUNG,
-                detail=f"resolved after {now - alert.starts_at.timestamp():.0f}s, "
-                f"before for={rule.for_:.0f}s",
-            )  # fmt: skip
-            self._release_ref(held.entry)
-        pending = self._verifying.pop(key, None)
-        if pending is not None:
-            pending.timer.cancel()
-            now = self.clock.now()
-            await self.state.record_result(rule=rule, target=pending.target, ok=True, now=now)
-            self.metrics.verified.labels(rule=rule.name, result="effective").inc()
-            self.audit.annotate(
-                pending.decision_id,
-                verification="effective: resolved at "
-                + iso(dt.datetime.fromtimestamp(now, dt.UTC)),
-            )
-            log.info(
-                "remediation_verified",
-                rule=rule.name,
-                target=pending.target,
-                result="effective",
-                decision_id=pending.decision_id,
-            )
+    async def _resolved(self, alert: Alert) -> None:
+        """A resolved notification: release what waits on this occurrence, by any rule."""
+        occ = _occurrence(alert)
+        now = self.clock.now()
+        self._resolved_recently[occ] = now
+        self._resolved_recently.move_to_end(occ)
+        while len(self._resolved_recently) > RESOLVED_MEMORY:
+            self._resolved_recently.popitem(last=False)
+        for key in sorted(self._waiting.pop(occ, ())):
+            held = self._held.pop(key, None)
+            if held is not None:
+                held.timer.cancel()
+                await self._record(
+                    _Base(held.entry, held.rule, now), Outcome.SKIPPED, Reason.TOO_YOUNG,
+                    detail=f"resolved after {now - alert.starts_at.timestamp():.0f}s, "
+                    f"before for={held.rule.for_:.0f}s",
+                )  # fmt: skip
+                self._release_ref(held.entry)
+            pending = self._verifying.pop(key, None)
+            if pending is not None:
+                pending.timer.cancel()
+                await self.state.record_result(
+                    rule=pending.rule, target=pending.target, ok=True, now=now
+                )
+                self._verified(
+                    pending.rule, pending.target, pending.decision_id,
+                    "effective: resolved at " + iso(dt.datetime.fromtimestamp(now, dt.UTC)),
+                )  # fmt: skip
+
+    def _verified(self, rule: Rule, target: str, decision_id: int, text: str) -> None:
+        self.metrics.verified.labels(rule=rule.name, result="effective").inc()
+        self.audit.annotate(decision_id, verification=text)
+        log.info(
+            "remediation_verified", rule=rule.name, target=target, result="effective",
+            decision_id=decision_id,
+        )  # fmt: skip
 
     async def _ineffective(self, key: str) -> None:
         pending = self._verifying.pop(key, None)
         if pending is None:
             return
+        pending.timer.cancel()
+        self._untrack(pending.alert, key)
         rule, now = pending.rule, self.clock.now()
         self.metrics.verified.labels(rule=rule.name, result="ineffective").inc()
         why = (
@@ -678,6 +789,7 @@ class Engine:
             log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
 
     def cancel_timers(self) -> None:
+        self._closing = True
         for h in self._held.values():
             h.timer.cancel()
         for v in self._verifying.values():

@@ -75,7 +75,7 @@ def parse_silences(raw: Sequence[Mapping[str, Any]]) -> list[Silence]:
                     comment=str(item.get("comment", "")),
                 )
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             log.warning("silence_unreadable", silence=str(item.get("id")), error=str(exc))
     return out
 
@@ -141,12 +141,14 @@ class Silences:
                 self._refresh = None
 
     async def _fetch(self, now: float) -> list[Silence]:
+        # Stamped when the answer came, not when it was asked: with slow or unreachable
+        # Alertmanagers the fetch itself can take most of cache_ttl.
         try:
             silences = parse_silences(await self._api.list_silences())
         except errors.ActionError as exc:
-            self._error, self._fetched_at = exc, now
+            self._error, self._fetched_at = exc, self._clock.now()
             raise
-        self._silences, self._fetched_at, self._error = silences, now, None
+        self._silences, self._fetched_at, self._error = silences, self._clock.now(), None
         return silences
 
     async def hold(self, alert: Alert, *, rule: str, decision_id: int, duration: float) -> str:
@@ -154,11 +156,13 @@ class Silences:
 
         Returns a line for the audit. Never raises: a failed silence is reported, not fatal.
         """
+        now = self._clock.now()
+        for occ in [o for o, h in self._held.items() if h.ends_at <= now]:
+            del self._held[occ]  # ended on its own: alerts that never resolve leave nothing
         held = self._held.get(_occurrence(alert))
         if held is not None:
             # Never extend: the silence made for the first attempt keeps its end.
             return f"silence {held.silence_id} already held for this occurrence"
-        now = self._clock.now()
         starts = dt.datetime.fromtimestamp(now, dt.UTC)
         ends = dt.datetime.fromtimestamp(now + duration, dt.UTC)
         silence_matchers = [

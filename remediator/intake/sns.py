@@ -182,11 +182,19 @@ class Urls:
 
 
 def check_url(
-    text: str, *, host: re.Pattern[str], path: re.Pattern[str] | None, what: str
+    text: str,
+    *,
+    host: re.Pattern[str],
+    path: re.Pattern[str] | None,
+    what: str,
+    ports: tuple[int, ...] | None = (443,),
+    query: bool = False,
 ) -> yarl.URL:
-    """`text` as a URL we may call: https, no credentials, the whole host matching `host`
-    (and the path `path`). Parsed by yarl, the parser aiohttp will use, so the host checked
-    is the host connected to."""
+    """`text` as a URL we may call: https, no credentials, no fragment, a port in `ports`,
+    a query only if `query`, the whole host matching `host` (and the path `path`). Parsed
+    by yarl, the parser aiohttp will use, so the host checked is the host connected to.
+    Every variation a forger could add (ports, queries) would otherwise be one more URL
+    to fetch and cache."""
     try:
         url = yarl.URL(text)
         url_host = url.host
@@ -198,6 +206,12 @@ def check_url(
         )
     if url.user is not None or url.password is not None:
         raise Rejected(f"{what} must not carry credentials", result="bad_signature")
+    if url.raw_fragment or (url.raw_query_string and not query):
+        raise Rejected(f"{what} must not carry a query or fragment", result="bad_signature")
+    if ports is not None and (url.explicit_port or 443) not in ports:
+        raise Rejected(
+            f"{what} port {url.explicit_port} is not in sns.cert_ports", result="bad_signature"
+        )
     if not url_host or not host.fullmatch(url_host):
         raise Rejected(
             f"{what} host {_show(url_host)} does not match sns.cert_host_pattern",
@@ -209,6 +223,21 @@ def check_url(
             result="bad_signature",
         )
     return url
+
+
+_AWS_HOST = re.compile(r"sns\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?")
+
+
+def _same_region(url: yarl.URL, topic_arn: str, what: str) -> None:
+    """An AWS SNS host must be the topic's own region: a topic in us-east-1 is never
+    signed by a certificate served from another region's endpoint."""
+    found = _AWS_HOST.fullmatch(url.host or "")
+    parts = topic_arn.split(":")
+    if found is not None and len(parts) > 3 and found.group(1) != parts[3]:
+        raise Rejected(
+            f"{what} is in region {found.group(1)}, the topic in {parts[3]}",
+            result="bad_signature",
+        )
 
 
 def verify_signature(envelope: Envelope, public_key: rsa.RSAPublicKey) -> None:
@@ -317,13 +346,16 @@ class Gate:
             )
         cert = check_url(
             envelope.signing_cert_url, host=s.cert_host_pattern, path=s.cert_path_pattern,
-            what="SigningCertURL",
+            what="SigningCertURL", ports=s.cert_ports,
         )  # fmt: skip
+        _same_region(cert, envelope.topic_arn, "SigningCertURL")
         subscribe = None
         if envelope.type == SUBSCRIPTION:
             subscribe = check_url(
-                envelope.subscribe_url, host=s.cert_host_pattern, path=None, what="SubscribeURL"
-            )
+                envelope.subscribe_url, host=s.cert_host_pattern, path=None,
+                what="SubscribeURL", ports=s.cert_ports, query=True,
+            )  # fmt: skip
+            _same_region(subscribe, envelope.topic_arn, "SubscribeURL")
         return Urls(cert=cert, subscribe=subscribe)
 
     def remember_until(self, envelope: Envelope, *, now: float) -> float:

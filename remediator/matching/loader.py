@@ -75,8 +75,20 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 
 
 def rule_files(directory: Path) -> list[Path]:
-    """The rule files of a directory, sorted, so load order (and index order) is stable."""
-    return sorted(p for p in directory.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    """The rule files of a directory, sorted, so load order (and index order) is stable.
+
+    Hidden paths are skipped: a Kubernetes ConfigMap mount holds every file twice (the
+    visible link and `..<timestamp>/file` behind `..data`), and editors leave `.swp`
+    files. A file reached twice through links counts once.
+    """
+    found: dict[Path, Path] = {}
+    for p in sorted(directory.rglob("*")):
+        relative = p.relative_to(directory)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if p.suffix in (".yaml", ".yml") and p.is_file():
+            found.setdefault(p.resolve(), p)
+    return sorted(found.values())
 
 
 def load_dir(directory: Path) -> list[Rule]:
@@ -201,6 +213,11 @@ def _rule(file: str, item: Any, list_line: int) -> Rule:
     resolve_within: float | None = None
     if verify_map.get("resolve_within") != "never":
         resolve_within = _duration(vat, "resolve_within", 900.0)
+        if resolve_within <= 0:
+            raise vat.error(
+                "resolve_within", "resolve_within must be longer than 0s (or `never`): "
+                "0s would count every attempt as ineffective",
+            )  # fmt: skip
     cb_map = _sub(at, item, "circuit_breaker", {"open_after", "reset_after"})
     cat = _At(file, cb_map)
     cb = CircuitBreaker(

@@ -62,10 +62,13 @@ class Matcher:
             lead, body = (f"(?{flags.group(1)})", value[flags.end() :]) if flags else ("", value)
             if "U" in lead:
                 raise ValueError(f"regex {value!r}: the U (ungreedy) flag is not supported")
+            if "\\Q" in body or "\\C" in body:
+                raise ValueError(f"regex {value!r}: \\Q...\\E and \\C are not supported")
+            body = _posix_classes(body).replace("\\z", "\\Z")
             try:
                 # fullmatch, without DOTALL: `.` does not cross a newline and `$` does not
-                # accept a trailing one — as RE2 behaves for Alertmanager.
-                regex = re.compile(f"{lead}(?:{body})")
+                # accept a trailing one; ASCII: `\d`, `\w`, `\s` are ASCII as in RE2.
+                regex = re.compile(f"{lead}(?:{body})", re.ASCII)
             except re.error as exc:
                 raise ValueError(f"invalid regex {value!r}: {exc}") from exc
         return cls(name, op, value, regex)
@@ -115,6 +118,30 @@ def match_all(matchers: Iterable[Matcher], labels: Mapping[str, str]) -> bool:
 
 
 _ESCAPES = {"n": "\n", '"': '"', "\\": "\\"}
+
+# RE2's POSIX classes, valid inside a bracket expression ([[:digit:]x]); Python's `re`
+# would read `[[:digit:]]` as a set followed by `]`.
+_POSIX = {
+    "alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": "\\x00-\\x7f", "blank": "\\t ",
+    "cntrl": "\\x00-\\x1f\\x7f", "digit": "0-9", "graph": "!-~", "lower": "a-z",
+    "print": " -~", "punct": "!-/:-@\\[-`{-~", "space": "\\t\\n\\v\\f\\r ",
+    "upper": "A-Z", "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f",
+}  # fmt: skip
+_POSIX_CLASS = re.compile(r"\[:(\^?)([a-z]+):\]")
+
+
+def _posix_classes(regex: str) -> str:
+    """Translate [:name:] inside brackets as RE2 reads it; negated ones are refused."""
+
+    def one(m: re.Match[str]) -> str:
+        negated, name = m.group(1), m.group(2)
+        if name not in _POSIX:
+            raise ValueError(f"unknown POSIX class [:{name}:] in regex {regex!r}")
+        if negated:
+            raise ValueError(f"negated POSIX class [:^{name}:] in {regex!r}: write it as [^...]")
+        return _POSIX[name]
+
+    return _POSIX_CLASS.sub(one, regex)
 
 
 def _unescape(s: str) -> str:

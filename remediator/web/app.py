@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import os
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -73,7 +74,7 @@ async def _intake(request: web.Request, d: Daemon) -> web.Response:
     body = await _read_body(request, d, source)
     if isinstance(body, web.Response):
         return body
-    received_at = dt.datetime.now(dt.UTC)
+    received_at = dt.datetime.fromtimestamp(d.clock.now(), dt.UTC)  # the engine's clock
     try:
         alerts = alertmanager.parse(
             body, received_at=received_at, max_alerts=d.settings.intake.max_alerts_per_request
@@ -128,6 +129,10 @@ async def _journal(
         )
     except errors.Backpressure as exc:
         return _error(503, str(exc), **{"Retry-After": "5"})
+    except (errors.RemediatorError, sqlite3.Error) as exc:
+        # Not journaled (a full disk, shutting down): refuse, so the sender retries.
+        log.error("journal_append_failed", source=source, request_id=request_id, error=str(exc))
+        return _error(503, "cannot journal the alerts right now; retry", **{"Retry-After": "5"})
     return web.json_response({"status": "ok", "accepted": len(entries), "request_id": request_id})
 
 
@@ -299,7 +304,7 @@ async def reload(request: web.Request) -> web.Response:
     d = request.app[DAEMON]
     if not auth.admin_ok(request, d.settings.auth):
         return _admin_refused(d)
-    ok, message = d.reload()
+    ok, message = await d.reload()
     return web.json_response(
         {"status": "ok" if ok else "error", "message": message}, status=200 if ok else 422
     )
@@ -369,6 +374,8 @@ async def decisions(request: web.Request) -> web.Response:
     try:
         limit = int(q.get("limit", "100"))
         before = int(q["before"]) if "before" in q else None
+        if before is not None and not 0 < before < 2**63:
+            raise ValueError("before must be a decision id (next_before of the previous page)")
         since = _since(q["since"], now=d.clock.now()) if "since" in q else None
     except ValueError as exc:
         return _error(400, f"bad query: {exc}")
