@@ -612,7 +612,7 @@ class Reader:
         if isinstance(v, int) and not isinstance(v, bool):
             # YAML 1.1 reads 22:00 as a sexagesimal integer (1320); undo that.
             return dt.time(v // 60 % 24, v % 60)
-        m = re.fullmatch(r"(\d{1,2}):(\d{2})", str(v))
+        m = re.fullmatch(r"([0-9]{1,2}):([0-9]{2})", str(v))
         if m is None or int(m.group(1)) > 23 or int(m.group(2)) > 59:
             raise errors.ConfigError(f"{self.prefix}{key}", f"expected HH:MM (UTC), got {v!r}")
         return dt.time(int(m.group(1)), int(m.group(2)))

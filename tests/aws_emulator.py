@@ -15,7 +15,8 @@ moto directly. It does three things moto cannot:
   task that stays RUNNING, as one started from the console would. The real API moves
   asynchronously at ``MaxNumberOfMessagesPerSecond``; here the rate is only recorded.
 - **Fault injection.** :meth:`AwsProxy.fail` answers the next N matching requests with a
-  throttling error or a 5xx, in the service's own error format, before forwarding again.
+  throttling error or a 5xx, in the service's own error format, before forwarding again
+  — or, with ``after=True``, after serving them (the change is applied, the answer lost).
 - **A record of every call** (service, operation), so a test can assert that nothing
   reached AWS (a refusal before any request) and that only declared calls were made.
 
@@ -40,8 +41,8 @@ from moto.server import ThreadedMotoServer
 
 LOOPBACK = "127.0.0.1"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
-_SQS_ARN = re.compile(r"arn:aws:sqs:([a-z0-9-]+):(\d{12}):([A-Za-z0-9_.-]{1,80})")
+_SCOPE = re.compile(r"Credential=[^/]+/[0-9]{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request")
+_SQS_ARN = re.compile(r"arn:aws:sqs:([a-z0-9-]+):([0-9]{12}):([A-Za-z0-9_.-]{1,80})")
 _LAMBDA_OPS = (
     ("GET", re.compile(r"/2019-09-30/functions/[^/]+/concurrency"), "GetFunctionConcurrency"),
     ("PUT", re.compile(r"/2017-10-31/functions/[^/]+/concurrency"), "PutFunctionConcurrency"),
@@ -89,6 +90,8 @@ class _Fault:
     code: str
     service: str | None
     operation: str | None
+    after: bool = False
+    """Serve the request first, then answer the error: applied, answer lost."""
 
 
 @dataclasses.dataclass
@@ -167,12 +170,15 @@ class AwsProxy:
         kind: str = "throttle",
         service: str | None = None,
         operation: str | None = None,
+        after: bool = False,
     ) -> None:
         """Answer the next `times` matching requests with an error (-1: every one).
 
         `kind` is ``throttle`` (HTTP 400 ThrottlingException; Lambda: 429
         TooManyRequestsException), ``unavailable`` (HTTP 503 ServiceUnavailable) or
-        ``denied`` (HTTP 400 AccessDeniedException).
+        ``denied`` (HTTP 400 AccessDeniedException). `after`: the request is served
+        first (it takes effect) and only its answer is the error, as when AWS applied a
+        change and the answer was lost on the way back.
         """
         if kind == "throttle":
             status, code = (
@@ -189,7 +195,7 @@ class AwsProxy:
             status, code = 400, "AccessDeniedException"
         else:
             raise ValueError(f"unknown fault kind {kind!r}")
-        self._faults.append(_Fault(times, status, code, service, operation))
+        self._faults.append(_Fault(times, status, code, service, operation, after))
 
     def hold_running(self, source_arn: str, *, to_move: int = 100) -> str:
         """Record a move task from `source_arn` that stays RUNNING; returns its handle."""
@@ -212,8 +218,16 @@ class AwsProxy:
         operation = _operation(service, request)
         self.calls.append((service, operation))
         fault = self._fault(service, operation)
-        if fault is not None:
+        if fault is not None and not fault.after:
             return _error(service, fault.status, fault.code, "injected by the test proxy")
+        answer = await self._serve(request, body, region, service, operation)
+        if fault is not None:  # served; the answer is lost
+            return _error(service, fault.status, fault.code, "injected by the test proxy")
+        return answer
+
+    async def _serve(
+        self, request: web.Request, body: bytes, region: str, service: str, operation: str
+    ) -> web.Response:
         if service == "sqs" and operation in ("StartMessageMoveTask", "ListMessageMoveTasks"):
             try:
                 payload = json.loads(body or b"{}")

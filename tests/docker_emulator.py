@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple, Self
 from aiohttp import web
 
 BASE_TIME = dt.datetime(2027, 1, 15, 11, 0, 0, tzinfo=dt.UTC)
-_PATH = re.compile(r"^(?:/v(?P<version>\d+\.\d+))?(?P<rest>/.*)$")
+_PATH = re.compile(r"^(?:/v(?P<version>[0-9]+\.[0-9]+))?(?P<rest>/.*)$")
 _CONTAINER = re.compile(r"^/containers/(?P<ref>[^/]+)/(?P<verb>json|restart)$")
 
 
@@ -279,7 +279,7 @@ class DockerEmulator:
 
     async def _restart(self, request: web.Request, ref: str) -> web.Response:
         t_text = request.query.get("t")
-        if t_text is not None and not re.fullmatch(r"-?\d+", t_text):
+        if t_text is not None and not re.fullmatch(r"-?[0-9]+", t_text):
             return _error(400, f'invalid value for "t": {t_text}')
         found = self._find(ref)
         if isinstance(found, web.Response):

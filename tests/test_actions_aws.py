@@ -369,8 +369,13 @@ async def test_a_cluster_not_in_the_config_is_refused_before_any_request(
         (f"arn:aws:ecs:us-east-1:{ACCOUNT}:service/{CLUSTER}/api", "aws.region=eu-west-1"),
         (f"arn:aws:ecs:{REGION}:210987654321:service/{CLUSTER}/api", "not aws.account_id"),
         (f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/other/api", "names cluster 'other'"),
+        # Other scripts' digits are not digits in an ARN (\d would take them).
+        ("arn:aws:ecs:eu-west-\u0661:123456789012:service/plooral-prod/api",
+         "is not an ECS service name or ARN"),
+        (f"arn:aws:ecs:{REGION}:\u0661{ACCOUNT[1:]}:service/{CLUSTER}/api",
+         "is not an ECS service name or ARN"),
     ],
-)
+)  # fmt: skip
 async def test_a_label_cannot_steer_a_scale_outside_the_config(
     tmp_path: Path, aws: Aws, service: str, message: str
 ) -> None:
@@ -507,18 +512,21 @@ async def test_a_dlq_redrive_moves_the_failed_jobs_back_to_the_jobs_queue(
     )
 
 
-async def test_without_a_destination_jobs_go_back_to_their_source_queue(
-    tmp_path: Path, aws: Aws
-) -> None:
-    await aws.queues(in_dlq=2)
-    rules = PLOORAL_RULES.replace("        destination: plooral-jobs\n", "")
-    async with harness(tmp_path, aws, rules) as h:
-        await h.fire(dlq_alert())
-        row = await one_decision(h)
-    assert row["outcome"] == "executed", row["detail"]
-    assert "to the queues they came from" in row["detail"]
-    assert await aws.bodies("plooral-jobs") == ["job-0", "job-1"]
-    assert await aws.bodies("plooral-jobs-retry") == []
+def test_a_redrive_rule_must_name_where_the_messages_go(tmp_path: Path) -> None:
+    # Without a destination SQS sends each message back to the queue it came from, as
+    # recorded on the message: queues no allow-list could check (a queue whose redrive
+    # policy changed since still gets its old messages). So the rule must name one.
+    text = PLOORAL_RULES.replace("        destination: plooral-jobs\n", "")
+    (tmp_path / "plooral.yaml").write_text(text)
+    with pytest.raises(errors.RuleFileErrors) as caught:
+        loader.load_dir(tmp_path)
+    [problem] = caught.value.errors
+    assert problem.line == text.splitlines().index('        dlq: "{{ labels.QueueName }}"') + 1
+    assert problem.message == "sqs.redrive_dlq: param 'destination': is required"
+    action = registry.get("sqs.redrive_dlq")
+    assert action is not None
+    with pytest.raises(errors.ParamError, match="'destination': is required"):
+        action.schema.validate({"dlq": "plooral-jobs-dlq", "max_messages_per_second": 5})
 
 
 async def test_no_second_redrive_starts_while_a_move_task_runs(tmp_path: Path, aws: Aws) -> None:
@@ -569,6 +577,64 @@ async def test_a_redrive_dry_run_counts_the_messages_and_moves_none(
 
 
 # --------------------------------------------------------------------------- AWS errors
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["refused", "applied-answer-lost"])
+async def test_a_forced_deployment_answered_with_a_503_is_never_sent_twice(
+    tmp_path: Path, aws: Aws, applied: bool
+) -> None:
+    await aws.service("plooral-api", desired=3)
+    before = (await aws.described("plooral-api"))["deployments"][0]["id"]
+    aws.proxy.fail(1, kind="unavailable", service="ecs", operation="UpdateService", after=applied)
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(api_error_alert())
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("failed", "action_error")
+    # Neither botocore's retries nor the engine's (the action is idempotent) sent it again.
+    assert aws.proxy.count("ecs", "UpdateService") == 1
+    assert row["detail"] == (
+        f"ecs UpdateService {CLUSTER}/plooral-api: AWS answered with a server error: "
+        "ServiceUnavailable (HTTP 503): injected by the test proxy; sent once, not retried "
+        "(a repeat is not harmless); outcome unknown: check the service's deployments "
+        f"(`aws ecs describe-services --cluster {CLUSTER} --services plooral-api`) before "
+        "forcing another"
+    )
+    after = (await aws.described("plooral-api"))["deployments"][0]["id"]
+    assert (after != before) is applied  # forced exactly once (moto: a new id), or not at all
+
+
+async def test_a_throttled_forced_deployment_is_tried_again_since_nothing_changed(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.service("plooral-api", desired=3)
+    before = (await aws.described("plooral-api"))["deployments"][0]["id"]
+    aws.proxy.fail(1, kind="throttle", service="ecs", operation="UpdateService")
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(api_error_alert())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed", row["detail"]
+    # Sent once by botocore, refused; the engine ran the idempotent action again, which
+    # looked first (a second DescribeServices) and then forced the deployment.
+    assert aws.proxy.calls == [("ecs", "DescribeServices"), ("ecs", "UpdateService")] * 2
+    assert (await aws.described("plooral-api"))["deployments"][0]["id"] != before
+
+
+async def test_a_redrive_answered_with_a_503_is_never_started_twice(
+    tmp_path: Path, aws: Aws
+) -> None:
+    await aws.queues(in_dlq=3)
+    aws.proxy.fail(1, kind="unavailable", service="sqs", operation="StartMessageMoveTask")
+    async with harness(tmp_path, aws, PLOORAL_RULES) as h:
+        await h.fire(dlq_alert())
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("failed", "action_error")
+    assert aws.proxy.count("sqs", "StartMessageMoveTask") == 1
+    assert (
+        "outcome unknown: check the DLQ's move tasks (`aws sqs list-message-move-tasks "
+        in (row["detail"])
+    )
+    assert f"--source-arn {DLQ_ARN}`) before starting another" in row["detail"]
+    assert aws.proxy.tasks == [] and await aws.visible("plooral-jobs-dlq") == 3
 
 
 async def test_throttling_is_retried_within_the_timeout(tmp_path: Path, aws: Aws) -> None:
@@ -640,7 +706,9 @@ async def test_one_aws_client_serves_every_action_and_is_closed_at_shutdown(
         await h.fire(saturated(), throttled(), api_error_alert())
         assert [r["outcome"] for r in await h.decisions()] == ["executed"] * 3
         client, _ = h.daemon.clients._opened["aws"]
-        assert sorted(client._clients) == ["ecs", "lambda"]
+        # Per service, one client that retries; ECS also has the one-attempt client for
+        # the forced deployment, which must never be sent twice.
+        assert sorted(client._clients) == [("ecs", False), ("ecs", True), ("lambda", False)]
     finally:
         await h.stop()
     assert client._clients == {}  # closed with the daemon
@@ -758,8 +826,9 @@ def test_zero_concurrency_loads_only_when_the_rule_says_so(tmp_path: Path) -> No
          "param 'min_desired_count': is required"),
         ("ecs.scale", "cluster: c\nservice: s\nstep: 0\nmin_desired_count: 1\nmax_desired_count: 5",
          "a step of 0 changes nothing"),
-        ("sqs.redrive_dlq", "dlq: q-dlq", "param 'max_messages_per_second': is required"),
-        ("sqs.redrive_dlq", "dlq: q\nmax_messages_per_second: 501",
+        ("sqs.redrive_dlq", "dlq: q-dlq\ndestination: q",
+         "param 'max_messages_per_second': is required"),
+        ("sqs.redrive_dlq", "dlq: q\ndestination: q2\nmax_messages_per_second: 501",
          "param 'max_messages_per_second': 501 is outside 1..500"),
         ("sqs.redrive_dlq", "dlq: q\ndestination: q\nmax_messages_per_second: 5",
          "param 'destination': is the DLQ itself"),
@@ -850,6 +919,9 @@ def test_the_aws_section_parses_with_documented_defaults(tmp_path: Path) -> None
          "aws.ecs.clusters[0]: not a name (names here, not ARNs)"),
         ("aws: {region: eu-west-1, lambda: {function: [w]}}", "aws.lambda.function: unknown key"),
         ("aws: {region: eu-west-1, secret_key: x}", "aws.secret_key: unknown key"),
+        ("aws: {region: \"eu-west-\\u0661\"}", "aws.region: not an AWS region"),
+        ("aws: {region: eu-west-1, account_id: \"\\u0661\\u0662\\u0663456789012\"}",
+         "aws.account_id: expected 12 digits"),
     ],
 )  # fmt: skip
 def test_a_bad_aws_section_names_the_key(tmp_path: Path, text: str, message: str) -> None:

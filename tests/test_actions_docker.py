@@ -19,6 +19,7 @@ from remediator import errors
 from remediator import settings as settings_mod
 from remediator.actions import registry
 from remediator.actions.docker import DockerConfig
+from remediator.matching import loader
 from tests.docker_emulator import DockerEmulator, Request
 from tests.harness import Harness, am_alert
 
@@ -258,6 +259,125 @@ async def test_an_allowed_name_that_only_matches_another_containers_id_is_not_re
     assert (row["outcome"], row["reason"]) == ("failed", "action_error")
     assert "resolved it to 'db'" in row["detail"] and "refusing to restart it" in row["detail"]
     assert docker.posts() == [] and other.restarts == 0
+
+
+def allowing(socket: Path, *entries: str) -> str:
+    return config(socket).replace(
+        "allowed_containers: [backend, deadbeef]",
+        f"allowed_containers: [backend, deadbeef, {', '.join(entries)}]",
+    )
+
+
+async def test_an_allowed_hex_name_whose_container_is_gone_never_reaches_another_by_id_prefix(
+    tmp_path: Path, docker: DockerEmulator
+) -> None:
+    # `cafe12345678` is an allowed *name* that also looks like a short id. Its container
+    # is gone; the engine then resolves the reference as an id prefix, and this id
+    # starts with it. A prefix match never counts: only the exact name, or full id.
+    other = docker.add("db", id="cafe12345678" + "0" * 52)
+    async with Harness(
+        tmp_path,
+        rules=CONTAINER_RULE,
+        config=allowing(docker.socket_path, "cafe12345678"),
+        dry_run=False,
+    ) as h:
+        await h.fire(am_alert("APIDown", container="cafe12345678"))
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("failed", "action_error")
+    assert row["detail"] == (
+        "inspect container 'cafe12345678': the engine resolved it to 'db' (cafe12345678), "
+        "not a container of that name: refusing to restart it; allow-list ids must be full "
+        "64-character ids"
+    )
+    assert docker.posts() == [] and other.restarts == 0
+
+
+async def test_a_container_allowed_by_its_full_id_is_restarted_and_one_by_its_name_too(
+    tmp_path: Path, docker: DockerEmulator
+) -> None:
+    api, named = docker.add("api"), docker.add("cafe12345678")
+    async with Harness(
+        tmp_path,
+        rules=CONTAINER_RULE,
+        config=allowing(docker.socket_path, api.id, "cafe12345678"),
+        dry_run=False,
+    ) as h:
+        await h.fire(
+            am_alert("APIDown", container=api.id), am_alert("APIDown", container="cafe12345678")
+        )
+        rows = await h.decisions()
+    assert [(r["outcome"], r["reason"]) for r in rows] == [("executed", "")] * 2, rows
+    assert (api.restarts, named.restarts) == (1, 1)
+
+
+async def test_an_engine_answer_over_4_mib_is_refused_not_buffered(
+    tmp_path: Path, docker: DockerEmulator
+) -> None:
+    backend = docker.add("backend", env=["BLOB=" + "x" * (5 << 20)])
+    async with Harness(
+        tmp_path, rules=CONTAINER_RULE, config=config(docker.socket_path), dry_run=False
+    ) as h:
+        await h.fire(am_alert("APIDown", container="backend"))
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("failed", "action_error")
+    assert row["detail"] == (
+        f"inspect: the Docker engine on {docker.socket_path} answered HTTP 200 with more "
+        "than 4 MiB; refusing to read it (is `docker.socket` really a Docker engine?)"
+    )
+    assert docker.posts() == [] and backend.restarts == 0
+
+
+async def test_an_engine_api_version_in_other_digits_is_refused(
+    tmp_path: Path, docker: DockerEmulator
+) -> None:
+    docker.add("backend")
+    docker.api_version = "1.\u0664\u0663"  # Arabic-Indic 43, which \d would take
+    async with Harness(tmp_path, rules=CONTAINER_RULE, config=config(docker.socket_path)) as h:
+        await h.fire(am_alert("APIDown", container="backend"))
+        row = await one_decision(h)
+    assert (row["outcome"], row["reason"]) == ("dry_run", "action_error")
+    assert "pin `docker.api_version`" in row["detail"]
+    assert docker.requests == [Request("GET", "/version", {})]
+
+
+COMPOSE_LIMITS = """\
+rules:
+  - name: apidown-compose
+    matchers: ['alertname = "APIDown"']
+    action:
+      type: docker.restart
+      params:
+        compose_service: "{{ labels.compose_project }}/backend"
+        stop_timeout: 3s
+        max_containers: 3
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "templated", "field"),
+    [
+        (8, 'stop_timeout: "{{ labels.grace }}"', "stop_timeout"),
+        (9, 'max_containers: "{{ labels.count }}"', "max_containers"),
+    ],
+)
+def test_a_label_can_never_set_the_stop_timeout_or_how_many_containers_go(
+    tmp_path: Path, line: int, templated: str, field: str
+) -> None:
+    lines = COMPOSE_LIMITS.splitlines()
+    assert lines[line - 1].strip().startswith(f"{field}:")
+    lines[line - 1] = " " * 8 + templated
+    (tmp_path / "compose.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(errors.RuleFileErrors) as caught:
+        loader.load_dir(tmp_path)
+    [problem] = caught.value.errors
+    assert (problem.file, problem.line) == (str(tmp_path / "compose.yaml"), line)
+    assert problem.message == (
+        f"docker.restart: param '{field}': must be written in the rule, not a template: "
+        "a label must never choose a bound"
+    )
+    (tmp_path / "compose.yaml").write_text(COMPOSE_LIMITS)
+    [rule] = loader.load_dir(tmp_path)  # written in the rule, they load
+    assert rule.action.type == "docker.restart"
 
 
 # --------------------------------------------------------------------------- failures
@@ -514,6 +634,7 @@ def test_the_docker_section_has_safe_defaults(tmp_path: Path) -> None:
     [
         ("socket: docker.sock", "docker.socket: must be an absolute path"),
         ("api_version: v1.43", "docker.api_version: must be"),
+        ('api_version: "1.\\u0664\\u0663"', "docker.api_version: must be"),
         ("allowed_containers: [backend, 'a b']", "docker.allowed_containers[1]: 'a b' is not"),
         ("allowed_compose_services: [backend]", "docker.allowed_compose_services[0]: 'backend'"),
         ("stop_timeout: 2.5s", "docker.stop_timeout: must be whole seconds"),

@@ -509,6 +509,74 @@ async def test_a_deployment_already_at_its_bound_is_a_recorded_no_op(
     assert replicas(emu, "deployments", "api") == current
 
 
+@pytest.mark.parametrize(
+    ("current", "change", "why"),
+    [
+        # A person scaled it to 20 beyond max_replicas 10: `to: 100` asks for more, and
+        # clamping to 10 would cut half its capacity during a traffic spike.
+        (20, "to: 100", "already at or beyond the bound: to 100 asks for more, and 20 is at "
+         "or above max_replicas 10"),
+        # `to: 0` below min_replicas 2 must not add a replica.
+        (1, "to: 0", "already at or beyond the bound: to 0 asks for fewer, and 1 is at or "
+         "below min_replicas 2"),
+        (10, "to: 50", "already at or beyond the bound: to 50 asks for more, and 10 is at or "
+         "above max_replicas 10"),
+    ],
+)  # fmt: skip
+async def test_a_scale_to_a_count_never_moves_replicas_the_other_way(
+    emu: KubeEmulator, tmp_path: Path, current: int, change: str, why: str
+) -> None:
+    emu.add(deployment("api", replicas=current))
+    async with Harness(
+        tmp_path, rules=scale_rule(change), config=config(emu, tmp_path), dry_run=False
+    ) as h:
+        await h.fire(
+            am_alert("TrafficSpike", namespace="prod", deployment="api", kind="deployment")
+        )
+        row = await one_decision(h)
+    assert row["outcome"] == "executed", row["detail"]
+    assert row["detail"] == f"deployment prod/api has {current} replicas, {why}: no change"
+    assert row["result"]["already"] == why and "clamped" not in row["result"]
+    assert emu.writes() == []
+    assert replicas(emu, "deployments", "api") == current
+
+
+@pytest.mark.parametrize(
+    ("change", "current", "expected"),
+    [
+        ({"to": 100}, 20, 20),  # asked up, clamping would go down: no change
+        ({"to": 0}, 1, 1),  # asked down, clamping would go up: no change
+        ({"to": 20}, 20, 20),  # asked nothing: no change, even beyond the bound
+        ({"to": 100}, 5, 10),  # up, clamped to the bound
+        ({"to": 0}, 5, 2),  # down, clamped to the bound
+        ({"to": 7}, 5, 7),
+        ({"to": 7}, 20, 7),
+        ({"replicas": 5}, 20, 20),
+        ({"replicas": -5}, 1, 1),
+    ],
+)
+def test_the_replica_count_never_moves_against_the_request(
+    change: dict[str, int], current: int, expected: int
+) -> None:
+    values = {"min_replicas": 2, "max_replicas": 10, **change}
+    got, note = k8s.Scale.desired(values, current)
+    assert got == expected
+    want = change.get("to", current + change.get("replicas", 0))
+    assert (got - current) * (want - current) >= 0  # never the other way
+    if got == current and want != current and "to" in change:
+        assert note.startswith("already at or beyond the bound")
+
+
+@pytest.mark.parametrize("value", ["+\u0661\u0660\u0660", "\u0662", "-\u0967"])
+def test_a_step_in_other_scripts_digits_is_not_a_step(value: str) -> None:
+    # int() reads Arabic-Indic or Devanagari digits (int("+\u0661\u0660\u0660") is 100);
+    # a step is written in [0-9], so no label can pass a count a reader would not see.
+    check = k8s.Scale.schema.fields["replicas"].check
+    with pytest.raises(errors.ParamError, match="expected a step like"):
+        check("replicas", value)
+    assert check("replicas", "+100") == 100
+
+
 async def test_a_deployment_an_hpa_manages_is_not_scaled_by_hand(
     emu: KubeEmulator, tmp_path: Path
 ) -> None:

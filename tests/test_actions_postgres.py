@@ -14,6 +14,8 @@ role but the `postgres` superuser so that a wrong password can be shown to fail.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import os
 import shutil
 import socket
@@ -745,6 +747,84 @@ def test_a_rule_with_unsafe_or_missing_params_fails_to_load(
     with pytest.raises(errors.RuleFileErrors) as caught:
         load_rule(tmp_path, params)
     assert says in str(caught.value)
+
+
+LIMITED_RULE = """\
+rules:
+  - name: db-pool
+    matchers: ['alertname = "DatabaseConnectionPoolExhausted"']
+    action:
+      type: postgres.terminate_queries
+      params:
+        connection: main
+        database: "{{ labels.database }}"
+        min_duration: 30s
+        max_queries: 5
+        states: [active]
+"""
+
+
+@pytest.mark.parametrize(
+    ("line", "templated", "field"),
+    [
+        (9, 'min_duration: "{{ labels.age }}"', "min_duration"),
+        (10, 'max_queries: "{{ labels.count }}"', "max_queries"),
+        (11, 'states: "{{ labels.state }}"', "states"),
+        (11, 'states: [active, "{{ labels.state }}"]', "states"),
+    ],
+)
+def test_a_label_can_never_set_how_old_how_many_or_which_sessions_go(
+    tmp_path: Path, line: int, templated: str, field: str
+) -> None:
+    lines = LIMITED_RULE.splitlines()
+    assert lines[line - 1].strip().split(":")[0] == field
+    lines[line - 1] = " " * 8 + templated
+    (tmp_path / "db.yaml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(errors.RuleFileErrors) as caught:
+        loader.load_dir(tmp_path)
+    [problem] = caught.value.errors
+    assert (problem.file, problem.line) == (str(tmp_path / "db.yaml"), line)
+    assert problem.message == (
+        f"postgres.terminate_queries: param '{field}': must be written in the rule, not a "
+        "template: a label must never choose a bound"
+    )
+
+
+def test_the_limits_written_in_the_rule_load_and_the_database_may_come_from_a_label(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "db.yaml").write_text(LIMITED_RULE)
+    [rule] = loader.load_dir(tmp_path)
+    assert rule.action.type == "postgres.terminate_queries"
+
+
+def test_the_pool_key_in_logs_is_no_unsalted_hash_of_the_password() -> None:
+    # The key is logged when a pool fails to close. 64 bits of a plain SHA-256 of the
+    # DSN would let anyone with the log test password guesses offline.
+    conn = postgres.Connection(
+        name="main", dsn_env="CRM_DSN", dsn="postgresql://remediator:s3cret@db:5432/postgres"
+    )
+    material = f"{conn.dsn}\x00{conn.pool_max}\x00{conn.connect_timeout}\x00"
+    material += str(conn.statement_timeout)
+    for guess in ("s3cret", "password", "hunter2"):
+        guessed = material.replace("s3cret", guess).encode()
+        assert hashlib.sha256(guessed).hexdigest()[:16] not in conn.key
+    assert conn.key.startswith("postgres:main:") and "s3cret" not in conn.key
+    # Still a key: the same within the process, another when the DSN changes (reload).
+    same = dataclasses.replace(conn)
+    other = dataclasses.replace(conn, dsn="postgresql://remediator:n3w@db:5432/postgres")
+    assert same.key == conn.key != other.key
+
+
+def test_the_pool_key_depends_on_a_secret_of_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    conn = postgres.Connection(
+        name="main", dsn_env="CRM_DSN", dsn="postgresql://remediator:s3cret@db:5432/postgres"
+    )
+    first = conn.key
+    monkeypatch.setattr(postgres, "_KEY_SALT", bytes(32))
+    assert conn.key != first
 
 
 def test_states_default_to_active_and_idle_in_transaction() -> None:

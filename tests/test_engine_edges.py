@@ -12,6 +12,7 @@ from typing import Any, ClassVar, cast
 import pytest
 from aiohttp import web
 
+from remediator import durations, errors
 from remediator.actions import params, registry
 from remediator.actions.base import Context, Result
 from remediator.backends.state import MemoryState
@@ -336,3 +337,12 @@ async def test_a_chat_message_refused_unprocessed_is_retried(
             await h.fire(am_alert("APIDown", deployment="api"))
             assert await h.outcomes() == [("executed", "")]
         assert len(hook.bodies) == 2  # 429, then delivered once
+
+
+@pytest.mark.parametrize("digits", ["\u0661\u0660\u0660", "\uff11\uff10"])
+def test_numbers_in_other_scripts_digits_are_not_numbers(digits: str) -> None:
+    """int() reads Arabic-Indic or full-width digits; a label must not pass a bound that way."""
+    with pytest.raises(errors.ParamError):
+        params.integer(lo=0, hi=1000)("to", digits)
+    with pytest.raises(ValueError):
+        durations.parse(digits + "s")

@@ -83,8 +83,8 @@ def iam_actions() -> set[str]:
 
 # -- config ---------------------------------------------------------------------------
 
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
-_ACCOUNT = re.compile(r"\d{12}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
+_ACCOUNT = re.compile(r"[0-9]{12}")
 _PROFILE = re.compile(r"[A-Za-z0-9_.+=,@-]{1,128}")
 _URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s]*)?")
 
@@ -190,7 +190,7 @@ def _cfg(settings: Settings) -> AwsConfig | None:
 # -- names and ARNs -------------------------------------------------------------------
 
 _P = r"(aws|aws-cn|aws-us-gov)"
-_RA = r"([a-z]{2}(?:-[a-z]+)+-\d{1,2}):(\d{12})"
+_RA = r"([a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}):([0-9]{12})"
 _ECS_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _ECS_CLUSTER_ARN = re.compile(rf"arn:{_P}:ecs:{_RA}:cluster/([A-Za-z0-9_-]{{1,255}})")
 _ECS_SERVICE_ARN = re.compile(
@@ -330,8 +330,15 @@ async def _call(
     request: Mapping[str, Any],
     *,
     resource: str,
+    once: str | None = None,
 ) -> dict[str, Any]:
-    """Call one declared AWS operation through the process's shared client."""
+    """Call one declared AWS operation through the process's shared client.
+
+    `once`: the call must not be sent twice (a second forced deployment, a second move
+    task): one attempt, no botocore retry, and when its outcome is unknown (5xx, lost
+    answer) the action fails saying so and `once` — what to check — instead of the
+    engine running it again.
+    """
     call = CALLS.get((service, operation))
     if call is None:  # a bug: the IAM policy would not grant it either
         raise errors.PermanentError(f"{service} {operation} is not declared in actions.aws.CALLS")
@@ -365,6 +372,7 @@ async def _call(
         what=f"{service} {call.api} {resource}",
         changes=call.changes,
         permission=call.iam[0],
+        once=once,
     )
     return answer
 
@@ -459,8 +467,10 @@ _ECS_TARGET = {
 
 class EcsForceNewDeployment:
     type: ClassVar[str] = "ecs.force_new_deployment"
-    # Looks before it acts: a run after a lost answer finds the new deployment in
-    # progress and changes nothing, so the engine may retry it.
+    # Looks before it acts, so the engine may run it again after a temporary error
+    # that happened before the write (a throttled or unreachable DescribeServices). The
+    # write itself is sent once: after a 5xx or a lost answer the new deployment may
+    # not show yet, so the action fails with "outcome unknown" instead (see `_call`).
     idempotent: ClassVar[bool] = True
     local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(dict(_ECS_TARGET))
@@ -505,6 +515,9 @@ class EcsForceNewDeployment:
             ctx, cfg, "ecs", "update_service",
             {"cluster": cluster, "service": service, "forceNewDeployment": True},
             resource=f"{cluster}/{service}",
+            # A second forced deployment would replace the tasks the first just started.
+            once=f"check the service's deployments (`aws ecs describe-services --cluster "
+            f"{cluster} --services {service}`) before forcing another",
         )  # fmt: skip
         after = answer.get("service") or {}
         new = _primary(after).get("id")
@@ -799,17 +812,21 @@ def _redrive_across(values: Mapping[str, Any]) -> None:
 
 class SqsRedriveDlq:
     type: ClassVar[str] = "sqs.redrive_dlq"
-    # Looks before it acts: a run after a lost answer finds the task running (SQS allows
-    # one per queue) or the DLQ empty, and changes nothing.
+    # Looks before it acts, so the engine may run it again after a temporary error
+    # before the write. StartMessageMoveTask itself is sent once (see `_call`): after a
+    # 5xx or a lost answer the action fails with "outcome unknown".
     idempotent: ClassVar[bool] = True
     local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(
         {
             "dlq": params.Field(_name_or_arn("queue"), doc="the dead-letter queue, name or ARN"),
+            # Required: without one SQS sends each message back to the queue it came
+            # from, recorded per message — queues no allow-list here can check (not
+            # even ListDeadLetterSourceQueues: a queue whose redrive policy changed
+            # since still gets its old messages back).
             "destination": params.Field(
                 _name_or_arn("queue"),
-                required=False,
-                doc="where to move the messages (default: the queues they came from)",
+                doc="where to move the messages: a queue name or ARN in aws.sqs.queues",
             ),
             # SQS moves at most 500 messages per second; a rule states its own rate so
             # a redrive cannot flood consumers that just recovered.
@@ -854,15 +871,13 @@ class SqsRedriveDlq:
         attrs = await self._queue_arn(ctx, cfg, name, ["ApproximateNumberOfMessages"])
         source_arn = str(attrs["QueueArn"])
         waiting = int(attrs.get("ApproximateNumberOfMessages", 0))
+        dest = _ref(values["destination"], "queue").name
         plan: dict[str, Any] = {
             "dlq": source_arn,
-            "destination": None,
+            "destination": str((await self._queue_arn(ctx, cfg, dest, []))["QueueArn"]),
             "messages": waiting,
             "max_messages_per_second": values["max_messages_per_second"],
         }
-        if "destination" in values:
-            dest = _ref(values["destination"], "queue").name
-            plan["destination"] = str((await self._queue_arn(ctx, cfg, dest, []))["QueueArn"])
         tasks = await _call(
             ctx, cfg, "sqs", "list_message_move_tasks",
             {"SourceArn": source_arn, "MaxResults": 10}, resource=name,
@@ -883,8 +898,7 @@ class SqsRedriveDlq:
 
     @staticmethod
     def _moving(plan: Mapping[str, Any], name: str) -> str:
-        dest = plan["destination"]
-        to = dest.rpartition(":")[2] if dest else "the queues they came from"
+        to = str(plan["destination"]).rpartition(":")[2]
         return (
             f"~{plan['messages']} messages from sqs queue {name} to {to} at most "
             f"{plan['max_messages_per_second']}/s"
@@ -899,11 +913,15 @@ class SqsRedriveDlq:
             return skip
         request = {
             "SourceArn": plan["dlq"],
+            # Always given: without it SQS would choose, per message (see the schema).
+            "DestinationArn": plan["destination"],
             "MaxNumberOfMessagesPerSecond": plan["max_messages_per_second"],
         }
-        if plan["destination"]:
-            request["DestinationArn"] = plan["destination"]
-        answer = await _call(ctx, cfg, "sqs", "start_message_move_task", request, resource=name)
+        answer = await _call(
+            ctx, cfg, "sqs", "start_message_move_task", request, resource=name,
+            once=f"check the DLQ's move tasks (`aws sqs list-message-move-tasks --source-arn "
+            f"{plan['dlq']}`) before starting another",
+        )  # fmt: skip
         handle = answer.get("TaskHandle")
         return Result(
             detail=f"started moving {self._moving(plan, name)}",

@@ -1,10 +1,10 @@
 """`docker.restart`: restart a container through the Docker Engine API socket.
 
 The runbook step "APIDown on a compose host: `docker compose restart backend`". A rule
-names either one container (`container`: its name, or its id) or one compose service
-(`compose_service: project/service`, every container of it, one after the other). Both
-must be on the `docker:` allow-lists, checked before any request is made: a label value
-can only ever pick a container the config already names.
+names either one container (`container`: its exact name, or its full id) or one compose
+service (`compose_service: project/service`, every container of it, one after the
+other). Both must be on the `docker:` allow-lists, checked before any request is made:
+a label value can only ever pick a container the config already names.
 
 A restart is not safe to repeat blindly (each one cuts the service), so the action is
 not idempotent and the engine never retries it. When the restart call fails after the
@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 # Docker's own rule for container names (daemon/names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`),
 # bounded so that a 10 kB label is refused by format, not sent.
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{1,127}")
-# A container id or an unambiguous prefix of one, as `docker ps` shows it (12) or in full.
-_ID = re.compile(r"[0-9a-f]{12,64}")
+# A full container id. An allow-list entry is either a name or a full id: never an id
+# prefix, which could later match another container (see `_resolve`).
+_FULL_ID = re.compile(r"[0-9a-f]{64}")
 # Compose normalises project names to this; service names are YAML keys compose accepts.
 _PROJECT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _SERVICE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
@@ -60,7 +61,8 @@ class DockerConfig:
     """API version in request paths, like "1.43"; `auto` asks the engine (`GET /version`)
     once, because Docker 29 refuses versions below 1.44 and Docker 24 serves at most 1.43."""
     allowed_containers: frozenset[str] = frozenset()
-    """Container names (or ids) `container:` may name. Empty: none."""
+    """Container names (or full 64-character ids) `container:` may name. Empty: none.
+    A container matches only by its exact name or exact full id, never by id prefix."""
     allowed_compose_services: frozenset[str] = frozenset()
     """`project/service` pairs `compose_service:` may name. Empty: none."""
     stop_timeout: float = DEFAULT_STOP_TIMEOUT
@@ -92,7 +94,7 @@ def _config(r: settings_mod.Reader, env: Mapping[str, str]) -> DockerConfig:
             f"{r.prefix}socket", f"must be an absolute path to a unix socket, got {socket!r}"
         )
     api_version = r.text("api_version", d.api_version)
-    if api_version != "auto" and not re.fullmatch(r"1\.\d{1,3}", api_version):
+    if api_version != "auto" and not re.fullmatch(r"1\.[0-9]{1,3}", api_version):
         raise errors.ConfigError(
             f"{r.prefix}api_version", f'must be "auto" or like "1.43", got {api_version!r}'
         )
@@ -202,7 +204,7 @@ class DockerRestart:
             "container": params.Field(
                 _container(),
                 required=False,
-                doc="container name (or id) to restart; must be in docker.allowed_containers",
+                doc="container name (or full id) to restart; must be in docker.allowed_containers",
             ),
             "compose_service": params.Field(
                 _compose_service(),
@@ -222,6 +224,8 @@ class DockerRestart:
                 doc="with compose_service: refuse (restart none) if it has more containers",
             ),
         },
+        # How long a container may take to stop, and how many go, is the rule's to say.
+        literal=frozenset({"stop_timeout", "max_containers"}),
         across=_one_target,
     )
 
@@ -358,12 +362,19 @@ async def _resolve(
         ref = values["container"]
         info = await client.inspect(ref, timeout=_left(deadline, cfg))
         name, cid = _name(info), str(info.get("Id", ""))
-        # The engine resolves a reference as id, then name, then id prefix: an allowed
-        # name whose container is gone must not fall through to another container's id.
-        if name != ref and not (_ID.fullmatch(ref) and cid.startswith(ref)):
+        # The engine resolves a reference as full id, then name, then id prefix: an
+        # allowed name whose container is gone (`cafe12345678`, say) would fall through
+        # to whichever container's id starts with it. So the container must carry exactly
+        # the allowed name, or exactly the allowed full id; a prefix never counts.
+        if name != ref and not (_FULL_ID.fullmatch(ref) and cid == ref):
+            hint = (
+                "; allow-list ids must be full 64-character ids"
+                if re.fullmatch(r"[0-9a-f]{12,63}", ref)
+                else ""
+            )
             raise errors.PermanentError(
                 f"inspect container {ref!r}: the engine resolved it to {name!r} "
-                f"({cid[:12]}), not a container of that name: refusing to restart it"
+                f"({cid[:12]}), not a container of that name: refusing to restart it{hint}"
             )
         return [info]
     project, service = values["compose_service"].split("/", 1)

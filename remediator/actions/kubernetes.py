@@ -180,7 +180,10 @@ def _step() -> params.Validator:
     """A change of replicas: +N or -N (YAML reads an unquoted +2 as 2: also a step up)."""
 
     def check(field: str, value: Any) -> int:
-        if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,6}", value.strip()):
+        # [0-9], not \d: \d also matches other scripts' digits, which int() then reads
+        # (Arabic-Indic "+\u0661\u0660\u0660" is 100): a label could pass a step in digits
+        # no one reading the audit would take for one.
+        if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,6}", value.strip()):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise errors.ParamError(field, f"expected a step like +2 or -1, got {value!r:.80}")
@@ -472,12 +475,32 @@ class Scale:
 
     @staticmethod
     def desired(values: Mapping[str, Any], current: int) -> tuple[int, str]:
-        """The replica count to set, and why it differs from the request (or "")."""
+        """The replica count to set, and why it differs from the request (or "").
+
+        A change never goes the other way from what was asked (as AWS's `_plan`): `to:
+        100` on a deployment a person scaled to 20 above `max_replicas: 10` is a request
+        for more, and clamping it to 10 would cut capacity; `to: 0` below `min_replicas`
+        must not add replicas. Both leave `current`, with the reason.
+        """
         lo, hi = values["min_replicas"], values["max_replicas"]
         step = values.get("replicas")
         if step is None:
             want = int(values["to"])
             got = min(max(want, lo), hi)
+            if want == current:
+                return current, ""
+            if (want - current) * (got - current) <= 0:
+                if want > current:
+                    return (
+                        current,
+                        f"already at or beyond the bound: to {want} asks for "
+                        f"more, and {current} is at or above max_replicas {hi}",
+                    )
+                return (
+                    current,
+                    f"already at or beyond the bound: to {want} asks for "
+                    f"fewer, and {current} is at or below min_replicas {lo}",
+                )
             return got, (f"clamped from {want} to {got}" if got != want else "")
         want = current + step
         # A step up never lowers (current may already be above max), a step down never raises.
@@ -526,7 +549,7 @@ class Scale:
             target, note = self.desired(values, current)
             data |= {"from": current, "to": target}
             data.pop("clamped", None)
-            if note:
+            if note and target != current:
                 data["clamped"] = note
             if target == current:
                 step = values.get("replicas") or 0
@@ -534,8 +557,10 @@ class Scale:
                     why = f"at or above max_replicas {hi}"
                 elif step < 0 and current <= lo:
                     why = f"at or below min_replicas {lo}"
+                elif note:  # `to` the other way from what clamping allows
+                    why = note
                 else:
-                    why = f"already at {current}" + (f" ({note})" if note else "")
+                    why = f"already at {current}"
                 data["already"] = why
                 return Result(
                     detail=f"{what} has {current} replicas, {why}: no change",

@@ -159,7 +159,7 @@ def integer(*, lo: int, hi: int) -> Validator:
     def check(field: str, value: Any) -> int:
         if isinstance(value, bool):
             raise errors.ParamError(field, "expected an integer, got a boolean")
-        if isinstance(value, str) and re.fullmatch(r"[+-]?\d{1,12}", value.strip()):
+        if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]{1,12}", value.strip()):
             value = int(value)
         if not isinstance(value, int):
             raise errors.ParamError(field, f"expected an integer, got {_show(value)}")

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
+import os
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -45,6 +47,10 @@ _PG_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]{0,62}")
 _CONNECTION_NAME = re.compile(r"[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?")
 # PostgreSQL keeps application_name printable ASCII and at most 63 bytes.
 _APPLICATION_NAME = re.compile(r"[\x20-\x7e]{1,63}")
+_KEY_SALT = os.urandom(32)
+"""A per-process secret for client keys: keys derived from the DSN (which holds the
+password) show up in logs, and without a secret salt 64 bits of an unsalted hash of
+the DSN would let anyone holding a log test password guesses offline."""
 
 
 # --------------------------------------------------------------------------- config
@@ -79,10 +85,16 @@ class Connection:
 
     @property
     def key(self) -> str:
-        """The client key: a changed DSN or pool setting after a reload opens a new pool."""
+        """The client key: a changed DSN or pool setting after a reload opens a new pool.
+
+        It is logged (e.g. when a pool fails to close), so the part derived from the DSN
+        is an HMAC under a random per-process key: equal within the process, useless
+        for testing password guesses outside it.
+        """
         material = f"{self.dsn}\x00{self.pool_max}\x00{self.connect_timeout}\x00"
         material += str(self.statement_timeout)
-        return f"postgres:{self.name}:{hashlib.sha256(material.encode()).hexdigest()[:16]}"
+        digest = hmac.new(_KEY_SALT, material.encode(), hashlib.sha256).hexdigest()[:16]
+        return f"postgres:{self.name}:{digest}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -224,9 +236,14 @@ def _states() -> params.Validator:
         for item in items:
             if isinstance(item, Template):
                 # At load time list items are still templates (only top-level ones are
-                # unwrapped): check literal ones now, rendered ones at run time.
+                # unwrapped, and `Schema.literal` sees only those): which states may be
+                # terminated is the rule's to say, so a templated item is a rule error.
                 if not item.is_literal:
-                    continue
+                    raise errors.ParamError(
+                        field,
+                        "must be written in the rule, not a template: "
+                        "a label must never choose a bound",
+                    )
                 item = item.render_literal()  # noqa: PLW2901 - the item, unwrapped
             if item not in STATES:
                 raise errors.ParamError(
@@ -363,7 +380,9 @@ class TerminateQueries:
             "usename": params.Field(
                 _pg_name("role"), required=False, doc="only sessions of this role"
             ),
-        }
+        },
+        # How far it may go is the rule's to say, never a label's.
+        literal=frozenset({"min_duration", "max_queries", "states"}),
     )
 
     def check_allowed(self, values: Mapping[str, Any], settings: Settings) -> None:

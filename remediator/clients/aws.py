@@ -7,6 +7,13 @@ Retries are botocore's `standard` mode with a bounded attempt count (`aws.max_at
 and split timeouts (`aws.connect_timeout`, `aws.read_timeout`) per attempt; the engine's
 `limits.action_timeout` bounds the whole action around them.
 
+Calls whose repeat is not harmless (`once`: UpdateService with forceNewDeployment, which
+would force a second deployment; StartMessageMoveTask) go through a second client per
+service whose config allows a single attempt: botocore's standard mode would otherwise
+send them again after a 5xx or a lost answer, when the first may well have been applied.
+Reads and writes of an absolute value (desiredCount, PutFunctionConcurrency) keep the
+retries: sending the same value twice is harmless.
+
 Every failure becomes one of errors.py's types, with a message naming the call, the
 resource and what to fix:
 
@@ -17,10 +24,14 @@ resource and what to fix:
     not found (cluster, service, function, queue)   → PermanentError
     no credentials / no region                      → PermanentError (fix the environment)
     any other AWS error (validation, limits)        → PermanentError
+    a `once` call: 5xx, read timeout, lost answer   → ActionError "outcome unknown" + what
+                                                      to check (never sent again)
 
 A throttled request was refused before it did anything. A 5xx or a lost answer to a
 call that changes something leaves the outcome unknown: the message says so, and only
 actions that look before they act (and so are safe to run again) let the engine retry.
+For a `once` call it is a plain ActionError ("outcome unknown", and what to check):
+neither botocore nor the engine sends it again, a human (or the next alert) looks first.
 """
 
 from __future__ import annotations
@@ -110,32 +121,40 @@ class AwsClient:
         self._session = aioboto3.Session(
             region_name=connection.region, profile_name=connection.profile
         )
-        self._config = AioConfig(
-            connect_timeout=connection.connect_timeout,
-            read_timeout=connection.read_timeout,
-            retries={"mode": "standard", "total_max_attempts": connection.max_attempts},
-        )
+        self._configs = {
+            # once → the config of that kind of client; True: a single attempt, no retry.
+            once: AioConfig(
+                connect_timeout=connection.connect_timeout,
+                read_timeout=connection.read_timeout,
+                retries={
+                    "mode": "standard",
+                    "total_max_attempts": 1 if once else connection.max_attempts,
+                },
+            )
+            for once in (False, True)
+        }
         self._stack = contextlib.AsyncExitStack()
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[tuple[str, bool], Any] = {}
         self._lock = asyncio.Lock()
 
     async def close(self) -> None:
         self._clients.clear()
         await self._stack.aclose()
 
-    async def _client(self, service: str) -> Any:
-        found = self._clients.get(service)
+    async def _client(self, service: str, *, once: bool) -> Any:
+        key = (service, once)
+        found = self._clients.get(key)
         if found is not None:
             return found
         async with self._lock:
-            found = self._clients.get(service)
+            found = self._clients.get(key)
             if found is None:
                 try:
                     found = await self._stack.enter_async_context(
                         self._session.client(
                             service,
                             endpoint_url=self.connection.endpoint_url,
-                            config=self._config,
+                            config=self._configs[once],
                         )
                     )
                 except botoerrors.BotoCoreError as exc:
@@ -143,7 +162,7 @@ class AwsClient:
                         f"cannot create the AWS {service} client: {exc} "
                         "(check aws.region, aws.profile and aws.endpoint_url)"
                     ) from exc
-                self._clients[service] = found
+                self._clients[key] = found
         return found
 
     async def call(
@@ -155,18 +174,49 @@ class AwsClient:
         what: str,
         changes: bool,
         permission: str,
+        once: str | None = None,
     ) -> dict[str, Any]:
         """Call `operation` (botocore's snake_case name) of `service` with `params`.
 
         `what` names the call and resource in errors ("ecs UpdateService prod/api");
         `changes` says whether the call changes something (an unknown outcome is then
-        said so); `permission` is the IAM action to grant when AWS refuses it.
+        said so); `permission` is the IAM action to grant when AWS refuses it. `once`,
+        for a call whose repeat is not harmless, sends it a single time (no botocore
+        retry) and is what to check when its outcome is unknown.
         """
-        client = await self._client(service)
+        client = await self._client(service, once=once is not None)
+        try:
+            return await self._send(
+                client, operation, params, what=what, changes=changes, permission=permission,
+                once=once,
+            )  # fmt: skip
+        except errors.TemporaryError as exc:
+            if once is None or not _maybe_applied(exc):
+                raise
+            # It may have been applied: sending it again (botocore, or the engine running
+            # an idempotent action again) could apply it twice. Say so, and stop.
+            raise errors.ActionError(
+                f"{exc}; sent once, not retried (a repeat is not harmless); outcome unknown: {once}"
+            ) from exc
+
+    async def _send(
+        self,
+        client: Any,
+        operation: str,
+        params: Mapping[str, Any],
+        *,
+        what: str,
+        changes: bool,
+        permission: str,
+        once: str | None,
+    ) -> dict[str, Any]:
+        tries = "1 attempt" if once is not None else f"{self.connection.max_attempts} attempts"
         try:
             answer = await getattr(client, operation)(**params)
         except botoerrors.ClientError as exc:
-            raise _client_error(exc, what=what, changes=changes, permission=permission) from exc
+            raise _client_error(
+                exc, what=what, changes=changes, permission=permission, once=once is not None
+            ) from exc
         except (botoerrors.NoCredentialsError, botoerrors.PartialCredentialsError) as exc:
             raise errors.PermanentError(
                 f"{what}: no AWS credentials found by the default chain (environment, "
@@ -182,26 +232,41 @@ class AwsClient:
         except (botoerrors.ConnectTimeoutError, botoerrors.EndpointConnectionError) as exc:
             # Nothing reached AWS: safe to try again, whatever the call does.
             raise errors.TemporaryError(
-                f"{what}: cannot reach the AWS endpoint after {self.connection.max_attempts} "
-                f"attempts ({type(exc).__name__}); check the network or aws.endpoint_url"
+                f"{what}: cannot reach the AWS endpoint after {tries} "
+                f"({type(exc).__name__}); check the network or aws.endpoint_url"
             ) from exc
         except (botoerrors.ReadTimeoutError, botoerrors.ConnectionClosedError) as exc:
-            raise errors.TemporaryError(
+            raise _Lost(
                 f"{what}: no answer from AWS within aws.read_timeout="
-                f"{self.connection.read_timeout:g}s after {self.connection.max_attempts} "
-                f"attempts{_unknown(changes)}"
+                f"{self.connection.read_timeout:g}s after {tries}"
+                f"{_unknown(changes and once is None)}"
             ) from exc
         except botoerrors.ParamValidationError as exc:
             raise errors.PermanentError(f"{what}: invalid request: {_cut(str(exc))}") from exc
         except botoerrors.BotoCoreError as exc:
+            if once is not None:
+                raise _Lost(f"{what}: {type(exc).__name__}: {_cut(str(exc))}") from exc
             raise errors.PermanentError(
                 f"{what}: {type(exc).__name__}: {_cut(str(exc))}{_unknown(changes)}"
             ) from exc
         except OSError as exc:  # a socket error botocore did not wrap
-            raise errors.TemporaryError(
-                f"{what}: {type(exc).__name__}: {_cut(str(exc))}{_unknown(changes)}"
+            raise _Lost(
+                f"{what}: {type(exc).__name__}: {_cut(str(exc))}"
+                f"{_unknown(changes and once is None)}"
             ) from exc
         return dict(answer)
+
+
+class _Lost(errors.TemporaryError):
+    """The request may have reached AWS and its answer was lost."""
+
+
+class _ServerError(errors.TemporaryError):
+    """AWS answered 5xx: the request reached it and may have been applied."""
+
+
+def _maybe_applied(exc: errors.TemporaryError) -> bool:
+    return isinstance(exc, _Lost | _ServerError)
 
 
 async def open_client(connection: Connection) -> AwsClient:
@@ -213,7 +278,9 @@ async def close_client(client: AwsClient) -> None:
     await client.close()
 
 
-def _client_error(exc: Any, *, what: str, changes: bool, permission: str) -> errors.ActionError:
+def _client_error(
+    exc: Any, *, what: str, changes: bool, permission: str, once: bool = False
+) -> errors.ActionError:
     response = exc.response if isinstance(getattr(exc, "response", None), dict) else {}
     err = response.get("Error") or {}
     code = str(err.get("Code") or "")
@@ -223,17 +290,19 @@ def _client_error(exc: Any, *, what: str, changes: bool, permission: str) -> err
     meta = response.get("ResponseMetadata") or {}
     status = int(meta.get("HTTPStatusCode") or 0)
     attempts = int(meta.get("RetryAttempts") or 0) + 1
+    gave_up = "" if once else f"; gave up after {attempts} attempts (aws.max_attempts)"
     said = f"{code or 'error'} (HTTP {status}){': ' + message if message else ''}"
     if code in _THROTTLED or status == 429:
         return errors.TemporaryError(
-            f"{what}: AWS kept throttling the call: {said}; gave up after {attempts} "
-            "attempts (aws.max_attempts); nothing was changed",
+            f"{what}: AWS {'throttled' if once else 'kept throttling'} the call: {said}"
+            f"{gave_up}; nothing was changed",
             delay=2.0,
         )
     if code in _UNAVAILABLE or status >= 500:
-        return errors.TemporaryError(
-            f"{what}: AWS answered with a server error: {said}; gave up after {attempts} "
-            f"attempts (aws.max_attempts){_unknown(changes)}",
+        # With `once`, AwsClient.call says the outcome is unknown and what to check.
+        return _ServerError(
+            f"{what}: AWS answered with a server error: {said}{gave_up}"
+            f"{_unknown(changes and not once)}",
             delay=2.0,
         )
     if code in _DENIED or status == 403:

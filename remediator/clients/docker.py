@@ -11,6 +11,7 @@ and what to fix:
     HTTP 400 about the client version          → PermanentError (fix `docker.api_version`)
     other HTTP 4xx                             → PermanentError
     HTTP 5xx                                   → TemporaryError
+    an answer larger than MAX_BODY (4 MiB)     → PermanentError (not read, not buffered)
 
 `restart` is the one call with a side effect; when it fails after the request may have
 reached the engine (5xx, timeout, dropped connection) it raises a plain ActionError:
@@ -30,8 +31,16 @@ import aiohttp
 
 from remediator import errors
 
-_VERSION = re.compile(r"1\.\d{1,3}")
+_VERSION = re.compile(r"1\.[0-9]{1,3}")
 _MESSAGE_MAX = 300
+MAX_BODY = 4 << 20
+"""Bytes of an engine answer read at most. An inspect is a few kB (tens with many
+labels or mounts); a list of a compose service's containers stays far below this. A
+larger answer is not a Docker engine behaving: it is refused, not buffered."""
+
+
+class _TooLarge(errors.PermanentError):
+    """An answer over MAX_BODY: its status is known, its body was not read."""
 
 
 class DockerClient:
@@ -101,6 +110,8 @@ class DockerClient:
         seconds, then start. 204 is done; see the module docstring for failures."""
         what = f"restart container {container_id[:12]}"
         path = f"/containers/{_quote(container_id)}/restart"
+        # Learn the API version first: a failure there has sent no restart.
+        await self.api_version(timeout=timeout)
         try:
             status, body = await self._versioned(
                 "POST", path, params={"t": str(stop_timeout)}, timeout=timeout, what=what
@@ -109,6 +120,8 @@ class DockerClient:
             not_sent = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
             if isinstance(exc.__cause__, not_sent):
                 raise errors.TemporaryError(f"{exc} (the restart was not sent)") from exc
+            raise errors.ActionError(f"{exc}: the restart may or may not have happened") from exc
+        except _TooLarge as exc:
             raise errors.ActionError(f"{exc}: the restart may or may not have happened") from exc
         if status == 204:
             return
@@ -148,8 +161,8 @@ class DockerClient:
         t = aiohttp.ClientTimeout(total=max(timeout, 0.001), connect=min(timeout, 5.0))
         try:
             async with self._session.request(method, path, params=params, timeout=t) as resp:
-                raw = await resp.read()
                 status = resp.status
+                raw = await self._read(resp, what)
         except aiohttp.ConnectionTimeoutError as exc:
             raise errors.TemporaryError(
                 f"{what}: cannot connect to the Docker socket {self.socket_path} "
@@ -173,6 +186,25 @@ class DockerClient:
             return status, json.loads(raw)
         except ValueError:
             return status, raw[:_MESSAGE_MAX].decode("utf-8", "replace")
+
+    async def _read(self, resp: aiohttp.ClientResponse, what: str) -> bytes:
+        """The answer's body, refused (not buffered) beyond MAX_BODY bytes."""
+        chunks: list[bytes] = []
+        size = 0
+        declared = resp.content_length
+        while declared is None or declared <= MAX_BODY:
+            chunk = await resp.content.read(64 << 10)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_BODY:
+                break
+            chunks.append(chunk)
+        raise _TooLarge(
+            f"{what}: the Docker engine on {self.socket_path} answered HTTP {resp.status} "
+            f"with more than {MAX_BODY >> 20} MiB; refusing to read it "
+            "(is `docker.socket` really a Docker engine?)"
+        )
 
     def _status_error(self, status: int, body: Any, *, what: str, ref: str) -> errors.ActionError:
         message = _message(body)
