@@ -142,6 +142,17 @@ def dns_subdomain() -> Validator:
     return check
 
 
+def matching(pattern: re.Pattern[str], *, is_not: str) -> Validator:
+    """Text that fully matches `pattern`; otherwise `<value> is not <is_not>`."""
+
+    def check(field: str, value: Any) -> str:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise errors.ParamError(field, f"{_show(value)} is not {is_not}")
+        return value
+
+    return check
+
+
 def env_name() -> Validator:
     """The name of an environment variable (secrets come from the environment)."""
 

@@ -190,36 +190,15 @@ def _seconds(r: settings.Reader, key: str, default: float, *, hi: float) -> floa
 
 
 def _pg_name(what: str) -> params.Validator:
-    def check(field: str, value: Any) -> str:
-        if not isinstance(value, str) or not _PG_NAME.fullmatch(value):
-            raise errors.ParamError(
-                field, f"{value!r:.80} is not a {what} name ([A-Za-z0-9_$-], at most 63)"
-            )
-        return value
-
-    return check
+    return params.matching(_PG_NAME, is_not=f"a {what} name ([A-Za-z0-9_$-], at most 63)")
 
 
 def _connection_name() -> params.Validator:
-    def check(field: str, value: Any) -> str:
-        if not isinstance(value, str) or not _CONNECTION_NAME.fullmatch(value):
-            raise errors.ParamError(
-                field, f"{value!r:.80} is not a connection name from postgres.connections"
-            )
-        return value
-
-    return check
+    return params.matching(_CONNECTION_NAME, is_not="a connection name from postgres.connections")
 
 
 def _application_name() -> params.Validator:
-    def check(field: str, value: Any) -> str:
-        if not isinstance(value, str) or not _APPLICATION_NAME.fullmatch(value):
-            raise errors.ParamError(
-                field, f"{value!r:.80} is not an application_name (printable ASCII, ≤ 63)"
-            )
-        return value
-
-    return check
+    return params.matching(_APPLICATION_NAME, is_not="an application_name (printable ASCII, ≤ 63)")
 
 
 def _states() -> params.Validator:

@@ -1,0 +1,46 @@
+"""POST /webhook/alertmanager: Alertmanager's webhook (payload v4)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from remediator import errors
+from remediator.intake import alertmanager
+from remediator.web import auth, common
+
+if TYPE_CHECKING:
+    from remediator.runner import Daemon
+
+
+async def webhook(request: web.Request) -> web.Response:
+    d = request.app[common.DAEMON]
+    source = alertmanager.SOURCE
+    response = await _intake(request, d)
+    d.metrics.webhook_requests.labels(source=source, code=str(response.status)).inc()
+    return response
+
+
+async def _intake(request: web.Request, d: Daemon) -> web.Response:
+    source = alertmanager.SOURCE
+    if d.stopping:
+        return common.stopping()
+    if not auth.webhook_ok(request, d.settings.auth):
+        d.metrics.bad_input.labels(source=source, kind="unauthorized").inc()
+        return common.error(401, "missing or wrong credentials", **{"WWW-Authenticate": "Bearer"})
+    body = await common.read_body(request, d, source)
+    if isinstance(body, web.Response):
+        return body
+    received_at = dt.datetime.fromtimestamp(d.clock.now(), dt.UTC)  # the engine's clock
+    try:
+        alerts = alertmanager.parse(
+            body, received_at=received_at, max_alerts=d.settings.intake.max_alerts_per_request
+        )
+    except errors.IntakeError as exc:
+        return common.refused(d, source, exc)
+    return await common.journal(
+        d, alerts, source=source, payload=body, request_id=common.request_id(request),
+        received_at=received_at,
+    )  # fmt: skip
