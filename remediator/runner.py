@@ -34,7 +34,7 @@ from remediator.engine.silences import Silences
 from remediator.matching import loader
 from remediator.matching.index import RuleIndex
 from remediator.metrics import Metrics
-from remediator.models.alert import Alert
+from remediator.models.alert import Alert, parse_time
 from remediator.models.decision import Outcome, Reason
 from remediator.models.rule import Rule
 from remediator.settings import Settings
@@ -113,15 +113,17 @@ class Daemon:
         """Replay recent decisions: occurrences stay decided and cooldowns hold across restarts."""
         since = dt.datetime.fromtimestamp(self.clock.now(), dt.UTC) - DEDUP_HORIZON
         rows = await self.audit.recent_occurrences(since, limit=MAX_OCCURRENCES)
-        for rule, fingerprint, starts_at, outcome, reason, target, decided_at in rows:
-            at = dt.datetime.fromisoformat(decided_at.replace("Z", "+00:00")).timestamp()
-            key = occurrence_key(rule, fingerprint, starts_at)
+        for row in rows:
+            outcome, reason, target = row["outcome"], row["reason"], row["target"]
+            at = parse_time(row["decided_at"]).timestamp()
+            key = occurrence_key(row["rule"], row["fingerprint"], row["starts_at"])
             await self.state.set_occurrence(key, f"{outcome}/{reason}", at)
             acted = outcome in (Outcome.EXECUTED, Outcome.DRY_RUN) or (
                 outcome == Outcome.FAILED and reason != Reason.TEMPLATE_ERROR
             )
             if acted and target:
-                self.state.restore_attempt(rule=rule, target=target, at=at)
+                self.state.restore_attempt(rule=row["rule"], target=target, at=at)
+            await self.engine.restore(row, at=at)
         if rows:
             log.info("decisions_restored", count=len(rows))
 

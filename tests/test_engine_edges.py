@@ -346,3 +346,45 @@ def test_numbers_in_other_scripts_digits_are_not_numbers(digits: str) -> None:
         params.integer(lo=0, hi=1000)("to", digits)
     with pytest.raises(ValueError):
         durations.parse(digits + "s")
+
+
+VERIFIED = """
+rules:
+  - name: api-restart
+    matchers: ['alertname = "APIDown"']
+    action: {type: log, params: {message: "restart", target: "{{ labels.deployment }}"}}
+    limits: {cooldown: 0s}
+    verify: {resolve_within: 10m}
+  - name: announce
+    matchers: ['alertname = "DBDown"']
+    action: {type: notify.webhook, params: {url_env: UNSET_HOOK_FOR_TESTS}}
+    limits: {cooldown: 0s}
+    circuit_breaker: {open_after: 2, reset_after: 1h}
+"""
+
+
+async def test_a_restart_keeps_open_circuits_and_pending_verifications(tmp_path: Path) -> None:
+    waiting = am_alert("APIDown", deployment="api")
+    async with Harness(tmp_path, rules=VERIFIED, dry_run=False) as h:
+        await h.fire(waiting)
+        await h.fire(am_alert("DBDown", db="main"))
+        await h.fire(am_alert("DBDown", db="main"))
+        assert [o for o, _ in await h.outcomes()] == ["executed", "failed", "failed"]
+    async with Harness(tmp_path, rules=VERIFIED, dry_run=False) as h:
+        await h.fire(am_alert("DBDown", db="main"))
+        assert (await h.outcomes())[-1] == ("skipped", "circuit_open")  # still open
+        await h.fire(resolved(waiting))  # the attempt before the restart is verified
+        [first] = await h.decisions(rule="api-restart")
+        assert first["verification"].startswith("effective")
+        assert first["alert"]["labels"] == waiting["labels"]  # the audit says what it was about
+
+
+async def test_a_verification_due_while_the_daemon_was_down_is_marked_unknown(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path, rules=VERIFIED, dry_run=False) as h:
+        await h.fire(am_alert("APIDown", deployment="api"))
+    async with Harness(tmp_path, rules=VERIFIED, dry_run=False, now=START.timestamp() + 3600) as h:
+        await h.settle()
+        [row] = await h.decisions(rule="api-restart")
+        assert row["verification"] == "unknown: the daemon was down when it was due"

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     verification TEXT NOT NULL DEFAULT '',
     escalation TEXT NOT NULL DEFAULT '',
     result TEXT NOT NULL DEFAULT '{}',
-    silence TEXT NOT NULL DEFAULT ''
+    silence TEXT NOT NULL DEFAULT '',
+    alert TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS decisions_rule ON decisions (rule, id);
 CREATE INDEX IF NOT EXISTS decisions_alertname ON decisions (alertname, id);
@@ -56,7 +57,7 @@ CREATE INDEX IF NOT EXISTS decisions_decided_at ON decisions (decided_at);
 COLUMNS = (
     "id", "decided_at", "received_at", "rule", "alertname", "fingerprint", "starts_at",
     "source", "outcome", "reason", "target", "action", "params", "detail", "request_id",
-    "attempt", "verification", "escalation", "result", "silence",
+    "attempt", "verification", "escalation", "result", "silence", "alert",
 )  # fmt: skip
 
 
@@ -101,15 +102,15 @@ class Audit(Protocol):
 
     async def query(self, q: Query) -> list[dict[str, Any]]: ...
 
-    async def recent_occurrences(self, since: dt.datetime, *, limit: int) -> list[tuple[Any, ...]]:
-        """(rule, fingerprint, starts_at, outcome, reason, target, decided_at) of at most
-        `limit` decisions since a time, oldest first: rebuilds occurrence dedup on start."""
+    async def recent_occurrences(self, since: dt.datetime, *, limit: int) -> list[dict[str, Any]]:
+        """At most `limit` decisions since a time, oldest first (columns as in the API, the
+        alert decoded): rebuilds dedup, cooldowns, circuits and verifications on start."""
 
 
 log = structlog.get_logger(__name__)
 
 _Row = tuple[Any, ...]
-_INSERTED = (*COLUMNS[1:16], "result")
+_INSERTED = (*COLUMNS[1:16], "result", "alert")
 _INSERT = (
     f"INSERT INTO decisions ({', '.join(_INSERTED)}) "  # noqa: S608 - fixed names
     f"VALUES ({', '.join('?' * len(_INSERTED))})"
@@ -132,6 +133,7 @@ class SqliteAudit:
             d.starts_at, d.source, str(d.outcome), str(d.reason), d.target, d.action,
             json.dumps(dict(d.params), default=str), d.detail, d.request_id, d.attempt,
             json.dumps(dict(d.result), default=str) if d.result else "{}",
+            json.dumps({"labels": d.labels, "annotations": d.annotations}),
         )  # fmt: skip
 
         return Receipt(*self._rows.add(row))
@@ -205,17 +207,22 @@ class SqliteAudit:
             item = dict(zip(COLUMNS, row, strict=True))
             item["params"] = json.loads(item["params"])
             item["result"] = json.loads(item["result"])
+            item["alert"] = json.loads(item["alert"])
             out.append(item)
         return out
 
-    async def recent_occurrences(self, since: dt.datetime, *, limit: int) -> list[tuple[Any, ...]]:
+    async def recent_occurrences(self, since: dt.datetime, *, limit: int) -> list[dict[str, Any]]:
+        keys = (
+            "id", "rule", "fingerprint", "starts_at", "outcome", "reason", "target",
+            "decided_at", "received_at", "verification", "alert", "source", "alertname",
+        )  # fmt: skip
         sql = (
-            "SELECT rule, fingerprint, starts_at, outcome, reason, target, decided_at "
-            "FROM decisions WHERE decided_at >= ? ORDER BY id DESC LIMIT ?"
+            f"SELECT {', '.join(keys)} FROM decisions "  # noqa: S608 - fixed names
+            "WHERE decided_at >= ? ORDER BY id DESC LIMIT ?"
         )
         rows = await self._db.read(lambda c: c.execute(sql, (iso(since), limit)).fetchall())
         rows.reverse()
-        return rows
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 def _log_annotate_failure(fut: asyncio.Future[Any], decision_id: int) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import dataclasses
 import datetime as dt
+import json
 import time
 from collections.abc import Awaitable, Iterable, Mapping
 from typing import Any, Final, Literal
@@ -33,7 +34,7 @@ from remediator.engine.silences import Silences
 from remediator.matching import templates
 from remediator.matching.index import RuleIndex
 from remediator.metrics import Metrics
-from remediator.models.alert import Alert, iso, iso_ts
+from remediator.models.alert import Alert, iso, iso_ts, parse_time
 from remediator.models.decision import Decision, Outcome, Reason
 from remediator.models.rule import ActionSpec, Rule
 from remediator.settings import Settings
@@ -605,6 +606,38 @@ class Engine:
         self._verifying[key] = _Verifying(rule, alert, target, decision_id, timer)
         self._track(alert, key)
 
+    # -- restart ------------------------------------------------------------------
+
+    async def restore(self, row: Mapping[str, Any], *, at: float) -> None:
+        """Replay one audit row on start (oldest first): circuit breakers get their
+        failures back, and an executed attempt still waiting to be verified waits again."""
+        rule = self.index.by_name.get(row["rule"])
+        if rule is None or not row["target"]:
+            return  # the rule is gone: nothing of it to rebuild
+        target, outcome, reason = row["target"], row["outcome"], row["reason"]
+        verification: str = row["verification"]
+        if outcome == Outcome.FAILED and reason in (Reason.ACTION_ERROR, Reason.TIMEOUT):
+            await self.state.record_result(rule=rule, target=target, ok=False, now=at)
+        if outcome != Outcome.EXECUTED:
+            return
+        if verification.startswith("ineffective"):
+            await self.state.record_result(rule=rule, target=target, ok=False, now=at)
+        elif verification.startswith("effective") or rule.resolve_within is None:
+            await self.state.record_result(rule=rule, target=target, ok=True, now=at)
+        elif not verification:
+            alert = _restored_alert(row)
+            due = at + rule.resolve_within
+            if due <= self.clock.now():
+                # Due while the daemon was down: whether it resolved then is unknown.
+                self.audit.annotate(
+                    row["id"], verification="unknown: the daemon was down when it was due"
+                )
+                return
+            key = _key(rule, alert)
+            timer = self.clock.call_at(due, lambda: self._spawn(self._ineffective(key), "verify"))
+            self._verifying[key] = _Verifying(rule, alert, target, row["id"], timer)
+            self._track(alert, key)
+
     # -- verification and escalation --------------------------------------------
 
     async def _resolved(self, alert: Alert) -> None:
@@ -728,7 +761,7 @@ class Engine:
             decided_at=iso_ts(self.clock.now()),
             received_at=alert.received_at, target=target, action=action,
             params=params or {}, detail=detail, request_id=base.entry.request_id, attempt=attempt,
-            result=result or {},
+            result=result or {}, labels=alert.labels, annotations=alert.annotations,
         )  # fmt: skip
         key = _key(base.rule, alert)
         await self.state.set_occurrence(key, f"{outcome}/{reason}", base.now)
@@ -810,3 +843,23 @@ class _Base:
 def _action_result(outcome: Outcome) -> str:
     """`actions_total{result}`: ok, error, or refused (not_allowed found while running)."""
     return {Outcome.EXECUTED: "ok", Outcome.SKIPPED: "refused"}.get(outcome, "error")
+
+
+def _restored_alert(row: Mapping[str, Any]) -> Alert:
+    """The alert of an audit row, as far as the audit keeps it (for verification and
+    escalation after a restart)."""
+    kept = json.loads(row["alert"] or "{}")
+    starts = parse_time(row["starts_at"])
+    return Alert(
+        source=row["source"],
+        name=row["alertname"],
+        status="firing",
+        labels=kept.get("labels") or {"alertname": row["alertname"]},
+        annotations=kept.get("annotations") or {},
+        starts_at=starts,
+        ends_at=None,
+        fingerprint=row["fingerprint"],
+        generator_url="",
+        received_at=parse_time(row["received_at"]),
+        starts_iso=row["starts_at"],
+    )

@@ -67,3 +67,6 @@ class Decision:
     attempt: int = 1
     result: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """What the action reported (Result.data): what it changed or would change."""
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """The alert's, so the audit says what it was about (and a restart can verify it)."""
