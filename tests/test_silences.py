@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from remediator.engine.silences import parse_silences
 from remediator.models.alert import Alert
-from tests import servers
+from tests import servers, sns_fixtures
 from tests.harness import Harness, am_alert, resolved
 
 MINUTE = 60.0
@@ -392,3 +393,36 @@ async def test_a_silenced_alert_re_sent_adds_no_row_until_the_silence_ends(
         await h.advance(5)  # past cache_ttl
         await h.fire(alert)  # the next re-send after the silence ended is decided again
         assert await h.outcomes() == [("skipped", "silenced"), ("dry_run", "")]
+
+
+SNS_RULES = """
+rules:
+  - name: plooral-redeploy
+    source: sns
+    matchers: ['alertname = "PlooralAPIHighErrorRate"']
+    action: {type: log, params: {message: "redeploy", target: "{{ labels.ServiceName }}"}}
+"""
+
+
+async def test_a_cloudwatch_alarm_via_sns_is_held_off_by_an_alertmanager_silence(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, clean: servers.AlertmanagerServer
+) -> None:
+    """SNS alarms never pass through Alertmanager, yet its silences hold for them too."""
+    pki = sns_fixtures.make_pki(tmp_path_factory.mktemp("pki"))
+    await silence(clean, [{"name": "alertname", "value": "PlooralAPIHighErrorRate"}])
+    now = dt.datetime.now(dt.UTC)
+    both = sns_fixtures.sns_config(pki) + textwrap.dedent(config(clean))
+    async with (
+        sns_fixtures.CertServer(pki) as certs,
+        Harness(tmp_path, rules=SNS_RULES, config=both, now=now.timestamp()) as h,
+    ):
+        body = sns_fixtures.notification(
+            sns_fixtures.alarm_message(changed_at=now - dt.timedelta(minutes=1)),
+            cert_url=certs.cert_url,
+            key=pki.signing_key,
+            timestamp=now,
+        )
+        assert (await sns_fixtures.post_sns(h, body)).status == 200
+        await h.settle()
+        [d] = await h.decisions()
+        assert (d["source"], d["outcome"], d["reason"]) == ("sns", "skipped", "silenced")
