@@ -305,7 +305,7 @@ def test_listen_accepts_ipv6_and_an_empty_host_means_loopback() -> None:
 def test_a_settings_value_cannot_be_changed_after_loading() -> None:
     s = settings.load(None, environ={})
     with pytest.raises(dataclasses.FrozenInstanceError):
-        s.dry_run = False  # type: ignore[misc]
+        s.dry_run = False  # type: ignore[misc]  # the point: frozen must refuse it
 
 
 # --------------------------------------------------------------------------- blackouts

@@ -695,7 +695,10 @@ class DeletePod:
         if cfg is None:
             return _not_checked(f"delete at most {limit} pod(s) of {what}")
         kube, deadline = await _client(ctx, cfg), _deadline(ctx)
-        from remediator.clients.kubernetes import Conflict, NotFound  # noqa: PLC0415
+        from remediator.clients.kubernetes import (  # noqa: PLC0415 - loaded on first use
+            Conflict,
+            NotFound,
+        )
 
         if "pod" in values:
             pods = await kube.list_pods(

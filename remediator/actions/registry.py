@@ -33,7 +33,7 @@ def _load_builtin() -> None:
     if _loaded:
         return
     _loaded = True
-    from remediator.actions import (  # noqa: F401, PLC0415
+    from remediator.actions import (  # noqa: F401, PLC0415 - imported to register, lazily
         aws,
         builtin,
         docker,

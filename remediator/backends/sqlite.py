@@ -202,8 +202,8 @@ def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:
         return
     if source.cancelled():
         target.cancel()
-    elif source.exception() is not None:
-        target.set_exception(source.exception())  # type: ignore[arg-type]
+    elif (exc := source.exception()) is not None:
+        target.set_exception(exc)
     else:
         target.set_result(source.result())
 

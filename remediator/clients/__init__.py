@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import structlog
@@ -41,7 +41,7 @@ class Clients:
         """The client named `key`, opened by `opener` on first use; `closer` at shutdown."""
         found = self._opened.get(key)
         if found is not None:
-            return found[0]  # type: ignore[no-any-return]
+            return cast(T, found[0])  # stored by the opener of this key, of its type
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             found = self._opened.get(key)
@@ -49,7 +49,7 @@ class Clients:
                 client = await opener()
                 self._opened[key] = (client, closer)
                 return client
-        return found[0]  # type: ignore[no-any-return]
+        return cast(T, found[0])
 
     async def close(self) -> None:
         for key, (client, closer) in reversed(list(self._opened.items())):

@@ -305,7 +305,8 @@ def _action(at: _At, key: str, value: Any, *, required: bool) -> ActionSpec | No
         action.schema.check_static(compiled)
     except errors.ParamError as exc:
         raise pat.error(exc.field, f"{type_}: {exc}") from exc
-    return ActionSpec(type=type_, params=compiled)  # type: ignore[arg-type]
+    assert isinstance(type_, str)  # registry.get found an action for it above
+    return ActionSpec(type=type_, params=compiled)
 
 
 def _first_bad_template(raw: dict[str, Any]) -> str | None:
