@@ -6,14 +6,23 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint check bench format system-deps clean
 
-$(STAMP): pyproject.toml
+RUN_STAMP := $(VENV)/.installed-run
+
+# The daemon alone (what `make run` needs) ...
+$(RUN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+# ... and with what tests, lint and bench need.
+$(STAMP): $(RUN_STAMP)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 ## run: start the daemon on the embedded default (SQLite, in-process state, dry-run, ./rules)
-run: $(STAMP)
+##      flags through ARGS, e.g. make run ARGS="--listen 127.0.0.1:9098 --no-dry-run"
+run: $(RUN_STAMP)
 	$(VENV)/bin/remediator serve $(ARGS)
 
 ## system-deps: Debian servers the integration tests start (installed when missing and root)
@@ -43,7 +52,7 @@ test: $(STAMP) system-deps lint
 	$(PY) -m pytest -q
 
 ## check: validate the rule files in ./rules
-check: $(STAMP)
+check: $(RUN_STAMP)
 	$(VENV)/bin/remediator check rules
 
 ## bench: load generator against the daemon and a bare aiohttp server; prints figures

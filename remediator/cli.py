@@ -108,6 +108,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{len(exc.errors)} error(s)", file=sys.stderr)
         return 1
     files = len(loader.rule_files(directory))
+    if files == 0:
+        # A wrong path must not pass as "no errors".
+        print(f"{directory}: no rule files (*.yaml, *.yml) here", file=sys.stderr)
+        return 1
     print(f"ok: {len(rules)} rules in {files} files")
     return 0
 

@@ -97,8 +97,8 @@ class ParamError(RemediatorError):
 class NotAllowed(RemediatorError):
     """A rendered parameter is valid but outside what the rule or config allows."""
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"param {field!r}: {message}")
+    def __init__(self, field: str, message: str, *, what: str = "param") -> None:
+        super().__init__(f"{what} {field!r}: {message}")
         self.field = field
 
 

@@ -522,7 +522,8 @@ class Reader:
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.seen, key=str)
         if unknown:
-            raise errors.ConfigError(f"{self.prefix}{unknown[0]}", "unknown key")
+            known = ", ".join(sorted(self.seen))
+            raise errors.ConfigError(f"{self.prefix}{unknown[0]}", f"unknown key; known: {known}")
 
     def section(self, key: str) -> Reader:
         return Reader(self._get(key), f"{self.prefix}{key}.")

@@ -423,3 +423,9 @@ def test_serve_keeps_its_rules_when_a_sighup_reload_finds_a_broken_file(tmp_path
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=STOP_TIMEOUT) == 0
+
+
+def test_check_on_a_directory_without_rule_files_fails(tmp_path: Path) -> None:
+    result = run("check", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "no rule files" in result.stderr

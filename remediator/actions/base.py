@@ -75,6 +75,6 @@ def family_config(settings: Settings, name: str) -> Any:
     cfg = settings.section(name)
     if cfg is None and not settings.dry_run:
         raise errors.NotAllowed(
-            name, f"no `{name}:` section in the config file: nothing is allowed"
+            name, f"no `{name}:` section in the config file: nothing is allowed", what="config"
         )
     return cfg

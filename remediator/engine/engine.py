@@ -341,7 +341,10 @@ class Engine:
             timer = self.clock.call_at(due, lambda: self._queue.put_nowait(_Recheck(entry, rule)))
             self._held[key] = _Held(entry, rule, timer)
             self._track(alert, key)
-            log.debug("alert_held", rule=rule.name, fingerprint=alert.fingerprint, due=due)
+            log.info(
+                "alert_held", rule=rule.name, fingerprint=alert.fingerprint,
+                request_id=entry.request_id, decided_at=iso_ts(due),
+            )  # fmt: skip
             return HELD
         action, values, target, problem = prepare(rule.action, rule, alert, self.settings)
         if problem is not None:
