@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import fuzz
 from tests.harness import Harness, am_alert, payload, resolved
 
 RULES = """
@@ -423,62 +424,17 @@ async def test_past_the_backlog_limit_the_webhook_answers_503_and_journals_nothi
 
 # -- fuzzing ------------------------------------------------------------------------
 
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats()
-    | st.text(max_size=30)
-    | st.sampled_from(["firing", "resolved", "4", "APIDown", "", "2027-01-15T11:50:00Z"])
+json_values = fuzz.json_values(
+    samples=["firing", "resolved", "4", "APIDown", "", "2027-01-15T11:50:00Z"]
 )
-json_values = st.recursive(
-    _scalars,
-    lambda kids: (
-        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=12), kids, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-def _slots(node: Any) -> list[tuple[Any, Any]]:
-    """Every (container, key) of a JSON tree: places a mutation can hit."""
-    out: list[tuple[Any, Any]] = []
-    items = (
-        node.items()
-        if isinstance(node, dict)
-        else enumerate(node)
-        if isinstance(node, list)
-        else ()
-    )
-    for key, child in items:
-        out.append((node, key))
-        out.extend(_slots(child))
-    return out
 
 
 @st.composite
 def mutated_payloads(draw: st.DrawFn) -> bytes:
     """A valid payload with a few values replaced, removed or added, sometimes cut short."""
     doc = payload(api_down(), api_down("web"))
-    for _ in range(draw(st.integers(1, 4))):
-        slots = _slots(doc)
-        if not slots:
-            break
-        container, key = draw(st.sampled_from(slots))
-        op = draw(st.sampled_from(["replace", "delete", "add"]))
-        if op == "replace":
-            container[key] = draw(json_values)
-        elif op == "delete":
-            del container[key]
-        elif isinstance(container, dict):
-            container[draw(st.text(max_size=12))] = draw(json_values)
-        else:
-            container.append(draw(json_values))
-    raw = json.dumps(doc).encode()
-    if draw(st.booleans()):
-        return raw
-    cut = draw(st.integers(0, len(raw)))
-    return raw[:cut] + draw(st.binary(max_size=8)) + raw[cut + draw(st.integers(0, 8)) :]
+    fuzz.mutate(draw, doc, times=draw(st.integers(1, 4)), values=json_values)
+    return fuzz.garble(draw, json.dumps(doc).encode())
 
 
 bodies = st.one_of(

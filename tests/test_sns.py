@@ -16,7 +16,7 @@ import datetime as dt
 import hashlib
 import json
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from remediator import cli, errors, intake
 from remediator import settings as settings_mod
 from remediator.intake import sns
+from tests import fuzz
 from tests.harness import START, Harness
 from tests.sns_fixtures import (
     ALARM_ARN,
@@ -920,26 +921,7 @@ def test_simulate_reads_an_sns_notification_without_checking_its_signature(
 
 # -- fuzzing --------------------------------------------------------------------------
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-def _slots(node: Any) -> Iterator[tuple[Any, Any]]:
-    items = (
-        node.items()
-        if isinstance(node, dict)
-        else enumerate(node)
-        if isinstance(node, list)
-        else ()
-    )
-    for key, child in list(items):
-        yield node, key
-        yield from _slots(child)
+json_values = fuzz.json_values(nan=False)
 
 
 @st.composite
@@ -953,27 +935,13 @@ def mutated(draw: st.DrawFn, valid: list[dict[str, Any]], key: Any) -> tuple[byt
     if doc["Type"] == "Notification" and draw(st.booleans()):
         inner = json.loads(doc["Message"])
         for _ in range(draw(st.integers(1, 3))):
-            container, slot = draw(st.sampled_from(list(_slots(inner))))
+            container, slot = draw(st.sampled_from(fuzz.slots(inner)))
             container[slot] = draw(json_values)
         doc["Message"] = json.dumps(inner)
         doc["MessageId"] = str(draw(st.uuids()))
         doc = sign(doc, key, draw(st.sampled_from(["1", "2"])))
-    for _ in range(draw(st.integers(0, 3))):
-        container, key = draw(st.sampled_from(list(_slots(doc))))
-        op = draw(st.sampled_from(["replace", "delete", "add"]))
-        if op == "replace":
-            container[key] = draw(json_values)
-        elif op == "delete":
-            del container[key]
-        elif isinstance(container, dict):
-            container[draw(st.text(max_size=12))] = draw(json_values)
-        else:
-            container.append(draw(json_values))
-    raw = json.dumps(doc).encode()
-    if draw(st.booleans()):
-        return raw, header
-    cut = draw(st.integers(0, len(raw)))
-    return raw[:cut] + draw(st.binary(max_size=8)) + raw[cut + draw(st.integers(0, 8)) :], header
+    fuzz.mutate(draw, doc, times=draw(st.integers(0, 3)), values=json_values)
+    return fuzz.garble(draw, json.dumps(doc).encode()), header
 
 
 headers = st.sampled_from([*sns.TYPES, "Bogus", " "])
