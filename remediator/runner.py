@@ -221,11 +221,9 @@ class Daemon:
 
     def refresh_gauges(self) -> None:
         self.metrics.journal_backlog.set(self.journal.backlog)
-        now = self.clock.now()
-        for rule in self.engine.index.rules:
-            self.metrics.circuit_open.labels(rule=rule.name).set(
-                self.state.open_circuits(rule, now)
-            )
+        counts = self.state.open_circuits(self.engine.index.by_name, self.clock.now())
+        for name, count in counts.items():
+            self.metrics.circuit_open.labels(rule=name).set(count)
 
     def readiness_problems(self) -> list[str]:
         problems = []

@@ -83,7 +83,8 @@ def iam_actions() -> set[str]:
 
 # -- config ---------------------------------------------------------------------------
 
-_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
+_REGION_TEXT = r"[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}"
+_REGION = re.compile(_REGION_TEXT)
 _ACCOUNT = re.compile(r"[0-9]{12}")
 _PROFILE = re.compile(r"[A-Za-z0-9_.+=,@-]{1,128}")
 _URL = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s]*)?")
@@ -190,7 +191,7 @@ def _cfg(settings: Settings) -> AwsConfig | None:
 # -- names and ARNs -------------------------------------------------------------------
 
 _P = r"(aws|aws-cn|aws-us-gov)"
-_RA = r"([a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}):([0-9]{12})"
+_RA = rf"({_REGION_TEXT}):([0-9]{{12}})"
 _ECS_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _ECS_CLUSTER_ARN = re.compile(rf"arn:{_P}:ecs:{_RA}:cluster/([A-Za-z0-9_-]{{1,255}})")
 _ECS_SERVICE_ARN = re.compile(

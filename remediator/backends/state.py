@@ -9,6 +9,7 @@ both pass a guard.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
 from remediator.engine import guards
@@ -59,7 +60,8 @@ class State(Protocol):
 
     async def snapshot(self, rule: Rule, now: float) -> dict[str, object]: ...
 
-    def open_circuits(self, rule: Rule, now: float) -> int: ...
+    def open_circuits(self, rules: Mapping[str, Rule], now: float) -> dict[str, int]:
+        """Open circuits per rule name, in one pass (it runs on every /metrics scrape)."""
 
     def restore_attempt(self, *, rule: str, target: str, at: float) -> None: ...
 
@@ -234,12 +236,13 @@ class MemoryState:
             }
         return {"targets": out}
 
-    def open_circuits(self, rule: Rule, now: float) -> int:
-        return sum(
-            1
-            for (r, _), c in self._circuits.items()
-            if r == rule.name and guards.circuit_blocks(c, rule, now)
-        )
+    def open_circuits(self, rules: Mapping[str, Rule], now: float) -> dict[str, int]:
+        counts = dict.fromkeys(rules, 0)
+        for (name, _), c in self._circuits.items():
+            rule = rules.get(name)
+            if rule is not None and guards.circuit_blocks(c, rule, now):
+                counts[name] += 1
+        return counts
 
     def restore_attempt(self, *, rule: str, target: str, at: float) -> None:
         """Replay an attempt from the audit on start, so cooldowns survive a restart."""
