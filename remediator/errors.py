@@ -6,7 +6,6 @@
     ├── RuleFileErrors         all of a directory's rule file errors, reported at once
     ├── IntakeError            a webhook body cannot be accepted → HTTP 4xx (`status`)
     │   ├── PayloadTooLarge    → 413
-    │   ├── Unauthorized       → 401
     │   └── intake.sns.Rejected  a signed message refused for what it claims → 403
     ├── Backpressure           the journal backlog is full → 503, the sender retries
     ├── TemplateError          a template references a key the alert does not have
@@ -16,9 +15,8 @@
     └── ActionError            an outgoing call failed: an action's, or one made for it
         │                      (Alertmanager's silences, an SNS certificate fetch)
         ├── PermanentError     retrying cannot help (404, 403, bad request)
-        ├── TemporaryError     may succeed later (timeout, 429, 5xx); carries `delay`
-        │   └── NotSent        never reached the receiver (refused, 429): safe to retry
-        └── ActionTimeout      the action did not finish within its timeout
+        └── TemporaryError     may succeed later (timeout, 429, 5xx); carries `delay`
+            └── NotSent        never reached the receiver (refused, 429): safe to retry
 
 Every error carries what failed (rule, target, config key, field) so that the message
 says what to fix. Library exceptions are wrapped at the client boundary (clients/)
@@ -74,10 +72,6 @@ class PayloadTooLarge(IntakeError):
     status = 413
 
 
-class Unauthorized(IntakeError):
-    status = 401
-
-
 class Backpressure(RemediatorError):
     """The journal backlog reached its bound; answer 503 so the sender retries."""
 
@@ -121,7 +115,3 @@ class TemporaryError(ActionError):
 class NotSent(TemporaryError):
     """The request never reached (or was refused unprocessed by) the receiver: a retry
     cannot do anything twice, even for an action that is not idempotent."""
-
-
-class ActionTimeout(ActionError):
-    """The action did not finish within its timeout."""

@@ -74,7 +74,6 @@ class Daemon:
         self.clients: Clients | None = None
         self.engine: Engine
         self._engine_task: asyncio.Task[None] | None = None
-        self._reload_error = ""
         self._reload_lock = asyncio.Lock()
         self._config_loader = config_loader
 
@@ -192,7 +191,6 @@ class Daemon:
             try:
                 fresh, rules = await asyncio.to_thread(self._load_config_and_rules)
             except (errors.ConfigError, errors.RuleFileErrors) as exc:
-                self._reload_error = str(exc)
                 self.metrics.reload_ok.set(0)
                 details = exc.errors if isinstance(exc, errors.RuleFileErrors) else [exc]
                 log.error("reload_failed", errors=[str(e) for e in details])
@@ -214,7 +212,6 @@ class Daemon:
         return fresh, loader.load_dir(fresh.rules_dir)
 
     def _reloaded(self, count: int) -> None:
-        self._reload_error = ""
         self.metrics.rules_loaded.set(count)
         self.metrics.reload_ok.set(1)
         self.metrics.reload_ts.set(time.time())

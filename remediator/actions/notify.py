@@ -15,8 +15,6 @@ from remediator.actions import params, registry
 from remediator.actions.base import Context, Result
 from remediator.settings import Settings
 
-DEFAULT_TEXT = "{{ alert.name }}"
-
 
 class NotifyWebhook:
     type: ClassVar[str] = "notify.webhook"

@@ -74,10 +74,6 @@ def _key(rule: Rule, alert: Alert) -> str:
     return occurrence_key(rule.name, alert.fingerprint, alert.starts_iso)
 
 
-def _occurrence(alert: Alert) -> str:
-    return f"{alert.fingerprint}\x00{alert.starts_iso}"
-
-
 def prepare(
     spec: ActionSpec, rule: Rule, alert: Alert, settings: Settings
 ) -> tuple[Action | None, dict[str, Any] | None, str, tuple[Reason, str] | None]:
@@ -243,10 +239,10 @@ class Engine:
             self._release_ref(item.entry)
 
     def _track(self, alert: Alert, key: str) -> None:
-        self._waiting.setdefault(_occurrence(alert), set()).add(key)
+        self._waiting.setdefault(alert.occurrence, set()).add(key)
 
     def _untrack(self, alert: Alert, key: str) -> None:
-        occ = _occurrence(alert)
+        occ = alert.occurrence
         keys = self._waiting.get(occ)
         if keys is not None:
             keys.discard(key)
@@ -326,7 +322,7 @@ class Engine:
         if skip is not None:
             await self._record(base, Outcome.SKIPPED, skip[0], detail=skip[1])
             return DECIDED
-        if _occurrence(alert) in self._resolved_recently:
+        if alert.occurrence in self._resolved_recently:
             await self._record(
                 base, Outcome.SKIPPED, Reason.TOO_YOUNG,
                 detail="resolved before it was decided: nothing to remediate",
@@ -583,7 +579,7 @@ class Engine:
             if await self.state.record_result(rule=rule, target=target, ok=False, now=now):
                 await self._escalate(rule, alert, target, decision_id, f"circuit opened: {detail}")
             return
-        if _occurrence(alert) in self._resolved_recently:
+        if alert.occurrence in self._resolved_recently:
             # It resolved while the action ran (or waited for a slot): nothing left to
             # wait for, and no silence to hold over a resolved alert.
             await self.state.record_result(rule=rule, target=target, ok=True, now=now)
@@ -645,7 +641,7 @@ class Engine:
 
     async def _resolved(self, alert: Alert) -> None:
         """A resolved notification: release what waits on this occurrence, by any rule."""
-        occ = _occurrence(alert)
+        occ = alert.occurrence
         now = self.clock.now()
         self._resolved_recently[occ] = now
         self._resolved_recently.move_to_end(occ)
@@ -830,10 +826,6 @@ class Engine:
             h.timer.cancel()
         for v in self._verifying.values():
             v.timer.cancel()
-
-    @property
-    def held_count(self) -> int:
-        return len(self._held)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

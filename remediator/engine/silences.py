@@ -159,7 +159,7 @@ class Silences:
         now = self._clock.now()
         for occ in [o for o, h in self._held.items() if h.ends_at <= now]:
             del self._held[occ]  # ended on its own: alerts that never resolve leave nothing
-        held = self._held.get(_occurrence(alert))
+        held = self._held.get(alert.occurrence)
         if held is not None:
             # Never extend: the silence made for the first attempt keeps its end.
             return f"silence {held.silence_id} already held for this occurrence"
@@ -186,7 +186,7 @@ class Silences:
             return f"silence not created: {exc}"
         self._metrics.silences_managed.labels(operation="create", result="ok").inc()
         text = f"silence {silence_id} until {iso(ends)}"
-        self._held[_occurrence(alert)] = _Held(silence_id, decision_id, text, now + duration)
+        self._held[alert.occurrence] = _Held(silence_id, decision_id, text, now + duration)
         self.invalidate()
         log.info("silence_created", rule=rule, fingerprint=alert.fingerprint, silence_id=silence_id)
         return text
@@ -196,7 +196,7 @@ class Silences:
 
         Returns (decision id, full audit text) for the row that created it, or None.
         """
-        held = self._held.pop(_occurrence(alert), None)
+        held = self._held.pop(alert.occurrence, None)
         if held is None:
             return None
         silence_id, decision_id, created = held.silence_id, held.decision_id, held.text
@@ -220,7 +220,3 @@ class _Held:
     decision_id: int
     text: str
     ends_at: float
-
-
-def _occurrence(alert: Alert) -> str:
-    return f"{alert.fingerprint}\x00{alert.starts_iso}"
