@@ -130,7 +130,8 @@ async def test_one_alert_matching_two_rules_gets_one_decision_per_rule(tmp_path:
             ("api-announce", "log oncall-channel", "dry_run"),
             ("api-restart", "log prod/api", "dry_run"),
         ]
-        assert await h.metric("remediator_duplicates_total", **SOURCE) >= 1.0
+        # One re-delivered alert is one duplicate, however many rules it matches.
+        assert await h.metric("remediator_duplicates_total", **SOURCE) == 1.0
 
 
 async def test_after_a_restart_a_resend_is_still_a_duplicate_and_the_cooldown_holds(
