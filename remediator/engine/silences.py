@@ -112,7 +112,10 @@ class Silences:
                 f"cannot ask Alertmanager about silences ({exc}); alertmanager.on_error="
                 "fail_closed keeps hands off",
             )
+        own = {h.silence_id for h in self._held.values()}
         for s in silences:
+            if s.id in own:
+                continue  # ours, made while remediating: it must not stop the next step
             if s.covers(alert.labels, now):
                 self._metrics.silence_checks.labels(result="silenced").inc()
                 return Reason.SILENCED, f"silence {s.id} by {s.created_by}: {s.comment[:200]}"
@@ -190,6 +193,20 @@ class Silences:
         self.invalidate()
         log.info("silence_created", rule=rule, fingerprint=alert.fingerprint, silence_id=silence_id)
         return text
+
+    def held_record(self, alert: Alert) -> dict[str, Any] | None:
+        """The silence held for this occurrence, as a remediation's record keeps it."""
+        held = self._held.get(alert.occurrence)
+        return None if held is None else dataclasses.asdict(held)
+
+    def adopt(self, alert: Alert, record: dict[str, Any]) -> None:
+        """Take back, after a restart, a silence held for an occurrence still remediated."""
+        self._held[alert.occurrence] = _Held(
+            str(record["silence_id"]),
+            int(record["decision_id"]),
+            str(record["text"]),
+            float(record["ends_at"]),
+        )
 
     async def release(self, alert: Alert) -> tuple[int, str] | None:
         """Expire the silence held for this resolved occurrence, if any.
