@@ -896,17 +896,7 @@ async def test_an_engine_api_version_in_other_digits_is_refused(
 # --------------------------------------------------------------------------- rule limits
 
 
-COMPOSE_LIMITS = """\
-rules:
-  - name: apidown-compose
-    matchers: ['alertname = "APIDown"']
-    action:
-      type: docker.restart
-      params:
-        compose_service: "{{ labels.compose_project }}/backend"
-        stop_timeout: 3s
-        max_containers: 3
-"""
+COMPOSE_LIMITS = SERVICE_RULE.lstrip("\n")  # line 8: stop_timeout, line 9: max_containers
 
 
 @pytest.mark.parametrize(
