@@ -55,6 +55,7 @@ def test_the_example_rules_load() -> None:
     assert set(by_name) == {
         "apidown-restart",
         "apidown-compose-restart",
+        "redisdown-compose-restart",
         "traffic-spike-scale-up",
         "db-pool-exhausted-terminate",
         "sqs-backlog-scale-consumers",
