@@ -469,6 +469,8 @@ async def test_a_container_unhealthy_after_its_restart_is_a_failed_attempt_quoti
         "/health: connect ECONNREFUSED 127.0.0.1:3001"
     )
     assert "run 1" not in row["detail"]  # Docker keeps the run before's results: not evidence
+    [seen] = row["result"]["containers"]  # the failed attempt's evidence, in its row
+    assert (seen["name"], seen["health"]) == (backend.name, "unhealthy")
 
 
 async def test_a_health_check_still_starting_at_the_health_timeout_is_a_failed_attempt(

@@ -174,7 +174,7 @@ class Decider:
         spec = rule.steps[w.step].action
         prepared = prepare(spec, rule, w.alert, settings)
         if not isinstance(prepared, Prepared):
-            reason, detail = prepared
+            reason, detail = prepared.reason, prepared.detail
             decision_id = await self._recorder.record(
                 w, Outcome.SKIPPED, reason, detail=detail, action=spec.type, durable=rem is not None
             )

@@ -12,8 +12,9 @@ import asyncio
 import dataclasses
 import datetime as dt
 import time
+import types
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -31,7 +32,20 @@ from remediator.models.rule import ActionSpec, Rule
 from remediator.settings import Settings
 
 log = structlog.get_logger("remediator.engine")
-Failure = tuple[Reason, str]
+
+
+class Failure(NamedTuple):
+    """Why an action did not run, or failed: a reason, what to tell, and the evidence it
+    gathered before failing (`errors.ActionError.data`, the failed row's `result`)."""
+
+    reason: Reason
+    detail: str
+    data: Mapping[str, Any] = types.MappingProxyType({})
+
+
+def _failure(exc: errors.RemediatorError, reason: Reason = Reason.ACTION_ERROR) -> Failure:
+    data = exc.data if isinstance(exc, errors.ActionError) else {}
+    return Failure(reason, str(exc), data)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,7 +72,7 @@ def prepare(
     """
     action = registry.get(spec.type)
     if action is None:
-        return Reason.TEMPLATE_ERROR, f"unknown action type {spec.type!r}"
+        return Failure(Reason.TEMPLATE_ERROR, f"unknown action type {spec.type!r}")
     try:
         rendered = templates.render_params(
             spec.params, scope(rule, alert, settings, escalation), action.schema.escapes
@@ -66,9 +80,9 @@ def prepare(
         values = action.schema.validate(rendered)
         action.check_allowed(values, settings)
     except (errors.TemplateError, errors.ParamError) as exc:
-        return Reason.TEMPLATE_ERROR, f"{spec.type}: {exc}"
+        return Failure(Reason.TEMPLATE_ERROR, f"{spec.type}: {exc}")
     except errors.NotAllowed as exc:
-        return Reason.NOT_ALLOWED, f"{spec.type}: {exc}"
+        return Failure(Reason.NOT_ALLOWED, f"{spec.type}: {exc}")
     return Prepared(action, values, f"{action.type} {action.target(values) or rule.name}")
 
 
@@ -128,34 +142,33 @@ class Executor:
             try:
                 return await fn(values, ctx), None
             except errors.NotAllowed as exc:
-                return None, (Reason.NOT_ALLOWED, str(exc))
+                return None, _failure(exc, Reason.NOT_ALLOWED)
             except errors.RemediatorError as exc:
-                return None, (Reason.ACTION_ERROR, str(exc))
+                return None, _failure(exc)
         deadline = time.monotonic() + ctx.timeout
         while True:
             try:
                 async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                     return await fn(values, ctx), None
             except TimeoutError:
-                return None, (
-                    Reason.TIMEOUT,
-                    f"no result within {ctx.timeout:.0f}s (limits.action_timeout)",
+                return None, Failure(
+                    Reason.TIMEOUT, f"no result within {ctx.timeout:.0f}s (limits.action_timeout)"
                 )
             except errors.TemporaryError as exc:
                 retry_safe = action.idempotent or isinstance(exc, errors.NotSent)
                 if not retry_safe or time.monotonic() + exc.delay >= deadline:
-                    return None, (Reason.ACTION_ERROR, str(exc))
+                    return None, _failure(exc)
                 ctx.log.info("action_retry", action=action.type, error=str(exc), delay=exc.delay)
                 await asyncio.sleep(exc.delay)
             except errors.NotAllowed as exc:
                 # Only known once the target is read (a protected label, an HPA owning
                 # the replicas): a refusal, not a failure of the fix.
-                return None, (Reason.NOT_ALLOWED, str(exc))
+                return None, _failure(exc, Reason.NOT_ALLOWED)
             except errors.RemediatorError as exc:
-                return None, (Reason.ACTION_ERROR, str(exc))
+                return None, _failure(exc)
             except Exception as exc:
                 ctx.log.exception("action_crashed", action=action.type)
-                return None, (Reason.ACTION_ERROR, f"{type(exc).__name__}: {exc}")
+                return None, Failure(Reason.ACTION_ERROR, f"{type(exc).__name__}: {exc}")
 
     async def dry_run(self, w: Work, p: Prepared, *, attempt: int, shadow: bool) -> None:
         """Dry-run the action (in a slot unless it is local) and record the decision."""
@@ -223,10 +236,11 @@ class Executor:
                 result.detail,
                 result.data,
             )
-        elif failure[0] is Reason.NOT_ALLOWED:
-            outcome, reason, detail = Outcome.SKIPPED, failure[0], failure[1]
+        elif failure.reason is Reason.NOT_ALLOWED:
+            outcome, reason, detail = Outcome.SKIPPED, failure.reason, failure.detail
         else:
-            outcome, reason, detail = Outcome.FAILED, failure[0], failure[1]
+            outcome, reason, detail = Outcome.FAILED, failure.reason, failure.detail
+            data = failure.data  # what it had done and read back before it failed
         await self._recorder.audit.update(
             decision_id, outcome=outcome, reason=reason, detail=detail, result=data
         )
