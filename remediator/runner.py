@@ -110,11 +110,15 @@ class Daemon:
         if replayed:
             log.info("decisions_restored", count=replayed)
         pending = await self.journal.pending(intake.replay)
+        await self.engine.restore()
         self._engine_task = asyncio.create_task(
             self.engine.run(self.settings.workers), name="engine"
         )
-        await self.engine.restore()
+        # What the journal kept is decided before the remediations go on: a resolve that
+        # arrived just before a crash must end a remediation, not meet its next step.
         self.engine.submit(pending)
+        await self.engine.wait_idle()
+        self.engine.resume()
         self._pause_gauges()
         for key, p in self.state.pauses().items():
             log.warning(

@@ -367,7 +367,7 @@ def _sections(r: Reader, env: Mapping[str, str]) -> dict[str, Any]:
 
 def parse_listen(text: str, path: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise errors.ConfigError(path, f"expected HOST:PORT, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

@@ -68,10 +68,33 @@ async def test_a_second_alert_about_the_same_target_waits_for_the_cooldown(tmp_p
     async with Harness(tmp_path, rules=RESTART, dry_run=False) as h:
         await h.fire(fresh())
         await h.advance(60)
+        second = fresh()
+        await h.fire(second)
+        assert await h.outcomes() == [("executed", ""), ("skipped", "cooldown")]
+        await h.advance(14 * 60 - 1)
+        assert len(await h.decisions()) == 2
+        await h.advance(1)  # the cooldown is over and it still fires: its own attempt
+        rows = await h.decisions()
+        assert [(r["outcome"], r["fingerprint"]) for r in rows[2:]] == [
+            ("executed", second["fingerprint"])
+        ]
+
+
+async def test_an_alert_waiting_for_a_cooldown_that_resolves_meanwhile_gets_no_attempt(
+    tmp_path: Path,
+) -> None:
+    async with Harness(tmp_path, rules=RESTART, dry_run=False) as h:
         await h.fire(fresh())
-        await h.advance(15 * 60)
-        await h.fire(fresh())
-        assert await h.outcomes() == [("executed", ""), ("skipped", "cooldown"), ("executed", "")]
+        second = fresh()
+        await h.fire(second)
+        await h.advance(5 * 60)
+        await h.fire(resolved(second))
+        await h.advance(20 * 60)
+        assert await h.outcomes() == [
+            ("executed", ""),
+            ("skipped", "cooldown"),
+            ("skipped", "resolved"),
+        ]
 
 
 # -- cooldown across rules --------------------------------------------------------
@@ -99,8 +122,7 @@ async def test_two_rules_acting_on_the_same_target_share_its_cooldown(tmp_path: 
         await h.advance(MINUTE)
         await h.fire(am_alert("APIErrors", namespace="prod", deployment="api"))
         await h.fire(am_alert("APIErrors", namespace="prod", deployment="web"))
-        await h.advance(15 * MINUTE)
-        await h.fire(am_alert("APIErrors", namespace="prod", deployment="api"))
+        await h.advance(14 * MINUTE)  # the shared cooldown ends: the refused one goes now
         rows = await h.decisions()
         assert [(d["rule"], d["target"], d["outcome"], d["reason"]) for d in rows] == [
             ("api-restart", "log prod/api", "dry_run", ""),
@@ -109,6 +131,7 @@ async def test_two_rules_acting_on_the_same_target_share_its_cooldown(tmp_path: 
             ("api-restart-on-errors", "log prod/api", "dry_run", ""),
         ]
         assert "limits.cooldown" in rows[1]["detail"]
+        assert rows[1]["fingerprint"] == rows[3]["fingerprint"]
 
 
 # -- attempts, rule rate, global budgets ------------------------------------------

@@ -16,6 +16,9 @@ from remediator.actions.base import Context, Result
 from remediator.matching import templates
 from remediator.settings import Settings
 
+MAX_TEXT = 4000
+"""Characters of a message sent (Slack shows up to 40,000; a page needs far fewer)."""
+
 
 class NotifyWebhook:
     type: ClassVar[str] = "notify.webhook"
@@ -28,7 +31,8 @@ class NotifyWebhook:
         {
             "url_env": params.Field(params.env_name(), doc="environment variable holding the URL"),
             "text": params.Field(
-                params.text(max_len=4000),
+                # Room for escaping (`<` becomes `&lt;`): the message is cut at 4000.
+                params.text(max_len=16000),
                 required=False,
                 doc="message text (Slack mrkdwn; values from templates are escaped)",
                 escape=templates.slack_escape,
@@ -51,7 +55,7 @@ class NotifyWebhook:
         return url
 
     def _message(self, values: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
-        return {"text": values.get("text") or default_text(ctx)}
+        return {"text": (values.get("text") or default_text(ctx))[:MAX_TEXT]}
 
     async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         body = self._message(values, ctx)
@@ -88,7 +92,7 @@ def default_text(ctx: Context) -> str:
         lines.append(f"Decision {e.decision_id}: {e.url}")
     elif e.decision_id:
         lines.append(f"Decision {e.decision_id} (GET /api/v1/decisions/{e.decision_id})")
-    return "\n".join(lines)[:4000]
+    return "\n".join(lines)[:MAX_TEXT]
 
 
 registry.register(NotifyWebhook())

@@ -87,7 +87,10 @@ class State(Protocol):
         """Drop a claim left by a decision that failed half-way (decided afresh later)."""
 
     async def reserve(self, *, rule: Rule, target: str, budgets: Budgets, now: float,
-                      dry_run: bool) -> Verdict: ...  # fmt: skip
+                      dry_run: bool, shadow: bool = False) -> Verdict:  # fmt: skip
+        """Check cooldown, attempts, rule rate, budgets, circuit, lock; reserve if all pass
+        (atomically). `shadow`: a rule in shadow mode among acting ones — its cooldown
+        and counts are its own, and it spends none of the shared budgets."""
 
     async def release(self, target: str) -> None: ...
 
@@ -112,7 +115,11 @@ class State(Protocol):
     def open_circuits(self, rules: Mapping[str, Rule], now: float) -> dict[str, int]:
         """Open circuits per rule name, in one pass (it runs on every /metrics scrape)."""
 
-    def restore_attempt(self, *, rule: str, target: str, at: float) -> None: ...
+    def restore_attempt(self, *, rule: str, target: str, at: float, shadow: bool = False) -> None:
+        """Replay an attempt from the audit on start (a shadow one in its own namespace)."""
+
+    def restore_escalation(self, at: float) -> None:
+        """Replay a sent escalation on start, for `limits.max_escalations_per_window`."""
 
     def save_held(self, key: str, record: Mapping[str, Any]) -> asyncio.Future[Any] | None:
         """Keep an alert held for its `for` (durably: the future resolves once it is)."""
@@ -125,7 +132,8 @@ class State(Protocol):
     async def save_remediation(self, key: str, record: Mapping[str, Any]) -> None:
         """Keep the state of a remediation under way (durable once this returns)."""
 
-    def drop_remediation(self, key: str) -> None: ...
+    def drop_remediation(self, key: str) -> asyncio.Future[Any] | None:
+        """Forget a remediation; the future (if any) resolves once that is durable."""
 
     async def remediations(self) -> list[dict[str, Any]]:
         """Remediations under way left by an earlier run."""
@@ -182,7 +190,7 @@ class MemoryState:
     async def save_remediation(self, key: str, record: Mapping[str, Any]) -> None:
         return None
 
-    def drop_remediation(self, key: str) -> None:
+    def drop_remediation(self, key: str) -> asyncio.Future[Any] | None:
         return None
 
     async def remediations(self) -> list[dict[str, Any]]:
@@ -202,14 +210,16 @@ class MemoryState:
             self._occurrences.popitem(last=False)
 
     async def reserve(
-        self, *, rule: Rule, target: str, budgets: Budgets, now: float, dry_run: bool
-    ) -> Verdict:
-        """Check cooldown, attempts, rule rate, budgets, circuit, lock; reserve if all pass."""
+        self, *, rule: Rule, target: str, budgets: Budgets, now: float, dry_run: bool,
+        shadow: bool = False,
+    ) -> Verdict:  # fmt: skip
         self._reserves += 1
         if self._reserves % GC_EVERY == 0:
             self._collect(now)
         lim = rule.limits
-        last = self._last_attempt.get(target)
+        own = _shadow_key(rule.name, target) if shadow else target
+        """What the cooldown keys on: the target, or for a shadow rule its own copy."""
+        last = self._last_attempt.get(own)
         if last is not None and now - last < lim.cooldown:
             return Verdict(
                 Reason.COOLDOWN,
@@ -259,19 +269,23 @@ class MemoryState:
         if circuit is not None and circuit.opened_at is not None and not dry_run:
             circuit.trial = True  # half-open: this is the one trial attempt
         # All guards passed: reserve the attempt. A dry run counts too, so that dry-run
-        # shows exactly what production would do, cooldowns and budgets included.
-        self._last_attempt[target] = now
+        # shows exactly what production would do, cooldowns and budgets included; a
+        # shadow rule's only in its own namespace, so it never holds back a live rule.
+        self._last_attempt[own] = now
         if attempts is _EMPTY:
             attempts = self._attempts[key] = deque()
         if rule_actions is _EMPTY:
             rule_actions = self._rule_actions[rule.name] = deque()
         attempts.append(now)
         rule_actions.append(now)
-        self._budget.add(now, target)
-        self._expiry[target] = max(
-            self._expiry.get(target, 0.0),
+        if not shadow:
+            self._budget.add(now, target)
+        self._expiry[own] = max(
+            self._expiry.get(own, 0.0),
             now + max(lim.cooldown, lim.window, rule.circuit_breaker.reset_after),
         )
+        if own != target:
+            self._expiry[target] = max(self._expiry.get(target, 0.0), self._expiry[own])
         if not dry_run:
             self._locks.add(target)
         return Verdict(None, attempt=len(attempts))
@@ -366,13 +380,22 @@ class MemoryState:
                 counts[name] += 1
         return counts
 
-    def restore_attempt(self, *, rule: str, target: str, at: float) -> None:
-        """Replay an attempt from the audit on start, so cooldowns survive a restart."""
-        self._last_attempt[target] = max(at, self._last_attempt.get(target, 0.0))
+    def restore_attempt(self, *, rule: str, target: str, at: float, shadow: bool = False) -> None:
+        own = _shadow_key(rule, target) if shadow else target
+        self._last_attempt[own] = max(at, self._last_attempt.get(own, 0.0))
         self._attempts.setdefault((rule, target), deque()).append(at)
         self._rule_actions.setdefault(rule, deque()).append(at)
-        self._budget.add(at, target)
-        self._expiry[target] = max(self._expiry.get(target, 0.0), at + 86400.0)
+        if not shadow:
+            self._budget.add(at, target)
+        for k in {own, target}:
+            self._expiry[k] = max(self._expiry.get(k, 0.0), at + 86400.0)
+
+    def restore_escalation(self, at: float) -> None:
+        self._escalations.append(at)
+
+
+def _shadow_key(rule: str, target: str) -> str:
+    return f"{target}\x00shadow:{rule}"
 
 
 SCHEMA = """
@@ -436,8 +459,9 @@ class EmbeddedState(MemoryState):
         batch, _ = self._remediation_writes.add((key, json.dumps(record)))
         await batch
 
-    def drop_remediation(self, key: str) -> None:
-        self._remediation_writes.add((key, None))
+    def drop_remediation(self, key: str) -> asyncio.Future[Any] | None:
+        batch, _ = self._remediation_writes.add((key, None))
+        return batch
 
     async def remediations(self) -> list[dict[str, Any]]:
         return await self._read("remediations")

@@ -10,8 +10,19 @@ from typing import Any
 
 from remediator import errors
 from remediator.clients.http import HttpClient
-from remediator.models.alert import iso
+from remediator.models.alert import iso, parse_time
 from remediator.settings import AlertmanagerApi
+
+
+def _same_start(text: Any, starts_at: float) -> bool:
+    """The same occurrence: Alertmanager's startsAt within a second of ours (a re-fire of
+    the same alert is a new startsAt, a new occurrence)."""
+    if not isinstance(text, str):
+        return False
+    try:
+        return abs(parse_time(text).timestamp() - starts_at) < 1.0
+    except ValueError:
+        return False
 
 
 class AlertmanagerClient:
@@ -32,9 +43,10 @@ class AlertmanagerClient:
             raise errors.PermanentError("list silences: Alertmanager answered something not a list")
         return [s for s in body if isinstance(s, dict)]
 
-    async def lists_alert(self, alertname: str, fingerprint: str) -> bool:
-        """Whether Alertmanager still holds this alert as active (silenced or not): the
-        engine asks before a retry, in case the resolved notification never came."""
+    async def lists_alert(self, alertname: str, fingerprint: str, starts_at: float) -> bool:
+        """Whether Alertmanager still holds this occurrence (fingerprint and startsAt) as
+        active, silenced or not: the engine asks before a retry or a next step, in case the
+        resolved notification never came."""
         value = alertname.replace("\\", "\\\\").replace('"', '\\"')
         query = urllib.parse.urlencode(
             {"active": "true", "silenced": "true", "inhibited": "true",
@@ -43,7 +55,11 @@ class AlertmanagerClient:
         body = await self._call("GET", f"/api/v2/alerts?{query}", what="list alerts")
         if not isinstance(body, list):
             raise errors.PermanentError("list alerts: Alertmanager answered something not a list")
-        return any(isinstance(a, Mapping) and a.get("fingerprint") == fingerprint for a in body)
+        return any(
+            isinstance(a, Mapping) and a.get("fingerprint") == fingerprint
+            and _same_start(a.get("startsAt"), starts_at)
+            for a in body
+        )  # fmt: skip
 
     async def create_silence(
         self,

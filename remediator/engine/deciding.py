@@ -27,7 +27,7 @@ import datetime as dt
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Final, Literal
 
-from remediator.backends.state import State
+from remediator.backends.state import GLOBAL, State
 from remediator.engine import guards
 from remediator.engine.clock import Clock
 from remediator.engine.executing import Executor, Prepared, prepare
@@ -142,16 +142,17 @@ class Decider:
                 await self._recorder.record(
                     w, Outcome.SKIPPED, skip[0], detail=skip[1], target=rem.target
                 )
-            self._loop.wait(rem, w.now + TRANSIENT_RECHECK, skip[1])
+            await self._loop.wait(rem, w.now + TRANSIENT_RECHECK, skip[1])
             return
         await self._state.set_occurrence(w.key, DECIDING, w.now)
         await self._attempt(w, rem)
 
-    async def _transient(self, w: Work) -> tuple[Reason, str] | None:
-        """paused · blackout · silenced."""
+    def held_back(self, w: Work) -> tuple[Reason, str] | None:
+        """paused · blackout: the transient guards that need no I/O."""
         pause = self._state.pause_of(w.rule.name, w.now)
         if pause is not None:
-            what = "all actions are" if self._state.paused else f"rule {w.rule.name} is"
+            everything = pause is self._state.pauses().get(GLOBAL)
+            what = "all actions are" if everything else f"rule {w.rule.name} is"
             until = "" if pause.until is None else f" until {iso_ts(pause.until)}"
             return Reason.PAUSED, (
                 f"{what} paused by {pause.by or 'unknown'}{until}: "
@@ -164,9 +165,14 @@ class Decider:
             )
             if name is not None:
                 return Reason.BLACKOUT, f"blackout window {name!r} is active"
-        if self._silences is not None:
-            return await self._silences.check(w.alert)
         return None
+
+    async def _transient(self, w: Work) -> tuple[Reason, str] | None:
+        """paused · blackout · silenced."""
+        skip = self.held_back(w)
+        if skip is None and self._silences is not None:
+            return await self._silences.check(w.alert)
+        return skip
 
     async def _attempt(self, w: Work, rem: Remediation | None) -> Verdict:
         """params · limits · dry-run · act, for step `w.step`."""
@@ -179,15 +185,25 @@ class Decider:
                 w, Outcome.SKIPPED, reason, detail=detail, action=spec.type, durable=rem is not None
             )
             if rem is not None:  # the ladder cannot go on: a human must
-                self._loop.give_up(
+                await self._loop.give_up(
                     w, rem, decision_id=decision_id, why=detail, outcome=f"skipped/{reason}"
                 )
             return DECIDED
         p = prepared
+        if rem is not None and (rem.resolved or self._loop.resolved_lately(w.alert)):
+            # It resolved while this step's guards were checked: nothing to do.
+            await self._recorder.record(
+                w, Outcome.SKIPPED, Reason.RESOLVED, target=p.target, action=p.action.type,
+                detail=f"step {w.step + 1} not tried: the alert resolved",
+            )  # fmt: skip
+            self._loop.finish(rem)
+            return DECIDED
         dry = settings.dry_run or rule.dry_run
+        shadow = rule.dry_run and not settings.dry_run
         verdict = await self._state.reserve(
-            rule=rule, target=p.target, budgets=settings.budgets, now=w.now, dry_run=dry
-        )
+            rule=rule, target=p.target, budgets=settings.budgets, now=w.now, dry_run=dry,
+            shadow=shadow,
+        )  # fmt: skip
         if verdict.reason is not None:
             return await self._refused(w, rem, p, verdict)
         if rule.approval is not None:
@@ -203,8 +219,7 @@ class Decider:
             return DECIDED
         if dry:
             if rem is not None:
-                self._loop.end(rem)  # a dry run is not verified: the remediation ends here
-            shadow = rule.dry_run and not settings.dry_run
+                self._loop.finish(rem)  # a dry run is not verified: the remediation ends here
             if p.action.local:
                 await self._executor.dry_run(w, p, attempt=verdict.attempt, shadow=shadow)
                 return DECIDED
@@ -223,8 +238,7 @@ class Decider:
         except BaseException:
             await self._state.release(p.target)  # reserved above; nothing will run
             raise
-        self._metrics.inflight_actions.inc()
-        self._spawn(self._loop.run(rem, w, p), f"action:{p.target}")
+        self._loop.start(rem, w, p)
         return DECIDED
 
     async def approved(self, w: Work, rem: Remediation, said: str) -> str:
@@ -252,7 +266,7 @@ class Decider:
                 w, decision_id, Outcome.SKIPPED, reason,
                 detail=f"{said}, but not run: {detail}", target=rem.target,
             )  # fmt: skip
-            self._loop.end(rem)
+            self._loop.finish(rem)
             return f"not run: {detail}"
         p = prepared
         if rem.dry:
@@ -268,7 +282,7 @@ class Decider:
                 detail=f"{said}; {detail}", target=p.target,
                 result=result.data if result is not None else None,
             )  # fmt: skip
-            self._loop.end(rem)
+            self._loop.finish(rem)
             return f"dry run: {detail}"
         await self._recorder.audit.update(
             decision_id, outcome=Outcome.FAILED, reason=Reason.INTERRUPTED,
@@ -276,8 +290,7 @@ class Decider:
             "a slot",
         )  # fmt: skip
         await self._loop.acting(w, p, decision_id=decision_id, rem=rem)
-        self._metrics.inflight_actions.inc()
-        self._spawn(self._loop.run(rem, w, p), f"action:{p.target}")
+        self._loop.start(rem, w, p)
         return f"{p.action.type} {p.target} is running"
 
     async def _refused(
@@ -288,22 +301,24 @@ class Decider:
         waits = reason in WAITS and verdict.retry_at is not None
         if rem is not None and waits:
             assert verdict.retry_at is not None
-            self._loop.wait(rem, verdict.retry_at, verdict.detail)  # no row: not decided yet
+            await self._loop.wait(rem, verdict.retry_at, verdict.detail)  # not decided yet
             return DECIDED
-        gives_up = not waits
         decision_id = await self._recorder.record(
             w, Outcome.SKIPPED, reason, detail=verdict.detail, target=p.target,
-            action=p.action.type, params=p.values, durable=gives_up or rem is not None,
+            action=p.action.type, params=p.values, durable=True,
         )  # fmt: skip
-        if gives_up:
+        if waits:
+            # Another attempt on this target just happened (or runs): this occurrence gets
+            # its own once the cooldown or lock lets it, if it still fires then.
+            assert verdict.retry_at is not None
+            await self._loop.first_later(w, decision_id, p.target, verdict.retry_at, verdict.detail)
+        else:
             # Attempts ran out, the circuit is open, a budget is spent: this occurrence
             # gets no attempt now, so a human is called.
-            self._loop.give_up(
+            await self._loop.give_up(
                 w, rem, decision_id=decision_id, why=verdict.detail,
                 outcome=f"skipped/{reason}", target=p.target,
             )  # fmt: skip
-        elif w.rule.limits.retry_while_firing and verdict.retry_at is not None:
-            self._loop.retry_later(w, decision_id, verdict.retry_at, verdict.detail)
         return DECIDED
 
     async def _dry_run(self, w: Work, p: Prepared, attempt: int, shadow: bool) -> None:

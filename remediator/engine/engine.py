@@ -145,12 +145,18 @@ class Engine:
         return pending
 
     async def restore(self) -> None:
-        """On start: hold again what was held, and resume remediations under way."""
+        """On start, before the journal's leftovers are decided: hold again what was held,
+        and take back the remediations under way (re-deliveries and resolves left in the
+        journal find them). `resume` then lets them go on."""
         held = await self.held.restore(self.index.by_name)
         self.metrics.held.set(len(self.held))
-        remediations = await self.loop.restore()
+        remediations = await self.loop.load()
         if held or remediations:
             log.info("work_restored", held=held, remediations=remediations)
+
+    def resume(self) -> None:
+        """Arm the restored remediations' timers; resume those that fell due meanwhile."""
+        self.loop.resume()
 
     # -- routing ------------------------------------------------------------------
 
@@ -175,11 +181,20 @@ class Engine:
             self._finish(entry)
 
     async def _aged(self, held: Held) -> None:
-        """A held alert reached its rule's `for`: decide it now."""
-        w = Work(held.alert, held.rule, self.clock.now(), held.request_id, owner=held)
+        """A held alert reached its rule's `for`: decide it now, by the rule as it is now."""
         if self.held.take(held.key, only=held) is None:
             return  # resolved (or replaced by a re-delivery) meanwhile
         self.metrics.held.set(len(self.held))
+        rule = self.index.by_name.get(held.rule.name)
+        if rule is None or rule not in self.index.match(held.alert):
+            # A reload removed the rule, or it no longer matches: nothing of it to decide.
+            log.warning(
+                "held_alert_dropped", rule=held.rule.name, fingerprint=held.alert.fingerprint,
+                reason="the rule is gone or no longer matches",
+            )  # fmt: skip
+            self._finish(held)
+            return
+        w = Work(held.alert, rule, self.clock.now(), held.request_id, owner=held)
         verdict = await self.decider.decide(w, aged=True)
         if verdict == deciding.PENDING:
             self._refs[held] = 1

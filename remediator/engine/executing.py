@@ -122,6 +122,15 @@ class Executor:
         self._clock = clock
         self._slots = asyncio.Semaphore(slots)
 
+    async def _not_started(
+        self, w: Work, p: Prepared, decision_id: int, refused: tuple[Reason, str]
+    ) -> tuple[Outcome, Reason, str, Result | None]:
+        reason, detail = refused
+        await self._recorder.update(
+            w, decision_id, Outcome.SKIPPED, reason, detail=detail, target=p.target
+        )
+        return Outcome.SKIPPED, reason, detail, None
+
     def context(
         self, rule: Rule, alert: Alert, *, decision_id: int = 0,
         escalation: Escalation | None = None,
@@ -195,17 +204,32 @@ class Executor:
                 w, Outcome.DRY_RUN, failure[0], detail=f"dry run failed: {failure[1]}", **common
             )
 
+    def action(self, type_: str) -> Action | None:
+        return registry.get(type_)
+
     async def execute(
-        self, w: Work, p: Prepared, *, decision_id: int
+        self,
+        w: Work,
+        p: Prepared,
+        *,
+        decision_id: int,
+        still_wanted: Callable[[], tuple[Reason, str] | None] = lambda: None,
     ) -> tuple[Outcome, Reason, str, Result | None]:
         """Run the action for real (its row already says `interrupted`); record the outcome.
 
-        Returns (outcome, reason, detail, result). Releases the target lock.
+        `still_wanted` is asked once the action has its slot: a reason there (the alert
+        resolved, a pause) records `skipped` with it, and nothing runs. Returns (outcome,
+        reason, detail, result). Releases the target lock.
         """
         rule, alert = w.rule, w.alert
         started = time.monotonic()
+        refused: tuple[Reason, str] | None = None
         try:
             async with self._slots:
+                refused = still_wanted()
+                if refused is not None:
+                    await self._state.end_trial(rule=rule, target=p.target)
+                    return await self._not_started(w, p, decision_id, refused)
                 started_at = iso(dt.datetime.fromtimestamp(self._clock.now(), dt.UTC))
                 await self._recorder.audit.update(
                     decision_id,

@@ -1,31 +1,36 @@
 """The remediation loop: act, verify, step up or retry, and call a human when it gives up.
 
 One remediation per rule and occurrence (fingerprint, startsAt), from its first action
-until the alert resolves or a human has been called. Its record is durable (the state
-backend), so a restart resumes it at the right step and never repeats one.
+(or its first decision refused by a cooldown) until the alert resolves or a human has
+been called. Its record is durable (the state backend), so a restart resumes it at the
+right step and never repeats one.
 
     first decision ──(guards pass)──► ACTING(step k) ── action done ──┐
-         │                               ▲                            │
-         │ refused: attempts out,        │ guards pass                ▼
-         │ circuit open, budget spent    │               executed: VERIFYING(step k)
-         │                               │                 │ resolved: effective ── done
-         │                  WAITING(step k) ◄── cooldown,  │ resolve_within passes:
-         │                    │   ▲  │          lock,      │   ineffective
-         │                    │   └──┘ pause,    ◄───┐     │ failed / refused on read
-         │     resolved:      │  silence, blackout   │     ▼
-         │   skipped/resolved │  (re-checked)        └─ next attempt? step k+1 of the
-         │      ── done       │                         ladder, or the same step again
-         │                    │                         (`retry_while_firing`, within
-         ▼                    │ refused for good         `max_attempts`)
-     ESCALATING ◄─────────────┴───────────────────────── none left
+         │  │                            ▲                            │
+         │  │ approval: AWAITING ────────┤ approved: guards again     ▼
+         │  │                            │               executed: VERIFYING(step k)
+         │ refused: attempts out,     DECIDING ◄──┐        │ resolved: effective ── done
+         │ circuit open, budget spent    ▲         │        │ resolve_within passes:
+         │                               │         │        │   ineffective
+         │              WAITING(step k) ─┘ due     │        │ failed / refused on read
+         │                ▲   │ cooldown, lock,    │        ▼
+         │                │   │ pause, blackout,   └── next attempt? step k+1 of the
+         │     resolved:  └───┘ silence               ladder, or the same step again
+         │   skipped/resolved (looked at again)       (`retry_while_firing`)
+         │      ── done                                     │ none left
+         ▼                                                  ▼
+     ESCALATING ◄─────────── refused for good (attempts, circuit, budget, a bad step)
          │ the rule's `escalate` runs once, with what was tried and the decision's link
          ▼
         done
 
-A WAITING remediation whose wait ran out first asks Alertmanager (API v2 `/alerts`, where
-`alertmanager.urls` is set) whether the alert still fires, in case its resolved
-notification never came. Each attempt is its own decision (audit row, `step` column);
-verification and escalation are written onto the row they concern.
+DECIDING is the moment a next attempt's guards are checked (Alertmanager asked whether
+the alert still fires, the silences): a resolve arriving then is remembered and seen
+before anything acts. Every attempt is its own decision (audit row, `step` column);
+verification and escalation are written onto the row they concern. Each transition runs
+in a task guarded so that an unexpected error ends the remediation with an escalation,
+never silently. A rule changed by a reload takes effect at the next transition (a rule
+gone, or with fewer steps, ends its remediations with a decision saying so).
 """
 
 from __future__ import annotations
@@ -33,12 +38,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from remediator import errors
 from remediator.backends.state import State
 from remediator.engine.approvals import Approvals
 from remediator.engine.clock import Clock, Timer
@@ -48,7 +53,7 @@ from remediator.engine.silences import Silences
 from remediator.metrics import Metrics
 from remediator.models.alert import Alert, iso_ts
 from remediator.models.decision import Escalation, Outcome, Reason
-from remediator.models.rule import Rule
+from remediator.models.rule import ActionSpec, Rule, Step
 from remediator.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,6 +71,8 @@ class Phase(enum.StrEnum):
     """Waiting until `due` for the alert to resolve."""
     WAITING = "waiting"
     """The next attempt is due at `due` (a cooldown, a lock, a pause or silence)."""
+    DECIDING = "deciding"
+    """The next attempt's guards are being checked."""
     AWAITING = "awaiting"
     """The step passed the guards and waits until `due` for a human's approval; its
     target's lock is held meanwhile."""
@@ -74,7 +81,7 @@ class Phase(enum.StrEnum):
 
 
 class AlertsApi(Protocol):
-    async def lists_alert(self, alertname: str, fingerprint: str) -> bool: ...
+    async def lists_alert(self, alertname: str, fingerprint: str, starts_at: float) -> bool: ...
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -96,6 +103,8 @@ class Remediation:
     changed: bool = True
     """The step's action changed something; a no-op's verification does not count for the
     circuit breaker (the fix was not tried), though a still-firing alert moves on."""
+    resolved: bool = False
+    """A resolve arrived while the step acted or its next attempt was being decided."""
     tried: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     last_skip: str = ""
     """The transient reason last recorded while waiting: a recheck adds no second row."""
@@ -120,11 +129,22 @@ class Remediation:
             "request_id": self.request_id, "step": self.step, "phase": str(self.phase),
             "due": self.due, "target": self.target, "decision_id": self.decision_id,
             "started": self.started, "verify_for": self.verify_for, "changed": self.changed,
-            "tried": self.tried,
-            "last_skip": self.last_skip, "why": self.why, "silence": self.silence,
-            "dry": self.dry, "approval_message": self.approval_message,
-            "evidence": self.evidence,
+            "resolved": self.resolved, "tried": self.tried, "last_skip": self.last_skip,
+            "why": self.why, "silence": self.silence, "dry": self.dry,
+            "approval_message": self.approval_message, "evidence": self.evidence,
         }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, rule: Rule, r: dict[str, Any]) -> Remediation:
+        return cls(
+            rule, Alert.from_json(r["alert"]), r["request_id"], step=r["step"],
+            phase=Phase(r["phase"]), due=r["due"], target=r["target"],
+            decision_id=r["decision_id"], started=r["started"],
+            verify_for=r.get("verify_for", 0.0), changed=r["changed"],
+            resolved=r.get("resolved", False), tried=r["tried"], last_skip=r["last_skip"],
+            why=r["why"], silence=r["silence"], dry=r.get("dry", False),
+            approval_message=r.get("approval_message", ""), evidence=r.get("evidence") or {},
+        )  # fmt: skip
 
     def view(self) -> dict[str, Any]:
         """What /api/v1/rules shows of it."""
@@ -135,8 +155,28 @@ class Remediation:
             "target": self.target, "decision_id": self.decision_id, "tried": self.tried,
         }  # fmt: skip
 
+    def note(self, *, step: int, action: str, target: str, decision_id: int, outcome: str) -> None:
+        """Add an attempt to what the escalation will say was tried."""
+        self.tried.append(
+            {"step": step, "action": action, "target": target, "decision_id": decision_id,
+             "outcome": outcome, "verification": ""}
+        )  # fmt: skip
+
+    def verified(self, text: str) -> None:
+        if self.tried:
+            self.tried[-1]["verification"] = text
+
 
 _TIMED = frozenset({Phase.VERIFYING, Phase.WAITING, Phase.AWAITING})
+
+
+def verify_for(rule: Rule, step: int) -> float | None:
+    """Seconds a step has to resolve the alert (None: not verified). With
+    `retry_while_firing` the next attempt is due once the cooldown ends, so no longer."""
+    resolve_within = rule.steps[step].resolve_within
+    if resolve_within is not None and rule.limits.retry_while_firing:
+        return min(resolve_within, max(rule.limits.cooldown, 1.0))
+    return resolve_within
 
 
 class Loop:
@@ -167,6 +207,7 @@ class Loop:
         self.approvals = approvals
         self._spawn = spawn
         self.decider: Decider
+        """Set by the engine once both exist: the loop asks it to decide each next attempt."""
         self._active: dict[str, Remediation] = {}
         self._by_occurrence: dict[str, set[str]] = {}
         self._resolved: collections.OrderedDict[str, float] = collections.OrderedDict()
@@ -194,56 +235,13 @@ class Loop:
         await self._save(rem)
         return rem
 
-    async def run(self, rem: Remediation, w: Work, p: Prepared) -> None:
-        """The action's task: run it, then verify, step up, retry or give up."""
-        outcome, reason, detail, result = await self._executor.execute(
-            w, p, decision_id=rem.decision_id
-        )
-        rule, now, n = rem.rule, self._clock.now(), w.step + 1
-        rem.tried.append(
-            {"step": n, "action": p.action.type, "target": p.target,
-             "decision_id": rem.decision_id, "outcome": f"{outcome}/{reason}".rstrip("/"),
-             "verification": ""}
-        )  # fmt: skip
-        if outcome is Outcome.SKIPPED:
-            # Refused once the target was read: nothing was done, and a half-open
-            # circuit's trial did not happen.
-            await self._state.end_trial(rule=rule, target=p.target)
-            await self._advance(rem, f"step {n} refused: {detail}")
-            return
-        if outcome is Outcome.FAILED:
-            await self._state.record_result(rule=rule, target=p.target, ok=False, now=now)
-            await self._advance(rem, f"step {n} failed: {detail}")
-            return
-        rem.changed = result is None or result.changed
-        if self.resolved_lately(rem.alert):
-            # It resolved while the action ran (or waited for a slot): nothing to wait for.
-            await self._state.record_result(rule=rule, target=p.target, ok=True, now=now)
-            self._verified(rem, "effective: resolved while the action ran")
-            self._finish(rem)
-            return
-        if rule.silence_while_remediating and self._silences is not None:
-            text = await self._silences.hold(
-                rem.alert, rule=rule.name, decision_id=rem.decision_id,
-                duration=rule.silence_while_remediating,
-            )  # fmt: skip
-            rem.silence = self._silences.held_record(rem.alert)
-            self._recorder.audit.annotate(rem.decision_id, silence=text)
-        resolve_within = rule.steps[w.step].resolve_within
-        if resolve_within is None:
-            if rem.changed:
-                await self._state.record_result(rule=rule, target=p.target, ok=True, now=now)
-            self._finish(rem)  # not verified: nothing more to wait for
-            return
-        if rule.limits.retry_while_firing:
-            # The next attempt is due once the cooldown ends: the attempt had that long.
-            resolve_within = min(resolve_within, max(rule.limits.cooldown, 1.0))
-        rem.phase, rem.due = Phase.VERIFYING, now + resolve_within
-        rem.verify_for = resolve_within
-        self._arm(rem, self._verification_due)
-        await self._save(rem)
+    def start(self, rem: Remediation, w: Work, p: Prepared) -> None:
+        """Run the step's action in its own task (the decision is recorded)."""
+        self._metrics.inflight_actions.inc()
+        self._spawn(self._safely(rem, "running the action", lambda: self._run(rem, w, p)),
+                    f"action:{p.target}")  # fmt: skip
 
-    def wait(self, rem: Remediation, due: float, why: str) -> None:
+    async def wait(self, rem: Remediation, due: float, why: str) -> None:
         """The next attempt is refused for now: try again at `due`."""
         rem.phase, rem.due = Phase.WAITING, due
         self._track(rem)
@@ -252,38 +250,44 @@ class Loop:
             "remediation_waiting", rule=rem.rule.name, fingerprint=rem.alert.fingerprint,
             step=rem.step + 1, until=iso_ts(due), why=why,
         )  # fmt: skip
-        self._spawn(self._save(rem), "save-remediation")
+        await self._save(rem)
 
-    def retry_later(self, w: Work, decision_id: int, due: float, why: str) -> None:
-        """A first decision refused by a cooldown or lock, with `retry_while_firing`."""
-        rem = Remediation(w.rule, w.alert, w.request_id, step=w.step, decision_id=decision_id)
-        self.wait(rem, due, why)
+    async def first_later(
+        self, w: Work, decision_id: int, target: str, due: float, why: str
+    ) -> None:
+        """A first decision refused by a cooldown or lock: its attempt comes when that ends."""
+        rem = Remediation(w.rule, w.alert, w.request_id, step=w.step, decision_id=decision_id,
+                          target=target)  # fmt: skip
+        await self.wait(rem, due, why)
 
-    def give_up(
+    async def give_up(
         self, w: Work, rem: Remediation | None, *, decision_id: int, why: str,
         outcome: str = "", target: str = "",
     ) -> None:  # fmt: skip
-        """Nothing more will be tried for this occurrence: escalate (once), in a task.
+        """Nothing more will be tried for this occurrence: escalate, once.
 
-        `outcome` and `target` describe the refused attempt that ends it, if that is what
-        does (its decision is `decision_id`)."""
+        The intent is durable when this returns (a crash before the message is sent sends
+        it on restart); the message goes out in a task. `outcome` and `target` describe
+        the refused attempt that ends it, if that is what does (decision `decision_id`).
+        """
         if rem is None:
             rem = Remediation(w.rule, w.alert, w.request_id, step=w.step)
         rem.decision_id = decision_id or rem.decision_id
         if outcome:
             rem.target = target or rem.target
-            rem.tried.append(
-                {"step": w.step + 1, "action": w.rule.steps[w.step].action.type,
-                 "target": target, "decision_id": decision_id, "outcome": outcome,
-                 "verification": ""}
-            )  # fmt: skip
+            rem.note(step=w.step + 1, action=w.rule.steps[w.step].action.type,
+                     target=target, decision_id=decision_id, outcome=outcome)  # fmt: skip
+        if rem.timer is not None:
+            rem.timer.cancel()
         rem.phase, rem.why = Phase.ESCALATING, why
         self._track(rem)
-        self._spawn(self._escalate(rem, save=True), f"escalate:{w.rule.name}")
+        await self._save(rem)
+        self._spawn(self._safely(rem, "escalating", lambda: self._escalate(rem)),
+                    f"escalate:{w.rule.name}")  # fmt: skip
 
-    def end(self, rem: Remediation) -> None:
-        """The remediation stops here without escalating (e.g. now a dry run)."""
-        self._finish(rem)
+    def finish(self, rem: Remediation) -> None:
+        """The remediation ends (resolved, a dry run, rejected, sent)."""
+        self._forget(rem)
 
     # -- approvals -------------------------------------------------------------------
 
@@ -294,13 +298,9 @@ class Loop:
         assert w.rule.approval is not None  # only rules with `approval` wait
         if rem is None:
             rem = Remediation(w.rule, w.alert, w.request_id)
-        rem.phase, rem.step, rem.target, rem.decision_id = (
-            Phase.AWAITING,
-            w.step,
-            p.target,
-            decision_id,
-        )
-        rem.due, rem.dry, rem.last_skip = w.now + w.rule.approval.timeout, dry, ""
+        rem.phase, rem.step, rem.target = Phase.AWAITING, w.step, p.target
+        rem.decision_id, rem.dry, rem.last_skip = decision_id, dry, ""
+        rem.due = w.now + w.rule.approval.timeout
         self._track(rem)
         self._arm(rem, self._approval_due)
         await self._save(rem)
@@ -327,29 +327,30 @@ class Loop:
         rem = self.approval(decision_id)
         if rem is None:
             return False, f"decision {decision_id} is not awaiting approval"
-        rule, now = rem.rule, self._clock.now()
-        rem.phase = Phase.ACTING  # taken: no second answer gets past the check above
+        rem.phase = Phase.DECIDING  # taken: no second answer gets past the check above
         if rem.timer is not None:
             rem.timer.cancel()
+        now = self._clock.now()
         said = f"{'approved' if approve else 'rejected'} by {by} via {via} at {iso_ts(now)}"
         if reason:
             said += f": {reason}"
         self._recorder.audit.annotate(decision_id, approval=said)
         self._metrics.approvals.labels(
-            rule=rule.name, result="approved" if approve else "rejected"
+            rule=rem.rule.name, result="approved" if approve else "rejected"
         ).inc()
-        log.warning("approval_decided", rule=rule.name, decision_id=decision_id, answer=said)
-        w = self._work(rem)
-        if not approve:
+        log.warning("approval_decided", rule=rem.rule.name, decision_id=decision_id, answer=said)
+        if not approve or not await self._refresh(rem):
             await self._unreserve(rem)
+            if approve:
+                return True, "the rule changed meanwhile: nothing was done"
             await self._recorder.update(
-                w, decision_id, Outcome.SKIPPED, Reason.APPROVAL_REJECTED,
+                self._work(rem), decision_id, Outcome.SKIPPED, Reason.APPROVAL_REJECTED,
                 detail=f"{said}; nothing was done", target=rem.target,
             )  # fmt: skip
             self.approvals.settled(rem, f"Rejected by {by}: nothing was done.")
-            self._finish(rem)
+            self.finish(rem)
             return True, "rejected"
-        outcome = await self.decider.approved(w, rem, said)
+        outcome = await self.decider.approved(self._work(rem), rem, said)
         self.approvals.settled(rem, f"Approved by {by}: {outcome}.")
         return True, outcome
 
@@ -357,7 +358,7 @@ class Loop:
         rem = self._active.get(key)
         if rem is None or rem.phase is not Phase.AWAITING:
             return
-        rem.phase = Phase.ACTING  # taken, as by an answer
+        rem.phase = Phase.DECIDING  # taken, as by an answer
         timeout = rem.rule.approval.timeout if rem.rule.approval else 0.0
         why = f"nobody approved it within {timeout:.0f}s (approval.timeout)"
         self._metrics.approvals.labels(rule=rem.rule.name, result="expired").inc()
@@ -367,7 +368,7 @@ class Loop:
             detail=f"{why}; nothing was done", target=rem.target,
         )  # fmt: skip
         self.approvals.settled(rem, f"Expired: {why}. Nothing was done.")
-        self.give_up(
+        await self.give_up(
             self._work(rem), rem, decision_id=rem.decision_id, why=why,
             outcome="skipped/approval_expired", target=rem.target,
         )  # fmt: skip
@@ -377,20 +378,68 @@ class Loop:
         if not rem.dry:
             await self._state.release(rem.target)
 
-    # -- timers ----------------------------------------------------------------------
+    # -- the action and its verification ----------------------------------------------
 
-    def _arm(self, rem: Remediation, fire: Callable[[str], Awaitable[None]]) -> None:
-        if rem.timer is not None:
-            rem.timer.cancel()
-        if self._closing:
-            rem.timer = None  # no new timers once shutdown has begun: the record stays
+    async def _run(self, rem: Remediation, w: Work, p: Prepared) -> None:
+        outcome, reason, detail, result = await self._executor.execute(
+            w, p, decision_id=rem.decision_id, still_wanted=lambda: self._unwanted(rem, w)
+        )
+        rule, now, n = rem.rule, self._clock.now(), w.step + 1
+        rem.note(step=n, action=p.action.type, target=p.target, decision_id=rem.decision_id,
+                 outcome=f"{outcome}/{reason}".rstrip("/"))  # fmt: skip
+        if outcome is Outcome.SKIPPED and reason is Reason.RESOLVED:
+            self.finish(rem)  # resolved while it waited for a slot: never started
             return
-        key = rem.key
-        rem.timer = self._clock.call_at(rem.due, lambda: self._spawn(fire(key), "remediation"))
+        if outcome is Outcome.SKIPPED and reason in (Reason.PAUSED, Reason.BLACKOUT):
+            rem.tried.pop()  # not attempted: tried again once the pause is over
+            await self.wait(rem, now + TRANSIENT_RECHECK, detail)
+            return
+        if outcome is Outcome.SKIPPED:
+            # Refused once the target was read: nothing was done, and a half-open
+            # circuit's trial did not happen.
+            await self._state.end_trial(rule=rule, target=p.target)
+            await self._advance(rem, f"step {n} refused: {detail}")
+            return
+        if outcome is Outcome.FAILED:
+            await self._state.record_result(rule=rule, target=p.target, ok=False, now=now)
+            await self._advance(rem, f"step {n} failed: {detail}")
+            return
+        rem.changed = result is None or result.changed
+        if rem.resolved or self.resolved_lately(rem.alert):
+            # It resolved while the action ran: nothing to wait for.
+            await self._state.record_result(rule=rule, target=p.target, ok=True, now=now)
+            self._verified(rem, "effective: resolved while the action ran")
+            self.finish(rem)
+            return
+        if rule.silence_while_remediating and self._silences is not None:
+            text = await self._silences.hold(
+                rem.alert, rule=rule.name, decision_id=rem.decision_id,
+                duration=rule.silence_while_remediating,
+            )  # fmt: skip
+            rem.silence = self._silences.held_record(rem.alert)
+            self._recorder.audit.annotate(rem.decision_id, silence=text)
+        seconds = verify_for(rule, w.step)
+        if seconds is None:
+            if rem.changed:
+                await self._state.record_result(rule=rule, target=p.target, ok=True, now=now)
+            self.finish(rem)  # not verified: nothing more to wait for
+            return
+        rem.phase, rem.due, rem.verify_for = Phase.VERIFYING, now + seconds, seconds
+        self._arm(rem, self._verification_due)
+        await self._save(rem)
+
+    def _unwanted(self, rem: Remediation, w: Work) -> tuple[Reason, str] | None:
+        """Checked once an action has its slot, just before it runs."""
+        if rem.resolved or self.resolved_lately(w.alert):
+            return Reason.RESOLVED, "not started: the alert resolved while it waited for a slot"
+        return self.decider.held_back(w)
 
     async def _verification_due(self, key: str) -> None:
         rem = self._active.get(key)
         if rem is None or rem.phase is not Phase.VERIFYING:
+            return
+        if self.resolved_lately(rem.alert):  # seen before this remediation was (a restart)
+            await self._effective(rem, self._clock.now())
             return
         limit = "limits.cooldown" if rem.rule.limits.retry_while_firing else "verify.resolve_within"
         why = f"ineffective: still firing {rem.verify_for:.0f}s after step {rem.step + 1} ({limit})"
@@ -407,60 +456,85 @@ class Loop:
             return
         await self._next_attempt(rem)
 
-    async def _next_attempt(self, rem: Remediation) -> None:
-        """Step `rem.step` is due (again): unless the alert stopped firing, decide it."""
-        stopped = await self._stopped_firing(rem)
-        if stopped is not None:
-            await self._recorder.record(
-                self._work(rem), Outcome.SKIPPED, Reason.RESOLVED, target=rem.target,
-                detail=f"step {rem.step + 1} not tried: {stopped}",
-            )  # fmt: skip
-            self._finish(rem)
-            return
-        await self.decider.step(self._work(rem), rem)
-
-    async def _stopped_firing(self, rem: Remediation) -> str | None:
-        """Why the alert no longer fires, or None: no resolve seen and (where it can be
-        asked) Alertmanager still lists it."""
-        if self.resolved_lately(rem.alert):
-            return "the alert resolved"
-        if self._alerts is None or rem.alert.source != "alertmanager":
-            return None
-        try:
-            listed = await self._alerts.lists_alert(rem.alert.name, rem.alert.fingerprint)
-        except errors.ActionError as exc:
-            # The resolved notification is the main signal; this check is a second one.
-            # Acting goes on through the guards, the silence check among them.
-            log.warning("firing_check_failed", rule=rem.rule.name, error=str(exc))
-            return None
-        return None if listed else "Alertmanager no longer lists the alert as firing"
-
     # -- stepping up -------------------------------------------------------------------
 
     async def _advance(self, rem: Remediation, why: str) -> None:
         """The current step did not fix it: the next step, the same one again, or a human."""
-        rule = rem.rule
-        if rem.step + 1 < len(rule.steps):
+        if not await self._refresh(rem):
+            return
+        if rem.step + 1 < len(rem.rule.steps):
             rem.step += 1
-        elif not rule.limits.retry_while_firing:
-            self.give_up(self._work(rem), rem, decision_id=rem.decision_id, why=why)
+        elif not rem.rule.limits.retry_while_firing:
+            await self.give_up(self._work(rem), rem, decision_id=rem.decision_id, why=why)
             return
         # Tried at once; a cooldown or lock in the way makes it wait (WAITING).
         await self._next_attempt(rem)
 
+    async def _next_attempt(self, rem: Remediation) -> None:
+        """Step `rem.step` is due (again): unless the alert stopped firing, decide it."""
+        rem.phase = Phase.DECIDING
+        if not await self._refresh(rem):
+            return
+        w = self._work(rem)
+        if self.decider.held_back(w) is None:  # paused or blacked out: Alertmanager can wait
+            stopped = await self._stopped_firing(rem)
+            if stopped is not None:
+                await self._recorder.record(
+                    w, Outcome.SKIPPED, Reason.RESOLVED, target=rem.target,
+                    detail=f"step {rem.step + 1} not tried: {stopped}",
+                )  # fmt: skip
+                self.finish(rem)
+                return
+        await self.decider.step(w, rem)
+
+    async def _stopped_firing(self, rem: Remediation) -> str | None:
+        """Why the alert no longer fires, or None: no resolve seen and (where it can be
+        asked) Alertmanager still lists it."""
+        if rem.resolved or self.resolved_lately(rem.alert):
+            return "the alert resolved"
+        if self._alerts is None or rem.alert.source != "alertmanager":
+            return None
+        alert = rem.alert
+        try:
+            listed = await self._alerts.lists_alert(
+                alert.name, alert.fingerprint, alert.starts_at.timestamp()
+            )
+        except Exception as exc:  # noqa: BLE001 - a second signal: the guards still stand
+            # The resolved notification is the main signal; this check is a second one.
+            # Acting goes on through the guards, the silence check among them.
+            log.warning("firing_check_failed", rule=rem.rule.name, error=str(exc))
+            return None
+        if rem.resolved or self.resolved_lately(alert):
+            return "the alert resolved"
+        return None if listed else "Alertmanager no longer lists the alert as firing"
+
+    async def _refresh(self, rem: Remediation) -> bool:
+        """Take the rule as it is now (a reload may have changed it); a rule gone, or with
+        fewer steps, ends the remediation with a decision saying so."""
+        rule = self._rules().get(rem.rule.name)
+        if rule is not None and rem.step < len(rule.steps):
+            rem.rule = rule
+            return True
+        why = "removed" if rule is None else f"left with {len(rule.steps)} step(s)"
+        await self._recorder.record(
+            self._work(rem), Outcome.SKIPPED, Reason.NOT_ALLOWED, target=rem.target,
+            detail=f"rule {rem.rule.name} was {why} by a reload: the remediation ends here",
+        )  # fmt: skip
+        log.warning("remediation_dropped", rule=rem.rule.name, reason=f"rule {why}")
+        self.finish(rem)
+        return False
+
     def _work(self, rem: Remediation) -> Work:
         return Work(rem.alert, rem.rule, self._clock.now(), rem.request_id, step=rem.step)
 
-    async def _escalate(self, rem: Remediation, *, save: bool) -> None:
-        if save:
-            await self._save(rem)  # an escalation cut off by a crash is sent on restart
+    async def _escalate(self, rem: Remediation) -> None:
         rule, alert, settings = rem.rule, rem.alert, self._settings()
         log.warning("escalation_due", rule=rule.name, target=rem.target, why=rem.why)
         if rule.escalate is None:
-            self._finish(rem)
+            await self._forget_durably(rem)
             return
-        budgets = settings.budgets
-        allowed = await self._state.escalation_allowed(
+        budgets, shadow = settings.budgets, rule.dry_run and not settings.dry_run
+        allowed = shadow or await self._state.escalation_allowed(
             now=self._clock.now(), window=budgets.window,
             limit=budgets.max_escalations_per_window,
         )  # fmt: skip
@@ -475,31 +549,48 @@ class Loop:
             )
             result_label = "suppressed"
         else:
-            prepared = prepare(rule.escalate, rule, alert, settings, escalation=escalation)
-            if not isinstance(prepared, Prepared):
-                text, result_label = f"{rem.why}; escalation not sent: {prepared[1]}", "error"
-            else:
-                dry = settings.dry_run or rule.dry_run
-                ctx = self._executor.context(
-                    rule, alert, decision_id=rem.decision_id, escalation=escalation
-                )
-                result, failure = await self._executor.call(
-                    prepared.action, prepared.values, ctx, dry=dry
-                )
-                if failure is None:
-                    assert result is not None
-                    text = f"{rem.why}; {result.detail}"
-                    result_label = "dry_run" if dry else "ok"
-                else:
-                    text, result_label = f"{rem.why}; escalation failed: {failure[1]}", "error"
+            text, result_label = await self._send(
+                rem, escalation, dry=settings.dry_run or rule.dry_run
+            )
         self._metrics.escalations.labels(rule=rule.name, result=result_label).inc()
         log.warning(
             "escalated", rule=rule.name, target=rem.target, result=result_label,
-            decision_id=rem.decision_id, detail=text,
+            decision_id=rem.decision_id, detail=text, fingerprint=alert.fingerprint,
         )  # fmt: skip
         if rem.decision_id:
             self._recorder.audit.annotate(rem.decision_id, escalation=text)
-        self._finish(rem)
+        await self._forget_durably(rem)
+
+    async def _send(
+        self, rem: Remediation, escalation: Escalation, *, dry: bool
+    ) -> tuple[str, str]:
+        """Run the rule's escalate; if its params cannot be rendered for this alert, run it
+        with its optional params left out (the default message) rather than call nobody."""
+        rule, settings = rem.rule, self._settings()
+        assert rule.escalate is not None
+        spec = rule.escalate
+        prepared = prepare(spec, rule, rem.alert, settings, escalation=escalation)
+        note = ""
+        if not isinstance(prepared, Prepared):
+            action = self._executor.action(spec.type)
+            required = (
+                {k for k, f in action.schema.fields.items() if f.required} if action else set()
+            )
+            fallback = dataclasses.replace(
+                spec, params={k: v for k, v in spec.params.items() if k in required}
+            )
+            note = f" (its params did not render: {prepared.detail}; sent without them)"
+            prepared = prepare(fallback, rule, rem.alert, settings, escalation=escalation)
+        if not isinstance(prepared, Prepared):
+            return f"{rem.why}; escalation not sent: {prepared.detail}", "error"
+        ctx = self._executor.context(
+            rule, rem.alert, decision_id=rem.decision_id, escalation=escalation
+        )
+        result, failure = await self._executor.call(prepared.action, prepared.values, ctx, dry=dry)
+        if failure is not None:
+            return f"{rem.why}; escalation failed: {failure.detail}{note}", "error"
+        assert result is not None
+        return f"{rem.why}; {result.detail}{note}", "dry_run" if dry else "ok"
 
     # -- resolve -----------------------------------------------------------------------
 
@@ -513,23 +604,15 @@ class Loop:
         for key in sorted(self._by_occurrence.get(occ, ())):
             rem = self._active[key]
             if rem.phase is Phase.VERIFYING:
-                if rem.changed:
-                    await self._state.record_result(
-                        rule=rem.rule, target=rem.target, ok=True, now=now
-                    )
-                self._verified(
-                    rem,
-                    "effective: resolved at " + iso_ts(now),
-                )
-                self._finish(rem)
+                await self._effective(rem, now)
             elif rem.phase is Phase.WAITING:
                 await self._recorder.record(
                     self._work(rem), Outcome.SKIPPED, Reason.RESOLVED, target=rem.target,
                     detail=f"resolved before step {rem.step + 1} was tried",
                 )  # fmt: skip
-                self._finish(rem)
+                self.finish(rem)
             elif rem.phase is Phase.AWAITING:
-                rem.phase = Phase.ACTING  # taken: an answer arriving now finds nothing
+                rem.phase = Phase.DECIDING  # taken: an answer arriving now finds nothing
                 self._metrics.approvals.labels(rule=rem.rule.name, result="resolved").inc()
                 await self._unreserve(rem)
                 await self._recorder.update(
@@ -538,15 +621,22 @@ class Loop:
                     target=rem.target,
                 )  # fmt: skip
                 self.approvals.settled(rem, "The alert resolved: nothing was done.")
-                self._finish(rem)
-            # ACTING: the action's task sees the resolve when it reports; ESCALATING: the
-            # human is being called about attempts that did not help in time.
+                self.finish(rem)
+            else:
+                # ACTING / DECIDING: seen before anything else acts, also after a restart.
+                # ESCALATING: the human is called about attempts that did not help in time.
+                rem.resolved = True
+                await self._save(rem)
+
+    async def _effective(self, rem: Remediation, now: float) -> None:
+        if rem.changed:
+            await self._state.record_result(rule=rem.rule, target=rem.target, ok=True, now=now)
+        self._verified(rem, "effective: resolved at " + iso_ts(now))
+        self.finish(rem)
 
     def _verified(self, rem: Remediation, text: str) -> None:
         self._metrics.verified.labels(rule=rem.rule.name, result="effective").inc()
-        self._recorder.audit.annotate(rem.decision_id, verification=text)
-        if rem.tried:
-            rem.tried[-1]["verification"] = text
+        self._annotate_verification(rem, text)
         log.info(
             "remediation_verified", rule=rem.rule.name, target=rem.target, result="effective",
             decision_id=rem.decision_id,
@@ -554,15 +644,39 @@ class Loop:
 
     def _ineffective(self, rem: Remediation, why: str) -> None:
         self._metrics.verified.labels(rule=rem.rule.name, result="ineffective").inc()
-        self._recorder.audit.annotate(rem.decision_id, verification=why)
-        if rem.tried:
-            rem.tried[-1]["verification"] = why
+        self._annotate_verification(rem, why)
         log.warning(
             "remediation_verified", rule=rem.rule.name, target=rem.target,
             result="ineffective", decision_id=rem.decision_id,
         )  # fmt: skip
 
+    def _annotate_verification(self, rem: Remediation, text: str) -> None:
+        self._recorder.audit.annotate(rem.decision_id, verification=text)
+        rem.verified(text)
+
     # -- bookkeeping -------------------------------------------------------------------
+
+    async def _safely(
+        self, rem: Remediation, what: str, step: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run one transition; an unexpected error ends the remediation with an escalation
+        (a human is called), never silently, and never loops on a failing escalation."""
+        try:
+            await step()
+        except Exception as exc:
+            log.exception("remediation_failed", rule=rem.rule.name, what=what,
+                          decision_id=rem.decision_id)  # fmt: skip
+            if rem.phase is Phase.ESCALATING:
+                self.finish(rem)
+                return
+            try:
+                await self.give_up(
+                    self._work(rem), rem, decision_id=rem.decision_id,
+                    why=f"internal error while {what}: {type(exc).__name__}: {exc}",
+                )  # fmt: skip
+            except Exception:  # the state itself fails: logged, let go
+                log.exception("remediation_lost", rule=rem.rule.name)
+                self.finish(rem)
 
     def _track(self, rem: Remediation) -> None:
         key = rem.key
@@ -570,7 +684,7 @@ class Loop:
         self._by_occurrence.setdefault(rem.alert.occurrence, set()).add(key)
         self._metrics.remediations.set(len(self._active))
 
-    def _finish(self, rem: Remediation) -> None:
+    def _forget(self, rem: Remediation) -> Any:
         key = rem.key
         if rem.timer is not None:
             rem.timer.cancel()
@@ -582,12 +696,32 @@ class Loop:
                 keys.discard(key)
                 if not keys:
                     del self._by_occurrence[rem.alert.occurrence]
-        self._state.drop_remediation(key)
         self._metrics.remediations.set(len(self._active))
+        return self._state.drop_remediation(key)
+
+    async def _forget_durably(self, rem: Remediation) -> None:
+        """Forget it, and wait until that is durable (an escalation must not repeat)."""
+        done = self._forget(rem)
+        if done is not None:
+            await done
 
     async def _save(self, rem: Remediation) -> None:
         if self._active.get(rem.key) is rem:
             await self._state.save_remediation(rem.key, rem.to_json())
+
+    def _arm(self, rem: Remediation, fire: Callable[[str], Awaitable[None]]) -> None:
+        if rem.timer is not None:
+            rem.timer.cancel()
+        if self._closing:
+            rem.timer = None  # no new timers once shutdown has begun: the record stays
+            return
+        key = rem.key
+
+        def due() -> None:
+            self._spawn(self._safely(rem, f"{rem.phase} came due", lambda: fire(key)),
+                        "remediation")  # fmt: skip
+
+        rem.timer = self._clock.call_at(rem.due, due)
 
     def snapshot(self, rule: str) -> list[dict[str, Any]]:
         return [r.view() for r in self._active.values() if r.rule.name == rule]
@@ -600,66 +734,73 @@ class Loop:
 
     # -- restart -----------------------------------------------------------------------
 
-    async def restore(self) -> int:
-        """Pick up the remediations an earlier run left under way."""
-        rules, now, count = self._rules(), self._clock.now(), 0
+    async def load(self) -> int:
+        """Take back the remediations an earlier run left under way, without acting yet:
+        re-deliveries and resolves left in the journal are routed to them first."""
+        rules, count = self._rules(), 0
         for record in await self._state.remediations():
             rule = rules.get(record["rule"])
-            if rule is None or record["step"] >= len(rule.steps):
-                log.warning("remediation_dropped", rule=record["rule"], reason="rule changed")
-                self._state.drop_remediation(record["key"])
-                continue
-            rem = Remediation(
-                rule, Alert.from_json(record["alert"]), record["request_id"],
-                step=record["step"], phase=Phase(record["phase"]), due=record["due"],
-                target=record["target"], decision_id=record["decision_id"],
-                started=record["started"], verify_for=record.get("verify_for", 0.0),
-                changed=record["changed"], tried=record["tried"],
-                last_skip=record["last_skip"], why=record["why"], silence=record["silence"],
-                dry=record.get("dry", False), approval_message=record.get("approval_message", ""),
-                evidence=record.get("evidence") or {},
-            )  # fmt: skip
+            rem = Remediation.from_json(rule or _gone(record["rule"]), record)
             self._track(rem)
             count += 1
             if rem.silence is not None and self._silences is not None:
                 self._silences.adopt(rem.alert, rem.silence)
-            self._resume(rem, now)
         return count
 
-    def _resume(self, rem: Remediation, now: float) -> None:
+    def resume(self) -> None:
+        """Arm the timers of what `load` took back, and resume what fell due meanwhile."""
+        now = self._clock.now()
+        for rem in list(self._active.values()):
+            self._spawn(self._safely(rem, "resuming", functools.partial(self._resume, rem, now)),
+                        "resume")  # fmt: skip
+
+    async def _resume(self, rem: Remediation, now: float) -> None:
+        if rem.phase is Phase.ESCALATING:
+            await self._escalate(rem)
+            return
+        if not await self._refresh(rem):
+            return
         if rem.phase is Phase.AWAITING:
             if not rem.dry:
-                self._spawn(self._state.relock(rem.target), "relock")
+                await self._state.relock(rem.target)
             self._arm(rem, self._approval_due)  # one that expired meanwhile expires now
             return
-        if rem.phase is Phase.ESCALATING:
-            self._spawn(self._escalate(rem, save=False), f"escalate:{rem.rule.name}")
+        if rem.phase is Phase.DECIDING:
+            await self._next_attempt(rem)  # cut off while deciding: decide again
             return
         if rem.phase is Phase.ACTING:
             # The daemon stopped while the step's action ran: whether it acted is unknown
             # (its row says so). Never run it again: wait for its resolve as if it had.
-            rem.tried.append(
-                {"step": rem.step + 1, "action": rem.rule.steps[rem.step].action.type,
-                 "target": rem.target, "decision_id": rem.decision_id,
-                 "outcome": "failed/interrupted", "verification": ""}
-            )  # fmt: skip
+            rem.note(step=rem.step + 1, action=rem.rule.steps[rem.step].action.type,
+                     target=rem.target, decision_id=rem.decision_id,
+                     outcome="failed/interrupted")  # fmt: skip
             rem.changed = False
-            resolve_within = rem.rule.steps[rem.step].resolve_within
-            if resolve_within is None:
-                self._finish(rem)  # not verified: nothing more would have happened
+            seconds = verify_for(rem.rule, rem.step)
+            if seconds is None or rem.resolved:
+                self.finish(rem)  # not verified, or it resolved meanwhile: nothing to wait for
                 return
-            rem.verify_for = resolve_within
-            rem.phase, rem.due = Phase.VERIFYING, rem.started + resolve_within
+            rem.phase, rem.verify_for, rem.due = Phase.VERIFYING, seconds, rem.started + seconds
+        if rem.phase is Phase.VERIFYING and (rem.resolved or self.resolved_lately(rem.alert)):
+            await self._effective(rem, now)
+            return
         if rem.phase is Phase.VERIFYING and rem.due <= now:
             why = "unknown: the daemon was down when it was due"
-            self._recorder.audit.annotate(rem.decision_id, verification=why)
-            if rem.tried:
-                rem.tried[-1]["verification"] = why
-            self._spawn(self._advance(rem, why), "remediation")
+            self._annotate_verification(rem, why)
+            await self._advance(rem, why)
             return
         self._arm(
             rem, self._verification_due if rem.phase is Phase.VERIFYING else self._attempt_due
         )
+        await self._save(rem)
+
+
+TRANSIENT_RECHECK = 60.0
+"""Seconds after which a remediation held back by a pause, blackout or silence looks again."""
+
+
+def _gone(name: str) -> Rule:
+    """A stand-in for a rule no longer loaded, so its record can be ended with a decision."""
+    return Rule(name=name, matchers=(), steps=(Step(ActionSpec("log", {})),))
 
 
 def decision_url(settings: Settings, decision_id: int) -> str:

@@ -20,6 +20,7 @@ from remediator.models.alert import parse_time
 from remediator.models.decision import Outcome, Reason
 from remediator.models.rule import Rule
 
+_NOT_SENT = ("escalation suppressed", "escalation not sent", "escalation failed")
 HORIZON = dt.timedelta(days=30)
 """How far back decisions are replayed on start."""
 
@@ -42,7 +43,11 @@ async def _one(row: Mapping[str, Any], state: State, rules: Mapping[str, Rule]) 
         outcome == Outcome.FAILED and reason != Reason.TEMPLATE_ERROR
     )
     if acted and target:
-        state.restore_attempt(rule=row["rule"], target=target, at=at)
+        shadow = outcome == Outcome.DRY_RUN and reason == Reason.SHADOW
+        state.restore_attempt(rule=row["rule"], target=target, at=at, shadow=shadow)
+    escalation: str = row.get("escalation") or ""
+    if escalation and not any(s in escalation for s in _NOT_SENT):
+        state.restore_escalation(at)
     rule = rules.get(row["rule"])
     if rule is None or not target:
         return  # the rule is gone: no circuit of it to rebuild

@@ -234,6 +234,17 @@ def _rule(file: str, item: Any, list_line: int) -> Rule:
         raise lat.error("window", "window must be longer than 0s")
     resolve_within = _resolve_within(at, item, 900.0)
     steps = _steps(at, item, resolve_within)
+    for i, step in enumerate(steps[:-1]):
+        if step.resolve_within is None:
+            raise at.error(
+                "steps", f"steps[{i}] has verify.resolve_within: never, so the steps after it "
+                "would never run: give it a time",
+            )  # fmt: skip
+    if limits.retry_while_firing and steps[-1].resolve_within is None:
+        raise lat.error(
+            "retry_while_firing", "retry_while_firing needs a verification "
+            "(verify.resolve_within is never): nothing would say the attempt did not help",
+        )  # fmt: skip
     if len(steps) > 1 and limits.retry_while_firing:
         raise lat.error(
             "retry_while_firing",

@@ -129,7 +129,7 @@ def parse_time(text: str) -> dt.datetime:
     dot = s.find(".")
     if dot != -1:
         end = dot + 1
-        while end < len(s) and s[end].isdigit():
+        while end < len(s) and s[end] in "0123456789":
             end += 1
         frac = s[dot + 1 : end][:6]
         s = s[: dot + 1] + frac.ljust(6, "0") + s[end:] if frac else s[:dot] + s[end:]

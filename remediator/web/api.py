@@ -210,7 +210,7 @@ async def decision(request: web.Request) -> web.Response:
     """One decision's whole row: `GET /api/v1/decisions/{id}` (the link escalations carry)."""
     d = request.app[common.DAEMON]
     text = request.match_info["id"]
-    if not text.isdigit() or not 0 < int(text) < 2**63:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
         return common.error(400, "a decision id is a positive integer")
     row = await d.audit.get(int(text))
     if row is None:

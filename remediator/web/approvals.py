@@ -109,7 +109,7 @@ async def _decide(request: web.Request, *, approve: bool) -> web.Response:
         return _refused(d)
     name, admin = who
     text = request.match_info["id"]
-    if not text.isdigit() or not 0 < int(text) < 2**63:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
         return common.error(400, "an approval id is a positive integer (its decision id)")
     try:
         body = await _small_json(request)
@@ -225,7 +225,11 @@ def _button(body: bytes) -> tuple[str, str, bool, int]:
     if not isinstance(action, dict) or action.get("action_id") not in (APPROVE, REJECT):
         raise ValueError("not one of remediator's buttons")
     value = action.get("value")
-    if not isinstance(value, str) or not value.isdigit() or not 0 < int(value) < 2**63:
+    if (
+        not isinstance(value, str)
+        or not (value.isascii() and value.isdigit())
+        or not 0 < int(value) < 2**63
+    ):
         raise ValueError("the button carries no decision id")
     return (
         user,
