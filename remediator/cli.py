@@ -16,7 +16,7 @@ from remediator import __version__, errors, logs
 from remediator import settings as settings_mod
 from remediator.engine.simulate import simulate
 from remediator.intake import alertmanager, sns
-from remediator.matching import loader
+from remediator.matching import loader, matchers
 from remediator.matching.index import RuleIndex
 from remediator.models.alert import Alert
 
@@ -100,8 +100,9 @@ def _check(args: argparse.Namespace) -> int:
         print(f"config: {exc}", file=sys.stderr)
         return 1
     directory = args.rules_dir or settings.rules_dir
+    warnings: list[errors.RuleFileError] = []
     try:
-        rules = loader.load_dir(directory)
+        rules = loader.load_dir(directory, syntax=settings.matchers_syntax, warnings=warnings)
     except errors.RuleFileErrors as exc:
         for e in exc.errors:
             print(e, file=sys.stderr)
@@ -112,7 +113,12 @@ def _check(args: argparse.Namespace) -> int:
         # A wrong path must not pass as "no errors".
         print(f"{directory}: no rule files (*.yaml, *.yml) here", file=sys.stderr)
         return 1
-    print(f"ok: {len(rules)} rules in {files} files")
+    for w in warnings:
+        print(f"{w.file}:{w.line}: warning: {w.message}", file=sys.stderr)
+    # What was understood, in Alertmanager's canonical form (docs/matchers.md).
+    for rule in rules:
+        print(f"{rule.file}:{rule.line}: {rule.name} {matchers.format_all(rule.matchers)}")
+    print(f"ok: {len(rules)} rules in {files} files (matchers_syntax: {settings.matchers_syntax})")
     return 0
 
 
@@ -136,7 +142,7 @@ def _sample(body: bytes) -> tuple[list[Alert], str]:
 def _simulate(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args, rules_dir=args.rules)
-        rules = loader.load_dir(settings.rules_dir)
+        rules = loader.load_dir(settings.rules_dir, syntax=settings.matchers_syntax)
         body = args.alert_file.read_bytes()
         alerts, note = _sample(body)
     except errors.RuleFileErrors as exc:
