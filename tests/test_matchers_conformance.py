@@ -9,10 +9,12 @@ not compared (ours say what to fix in our words); accept/refuse and the result a
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
 
+from remediator.engine import silences
 from remediator.matching import matchers
 from remediator.matching.matchers import Matcher, Op, Syntax
 
@@ -304,6 +306,56 @@ FROM_JSON: list[tuple[dict[str, Any], Triple]] = [
     ({"name": "foo", "value": "bar", "isRegex": True, "isEqual": False}, ("foo", NRE, "bar")),
 ]
 
+# --------------------------------------------------------------------------- silences
+
+
+def api(name: str, value: str, op: str = EQ) -> dict[str, Any]:
+    """A matcher as API v2 JSON (what Alertmanager's silence conversion emits)."""
+    return {"name": name, "value": value, "isRegex": op in (RE, NRE), "isEqual": op in (EQ, RE)}
+
+
+# silence/silence_test.go, TestQMatches: does a silence with these matchers cover
+# {job=test, instance=web-1, path=/user/profile, method=GET}? Only the rows with one
+# matcher set: API v2 refuses to return a silence with several (api/v2/compat.go).
+QMATCHES_LABELS = {"job": "test", "instance": "web-1", "path": "/user/profile", "method": "GET"}
+QMATCHES: list[tuple[list[dict[str, Any]], bool]] = [
+    ([api("job", "test")], True),
+    ([api("job", "test", NE)], False),
+    ([api("job", "test"), api("method", "POST")], False),
+    ([api("job", "test"), api("method", "POST", NE)], True),
+    ([api("path", "/user/.+", RE)], True),
+    ([api("path", "/user/.+", NRE)], False),
+    ([api("path", "/user/.+", RE), api("path", "/nothing/.+", RE)], False),
+]
+
+HOUR = 3600.0
+# silence/silence_test.go, TestSilencer, for {foo=bar}: (matchers, starts and ends
+# relative to now in seconds, silenced).
+SILENCER: list[tuple[list[dict[str, Any]], float, float, bool]] = [
+    ([api("foo", "baz")], -HOUR, 300, False),  # not silenced by a non-matching silence
+    ([api("foo", "bar")], -HOUR, 300, True),  # silenced by a matching silence
+    ([api("foo", "bar")], -2 * HOUR, -HOUR, False),  # not silenced by an expired one
+    ([api("foo", "bar")], HOUR, 3 * HOUR, False),  # not silenced by a future one
+    ([api("foo", "bar")], -HOUR, HOUR, True),  # silenced once it became active
+    ([api("foo", "b..", RE)], -HOUR, HOUR, True),  # and by an active regex one
+]
+
+# silence/silence_test.go, TestValidateUTF8Matcher: which API matchers are evaluable.
+# (Not transcribed: a value of invalid UTF-8, which JSON cannot carry to us, and a matcher
+# type outside the four, which the API's two booleans cannot express.)
+VALIDATE_UTF8: list[tuple[dict[str, Any], bool]] = [
+    (api("a", "b"), True),
+    (api("a", "b", NE), True),
+    (api("a", "b", RE), True),
+    (api("a", "b", NRE), True),
+    (api("00", "a"), True),
+    (api("\U0001f642", "a"), True),
+    (api("a", "((", RE), False),
+    (api("a", "))", NRE), False),
+    (api("a", "\U0001f642"), True),
+]
+
+
 # --------------------------------------------------------------------------- the tests
 
 
@@ -408,8 +460,55 @@ def test_a_silence_matcher_is_read_as_alertmanager_reads_api_json(
     assert triples((matchers.from_silence(data),)) == [expected]
 
 
+def _silence(ms: list[dict[str, Any]], *, starts: float, ends: float, now: float) -> Any:
+    def rfc3339(offset: float) -> str:
+        return dt.datetime.fromtimestamp(now + offset, dt.UTC).isoformat()
+
+    return {
+        "id": "s1",
+        "matchers": ms,
+        "startsAt": rfc3339(starts),
+        "endsAt": rfc3339(ends),
+        "createdBy": "tests",
+        "comment": "",
+        "status": {"state": "active"},
+    }
+
+
+@pytest.mark.parametrize(("ms", "expected"), QMATCHES)
+def test_a_silence_covers_what_alertmanager_s_query_table_says(
+    ms: list[dict[str, Any]], expected: bool
+) -> None:
+    now = 1_800_000_000.0
+    [s] = silences.parse_silences([_silence(ms, starts=-60, ends=60, now=now)])
+    assert s.unreadable == ""
+    assert s.covers(QMATCHES_LABELS, now) is expected
+
+
+@pytest.mark.parametrize(("ms", "starts", "ends", "expected"), SILENCER)
+def test_a_silence_holds_in_its_window_as_in_alertmanager_s_silencer_test(
+    ms: list[dict[str, Any]], starts: float, ends: float, expected: bool
+) -> None:
+    now = 1_800_000_000.0
+    [s] = silences.parse_silences([_silence(ms, starts=starts, ends=ends, now=now)])
+    assert s.covers({"foo": "bar"}, now) is expected
+
+
+@pytest.mark.parametrize(("data", "evaluable"), VALIDATE_UTF8)
+def test_a_silence_matcher_is_evaluable_where_alertmanager_s_utf8_validation_accepts_it(
+    data: dict[str, Any], evaluable: bool
+) -> None:
+    if evaluable:
+        matchers.from_silence(data)
+    else:
+        with pytest.raises(ValueError, match="invalid regex"):
+            matchers.from_silence(data)
+
+
 def test_every_table_has_both_verdicts() -> None:
     """A table of only successes (or only refusals) could not catch half the mistakes."""
     for table in (CLASSIC_PARSE, UTF8_PARSE, COMPLIANCE):
         assert {r[1] is None for r in table} == {True, False}
     assert {r[3] for r in SEMANTICS} == {True, False}
+    assert {r[1] for r in QMATCHES} == {True, False}
+    assert {r[1] for r in VALIDATE_UTF8} == {True, False}
