@@ -46,6 +46,8 @@ from multidict import CIMultiDict
 ALERTMANAGER_BIN = os.environ.get(
     "REMEDIATOR_TEST_ALERTMANAGER", "/usr/bin/prometheus-alertmanager"
 )
+AMTOOL_BIN = os.environ.get("REMEDIATOR_TEST_AMTOOL", "/usr/bin/amtool")
+"""Alertmanager's CLI (same Debian package): `check-config` is its config parser."""
 REDIS_SERVER_BIN = os.environ.get("REMEDIATOR_TEST_REDIS_SERVER", "/usr/bin/redis-server")
 POSTGRES_BIN_DIR = Path(
     os.environ.get("REMEDIATOR_TEST_POSTGRES_BIN_DIR", "/usr/lib/postgresql/15/bin")
