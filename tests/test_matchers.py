@@ -9,7 +9,7 @@ checked against our implementation and, at the end, against the real Alertmanage
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -342,15 +342,6 @@ def _plain(cases: list[Any]) -> list[tuple[str, dict[str, str]]]:
         values = c.values if _is_param(c) else c
         out.append((values[0], values[1]))
     return out
-
-
-@pytest.fixture(scope="module")
-def alertmanager() -> Iterator[servers.AlertmanagerServer]:
-    # Nothing listens at the webhook URL: delivery failures do not matter to these tests.
-    with servers.AlertmanagerServer(
-        f"http://127.0.0.1:{servers.free_port()}/unused", log_level="warn"
-    ) as am:
-        yield am
 
 
 def _silenced_by_alertmanager(

@@ -25,11 +25,9 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -94,6 +92,13 @@ matcher_strings = st.one_of(
 )
 
 BATCH = 80
+BATCHES = settings(
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],  # no shrinking: each step runs amtool or HTTP
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+"""Hypothesis settings for tests whose every example is a batch against a real program."""
 
 
 def _yaml(data: Any) -> str:
@@ -187,13 +192,7 @@ def test_amtool_and_our_loader_accept_and_refuse_the_same_matcher_strings(
 ) -> None:
     seen: list[bool] = []
 
-    @settings(
-        max_examples=4,
-        deadline=None,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],  # no shrinking: each step runs amtool
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
+    @settings(BATCHES, max_examples=4)
     @given(batch=st.lists(matcher_strings, min_size=BATCH, max_size=BATCH, unique=True))
     def agree(batch: list[str]) -> None:
         theirs = _amtool_verdicts(tmp_path, batch)
@@ -268,15 +267,6 @@ silence_cases = st.tuples(
 POLL_SECONDS = 10.0
 
 
-@pytest.fixture(scope="module")
-def alertmanager() -> Iterator[servers.AlertmanagerServer]:
-    # Nothing listens at the webhook URL: deliveries do not matter here.
-    with servers.AlertmanagerServer(
-        f"http://127.0.0.1:{servers.free_port()}/unused", log_level="warn"
-    ) as am:
-        yield am
-
-
 def _post_silence(am: servers.AlertmanagerServer, matchers_json: list[dict[str, Any]]) -> bool:
     """Whether Alertmanager accepts the silence (400 is its refusal of a matcher)."""
     try:
@@ -310,13 +300,7 @@ def test_alertmanager_and_the_daemon_agree_on_generated_silences(
     verdicts: list[bool] = []
     try:
 
-        @settings(
-            max_examples=3,
-            deadline=None,
-            database=None,
-            phases=[Phase.explicit, Phase.generate],  # no shrinking: each step is HTTP
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        )
+        @settings(BATCHES, max_examples=3)
         @given(cases=st.lists(silence_cases, min_size=40, max_size=40))
         def agree(cases: list[tuple[str, str, str]]) -> None:
             prefix = f"gen{next(batches)}"

@@ -14,7 +14,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import pytest
@@ -56,15 +56,6 @@ def config(am: servers.AlertmanagerServer, *, on_error: str = "fail_closed") -> 
       timeout: 1s
       on_error: {on_error}
     """
-
-
-@pytest.fixture(scope="module")
-def alertmanager() -> Iterator[servers.AlertmanagerServer]:
-    # Nothing listens at the webhook URL: Alertmanager's deliveries do not matter here.
-    with servers.AlertmanagerServer(
-        f"http://127.0.0.1:{servers.free_port()}/unused", log_level="warn"
-    ) as am:
-        yield am
 
 
 @pytest.fixture
@@ -201,18 +192,19 @@ async def test_an_ha_pair_is_asked_in_turn_when_the_first_is_down(
         assert (d["outcome"], d["reason"]) == ("skipped", "silenced")
 
 
-class CountingProxy:
-    """A reverse proxy in front of the real Alertmanager that counts the requests it passes."""
+class LoopbackApp:
+    """An aiohttp app of the test's own on a free loopback port (`url`), for `async with`."""
 
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.requests: list[str] = []
+    def __init__(self) -> None:
         self._runner: web.AppRunner | None = None
         self.url = ""
 
-    async def __aenter__(self) -> CountingProxy:
+    def routes(self, router: web.UrlDispatcher) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self.routes(app.router)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         port = servers.free_port()
@@ -223,6 +215,18 @@ class CountingProxy:
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
+
+
+class CountingProxy(LoopbackApp):
+    """A reverse proxy in front of the real Alertmanager that counts the requests it passes."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.requests: list[str] = []
+
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("*", "/{tail:.*}", self._forward)
 
     async def _forward(self, request: web.Request) -> web.Response:
         self.requests.append(f"{request.method} {request.path}")
@@ -407,28 +411,16 @@ def test_parse_silences_skips_expired_ones_and_keeps_unreadable_ones_saying_why(
     assert "not a JSON object" in got["#4"]
 
 
-class SilenceList:
+class SilenceList(LoopbackApp):
     """An Alertmanager stand-in serving a fixed `GET /api/v2/silences` answer: what the
     real one never stores (a regex RE2 refuses, garbage) is exactly what must fail closed."""
 
     def __init__(self, silences: list[Any]) -> None:
+        super().__init__()
         self.silences = silences
-        self._runner: web.AppRunner | None = None
-        self.url = ""
 
-    async def __aenter__(self) -> SilenceList:
-        app = web.Application()
-        app.router.add_get("/api/v2/silences", self._list)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        port = servers.free_port()
-        await web.TCPSite(self._runner, "127.0.0.1", port).start()
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/api/v2/silences", self._list)
 
     async def _list(self, request: web.Request) -> web.Response:
         return web.json_response(self.silences)
