@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from remediator import __version__, errors, logs
+import yaml
+
+from remediator import __version__, errors, logs, preflight
 from remediator import settings as settings_mod
 from remediator.engine.simulate import simulate
 from remediator.intake import alertmanager, sns
@@ -94,10 +96,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    """Rule files, and with --config everything checkable without the target systems."""
     try:
         settings = _settings(args)
     except errors.ConfigError as exc:
-        print(f"config: {exc}", file=sys.stderr)
+        print(_config_error(args.config, exc), file=sys.stderr)
         return 1
     directory = args.rules_dir or settings.rules_dir
     warnings: list[errors.RuleFileError] = []
@@ -113,13 +116,41 @@ def _check(args: argparse.Namespace) -> int:
         # A wrong path must not pass as "no errors".
         print(f"{directory}: no rule files (*.yaml, *.yml) here", file=sys.stderr)
         return 1
-    for w in warnings:
-        print(f"{w.file}:{w.line}: warning: {w.message}", file=sys.stderr)
+    problems = [preflight.Problem("warning", w.file, w.line, w.message) for w in warnings]
+    problems += preflight.rules(rules, settings, os.environ)
+    if args.config is not None:
+        problems += preflight.config(settings, lines=_config_lines(args.config, settings))
+    for p in problems:
+        print(p, file=sys.stderr)
+    failed = sum(p.level == "error" for p in problems)
+    if failed:
+        print(f"{failed} error(s)", file=sys.stderr)
+        return 1
     # What was understood, in Alertmanager's canonical form (docs/matchers.md).
     for rule in rules:
         print(f"{rule.file}:{rule.line}: {rule.name} {matchers.format_all(rule.matchers)}")
-    print(f"ok: {len(rules)} rules in {files} files (matchers_syntax: {settings.matchers_syntax})")
+    warned = len(problems) - failed
+    print(
+        f"ok: {len(rules)} rules in {files} files (matchers_syntax: {settings.matchers_syntax})"
+        + (f", {warned} warning(s)" if warned else "")
+    )
     return 0
+
+
+def _config_error(path: Path | None, exc: errors.ConfigError) -> str:
+    """`file:line: key: message` (the line of the key, where the file has it)."""
+    if path is None:
+        return f"config: {exc}"
+    try:
+        line = loader.key_line(loader.parse_with_lines(path.read_text(encoding="utf-8")), exc.path)
+    except (OSError, ValueError, yaml.YAMLError):
+        line = 0
+    return f"{path}:{line}: {exc}"
+
+
+def _config_lines(path: Path, settings: settings_mod.Settings) -> dict[str, int]:
+    doc = loader.parse_with_lines(path.read_text(encoding="utf-8"))
+    return {ref.path: loader.key_line(doc, ref.path) for ref in settings.env_refs}
 
 
 def _sample(body: bytes) -> tuple[list[Alert], str]:
@@ -183,4 +214,12 @@ def _simulate(args: argparse.Namespace) -> int:
                 print(f"    {g['guard']:<10} {g['verdict']:<14} {g['detail']}")
             if r["params"] is not None:
                 print(f"    params     {json.dumps(r['params'])}")
+            if len(r["steps"]) > 1:
+                print("    if it does not help:")
+                for s in r["steps"][1:]:
+                    verify = f", verified {s['verify_seconds']:.0f}s" if s["verify_seconds"] else ""
+                    print(
+                        f"      {s['step']:<9} {s['target'] or s['action']}{verify}"
+                        f"{'  (' + s['problem'] + ')' if s['problem'] else ''}"
+                    )
     return 0

@@ -13,7 +13,8 @@
     ├── NotAllowed             outside what config/rule allow (→ not_allowed), raised
     │                          before a request, or by an action once it reads its target
     └── ActionError            an outgoing call failed: an action's, or one made for it
-        │                      (Alertmanager's silences, an SNS certificate fetch)
+        │                      (Alertmanager's silences, an SNS certificate fetch); may
+        │                      carry `data`, the evidence gathered before it failed
         ├── PermanentError     retrying cannot help (404, 403, bad request)
         └── TemporaryError     may succeed later (timeout, 429, 5xx); carries `delay`
             └── NotSent        never reached the receiver (refused, 429): safe to retry
@@ -24,6 +25,9 @@ with `raise ... from`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 
 class RemediatorError(Exception):
@@ -97,7 +101,16 @@ class NotAllowed(RemediatorError):
 
 
 class ActionError(RemediatorError):
-    """An action ran and failed."""
+    """An action ran and failed.
+
+    `data` is what the action found before it failed (e.g. the containers it had already
+    restarted, a health check's last output), bounded by the action: the audit `result`
+    of the failed attempt, as `Result.data` is for one that succeeded.
+    """
+
+    def __init__(self, message: str, *, data: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.data: Mapping[str, Any] = dict(data or {})
 
 
 class PermanentError(ActionError):
@@ -107,8 +120,10 @@ class PermanentError(ActionError):
 class TemporaryError(ActionError):
     """May succeed later; `delay` is the suggested wait in seconds before a retry."""
 
-    def __init__(self, message: str, *, delay: float = 1.0) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, delay: float = 1.0, data: Mapping[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, data=data)
         self.delay = delay
 
 

@@ -78,6 +78,19 @@ class Metrics:
         )
         self.build_info.labels(version=__version__).set(1)
         self.paused = Gauge(f"{PREFIX}_paused", "1 while all actions are paused.", registry=r)
+        self.rule_paused = Gauge(
+            f"{PREFIX}_rule_paused", "1 while a rule's actions are paused on their own.",
+            ["rule"], registry=r,
+        )  # fmt: skip
+        self.remediations = Gauge(
+            f"{PREFIX}_remediations_active",
+            "Remediations under way: acting, verifying, waiting to step up, escalating.",
+            registry=r,
+        )  # fmt: skip
+        self.held = Gauge(
+            f"{PREFIX}_held_alerts", "Alerts held until they have fired for their rule's `for`.",
+            registry=r,
+        )  # fmt: skip
         self._sns(r)
         self._silences(r)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -20,22 +21,23 @@ from collections.abc import Callable, Sequence
 import structlog
 from aiohttp import web
 
-from remediator import errors, intake
+from remediator import errors, intake, preflight
 from remediator import settings as settings_mod
 from remediator.backends import audit as audit_mod
 from remediator.backends import journal as journal_mod
+from remediator.backends import state as state_mod
 from remediator.backends.sqlite import Database
-from remediator.backends.state import MAX_OCCURRENCES, MemoryState
+from remediator.backends.state import EmbeddedState, Pause
 from remediator.clients import Clients
 from remediator.clients.alertmanager import AlertmanagerClient
-from remediator.engine.clock import Clock, SystemClock
-from remediator.engine.engine import Engine, occurrence_key
+from remediator.engine import restoring
+from remediator.engine.clock import Clock, SystemClock, Timer
+from remediator.engine.engine import Engine
 from remediator.engine.silences import Silences
 from remediator.matching import loader
 from remediator.matching.index import RuleIndex
 from remediator.metrics import Metrics
-from remediator.models.alert import Alert, parse_time
-from remediator.models.decision import Outcome, Reason
+from remediator.models.alert import Alert
 from remediator.models.rule import Rule
 from remediator.settings import Settings
 from remediator.web.app import make_app
@@ -54,8 +56,6 @@ def load_rules(settings: Settings) -> list[Rule]:
 
 GC_GEN0_THRESHOLD = 50_000
 """Allocations between young-generation collections (CPython's default is 700)."""
-DEDUP_HORIZON = dt.timedelta(days=30)
-"""How far back decisions are replayed on start for occurrence dedup and cooldowns."""
 
 
 class Daemon:
@@ -75,17 +75,18 @@ class Daemon:
         self.db = Database(
             settings.data_dir / "remediator.db",
             fsync=settings.journal_fsync,
-            schema=journal_mod.SCHEMA + audit_mod.SCHEMA,
+            schema=journal_mod.SCHEMA + audit_mod.SCHEMA + state_mod.SCHEMA,
+            migrations=[audit_mod.migrate],
         )
         self.journal = journal_mod.SqliteJournal(self.db)
         self.audit = audit_mod.SqliteAudit(self.db)
-        self.state = MemoryState()
-        self.state.paused = settings.paused
+        self.state = EmbeddedState(self.db)
         self.stopping = False
         self.clients: Clients | None = None
         self.engine: Engine
         self._engine_task: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
+        self._pause_timers: dict[str, Timer] = {}
         self._config_loader = config_loader
 
     # -- lifecycle --------------------------------------------------------------
@@ -94,48 +95,51 @@ class Daemon:
         """Load rules (fail hard on errors at start), open backends, resume the journal."""
         rules = load_rules(self.settings)
         await self.db.start()
+        await self.state.load()
         self.clients = await Clients.open()
-        silences = None
+        silences = alerts = None
         if self.settings.alertmanager.enabled:
+            alerts = AlertmanagerClient(self.clients.http, self.settings.alertmanager)
             silences = Silences(
-                api=AlertmanagerClient(self.clients.http, self.settings.alertmanager),
-                config=self.settings.alertmanager, clock=self.clock, metrics=self.metrics,
+                api=alerts, config=self.settings.alertmanager, clock=self.clock,
+                metrics=self.metrics,
             )  # fmt: skip
         self.engine = Engine(
             settings=self.settings, index=RuleIndex(rules), journal=self.journal,
             audit=self.audit, state=self.state, metrics=self.metrics, clients=self.clients,
-            clock=self.clock, silences=silences,
+            clock=self.clock, silences=silences, alerts=alerts,
         )  # fmt: skip
         self._reloaded(len(rules))
-        await self._restore()
+        if self.settings.paused and not self.state.paused:
+            await self.state.set_pause(
+                state_mod.GLOBAL,
+                Pause("config", "paused: true in the config file", self.clock.now(), None),
+            )
+        replayed = await restoring.replay(
+            self.audit, self.state, self.engine.index.by_name, now=self.clock.now()
+        )
+        if replayed:
+            log.info("decisions_restored", count=replayed)
         pending = await self.journal.pending(intake.replay)
         self._engine_task = asyncio.create_task(
             self.engine.run(self.settings.workers), name="engine"
         )
+        await self.engine.restore()
         self.engine.submit(pending)
-        self.metrics.paused.set(1 if self.state.paused else 0)
+        self._pause_gauges()
+        for key, p in self.state.pauses().items():
+            log.warning(
+                "paused", scope=key or "all", by=p.by, reason=p.reason,
+                until=_iso(p.until), at_start=True,
+            )  # fmt: skip
+            self._lift_at_until(key, p)
+        for problem in preflight.at_start(self.settings, rules, os.environ):
+            log.warning("start_warning", where=f"{problem.file}:{problem.line}",
+                        problem=problem.message)  # fmt: skip
         log.info(
             "daemon_started", rules=len(rules), resumed=len(pending), dry_run=self.settings.dry_run,
             paused=self.state.paused, data_dir=str(self.settings.data_dir),
         )  # fmt: skip
-
-    async def _restore(self) -> None:
-        """Replay recent decisions: occurrences stay decided and cooldowns hold across restarts."""
-        since = dt.datetime.fromtimestamp(self.clock.now(), dt.UTC) - DEDUP_HORIZON
-        rows = await self.audit.recent_occurrences(since, limit=MAX_OCCURRENCES)
-        for row in rows:
-            outcome, reason, target = row["outcome"], row["reason"], row["target"]
-            at = parse_time(row["decided_at"]).timestamp()
-            key = occurrence_key(row["rule"], row["fingerprint"], row["starts_at"])
-            await self.state.set_occurrence(key, f"{outcome}/{reason}", at)
-            acted = outcome in (Outcome.EXECUTED, Outcome.DRY_RUN) or (
-                outcome == Outcome.FAILED and reason != Reason.TEMPLATE_ERROR
-            )
-            if acted and target:
-                self.state.restore_attempt(rule=row["rule"], target=target, at=at)
-            await self.engine.restore(row, at=at)
-        if rows:
-            log.info("decisions_restored", count=len(rows))
 
     async def shutdown(self) -> None:
         self.stopping = True
@@ -145,6 +149,8 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._engine_task
         self.engine.cancel_timers()
+        for timer in self._pause_timers.values():
+            timer.cancel()
         stuck = await self.engine.wait_actions(self.settings.shutdown_timeout)
         for task in stuck:
             log.warning("shutdown_cancelling_action", task=task.get_name())
@@ -185,10 +191,49 @@ class Daemon:
 
     # -- control ----------------------------------------------------------------
 
-    def set_paused(self, paused: bool, *, by: str) -> None:
-        self.state.paused = paused
-        self.metrics.paused.set(1 if paused else 0)
-        log.warning("paused" if paused else "resumed", by=by)
+    async def set_pause(self, key: str, pause: Pause | None, *, by: str) -> None:
+        """Pause (or with None resume) all actions (key GLOBAL) or one rule; persisted."""
+        await self.state.set_pause(key, pause)
+        self._pause_gauges()
+        if pause is None:
+            log.warning("resumed", scope=key or "all", by=by)
+            return
+        log.warning(
+            "paused", scope=key or "all", by=pause.by, reason=pause.reason,
+            until=_iso(pause.until),
+        )  # fmt: skip
+        self._lift_at_until(key, pause)
+
+    def _lift_at_until(self, key: str, pause: Pause) -> None:
+        """A pause with `until` lifts itself then (the guard already ignores it after)."""
+        old = self._pause_timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        if pause.until is None:
+            return
+
+        def lift() -> None:
+            self._pause_timers.pop(key, None)
+            if self.state.pauses().get(key) == pause:
+                self.engine.spawn(self._lift(key), "pause-lift")
+
+        self._pause_timers[key] = self.clock.call_at(pause.until, lift)
+
+    async def _lift(self, key: str) -> None:
+        await self.state.set_pause(key, None)
+        self._pause_gauges()
+        log.warning("resumed", scope=key or "all", by="until")
+
+    def _pause_gauges(self) -> None:
+        now = self.clock.now()
+        pauses = self.state.pauses()
+        main = pauses.get(state_mod.GLOBAL)
+        self.metrics.paused.set(1 if main is not None and main.active(now) else 0)
+        for rule in self.engine.index.rules:
+            p = pauses.get(rule.name)
+            self.metrics.rule_paused.labels(rule=rule.name).set(
+                1 if p is not None and p.active(now) else 0
+            )
 
     async def reload(self) -> tuple[bool, str]:
         """Reload the config file and the rules (off the event loop); all or nothing.
@@ -229,6 +274,7 @@ class Daemon:
 
     def refresh_gauges(self) -> None:
         self.metrics.journal_backlog.set(self.journal.backlog)
+        self._pause_gauges()
         counts = self.state.open_circuits(self.engine.index.by_name, self.clock.now())
         for name, count in counts.items():
             self.metrics.circuit_open.labels(rule=name).set(count)
@@ -244,6 +290,10 @@ class Daemon:
         if self.journal.backlog >= self.settings.intake.backlog_limit:
             problems.append("journal backlog full")
         return problems
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).isoformat()
 
 
 async def serve(settings: Settings, *, config_loader: Callable[[], Settings] | None = None) -> int:

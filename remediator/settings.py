@@ -40,7 +40,12 @@ class Intake:
     max_alerts_per_request: int = 1000
     """More alerts than this in one body is a 413: a bounded unit of journal work."""
     backlog_limit: int = 10000
-    """Unfinished journaled alerts before answering 503; bounds memory and recovery time."""
+    """Alerts journaled and not yet decided before answering 503; bounds memory and
+    recovery time. Alerts held for a rule's `for` do not count: they have their own bound."""
+    max_held: int = 50_000
+    """Alerts held at once waiting for a rule's `for` (about 1 KiB each). Past it a new one
+    is `skipped/held_full` (counted, and decided again when Alertmanager re-sends it):
+    a storm of young alerts never blocks other alerts or resolves from being accepted."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -57,6 +62,9 @@ class Budgets:
     """Actions running at once; the rest wait for a slot."""
     action_timeout: float = 60.0
     """Seconds an action has, retries included, before it is `failed` with `timeout`."""
+    max_escalations_per_window: int = 20
+    """Escalations sent (all rules) per window; past it they are recorded as suppressed and
+    counted, so a storm pages a human a bounded number of times, not once per alert."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -177,7 +185,11 @@ class Settings:
     dry_run: bool = True
     """Safe default: decide and record, change nothing. Turn off once rules are trusted."""
     paused: bool = False
-    """Start paused (kill switch); pause/resume toggles it at run time."""
+    """Start paused (kill switch) unless a pause is already recorded; pause/resume at run
+    time is persisted and outlives restarts whatever this says."""
+    external_url: str = ""
+    """Where users reach this daemon (e.g. https://remediator.example), for the links in
+    escalations; empty: messages name the decision id and API path only."""
     auth: Auth = Auth()
     intake: Intake = Intake()
     budgets: Budgets = Budgets()
@@ -198,6 +210,8 @@ class Settings:
     """`json`, `console`, or `auto` (console on a terminal, JSON otherwise)."""
     log_level: str = "info"
     config_file: Path | None = None
+    env_refs: tuple[EnvRef, ...] = ()
+    """Every environment variable the config names, set or not (`remediator check`)."""
     sections: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """Config of action families (`kubernetes`, `aws`, ...), parsed by the family's own
     registered parser (see `section`); absent when the file has no such section."""
@@ -263,6 +277,7 @@ def load(
         data_dir=Path(r.text("data_dir", "data")),
         dry_run=r.flag("dry_run", True),
         paused=r.flag("paused", False),
+        external_url=_external_url(r),
         auth=_auth(r.section("auth"), env),
         intake=_intake(r.section("intake")),
         budgets=_budgets(r.section("limits")),
@@ -283,6 +298,7 @@ def load(
         sections=_sections(r, env),
     )
     r.finish()
+    settings = dataclasses.replace(settings, env_refs=tuple(r.refs))
     if overrides:
         settings = dataclasses.replace(settings, **overrides)
     return settings
@@ -439,11 +455,19 @@ def _alertmanager(r: Reader, env: Mapping[str, str]) -> AlertmanagerApi:
     return out
 
 
+def _external_url(r: Reader) -> str:
+    url = r.text("external_url", "")
+    if url and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", url):
+        raise errors.ConfigError("external_url", f"expected an http(s) URL, got {url!r}")
+    return url.rstrip("/")
+
+
 def _intake(r: Reader) -> Intake:
     out = Intake(
         max_body_bytes=r.integer("max_body_bytes", 1 << 20, lo=1024, hi=64 << 20),
         max_alerts_per_request=r.integer("max_alerts_per_request", 1000, lo=1, hi=100_000),
         backlog_limit=r.integer("backlog_limit", 10000, lo=10, hi=10_000_000),
+        max_held=r.integer("max_held", 50_000, lo=0, hi=10_000_000),
     )
     r.finish()
     return out
@@ -456,6 +480,7 @@ def _budgets(r: Reader) -> Budgets:
         max_targets_per_window=r.integer("max_targets_per_window", 10, lo=0, hi=10**9),
         max_concurrent_actions=r.integer("max_concurrent_actions", 4, lo=1, hi=1024),
         action_timeout=r.duration("action_timeout", 60.0),
+        max_escalations_per_window=r.integer("max_escalations_per_window", 20, lo=0, hi=10**6),
     )
     r.finish()
     if out.window <= 0:
@@ -508,13 +533,25 @@ def _blackouts(items: list[Reader], syntax: matchers.Syntax) -> tuple[Blackout, 
     return tuple(out)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnvRef:
+    """An environment variable the config names (`*_env`), for `remediator check`."""
+
+    path: str
+    """The dotted config key, e.g. `postgres.connections.main.dsn_env`."""
+    name: str
+    named: bool
+    """Written in the file (False: a default name such as REMEDIATOR_ADMIN_TOKEN)."""
+    set: bool
+
+
 class Reader:
     """Typed access to one config mapping; remembers keys read to reject unknown ones.
 
     Every error is a ConfigError naming the dotted path of the key.
     """
 
-    def __init__(self, data: Any, prefix: str) -> None:
+    def __init__(self, data: Any, prefix: str, refs: list[EnvRef] | None = None) -> None:
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -522,6 +559,8 @@ class Reader:
         self.data: dict[str, Any] = data
         self.prefix = prefix
         self.seen: set[str] = set()
+        self.refs: list[EnvRef] = [] if refs is None else refs
+        """Every environment variable the config names (shared by the nested readers)."""
 
     def _get(self, key: str) -> Any:
         self.seen.add(key)
@@ -534,11 +573,12 @@ class Reader:
             raise errors.ConfigError(f"{self.prefix}{unknown[0]}", f"unknown key; known: {known}")
 
     def section(self, key: str) -> Reader:
-        return Reader(self._get(key), f"{self.prefix}{key}.")
+        return Reader(self._get(key), f"{self.prefix}{key}.", self.refs)
 
     def items(self, key: str) -> list[Reader]:
         return [
-            Reader(item, f"{self.prefix}{key}[{i}].") for i, item in enumerate(self.raw_list(key))
+            Reader(item, f"{self.prefix}{key}[{i}].", self.refs)
+            for i, item in enumerate(self.raw_list(key))
         ]
 
     def raw_list(self, key: str) -> list[Any]:
@@ -592,7 +632,12 @@ class Reader:
             raise errors.ConfigError(
                 f"{self.prefix}{key}", f"not an environment variable name: {name!r}"
             )
-        return (env.get(name) or None) if name else None
+        value = (env.get(name) or None) if name else None
+        if name:
+            self.refs.append(
+                EnvRef(f"{self.prefix}{key}", name, named=key in self.data, set=value is not None)
+            )
+        return value
 
     def choice(self, key: str, default: str, options: tuple[str, ...]) -> str:
         v = self.text(key, default)

@@ -1,19 +1,27 @@
-"""A Docker Engine API emulator on a unix socket, for `docker.restart` tests.
+"""A Docker Engine API emulator on a unix socket, for what a real engine cannot be made
+to do on demand.
+
+Every other `docker.restart` test runs against a real engine (servers.DockerEngine).
+This one exists only for the cases a real dockerd will not produce when asked:
+
+- a restart answered with a 500 *after* the engine restarted the container (e.g. a
+  write error on the answer's way out), or *before* it did anything;
+- a restart that never answers (`hold_restarts`), to make the client time out;
+- an engine whose API version changes under a running daemon (an upgrade), or that
+  reports a version in other digits.
 
     async with DockerEmulator(tmp_path / "docker.sock") as docker:
-        api = docker.add("backend", labels={...})
+        api = docker.add("backend")
+        docker.fail_next_restart(effect="restarted")
         ...  # run the action against socket tmp_path / "docker.sock"
         assert api.restarts == 1
-        assert docker.requests[-2] == ("POST", f"/v1.43/containers/{api.id}/restart", {"t": "10"})
+        assert docker.posts()[-1] == ("POST", f"/v1.43/containers/{api.id}/restart", {"t": "10"})
 
 It follows the engine where `docker.restart` depends on it: the `/vX.Y` path prefix and
-its version bounds (400 when outside), `GET /version`, `GET /_ping`, `GET /containers/json`
-with `all` and `filters` (label filters, list or map form), `GET /containers/{ref}/json`
-and `POST /containers/{ref}/restart?t=` — a reference resolved as the engine does (full
-id, then name, then unique id prefix), 204 on success, 404 with `No such container: …`,
-errors as JSON `{"message": …}`. Restart failures are injected on demand (`fail_next_restart`,
-with what the engine had done before failing) and restarts can be held (`hold_restarts`)
-to make a client time out. Every request is logged as (method, path, query).
+its version bounds (400 when outside), `GET /version`, `GET /containers/{ref}/json` and
+`POST /containers/{ref}/restart?t=` — a reference resolved as the engine does (full id,
+then name, then unique id prefix), 204 on success, 404 with `No such container: …`,
+errors as JSON `{"message": …}`. Every request is logged as (method, path, query).
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
-import json
 import re
 from pathlib import Path
 from types import TracebackType
@@ -45,15 +52,11 @@ class Request(NamedTuple):
 class Container:
     id: str
     name: str
-    labels: dict[str, str]
     status: str
     started_at: str
     finished_at: str = "0001-01-01T00:00:00Z"
-    exit_code: int = 0
-    env: list[str] = dataclasses.field(default_factory=list)
     restarts: int = 0
-    """Restarts done through the API (the engine's RestartCount only counts restarts by
-    a restart policy, so it stays 0 here as on a real engine)."""
+    """Restarts done through the API."""
     stop_timeouts: list[int | None] = dataclasses.field(default_factory=list)
     """The `t` of each restart request, None when the request gave none."""
 
@@ -62,11 +65,8 @@ class Container:
 class Failure:
     status: int
     message: str
-    effect: Literal["none", "stopped", "restarted"]
-    """What the engine did before failing: nothing, stopped it (the start failed), or
-    the whole restart (the answer failed)."""
-    container: str | None
-    """Only a restart of this container (by name) fails; None: the next restart."""
+    effect: Literal["none", "restarted"]
+    """What the engine did before failing: nothing, or the whole restart."""
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -94,24 +94,10 @@ class DockerEmulator:
 
     # ------------------------------------------------------------------ test controls
 
-    def add(
-        self,
-        name: str,
-        *,
-        labels: dict[str, str] | None = None,
-        status: str = "running",
-        env: list[str] | None = None,
-        id: str | None = None,
-    ) -> Container:
-        cid = id or hashlib.sha256(name.encode()).hexdigest()
-        c = Container(
-            id=cid,
-            name=name,
-            labels=dict(labels or {}),
-            status=status,
-            started_at=self._now(),
-            env=list(env or []),
-        )
+    def add(self, name: str) -> Container:
+        """A running container named `name` (its id derived from the name)."""
+        cid = hashlib.sha256(name.encode()).hexdigest()
+        c = Container(id=cid, name=name, status="running", started_at=self._now())
         self.containers[cid] = c
         return c
 
@@ -120,12 +106,10 @@ class DockerEmulator:
         *,
         status: int = 500,
         message: str = "Cannot restart container: an injected failure",
-        effect: Literal["none", "stopped", "restarted"] = "none",
-        container: str | None = None,
+        effect: Literal["none", "restarted"] = "none",
     ) -> None:
-        """The next restart request (of `container`, if given) fails with `status` after
-        doing `effect`."""
-        self._failures.append(Failure(status, message, effect, container))
+        """The next restart request fails with `status` after doing `effect`."""
+        self._failures.append(Failure(status, message, effect))
 
     def hold_restarts(self) -> None:
         """Restart requests wait (until `release`, or the emulator stops) before acting."""
@@ -183,8 +167,6 @@ class DockerEmulator:
                     f"is {self.min_api_version}, please upgrade your client to a newer version",
                 )
         rest = m.group("rest")
-        if request.method == "GET" and rest == "/_ping":
-            return web.Response(text="OK")
         if request.method == "GET" and rest == "/version":
             return web.json_response(
                 {
@@ -193,8 +175,6 @@ class DockerEmulator:
                     "Version": "24.0.7-emulated",
                 }
             )
-        if request.method == "GET" and rest == "/containers/json":
-            return self._list(request)
         c = _CONTAINER.match(rest)
         if c is not None and request.method == "GET" and c.group("verb") == "json":
             found = self._find(c.group("ref"))
@@ -230,52 +210,18 @@ class DockerEmulator:
             "State": {
                 "Status": c.status,
                 "Running": c.status == "running",
-                "Paused": c.status == "paused",
+                "Paused": False,
                 "Restarting": False,
                 "OOMKilled": False,
                 "Dead": False,
                 "Pid": 4242 if c.status == "running" else 0,
-                "ExitCode": c.exit_code,
+                "ExitCode": 0,
                 "Error": "",
                 "StartedAt": c.started_at,
                 "FinishedAt": c.finished_at,
             },
-            "Config": {"Hostname": c.id[:12], "Image": "app:1", "Env": c.env, "Labels": c.labels},
+            "Config": {"Hostname": c.id[:12], "Image": "app:1", "Env": [], "Labels": {}},
         }
-
-    def _list(self, request: web.Request) -> web.Response:
-        show_all = request.query.get("all", "") in ("1", "true", "True")
-        wanted: list[str] = []
-        if "filters" in request.query:
-            try:
-                filters = json.loads(request.query["filters"])
-            except ValueError:
-                return _error(400, "invalid filter: not JSON")
-            if not isinstance(filters, dict):
-                return _error(400, "invalid filter")
-            for key, value in filters.items():
-                if key != "label":
-                    return _error(400, f"invalid filter '{key}'")  # only what is emulated
-                wanted = (
-                    list(value) if isinstance(value, list) else [k for k, v in value.items() if v]
-                )
-        out = []
-        for c in self.containers.values():
-            if not show_all and c.status != "running":
-                continue
-            if not all(_has_label(c, item) for item in wanted):
-                continue
-            out.append(
-                {
-                    "Id": c.id,
-                    "Names": [f"/{c.name}"],
-                    "Image": "app:1",
-                    "Labels": c.labels,
-                    "State": c.status,
-                    "Status": "Up 5 minutes" if c.status == "running" else "Exited (0)",
-                }
-            )
-        return web.json_response(out)
 
     async def _restart(self, request: web.Request, ref: str) -> web.Response:
         t_text = request.query.get("t")
@@ -287,31 +233,17 @@ class DockerEmulator:
         if self._held is not None:
             await self._held.wait()
         c = found
-        failure = next((f for f in self._failures if f.container in (None, c.name)), None)
-        if failure is not None:
-            self._failures.remove(failure)
+        failure = self._failures.pop(0) if self._failures else None
         if failure is not None and failure.effect == "none":
             return _error(failure.status, failure.message)
         c.stop_timeouts.append(None if t_text is None else int(t_text))
         c.finished_at = self._now()
-        c.exit_code = 0
-        if failure is not None and failure.effect == "stopped":
-            c.status = "exited"
-            c.exit_code = 143
-            return _error(failure.status, failure.message)
         c.started_at = self._now()
         c.status = "running"
         c.restarts += 1
         if failure is not None:
             return _error(failure.status, failure.message)
         return web.Response(status=204)
-
-
-def _has_label(c: Container, item: str) -> bool:
-    key, sep, value = item.partition("=")
-    if not sep:
-        return key in c.labels
-    return c.labels.get(key) == value
 
 
 def _error(status: int, message: str) -> web.Response:

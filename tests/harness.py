@@ -86,10 +86,14 @@ class Harness:
         config: str = "",
         env: dict[str, str] | None = None,
         now: float | None = None,
+        port: int | None = None,
         **overrides: Any,
     ) -> None:
         """`now`: where the FakeClock starts (default START); pass time.time() when a real
-        server's notion of time (Alertmanager's silences) must agree with the daemon's."""
+        server's notion of time (Alertmanager's silences) must agree with the daemon's.
+        `port`: where the HTTP surface listens (default: any free one), for a real
+        Alertmanager that must know where to send its webhooks before the daemon starts."""
+        self._port = port
         self.tmp_path = tmp_path
         self.rules_dir = tmp_path / "rules"
         self.rules_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +121,8 @@ class Harness:
     async def start(self) -> None:
         self.daemon = Daemon(self.settings, clock=self.clock, config_loader=self._reload_settings)
         await self.daemon.start()
-        self.client = TestClient(TestServer(make_app(self.daemon)))
+        server = TestServer(make_app(self.daemon), host="127.0.0.1", port=self._port)
+        self.client = TestClient(server)
         await self.client.start_server()
 
     def _reload_settings(self) -> settings_mod.Settings:

@@ -1,4 +1,5 @@
-"""Real servers on loopback for integration tests: Alertmanager, Redis, PostgreSQL.
+"""Real servers on loopback for integration tests: Alertmanager, Redis, PostgreSQL, and
+a Docker Engine on its own unix socket.
 
 Each server class starts its binary on a free ``127.0.0.1`` port with its state in a
 fresh temporary directory, waits until the server answers, and stops it by its own PID
@@ -23,12 +24,16 @@ import asyncio
 import atexit
 import contextlib
 import datetime as dt
+import http.client
+import io
 import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -49,6 +54,8 @@ ALERTMANAGER_BIN = os.environ.get(
 AMTOOL_BIN = os.environ.get("REMEDIATOR_TEST_AMTOOL", "/usr/bin/amtool")
 """Alertmanager's CLI (same Debian package): `check-config` is its config parser."""
 REDIS_SERVER_BIN = os.environ.get("REMEDIATOR_TEST_REDIS_SERVER", "/usr/bin/redis-server")
+DOCKERD_BIN = os.environ.get("REMEDIATOR_TEST_DOCKERD", "/usr/sbin/dockerd")
+BUSYBOX_BIN = os.environ.get("REMEDIATOR_TEST_BUSYBOX", "/bin/busybox")
 POSTGRES_BIN_DIR = Path(
     os.environ.get("REMEDIATOR_TEST_POSTGRES_BIN_DIR", "/usr/lib/postgresql/15/bin")
 )
@@ -789,6 +796,298 @@ class PostgresServer(_Server):
                 f"{result.stderr.decode(errors='replace')}"
             )
         return result.stdout.decode()
+
+
+# --------------------------------------------------------------------------- Docker Engine
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, *, timeout: float) -> None:
+        super().__init__("docker", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def is_static_elf(path: str) -> bool:
+    """Whether ``path`` is a 64-bit ELF executable without a program interpreter, i.e.
+    one that runs alone in an empty root filesystem (Debian's busybox-static, not the
+    dynamically linked ``busybox`` package, which installs the same path)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(64)
+            if len(header) < 64 or header[:5] != b"\x7fELF\x02" or header[5] != 1:
+                return False
+            phoff, phentsize, phnum = (
+                struct.unpack_from("<Q", header, 32)[0],
+                *struct.unpack_from("<HH", header, 54),
+            )
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    pt_interp = 3
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != pt_interp for i in range(phnum))
+
+
+class DockerEngine(_Server):
+    """Debian's ``dockerd`` (package docker.io) as root, everything of it in its own
+    temporary directory: ``--data-root``, ``--exec-root``, ``--pidfile``, an empty
+    ``--config-file`` (the host's /etc/docker/daemon.json is never read) and the API on
+    ``docker.sock`` there. No network of its own: ``--bridge=none``, no iptables, no IP
+    forwarding or masquerading, no userland proxy; containers run with ``--network
+    none``. dockerd 20.10 starts and supervises its own containerd, whose socket and state
+    are under the exec root too.
+
+    What stays outside the directory, because dockerd 20.10 and containerd 1.6 hard-code
+    it: ``/etc/docker/key.json`` (the engine's identity key, created once if absent and
+    otherwise only read), the empty ``/var/run/docker/plugins`` discovery directory, and
+    the shims' sockets under ``/run/containerd/s/`` (each removed when its container
+    stops; their names hash our containerd's address, so they never meet a system
+    engine's).
+
+    Images come from no registry: :meth:`import_busybox` turns Debian's busybox-static
+    into a root filesystem and ``docker import``s it. :meth:`stop` removes every container
+    first, then stops dockerd by its PID (SIGTERM, then SIGKILL), and its containerd by
+    the PID containerd wrote, should dockerd have died without stopping it.
+
+    The helpers speak the Engine API directly (unversioned paths: the engine's own
+    version), so no ``docker`` CLI is needed and none of another version is used.
+    """
+
+    name = "dockerd"
+    APPLETS = ("sh", "sleep", "touch", "rm", "cat", "echo", "true", "false")
+
+    def __init__(
+        self,
+        *,
+        binary: str = DOCKERD_BIN,
+        busybox: str = BUSYBOX_BIN,
+        start_timeout: float = 30.0,
+        stop_timeout: float = 20.0,
+    ) -> None:
+        super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
+        self.binary = binary
+        self.busybox = busybox
+
+    @classmethod
+    def unavailable(cls, *, binary: str = DOCKERD_BIN, busybox: str = BUSYBOX_BIN) -> str | None:
+        """Why a Docker engine cannot be started here, or None if it can be tried."""
+        if os.geteuid() != 0:
+            return "dockerd must run as root and these tests do not"
+        if not os.access(binary, os.X_OK):
+            return f"no dockerd at {binary}: apt-get install docker.io (make test does, as root)"
+        if not is_static_elf(busybox):
+            return (
+                f"{busybox} is not a static busybox: apt-get install busybox-static "
+                "(make test does, as root)"
+            )
+        return None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "docker.sock"
+
+    def _prepare(self) -> None:
+        (self.directory / "daemon.json").write_text("{}\n")
+
+    def _command(self) -> list[str]:
+        d = self.directory
+        return [
+            self.binary,
+            "--config-file", str(d / "daemon.json"),
+            "--data-root", str(d / "data"),
+            "--exec-root", str(d / "exec"),
+            "--pidfile", str(d / "docker.pid"),
+            "--host", f"unix://{self.socket_path}",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-forward=false",
+            "--ip-masq=false",
+            "--bridge=none",
+            "--userland-proxy=false",
+            "--log-level=warn",
+        ]  # fmt: skip
+
+    def _ready(self) -> bool:
+        try:
+            return self.api("GET", "/_ping", timeout=1.0) == "OK"
+        except (OSError, ServerError, http.client.HTTPException):
+            return False
+
+    def api(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        query: Mapping[str, str] | None = None,
+        data: bytes | None = None,
+        content_type: str = "application/json",
+        expect: Iterable[int] = (200, 201, 204),
+        timeout: float = 30.0,
+        status_only: bool = False,
+    ) -> Any:
+        """One Engine API call; the decoded JSON answer (a list for a JSON-lines stream),
+        or the text, or with ``status_only`` the status. Raises :class:`ServerError` on a
+        status not in ``expect``."""
+        if body is not None:
+            data = json.dumps(body).encode()
+        url = path + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        conn = _UnixHTTPConnection(str(self.socket_path), timeout=timeout)
+        try:
+            headers = {"Content-Type": content_type} if data is not None else {}
+            conn.request(method, url, body=data, headers=headers)
+            response = conn.getresponse()
+            status, raw = response.status, response.read()
+        finally:
+            conn.close()
+        if status not in tuple(expect):
+            raise ServerError(f"{method} {url}: HTTP {status}: {raw[:1000]!r}")
+        if status_only:
+            return status
+        text = raw.decode(errors="replace")
+        if not text.strip():
+            return None
+        with contextlib.suppress(ValueError):
+            return json.loads(text)
+        with contextlib.suppress(ValueError):  # a stream: one JSON document per line
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return text
+
+    def import_busybox(self, reference: str, *, changes: Sequence[str] = ()) -> None:
+        """``docker import`` of a root filesystem holding only busybox, its applets
+        :attr:`APPLETS` as symlinks, and empty /tmp, /proc, /sys, /dev, /etc;
+        ``changes`` are Dockerfile lines (``HEALTHCHECK …``, ``CMD …``)."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for directory in ("bin", "tmp", "proc", "sys", "dev", "etc"):
+                info = tarfile.TarInfo(directory)
+                info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+                tar.addfile(info)
+            tar.add(self.busybox, arcname="bin/busybox")
+            for applet in self.APPLETS:
+                link = tarfile.TarInfo(f"bin/{applet}")
+                link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+                tar.addfile(link)
+        repo, _, tag = reference.partition(":")
+        query = [("fromSrc", "-"), ("repo", repo), ("tag", tag or "latest")]
+        query += [("changes", c) for c in changes]
+        answer = self.api(
+            "POST",
+            f"/images/create?{urllib.parse.urlencode(query)}",
+            data=buffer.getvalue(),
+            content_type="application/x-tar",
+        )
+        for line in answer if isinstance(answer, list) else [answer]:
+            if isinstance(line, dict) and "error" in line:
+                raise ServerError(f"docker import {reference}: {line['error']}")
+
+    def create(
+        self,
+        name: str,
+        image: str,
+        command: Sequence[str],
+        *,
+        labels: Mapping[str, str] | None = None,
+        healthcheck: Mapping[str, Any] | None = None,
+        env: Sequence[str] = (),
+    ) -> str:
+        """``docker create --network none``; returns the container's full id."""
+        body: dict[str, Any] = {
+            "Image": image,
+            "Cmd": list(command),
+            "Labels": dict(labels or {}),
+            "Env": list(env),
+            "HostConfig": {"NetworkMode": "none"},
+        }
+        if healthcheck is not None:
+            body["Healthcheck"] = dict(healthcheck)
+        answer = self.api("POST", "/containers/create", body, query={"name": name})
+        return str(answer["Id"])
+
+    def start_container(self, ref: str) -> None:
+        self.api("POST", f"/containers/{urllib.parse.quote(ref)}/start")
+
+    def stop_container(self, ref: str, *, timeout: int = 0) -> None:
+        self.api("POST", f"/containers/{urllib.parse.quote(ref)}/stop", query={"t": str(timeout)})
+
+    def wait_container(self, ref: str, *, timeout: float = 30.0) -> int:
+        """``docker wait``: block until the container exits; its exit code."""
+        answer = self.api("POST", f"/containers/{urllib.parse.quote(ref)}/wait", timeout=timeout)
+        return int(answer["StatusCode"])
+
+    def path_exists(self, ref: str, path: str) -> bool:
+        """Whether ``path`` exists in the container's filesystem (``HEAD …/archive``)."""
+        status = self.api(
+            "HEAD",
+            f"/containers/{urllib.parse.quote(ref)}/archive",
+            query={"path": path},
+            expect=(200, 404),
+            status_only=True,
+        )
+        return bool(status == 200)
+
+    def inspect(self, ref: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.api("GET", f"/containers/{urllib.parse.quote(ref)}/json")
+        return answer
+
+    def events(self, container: str, *, since: float, until: float) -> list[dict[str, Any]]:
+        """The engine's events for one container between two Unix times (seconds)."""
+        answer = self.api(
+            "GET",
+            "/events",
+            query={
+                "since": f"{since:.9f}",
+                "until": f"{until:.9f}",
+                "filters": json.dumps({"container": [container]}),
+            },
+        )
+        if answer is None:
+            return []
+        return answer if isinstance(answer, list) else [answer]
+
+    def remove_all(self) -> None:
+        """Force-remove every container of this engine (and its anonymous volumes)."""
+        for c in self.api("GET", "/containers/json", query={"all": "1"}) or []:
+            self.api(
+                "DELETE",
+                f"/containers/{c['Id']}",
+                query={"force": "1", "v": "1"},
+                expect=(204, 404),
+            )
+
+    def stop(self) -> int | None:
+        containerd = self._containerd_pid()
+        if self.running:
+            with contextlib.suppress(OSError, ServerError, http.client.HTTPException):
+                self.remove_all()
+        code = self._terminate()
+        if code == -signal.SIGKILL and containerd is not None:
+            # dockerd was killed before it could stop the containerd it started: stop that
+            # one, by the PID it wrote, after checking it is still ours.
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{containerd}/cmdline").read_bytes()
+                if str(self.directory).encode() in cmdline:
+                    os.kill(containerd, signal.SIGKILL)
+        self._cleanup()
+        return code
+
+    def _containerd_pid(self) -> int | None:
+        if self._directory is None:
+            return None
+        try:
+            return int((self.directory / "exec" / "containerd" / "containerd.pid").read_text())
+        except (OSError, ValueError):
+            return None
 
 
 # --------------------------------------------------------------------------- webhook receiver

@@ -79,18 +79,21 @@ def write(path: Path, text: str) -> Path:
 # --------------------------------------------------------------------------- check
 
 
+SLACK = {"SLACK_WEBHOOK_URL": "https://hooks.slack.example/services/T0/B0/x"}
+
+
 def summary() -> str:
     return "ok: {} rules in {} files (matchers_syntax: fallback)".format(*example_rules())
 
 
 def test_check_accepts_the_example_rules(tmp_path: Path) -> None:
-    result = run("check", str(RULES), cwd=tmp_path)
+    result = run("check", str(RULES), cwd=tmp_path, env=clean_env(**SLACK))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[-1] == summary()
     assert len(lines) == example_rules()[0] + 1  # one line per rule, then the summary
     assert (
-        f'{RULES}/apidown.yaml:4: apidown-restart {{alertname="APIDown",namespace=~"prod|staging"}}'
+        f'{RULES}/apidown.yaml:6: apidown-restart {{alertname="APIDown",namespace=~"prod|staging"}}'
         in lines
     )
     assert result.stderr == ""
@@ -98,7 +101,7 @@ def test_check_accepts_the_example_rules(tmp_path: Path) -> None:
 
 def test_check_reads_rules_from_the_working_directory_by_default(tmp_path: Path) -> None:
     shutil.copytree(RULES, tmp_path / "rules")
-    result = run("check", cwd=tmp_path)
+    result = run("check", cwd=tmp_path, env=clean_env(**SLACK))
     assert (result.returncode, result.stdout.splitlines()[-1]) == (0, summary())
 
 
@@ -193,10 +196,11 @@ def test_simulate_shows_the_rule_each_guard_and_the_rendered_action_without_side
     out = result.stdout
     assert "alert APIDown (firing) fingerprint=a1b2c3d4e5f60718" in out
     assert (
-        f"rule apidown-restart ({RULES / 'apidown.yaml'}:4) action=kubernetes.rollout_restart"
+        f"rule apidown-restart ({RULES / 'apidown.yaml'}:6) action=kubernetes.rollout_restart"
         in out
     )
-    lines = out.splitlines()
+    assert "      step 2    kubernetes.scale prod/deployment/api, verified 600s" in out
+    lines = out.split("    if it does not help:")[0].splitlines()
     guards = [
         (parts[0], parts[1])
         for line in lines

@@ -159,16 +159,18 @@ async def test_after_a_restart_a_resend_is_still_a_duplicate_and_the_cooldown_ho
 async def test_retry_while_firing_acts_again_on_the_same_occurrence_after_the_cooldown(
     tmp_path: Path,
 ) -> None:
-    async with Harness(tmp_path, rules=RETRY_WHILE_FIRING) as h:
+    async with Harness(tmp_path, rules=RETRY_WHILE_FIRING, dry_run=False) as h:
         alert = api_down()
         await h.fire(alert)
         await h.advance(5 * MINUTE)
         await h.fire(alert)  # within the cooldown: a duplicate
-        await h.advance(5 * MINUTE)
-        await h.fire(alert)  # cooldown over and still firing: act again
+        await h.advance(5 * MINUTE)  # cooldown over, no resolve: the engine acts again
         rows = await h.decisions()
         assert [(d["outcome"], d["attempt"], d["fingerprint"]) for d in rows] == [
-            ("dry_run", 1, alert["fingerprint"]),
-            ("dry_run", 2, alert["fingerprint"]),
+            ("executed", 1, alert["fingerprint"]),
+            ("executed", 2, alert["fingerprint"]),
         ]
-        assert await h.metric("remediator_duplicates_total", **SOURCE) == 1.0
+        assert rows[0]["verification"].startswith("ineffective: still firing 600s")
+        await h.fire(alert)  # Alertmanager's re-send changes nothing: the engine drives
+        assert len(await h.decisions()) == 2
+        assert await h.metric("remediator_duplicates_total", **SOURCE) == 2.0

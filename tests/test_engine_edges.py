@@ -17,7 +17,7 @@ from remediator.actions import params, registry
 from remediator.actions.base import Context, Result
 from remediator.backends.state import MemoryState
 from remediator.matching import loader
-from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule
+from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule, Step
 from remediator.settings import Budgets, Settings
 from tests import servers
 from tests.harness import START, Harness, am_alert, resolved
@@ -216,7 +216,7 @@ def test_a_refused_trial_does_not_keep_a_half_open_circuit_shut() -> None:
     rule = Rule(
         name="r",
         matchers=(),
-        action=ActionSpec("log", {}),
+        steps=(Step(ActionSpec("log", {})),),
         limits=Limits(cooldown=0.0),
         circuit_breaker=CircuitBreaker(open_after=1, reset_after=60.0),
     )

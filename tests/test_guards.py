@@ -358,39 +358,41 @@ def texts(receiver: WebhookReceiver) -> list[str]:
     return [r.json()["text"] for r in receiver.requests]
 
 
-async def test_the_escalation_runs_once_per_window_when_the_circuit_opens(
+async def test_every_occurrence_that_gets_no_further_attempt_is_escalated_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("REMEDIATOR_TEST_UNSET_HOOK", raising=False)  # the action fails
     async with WebhookReceiver() as receiver:
         monkeypatch.setenv("REMEDIATOR_TEST_ESCALATE_URL", f"{receiver.url}/escalate")
         async with Harness(tmp_path, rules=ESCALATING, dry_run=False) as h:
-            await h.fire(fresh())
-            assert receiver.requests == []
-            await h.fire(fresh())  # second consecutive failure: the circuit opens
+            first = fresh()
+            await h.fire(first)  # fails: nothing more will be tried for it
             assert texts(receiver) == ["remediator gave up on prod/api"]
-            await h.fire(fresh())
-            await h.advance(10 * MINUTE)
-            await h.fire(fresh())  # half-open attempt fails: re-opens within the window
+            await h.fire(first)  # a re-send of the same occurrence: never a second page
             assert len(receiver.requests) == 1
-            await h.advance(HOUR)
-            await h.fire(fresh())  # re-opens again, a window later: escalates again
-            assert len(receiver.requests) == 2
+            await h.fire(fresh())  # fails again: the circuit opens
+            await h.fire(fresh())  # refused by the open circuit: a human must know too
+            assert len(receiver.requests) == 3
+            await h.advance(10 * MINUTE)
+            await h.fire(fresh())  # the half-open trial fails: escalated
+            assert len(receiver.requests) == 4
             rows = await h.decisions()
             assert [(d["outcome"], d["reason"]) for d in rows] == [
                 ("failed", "action_error"),
                 ("failed", "action_error"),
                 ("skipped", "circuit_open"),
                 ("failed", "action_error"),
-                ("failed", "action_error"),
             ]
             assert "REMEDIATOR_TEST_UNSET_HOOK is unset" in rows[0]["detail"]
-            escalations = [d["escalation"] for d in rows]
-            assert escalations[0] == escalations[2] == escalations[3] == ""
-            for text in (escalations[1], escalations[4]):
-                assert text.startswith("circuit opened")
-                assert "posted to $REMEDIATOR_TEST_ESCALATE_URL (HTTP 200)" in text
-            assert receiver.url not in "".join(escalations)  # the URL is a secret
+            for row in rows:
+                assert "posted to $REMEDIATOR_TEST_ESCALATE_URL (HTTP 200)" in row["escalation"]
+            assert rows[0]["escalation"].startswith("step 1 failed")
+            assert "circuit_breaker.reset_after" in rows[2]["escalation"]
+            assert receiver.url not in "".join(d["escalation"] for d in rows)  # a secret
+            assert (
+                await h.metric("remediator_escalations_total", rule="api-notify", result="ok")
+                == 4.0
+            )
 
 
 ATTEMPTS_RUN_OUT = """
@@ -401,6 +403,7 @@ rules:
       type: log
       params: {message: "restart", target: "{{ labels.namespace }}/{{ labels.deployment }}"}
     limits: {cooldown: 0s, max_attempts: 2, window: 1h}
+    verify: {resolve_within: never}
     escalate:
       type: notify.webhook
       params:
@@ -409,7 +412,7 @@ rules:
 """
 
 
-async def test_the_escalation_runs_once_per_window_when_attempts_run_out(
+async def test_an_occurrence_refused_because_attempts_ran_out_is_escalated(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with WebhookReceiver() as receiver:
@@ -419,32 +422,40 @@ async def test_the_escalation_runs_once_per_window_when_attempts_run_out(
             await h.fire(fresh())
             assert receiver.requests == []
             await h.fire(fresh())
-            await h.fire(fresh())
             assert await h.outcomes() == [
                 ("executed", ""),
                 ("executed", ""),
                 ("skipped", "max_attempts"),
-                ("skipped", "max_attempts"),
             ]
             assert texts(receiver) == ["attempts ran out on prod/api"]
+            rows = await h.decisions()
+            assert "posted to $REMEDIATOR_TEST_ESCALATE_URL" in rows[2]["escalation"]
             assert (
                 await h.metric("remediator_escalations_total", rule="api-restart", result="ok")
                 == 1.0
             )
 
 
-async def test_the_max_attempts_row_records_the_escalation_it_caused(
+async def test_a_storm_of_escalations_is_cut_at_the_global_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    config = "limits: {max_escalations_per_window: 2, window: 1h}\n"
     async with WebhookReceiver() as receiver:
         monkeypatch.setenv("REMEDIATOR_TEST_ESCALATE_URL", f"{receiver.url}/escalate")
-        async with Harness(tmp_path, rules=ATTEMPTS_RUN_OUT, dry_run=False) as h:
-            for _ in range(3):
+        async with Harness(tmp_path, rules=ATTEMPTS_RUN_OUT, config=config, dry_run=False) as h:
+            for _ in range(5):
                 await h.fire(fresh())
-            assert len(receiver.requests) == 1
+            assert len(receiver.requests) == 2
             rows = await h.decisions()
-            assert rows[2]["reason"] == "max_attempts"
-            assert "posted to $REMEDIATOR_TEST_ESCALATE_URL" in rows[2]["escalation"]
+            assert "limits.max_escalations_per_window" in rows[4]["escalation"]
+            suppressed = await h.metric(
+                "remediator_escalations_total", rule="api-restart", result="suppressed"
+            )
+            assert suppressed == 1.0
+            await h.advance(HOUR)
+            for _ in range(3):  # a window later: two attempts, then a human is called again
+                await h.fire(fresh())
+            assert len(receiver.requests) == 3
 
 
 # -- pause, blackout, `for`, dry-run, lock ----------------------------------------
@@ -463,7 +474,8 @@ async def test_pause_skips_every_decision_and_after_resume_a_redelivery_is_decid
 ) -> None:
     async with Harness(tmp_path, rules=RESTART, config=ADMIN, env=ADMIN_ENV) as h:
         assert (await admin_post(h, "/api/v1/pause", token="wrong"))[0] == 401
-        assert await admin_post(h, "/api/v1/pause") == (200, {"status": "ok", "paused": True})
+        status, answer = await admin_post(h, "/api/v1/pause")
+        assert (status, answer["paused"]) == (200, True)
         alert = fresh()
         await h.fire(alert)
         await h.fire(alert)  # still paused: the pause decision stands, no second row

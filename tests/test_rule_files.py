@@ -56,6 +56,7 @@ def test_the_example_rules_load() -> None:
     assert set(by_name) == {
         "apidown-restart",
         "apidown-compose-restart",
+        "redisdown-compose-restart",
         "traffic-spike-scale-up",
         "db-pool-exhausted-terminate",
         "sqs-backlog-scale-consumers",
@@ -75,10 +76,19 @@ def test_the_example_rules_load() -> None:
         "kubernetes.rollout_restart",
     )
     assert (apidown.limits.cooldown, apidown.limits.max_attempts) == (900.0, 3)
-    assert apidown.resolve_within == 600.0
+    assert apidown.steps[0].resolve_within == 600.0
     assert apidown.escalate is not None and apidown.escalate.type == "notify.webhook"
     assert apidown.file == str(REPO_RULES / "apidown.yaml")
-    assert apidown.line == 4
+    assert apidown.line == 6
+    assert [s.action.type for s in apidown.steps] == [
+        "kubernetes.rollout_restart",
+        "kubernetes.scale",
+    ]
+    pool = by_name["db-pool-exhausted-terminate"]
+    assert [(s.action.type, s.resolve_within) for s in pool.steps] == [
+        ("postgres.terminate_queries", 300.0),
+        ("docker.restart", 600.0),
+    ]
     scale = by_name["traffic-spike-scale-up"]
     assert scale.action.type == "kubernetes.scale"
     assert scale.file == str(REPO_RULES / "traffic-spike-scale.yaml")
@@ -103,8 +113,125 @@ def test_a_rule_that_sets_nothing_gets_the_documented_defaults(tmp_path: Path) -
         3600.0,
     )
     assert (rule.limits.max_actions, rule.limits.retry_while_firing) == (None, False)
-    assert rule.resolve_within == 900.0
+    assert rule.steps[0].resolve_within == 900.0
     assert (rule.circuit_breaker.open_after, rule.circuit_breaker.reset_after) == (3, 3600.0)
+
+
+def test_a_ladder_verifies_each_step_and_a_step_without_verify_takes_the_rules(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path,
+        "ladder.yaml",
+        """
+        rules:
+          - name: ladder
+            matchers: ['alertname = "A"']
+            steps:
+              - action: {type: log, params: {message: one}}
+                verify: {resolve_within: 2m}
+              - action: {type: log, params: {message: two}}
+              - action: {type: log, params: {message: three}}
+                verify: {resolve_within: never}
+            verify: {resolve_within: 7m}
+            dry_run: true
+        """,
+    )
+    [rule] = loader.load_dir(tmp_path)
+    assert [s.resolve_within for s in rule.steps] == [120.0, 420.0, None]
+    assert rule.dry_run is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+                steps:   # <- here
+                  - action: {type: log, params: {message: hi}}
+            """,
+            "either `action` or `steps`",
+            id="both",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                steps:
+                  - action: {type: log, params: {message: hi}}
+                  - action: {type: log, params: {message: again}}
+                limits:
+                  retry_while_firing: true   # <- here
+            """,
+            "list a step twice",
+            id="ladder-and-retry",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                steps:
+                  - action: {type: log, params: {message: hi}}
+                  - verify: {resolve_within: 5m}   # <- here
+            """,
+            "`action` is required",
+            id="step-without-action",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                steps:
+                  - action: {type: log, params: {message: hi}}
+                    when: later   # <- here
+            """,
+            "unknown key steps[0].when",
+            id="unknown-step-key",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action:
+                  type: log
+                  params:
+                    message: "see {{ decision.url }}"   # <- here
+            """,
+            "only in `escalate` params",
+            id="escalation-template-in-an-action",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                action: {type: log, params: {message: hi}}
+                dry_run: sometimes   # <- here
+            """,
+            "true or false",
+            id="dry-run-not-a-flag",
+        ),
+    ],
+)
+def test_a_ladder_mistake_is_reported_at_its_line(tmp_path: Path, text: str, message: str) -> None:
+    path, error = only_error(tmp_path, text)
+    assert message in error.message
+    assert error.line == marked_line(path)
+
+
+def test_a_ladder_longer_than_ten_steps_is_refused(tmp_path: Path) -> None:
+    steps = "".join("      - action: {type: log, params: {message: hi}}\n" for _ in range(11))
+    text = f"rules:\n  - name: x\n    matchers: ['alertname = \"A\"']\n    steps:\n{steps}"
+    _, error = only_error(tmp_path, text)
+    assert "at most 10 steps" in error.message
 
 
 def test_verify_never_turns_verification_off(tmp_path: Path) -> None:
@@ -120,7 +247,7 @@ def test_verify_never_turns_verification_off(tmp_path: Path) -> None:
         """,
     )
     [rule] = loader.load_dir(tmp_path)
-    assert rule.resolve_within is None
+    assert rule.steps[0].resolve_within is None
 
 
 @pytest.mark.parametrize(

@@ -473,7 +473,7 @@ async def test_the_rules_api_shows_limits_and_the_cooldown_left_after_a_dry_run(
             "max_actions": None,
             "retry_while_firing": False,
         }
-        assert before["verify"] == {"resolve_within_seconds": 600.0}
+        assert before["steps"] == [{"action": "log", "resolve_within_seconds": 600.0}]
         assert before["matchers"] == ['alertname="APIDown"']
         assert before["action"] == "log"
         assert re.search(r"rules\.yaml:\d+$", before["file"])

@@ -11,6 +11,7 @@ import structlog
 from remediator import errors
 from remediator.actions import params
 from remediator.models.alert import Alert
+from remediator.models.decision import Escalation
 from remediator.settings import Settings
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger("remediator.actions")
@@ -27,6 +28,10 @@ class Context:
     """remediator.clients.Clients: the process's shared I/O clients."""
     timeout: float
     """Seconds the action has in all, retries included."""
+    decision_id: int = 0
+    """The audit row of this run (0 in a dry run not yet recorded)."""
+    escalation: Escalation | None = None
+    """Set when the action runs as a rule's `escalate`: why and what was tried."""
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:

@@ -6,17 +6,27 @@ service (`compose_service: project/service`, every container of it, one after th
 other). Both must be on the `docker:` allow-lists, checked before any request is made:
 a label value can only ever pick a container the config already names.
 
+A restart counts as done only once it is read back: the container is inspected after
+the engine's 204 and must be running with a new `State.StartedAt`; when it has a health
+check (the image's HEALTHCHECK or the container's), the action waits, bounded by
+`docker.health_timeout` and the action's time, for `healthy`. A container that exits,
+reports `unhealthy` or is still `starting` at the bound is a failed attempt whose detail
+quotes the health check's last output, and the containers of a service after it are left
+alone: a rolling restart stops at the first container that does not come back.
+
 A restart is not safe to repeat blindly (each one cuts the service), so the action is
 not idempotent and the engine never retries it. When the restart call fails after the
 engine may have acted on it (HTTP 500, timeout, dropped connection), the container is
 inspected again and the failure says what state it was left in — a 500 from a restart
 whose start failed leaves the container stopped, which is what a human must know first.
+Every failure carries in `data` the containers restarted so far and what was read back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -48,6 +58,13 @@ _MAX_LABELS = 20
 _MAX_LISTED = 5
 """Containers named in a decision's detail; the `result` holds them all."""
 _MAX_LABEL_VALUE = 200
+_HEALTH_POLL = 0.25
+"""Seconds between inspects while a health check reports `starting`: a local socket
+answers in milliseconds, and Docker's own probes run at most this often in practice."""
+_HEALTH_LINES = 3
+"""Health check results quoted as evidence (the newest of the current run)."""
+_HEALTH_OUTPUT = 200
+"""Characters kept of each health check's output (Docker itself keeps 4 kB)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,6 +92,11 @@ class DockerConfig:
     request_timeout: float = 10.0
     """Seconds for each read call (version, inspect, list): a local socket answers in
     milliseconds, so 10 s only trips on an engine that is stuck."""
+    health_timeout: float = 30.0
+    """Seconds to wait after a restart for a container with a health check to report
+    `healthy` (never longer than what is left of `limits.action_timeout`). 30 s leaves
+    the defaults (10 s stop + 20 s start + 30 s) within the default 60 s action timeout;
+    raise both for a service that warms up slowly (its HEALTHCHECK's start period)."""
 
 
 def _whole_seconds(path: str, value: float, *, lo: float, hi: float) -> float:
@@ -119,6 +141,9 @@ def _config(r: settings_mod.Reader, env: Mapping[str, str]) -> DockerConfig:
     request = r.duration("request_timeout", d.request_timeout)
     if not 0.1 <= request <= 60:
         raise errors.ConfigError(f"{r.prefix}request_timeout", "must be in 100ms..60s")
+    health = r.duration("health_timeout", d.health_timeout)
+    if not 1 <= health <= 600:
+        raise errors.ConfigError(f"{r.prefix}health_timeout", "must be in 1s..10m")
     return DockerConfig(
         socket=socket,
         api_version=api_version,
@@ -127,6 +152,7 @@ def _config(r: settings_mod.Reader, env: Mapping[str, str]) -> DockerConfig:
         stop_timeout=_whole_seconds(f"{r.prefix}stop_timeout", stop, lo=0, hi=600),
         start_timeout=_whole_seconds(f"{r.prefix}start_timeout", start, lo=1, hi=600),
         request_timeout=request,
+        health_timeout=health,
     )
 
 
@@ -269,13 +295,18 @@ class DockerRestart:
         stop = int(values.get("stop_timeout", cfg.stop_timeout))
         found = await _resolve(values, cfg, client, deadline)
         done: list[dict[str, Any]] = []
-        for before in found:
+
+        def data(*more: dict[str, Any]) -> dict[str, Any]:
+            return {"checked": True, "stop_timeout": stop, "containers": [*done, *more]}
+
+        for i, before in enumerate(found):
             name = _name(before)
             left = deadline - loop.time() - _MARGIN
             if left < stop + 1:
                 raise errors.PermanentError(
                     f"{_done(done)}not enough time left in `limits.action_timeout` to restart "
-                    f"container {name} with a {stop}s stop timeout: not started"
+                    f"container {name} with a {stop}s stop timeout: not started",
+                    data=data(),
                 )
             try:
                 await client.restart(
@@ -284,24 +315,34 @@ class DockerRestart:
                     timeout=min(stop + cfg.start_timeout, left),
                 )
             except (errors.PermanentError, errors.TemporaryError) as exc:
-                raise type(exc)(f"{_done(done)}{exc}") from exc
+                raise type(exc)(f"{_done(done)}{exc}", data=data()) from exc
             except errors.ActionError as exc:
                 # The engine may have stopped it, restarted it, or done nothing: look.
                 after = await _look(client, before, cfg, deadline)
                 raise errors.ActionError(
-                    f"{_done(done)}{exc}; {_after_failure(before, after)}"
+                    f"{_done(done)}{exc}; {_after_failure(before, after)}{_rest(found, i)}",
+                    data=data(_summary(before, after)),
                 ) from exc
-            after = await _look(client, before, cfg, deadline)
-            done.append(_summary(before, after))
+            try:
+                summary = await _confirm(client, before, cfg, deadline)
+            except _Unconfirmed as exc:
+                raise errors.ActionError(
+                    f"{_done(done)}{exc}{_rest(found, i)}", data=data(exc.summary)
+                ) from exc
+            done.append(summary)
             ctx.log.info(
-                "docker_restarted", container=name, id=str(before["Id"])[:12], stop_timeout=stop
+                "docker_restarted",
+                container=name,
+                id=str(before["Id"])[:12],
+                stop_timeout=stop,
+                started_at=summary["started_at"],
+                health=summary["health"],
             )
         what = ", ".join(_restarted_text(d) for d in done[:_MAX_LISTED])
         if len(done) > _MAX_LISTED:
             what += f" and {len(done) - _MAX_LISTED} more (see result)"
         return Result(
-            detail=f"restarted {_what(values)}: {what}; stop timeout {stop}s",
-            data={"checked": True, "stop_timeout": stop, "containers": done},
+            detail=f"restarted {_what(values)}: {what}; stop timeout {stop}s", data=data()
         )
 
     async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
@@ -318,7 +359,8 @@ class DockerRestart:
         found = await _resolve(values, cfg, client, loop.time() + ctx.timeout)
         states = [_state(c) for c in found]
         shown = ", ".join(
-            f"{s['name']} ({s['id']}, {s['status']} since {s['started_at']})"
+            f"{s['name']} ({s['id']}, {s['status']}{_health_text(s['health'])} "
+            f"since {s['started_at']})"
             for s in states[:_MAX_LISTED]
         )
         if len(states) > _MAX_LISTED:
@@ -430,6 +472,133 @@ async def _look(
         return None
 
 
+class _Unconfirmed(errors.ActionError):
+    """A restart the engine answered 204 to, not confirmed by what was read back."""
+
+    def __init__(self, message: str, summary: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+async def _confirm(
+    client: DockerClient, before: Mapping[str, Any], cfg: DockerConfig, deadline: float
+) -> dict[str, Any]:
+    """Read a restarted container back: running, with a new start time and, when it has
+    a health check, `healthy` — waiting for that within `docker.health_timeout` and the
+    action's deadline. Returns the audit summary; raises _Unconfirmed otherwise."""
+    loop = asyncio.get_running_loop()
+    waited_from = loop.time()
+    by_health = waited_from + cfg.health_timeout
+    until = min(by_health, deadline - _MARGIN)
+    name = _name(before)
+    while True:
+        try:
+            after = await client.inspect(str(before["Id"]), timeout=_left(deadline, cfg))
+        except errors.ActionError as exc:
+            raise _Unconfirmed(
+                f"container {name}: the engine answered the restart (HTTP 204) but its state "
+                f"afterwards could not be read ({exc}): check it by hand (`docker ps -a`)",
+                _summary(before, None),
+            ) from exc
+        s = _summary(before, after)
+        state = _dict(after.get("State"))
+        if s["started_at"] == s["started_at_before"]:
+            raise _Unconfirmed(
+                f"container {name}: the engine answered the restart (HTTP 204) but its start "
+                f"time did not change ({s['status']} since {s['started_at']}): not restarted",
+                s,
+            )
+        if s["status"] != "running":
+            error = str(state.get("Error", ""))[:_HEALTH_OUTPUT]
+            raise _Unconfirmed(
+                f"container {name} was restarted at {s['started_at']} but is now "
+                f"{s['status']} (exit code {state.get('ExitCode', '?')}"
+                f"{', ' + error if error else ''}): it does not stay up; a human must look",
+                s,
+            )
+        if s["health"] in ("none", "healthy"):
+            return s
+        log = _health_log(state, s["started_at"])
+        s["health_log"] = log
+        evidence = _log_text(log)
+        if s["health"] != "starting":
+            raise _Unconfirmed(
+                f"container {name} was restarted (running since {s['started_at']}) but its "
+                f"health check reports {s['health']}: {evidence}",
+                s,
+            )
+        left = until - loop.time()
+        if left <= 0:
+            bound = (
+                "`docker.health_timeout`"
+                if by_health <= deadline - _MARGIN
+                else "what was left of `limits.action_timeout`"
+            )
+            raise _Unconfirmed(
+                f"container {name} was restarted (running since {s['started_at']}) but its "
+                f"health check still reports starting after {loop.time() - waited_from:.0f}s "
+                f"({bound}): {evidence}",
+                s,
+            )
+        await asyncio.sleep(min(_HEALTH_POLL, left))
+
+
+def _health(state: Mapping[str, Any]) -> str:
+    """`State.Health.Status`, or "none" for a container without a health check."""
+    status = _dict(state.get("Health")).get("Status")
+    return str(status) if status and status != "none" else "none"
+
+
+def _health_log(state: Mapping[str, Any], started_at: str) -> list[dict[str, Any]]:
+    """The newest results of the health check since the container (re)started: Docker
+    keeps the last five across restarts, and those of the run before are no evidence."""
+    since = _time(started_at)
+    out = []
+    for entry in _dict(state.get("Health")).get("Log") or []:
+        if not isinstance(entry, dict):
+            continue
+        start = _time(str(entry.get("Start", "")))
+        if since is not None and start is not None and start < since:
+            continue
+        output = " ".join(str(entry.get("Output", "")).split())
+        out.append(
+            {
+                "start": str(entry.get("Start", ""))[:40],
+                "exit_code": entry.get("ExitCode"),
+                "output": output[:_HEALTH_OUTPUT],
+            }
+        )
+    return out[-_HEALTH_LINES:]
+
+
+def _log_text(log: list[dict[str, Any]]) -> str:
+    if not log:
+        return "no health check has run since the restart"
+    shown = "; ".join(f"[exit {e['exit_code']}] {e['output'] or '(no output)'}" for e in log)
+    return f"last health check output: {shown}"
+
+
+def _time(text: str) -> dt.datetime | None:
+    """An engine timestamp (RFC 3339 with nanoseconds); None when it is not one."""
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _health_text(health: str) -> str:
+    return "" if health == "none" else f", {health}"
+
+
+def _rest(found: list[dict[str, Any]], i: int) -> str:
+    rest = [_name(c) for c in found[i + 1 :]]
+    if not rest:
+        return ""
+    return f"; not restarted: {', '.join(rest[:_MAX_LISTED])}" + (
+        f" and {len(rest) - _MAX_LISTED} more" if len(rest) > _MAX_LISTED else ""
+    )
+
+
 def _name(info: Mapping[str, Any]) -> str:
     return str(info.get("Name", "")).lstrip("/")
 
@@ -446,6 +615,7 @@ def _state(info: Mapping[str, Any]) -> dict[str, Any]:
         "name": _name(info),
         "id": str(info.get("Id", ""))[:12],
         "status": str(state.get("Status", "unknown")),
+        "health": _health(state),
         "started_at": str(state.get("StartedAt", "")),
         "labels": labels,
     }
@@ -464,17 +634,16 @@ def _summary(before: Mapping[str, Any], after: Mapping[str, Any] | None) -> dict
         "started_at_before": b["started_at"],
     }
     if after is None:
-        return {**out, "status": "unknown", "started_at": ""}
+        return {**out, "status": "unknown", "health": "unknown", "started_at": ""}
     a = _state(after)
-    return {**out, "status": a["status"], "started_at": a["started_at"]}
+    return {**out, "status": a["status"], "health": a["health"], "started_at": a["started_at"]}
 
 
 def _restarted_text(d: Mapping[str, Any]) -> str:
-    if d["status"] == "unknown":
-        return f"{d['name']} ({d['id']}; state afterwards could not be read)"
+    """One confirmed restart (a `_confirm` summary) in words."""
     return (
-        f"{d['name']} ({d['id']}) {d['status']} since {d['started_at']} "
-        f"(was {d['status_before']} since {d['started_at_before']})"
+        f"{d['name']} ({d['id']}) {d['status']}{_health_text(d['health'])} since "
+        f"{d['started_at']} (was {d['status_before']} since {d['started_at_before']})"
     )
 
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from remediator import errors
 from remediator.actions import params, registry
 from remediator.actions.base import Context, Result
+from remediator.matching import templates
 from remediator.settings import Settings
 
 
@@ -26,7 +27,12 @@ class NotifyWebhook:
     schema: ClassVar[params.Schema] = params.Schema(
         {
             "url_env": params.Field(params.env_name(), doc="environment variable holding the URL"),
-            "text": params.Field(params.text(max_len=4000), required=False, doc="message text"),
+            "text": params.Field(
+                params.text(max_len=4000),
+                required=False,
+                doc="message text (Slack mrkdwn; values from templates are escaped)",
+                escape=templates.slack_escape,
+            ),
         }
     )
 
@@ -45,12 +51,7 @@ class NotifyWebhook:
         return url
 
     def _message(self, values: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
-        alert = ctx.alert
-        text = values.get("text") or (
-            f"[remediator] {alert.name} ({alert.status}) rule={ctx.rule} "
-            f"{alert.annotations.get('summary', '')}".strip()
-        )
-        return {"text": text}
+        return {"text": values.get("text") or default_text(ctx)}
 
     async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         body = self._message(values, ctx)
@@ -65,6 +66,29 @@ class NotifyWebhook:
         self._url(values)  # proves the variable is set, without posting
         body = self._message(values, ctx)
         return Result(detail=f"would post to ${values['url_env']}: {body['text'][:200]}")
+
+
+def default_text(ctx: Context) -> str:
+    """The message when a rule gives no `text`: the alert, and for an escalation why it
+    gave up, what was tried and the link to the decision. Alert values are escaped."""
+    esc = templates.slack_escape
+    alert = ctx.alert
+    summary = esc(alert.annotations.get("summary", ""))
+    head = f"[remediator] {esc(alert.name)} ({alert.status}) rule={esc(ctx.rule)} {summary}"
+    e = ctx.escalation
+    if e is None:
+        return head.strip()
+    lines = [
+        f"[remediator] rule {esc(ctx.rule)} gave up on {esc(alert.name)}: {esc(e.why)}",
+        *(f"- {esc(line)}" for line in e.tried),
+    ]
+    if summary:
+        lines.append(f"Alert: {summary}")
+    if e.url:
+        lines.append(f"Decision {e.decision_id}: {e.url}")
+    elif e.decision_id:
+        lines.append(f"Decision {e.decision_id} (GET /api/v1/decisions/{e.decision_id})")
+    return "\n".join(lines)[:4000]
 
 
 registry.register(NotifyWebhook())

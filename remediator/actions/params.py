@@ -31,6 +31,9 @@ class Field:
     required: bool = True
     default: Any = None
     doc: str = ""
+    escape: Callable[[str], str] | None = None
+    """Applied to each value a template inserts (not to the rule's literal text): chat
+    messages escape label values so they cannot mention, link or format."""
 
 
 class _Templated:
@@ -52,6 +55,11 @@ class Schema:
     """A check across params (exactly one of `step`/`to`, min <= max), raising
     ParamError. It gets the params given in the rule, validated; at load time those set
     by a template are `TEMPLATED`. It runs at load time and again after rendering."""
+
+    @property
+    def escapes(self) -> dict[str, Callable[[str], str]]:
+        """Params whose inserted values are escaped, and how."""
+        return {name: f.escape for name, f in self.fields.items() if f.escape is not None}
 
     def check_static(self, params: Mapping[str, Any]) -> None:
         """Load-time check: keys known, required present, literal values valid."""

@@ -46,7 +46,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     escalation TEXT NOT NULL DEFAULT '',
     result TEXT NOT NULL DEFAULT '{}',
     silence TEXT NOT NULL DEFAULT '',
-    alert TEXT NOT NULL DEFAULT '{}'
+    alert TEXT NOT NULL DEFAULT '{}',
+    step INTEGER NOT NULL DEFAULT 1,
+    evidence TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS decisions_rule ON decisions (rule, id);
 CREATE INDEX IF NOT EXISTS decisions_alertname ON decisions (alertname, id);
@@ -57,8 +59,21 @@ CREATE INDEX IF NOT EXISTS decisions_decided_at ON decisions (decided_at);
 COLUMNS = (
     "id", "decided_at", "received_at", "rule", "alertname", "fingerprint", "starts_at",
     "source", "outcome", "reason", "target", "action", "params", "detail", "request_id",
-    "attempt", "verification", "escalation", "result", "silence", "alert",
+    "attempt", "verification", "escalation", "result", "silence", "alert", "step", "evidence",
 )  # fmt: skip
+ADDED_COLUMNS = {
+    "step": "INTEGER NOT NULL DEFAULT 1",
+    "evidence": "TEXT NOT NULL DEFAULT '{}'",
+}
+"""Columns added after the first release: an older database gains them on start."""
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database written by an older version up to this schema (idempotent)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+    for column, decl in ADDED_COLUMNS.items():
+        if column not in have:
+            conn.execute(f"ALTER TABLE decisions ADD COLUMN {column} {decl}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,6 +117,9 @@ class Audit(Protocol):
 
     async def query(self, q: Query) -> list[dict[str, Any]]: ...
 
+    async def get(self, id_: int) -> dict[str, Any] | None:
+        """One decision by id (columns as in `query`), or None."""
+
     async def recent_occurrences(self, since: dt.datetime, *, limit: int) -> list[dict[str, Any]]:
         """At most `limit` decisions since a time, oldest first (columns as in the API, the
         alert decoded): rebuilds dedup, cooldowns, circuits and verifications on start."""
@@ -110,7 +128,7 @@ class Audit(Protocol):
 log = structlog.get_logger(__name__)
 
 _Row = tuple[Any, ...]
-_INSERTED = (*COLUMNS[1:16], "result", "alert")
+_INSERTED = (*COLUMNS[1:16], "result", "alert", "step")
 _INSERT = (
     f"INSERT INTO decisions ({', '.join(_INSERTED)}) "  # noqa: S608 - fixed names
     f"VALUES ({', '.join('?' * len(_INSERTED))})"
@@ -133,7 +151,7 @@ class SqliteAudit:
             d.starts_at, d.source, str(d.outcome), str(d.reason), d.target, d.action,
             json.dumps(dict(d.params), default=str), d.detail, d.request_id, d.attempt,
             json.dumps(dict(d.result), default=str) if d.result else "{}",
-            json.dumps({"labels": d.labels, "annotations": d.annotations}),
+            json.dumps({"labels": d.labels, "annotations": d.annotations}), d.step,
         )  # fmt: skip
 
         return Receipt(*self._rows.add(row))
@@ -202,19 +220,18 @@ class SqliteAudit:
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(q.limit)
         rows = await self._db.read(lambda c: c.execute(sql, args).fetchall())
-        out = []
-        for row in rows:
-            item = dict(zip(COLUMNS, row, strict=True))
-            item["params"] = json.loads(item["params"])
-            item["result"] = json.loads(item["result"])
-            item["alert"] = json.loads(item["alert"])
-            out.append(item)
-        return out
+        return [_decoded(row) for row in rows]
+
+    async def get(self, id_: int) -> dict[str, Any] | None:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM decisions WHERE id = ?"  # noqa: S608 - fixed names
+        rows = await self._db.read(lambda c: c.execute(sql, (id_,)).fetchall())
+        return _decoded(rows[0]) if rows else None
 
     async def recent_occurrences(self, since: dt.datetime, *, limit: int) -> list[dict[str, Any]]:
         keys = (
             "id", "rule", "fingerprint", "starts_at", "outcome", "reason", "target",
             "decided_at", "received_at", "verification", "alert", "source", "alertname",
+            "step", "escalation", "action", "params", "detail", "attempt",
         )  # fmt: skip
         sql = (
             f"SELECT {', '.join(keys)} FROM decisions "  # noqa: S608 - fixed names
@@ -223,6 +240,13 @@ class SqliteAudit:
         rows = await self._db.read(lambda c: c.execute(sql, (iso(since), limit)).fetchall())
         rows.reverse()
         return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def _decoded(row: _Row) -> dict[str, Any]:
+    item = dict(zip(COLUMNS, row, strict=True))
+    for column in ("params", "result", "alert", "evidence"):
+        item[column] = json.loads(item[column])
+    return item
 
 
 def _log_annotate_failure(fut: asyncio.Future[Any], decision_id: int) -> None:

@@ -17,7 +17,7 @@ import contextlib
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -33,10 +33,19 @@ log = structlog.get_logger(__name__)
 
 
 class Database:
-    def __init__(self, path: Path, *, fsync: bool, schema: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        fsync: bool,
+        schema: str,
+        migrations: Sequence[Callable[[sqlite3.Connection], None]] = (),
+    ) -> None:
+        """`schema` creates what is missing; `migrations` then bring older tables up to date."""
         self.path = path
         self._fsync = fsync
         self._schema = schema
+        self._migrations = tuple(migrations)
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,6 +111,8 @@ class Database:
         try:
             conn = self._connect()
             conn.executescript(self._schema)
+            for migrate in self._migrations:
+                migrate(conn)
         except sqlite3.Error as exc:
             error = errors.RemediatorError(f"cannot open database {self.path}: {exc}")
             loop.call_soon_threadsafe(_fail_one, ready, error)

@@ -1,17 +1,23 @@
-"""Limit state: occurrences decided, attempts, budgets, circuits, locks, pause.
+"""Limit state: occurrences decided, attempts, budgets, circuits, locks, pauses, and the
+durable records of work in flight (alerts held for `for`, remediations under way).
 
-`State` is the interface the engine uses; `MemoryState` is the embedded default (one
-replica). Each method that checks and changes state does so atomically — the memory
-backend never awaits inside one — so two deliveries racing through the engine cannot
-both pass a guard.
+`State` is the interface the engine uses; `EmbeddedState` is the embedded default (one
+replica): counters in memory (rebuilt from the audit on start), pauses, held alerts and
+remediations in the SQLite database beside the journal. Each method that checks and
+changes state does so atomically — the memory backend never awaits inside one — so two
+deliveries racing through the engine cannot both pass a guard.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sqlite3
 from collections import OrderedDict, deque
 from collections.abc import Mapping
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
+from remediator.backends.sqlite import Batcher, Database
 from remediator.engine import guards
 from remediator.engine.guards import Circuit, Verdict
 from remediator.models.decision import Reason
@@ -24,6 +30,8 @@ GC_EVERY = 1000
 """Reservations between sweeps of lapsed per-target state."""
 MAX_OCCURRENCES = 200_000
 """Occurrence records kept for dedup; the oldest go first past this (bounded memory)."""
+LOCK_RECHECK = 10.0
+"""Seconds after which a remediation refused by a target lock tries again."""
 
 
 class Occurrence(NamedTuple):
@@ -36,8 +44,40 @@ class Occurrence(NamedTuple):
     """When that status was set."""
 
 
+class Pause(NamedTuple):
+    """A pause of all actions (rule None) or of one rule: who, why, since, until when."""
+
+    by: str
+    reason: str
+    since: float
+    until: float | None
+    """Unix time after which it lifts by itself; None: until resumed."""
+
+    def active(self, now: float) -> bool:
+        return self.until is None or now < self.until
+
+    def to_json(self) -> dict[str, Any]:
+        return {"by": self.by, "reason": self.reason, "since": self.since, "until": self.until}
+
+
+GLOBAL = ""
+"""The pause key of the kill switch for every rule (a rule's pause is keyed by its name)."""
+
+
 class State(Protocol):
-    paused: bool
+    @property
+    def paused(self) -> bool:
+        """The global pause is on (whatever its `until`: see `pause_of`)."""
+
+    def pause_of(self, rule: str, now: float) -> Pause | None:
+        """The active pause that stops `rule` (the global one first), or None. Cheap: it
+        runs for every decision."""
+
+    def pauses(self) -> dict[str, Pause]:
+        """Every pause set, by key (`GLOBAL` or a rule name), lapsed ones included."""
+
+    async def set_pause(self, key: str, pause: Pause | None) -> None:
+        """Set (or with None lift) a pause; durable once this returns."""
 
     async def occurrence(self, key: str) -> Occurrence | None: ...
 
@@ -56,7 +96,8 @@ class State(Protocol):
 
     async def record_result(self, *, rule: Rule, target: str, ok: bool, now: float) -> bool: ...
 
-    async def should_escalate(self, *, rule: Rule, target: str, now: float) -> bool: ...
+    async def escalation_allowed(self, *, now: float, window: float, limit: int) -> bool:
+        """Count one escalation unless `limit` were sent in the last `window` seconds."""
 
     async def snapshot(self, rule: Rule, now: float) -> dict[str, object]: ...
 
@@ -65,10 +106,28 @@ class State(Protocol):
 
     def restore_attempt(self, *, rule: str, target: str, at: float) -> None: ...
 
+    def save_held(self, key: str, record: Mapping[str, Any]) -> asyncio.Future[Any] | None:
+        """Keep an alert held for its `for` (durably: the future resolves once it is)."""
+
+    def drop_held(self, key: str) -> None: ...
+
+    async def held(self) -> list[dict[str, Any]]:
+        """Held alerts left by an earlier run."""
+
+    async def save_remediation(self, key: str, record: Mapping[str, Any]) -> None:
+        """Keep the state of a remediation under way (durable once this returns)."""
+
+    def drop_remediation(self, key: str) -> None: ...
+
+    async def remediations(self) -> list[dict[str, Any]]:
+        """Remediations under way left by an earlier run."""
+
 
 class MemoryState:
+    """The limit counters, in this process: what the audit can rebuild on start."""
+
     def __init__(self) -> None:
-        self.paused = False
+        self._pauses: dict[str, Pause] = {}
         self._occurrences: OrderedDict[str, Occurrence] = OrderedDict()
         self._last_attempt: dict[str, float] = {}
         self._attempts: dict[tuple[str, str], deque[float]] = {}
@@ -76,10 +135,50 @@ class MemoryState:
         self._budget = guards.Budget()
         self._circuits: dict[tuple[str, str], Circuit] = {}
         self._locks: set[str] = set()
-        self._escalated: dict[tuple[str, str], float] = {}
+        self._escalations: deque[float] = deque()
         self._expiry: dict[str, float] = {}
         """Per target: when its cooldown, attempts and circuit can no longer matter."""
         self._reserves = 0
+
+    @property
+    def paused(self) -> bool:
+        return GLOBAL in self._pauses
+
+    def pause_of(self, rule: str, now: float) -> Pause | None:
+        if not self._pauses:
+            return None
+        for key in (GLOBAL, rule):
+            p = self._pauses.get(key)
+            if p is not None and p.active(now):
+                return p
+        return None
+
+    def pauses(self) -> dict[str, Pause]:
+        return dict(self._pauses)
+
+    async def set_pause(self, key: str, pause: Pause | None) -> None:
+        if pause is None:
+            self._pauses.pop(key, None)
+        else:
+            self._pauses[key] = pause
+
+    def save_held(self, key: str, record: Mapping[str, Any]) -> asyncio.Future[Any] | None:
+        return None  # nothing durable in memory alone
+
+    def drop_held(self, key: str) -> None:
+        return None
+
+    async def held(self) -> list[dict[str, Any]]:
+        return []
+
+    async def save_remediation(self, key: str, record: Mapping[str, Any]) -> None:
+        return None
+
+    def drop_remediation(self, key: str) -> None:
+        return None
+
+    async def remediations(self) -> list[dict[str, Any]]:
+        return []
 
     async def occurrence(self, key: str) -> Occurrence | None:
         found = self._occurrences.get(key)
@@ -108,6 +207,7 @@ class MemoryState:
                 Reason.COOLDOWN,
                 f"{target} was acted on {now - last:.0f}s ago "
                 f"(limits.cooldown={lim.cooldown:.0f}s)",
+                retry_at=last + lim.cooldown,
             )
         key = (rule.name, target)
         # Read without creating: a target refused below must leave nothing behind, or a
@@ -144,7 +244,10 @@ class MemoryState:
                 f"half-opens {closes_in:.0f}s from now (circuit_breaker.reset_after)",
             )
         if target in self._locks:
-            return Verdict(Reason.LOCKED, f"an action on {target} is still running")
+            return Verdict(
+                Reason.LOCKED, f"an action on {target} is still running",
+                retry_at=now + LOCK_RECHECK,
+            )  # fmt: skip
         if circuit is not None and circuit.opened_at is not None and not dry_run:
             circuit.trial = True  # half-open: this is the one trial attempt
         # All guards passed: reserve the attempt. A dry run counts too, so that dry-run
@@ -173,7 +276,7 @@ class MemoryState:
         for t in gone:
             del self._expiry[t]
             self._last_attempt.pop(t, None)
-        for table in (self._attempts, self._circuits, self._escalated):
+        for table in (self._attempts, self._circuits):
             for key in [k for k in table if k[1] in gone]:
                 del table[key]
 
@@ -207,13 +310,11 @@ class MemoryState:
             return not was_open
         return False
 
-    async def should_escalate(self, *, rule: Rule, target: str, now: float) -> bool:
-        """Escalate at most once per rule, target and window (no pager storm)."""
-        key = (rule.name, target)
-        last = self._escalated.get(key)
-        if last is not None and now - last < rule.limits.window:
+    async def escalation_allowed(self, *, now: float, window: float, limit: int) -> bool:
+        sent = guards.prune(self._escalations, now, window)
+        if len(sent) >= limit:
             return False
-        self._escalated[key] = now
+        sent.append(now)
         return True
 
     async def snapshot(self, rule: Rule, now: float) -> dict[str, object]:
@@ -251,3 +352,92 @@ class MemoryState:
         self._rule_actions.setdefault(rule, deque()).append(at)
         self._budget.add(at, target)
         self._expiry[target] = max(self._expiry.get(target, 0.0), at + 86400.0)
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pauses (
+    key TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS held (
+    key TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS remediations (
+    key TEXT PRIMARY KEY,
+    data TEXT NOT NULL
+);
+"""
+
+
+class EmbeddedState(MemoryState):
+    """MemoryState, with pauses, held alerts and remediations under way kept in SQLite
+    (the journal's database), so a restart picks them up where they were."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__()
+        self._db = db
+        self._held_writes: Batcher[tuple[str, str | None]] = Batcher(db, _write_rows("held"))
+        self._remediation_writes: Batcher[tuple[str, str | None]] = Batcher(
+            db, _write_rows("remediations")
+        )
+
+    async def load(self) -> None:
+        """Read the pauses back (on start)."""
+        rows = await self._db.read(lambda c: c.execute("SELECT key, data FROM pauses").fetchall())
+        for key, data in rows:
+            d = json.loads(data)
+            self._pauses[key] = Pause(d["by"], d["reason"], d["since"], d.get("until"))
+
+    async def set_pause(self, key: str, pause: Pause | None) -> None:
+        if pause is None:
+            await self._db.submit(lambda c: c.execute("DELETE FROM pauses WHERE key = ?", (key,)))
+        else:
+            data = json.dumps(pause.to_json())
+            await self._db.submit(
+                lambda c: c.execute(
+                    "INSERT OR REPLACE INTO pauses (key, data) VALUES (?, ?)", (key, data)
+                )
+            )
+        await super().set_pause(key, pause)
+
+    def save_held(self, key: str, record: Mapping[str, Any]) -> asyncio.Future[Any] | None:
+        batch, _ = self._held_writes.add((key, json.dumps(record)))
+        return batch
+
+    def drop_held(self, key: str) -> None:
+        self._held_writes.add((key, None))
+
+    async def held(self) -> list[dict[str, Any]]:
+        return await self._read("held")
+
+    async def save_remediation(self, key: str, record: Mapping[str, Any]) -> None:
+        batch, _ = self._remediation_writes.add((key, json.dumps(record)))
+        await batch
+
+    def drop_remediation(self, key: str) -> None:
+        self._remediation_writes.add((key, None))
+
+    async def remediations(self) -> list[dict[str, Any]]:
+        return await self._read("remediations")
+
+    async def _read(self, table: str) -> list[dict[str, Any]]:
+        sql = f"SELECT data FROM {table} ORDER BY rowid"  # noqa: S608 - a fixed table name
+        rows = await self._db.read(lambda c: c.execute(sql).fetchall())
+        return [json.loads(data) for (data,) in rows]
+
+
+def _write_rows(table: str) -> Any:
+    """A Batcher job writing (key, data) rows in order; data None deletes the key."""
+    upsert = f"INSERT OR REPLACE INTO {table} (key, data) VALUES (?, ?)"  # noqa: S608 - fixed
+    delete = f"DELETE FROM {table} WHERE key = ?"  # noqa: S608 - a fixed table name
+
+    def write(conn: sqlite3.Connection, rows: list[tuple[str, str | None]]) -> list[None]:
+        for key, data in rows:  # in order: a save then a drop of one key ends dropped
+            if data is None:
+                conn.execute(delete, (key,))
+            else:
+                conn.execute(upsert, (key, data))
+        return [None] * len(rows)
+
+    return write

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,6 +32,19 @@ class AlertmanagerClient:
         if not isinstance(body, list):
             raise errors.PermanentError("list silences: Alertmanager answered something not a list")
         return body
+
+    async def lists_alert(self, alertname: str, fingerprint: str) -> bool:
+        """Whether Alertmanager still holds this alert as active (silenced or not): the
+        engine asks before a retry, in case the resolved notification never came."""
+        value = alertname.replace("\\", "\\\\").replace('"', '\\"')
+        query = urllib.parse.urlencode(
+            {"active": "true", "silenced": "true", "inhibited": "true",
+             "filter": f'alertname="{value}"'}
+        )  # fmt: skip
+        body = await self._call("GET", f"/api/v2/alerts?{query}", what="list alerts")
+        if not isinstance(body, list):
+            raise errors.PermanentError("list alerts: Alertmanager answered something not a list")
+        return any(isinstance(a, Mapping) and a.get("fingerprint") == fingerprint for a in body)
 
     async def create_silence(
         self,

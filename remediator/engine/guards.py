@@ -34,6 +34,8 @@ class Verdict:
     detail: str = ""
     attempt: int = 0
     """1-based attempt number for this rule and target within the window."""
+    retry_at: float | None = None
+    """For a refusal that lifts by itself (cooldown, lock): when to try again."""
 
 
 def prune(times: deque[float], now: float, window: float) -> deque[float]:

@@ -189,11 +189,14 @@ class Silences:
                 f"cannot ask Alertmanager about silences ({exc}); alertmanager.on_error="
                 "fail_closed keeps hands off",
             )
+        own = {h.silence_id for h in self._held.values()}
+        # Ours, made while remediating, must not stop the next step.
+        theirs = [s for s in silences if s.id not in own]
         labels = alert.labels
-        if sum(s.work(labels) for s in silences) > INLINE_WORK:
-            covering, could = await asyncio.to_thread(_evaluate, silences, labels, now)
+        if sum(s.work(labels) for s in theirs) > INLINE_WORK:
+            covering, could = await asyncio.to_thread(_evaluate, theirs, labels, now)
         else:
-            covering, could = _evaluate(silences, labels, now)
+            covering, could = _evaluate(theirs, labels, now)
         if covering is not None:
             self._metrics.silence_checks.labels(result="silenced").inc()
             return (
@@ -300,6 +303,20 @@ class Silences:
         self.invalidate()
         log.info("silence_created", rule=rule, fingerprint=alert.fingerprint, silence_id=silence_id)
         return text
+
+    def held_record(self, alert: Alert) -> dict[str, Any] | None:
+        """The silence held for this occurrence, as a remediation's record keeps it."""
+        held = self._held.get(alert.occurrence)
+        return None if held is None else dataclasses.asdict(held)
+
+    def adopt(self, alert: Alert, record: dict[str, Any]) -> None:
+        """Take back, after a restart, a silence held for an occurrence still remediated."""
+        self._held[alert.occurrence] = _Held(
+            str(record["silence_id"]),
+            int(record["decision_id"]),
+            str(record["text"]),
+            float(record["ends_at"]),
+        )
 
     async def release(self, alert: Alert) -> tuple[int, str] | None:
         """Expire the silence held for this resolved occurrence, if any.

@@ -19,13 +19,15 @@ from remediator import durations, errors
 from remediator.actions import registry
 from remediator.matching import matchers, templates
 from remediator.matching.matchers import Matcher
-from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule
+from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule, Step
 
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _RULE_KEYS = {
-    "name", "description", "runbook_url", "source", "matchers", "for", "action", "limits",
-    "verify", "circuit_breaker", "escalate", "silence_while_remediating",
+    "name", "description", "runbook_url", "source", "matchers", "for", "action", "steps",
+    "limits", "verify", "circuit_breaker", "escalate", "silence_while_remediating", "dry_run",
 }  # fmt: skip
+MAX_STEPS = 10
+"""Steps in one ladder: a longer one is a runbook, not a remediation."""
 MAX_FILE_BYTES = 4 << 20
 
 
@@ -74,6 +76,28 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def parse_with_lines(text: str) -> Any:
+    """YAML whose mappings and lists remember their lines (`key_line` reads them)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def key_line(doc: Any, path: str) -> int:
+    """The line of a dotted key (`postgres.connections.main.dsn_env`, `blackouts[1].name`)
+    in a document from `parse_with_lines`; the deepest line found, 0 for none."""
+    line, node = 0, doc
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        if part.startswith("[") and isinstance(node, _Seq):
+            i = int(part[1:-1])
+            if i >= len(node):
+                break
+            line, node = node.item_lines[i], node[i]
+        elif isinstance(node, _Map) and part in node:
+            line, node = node.key_lines[part], node[part]
+        else:
+            break
+    return line
 
 
 def rule_files(directory: Path) -> list[Path]:
@@ -193,9 +217,6 @@ def _rule(file: str, item: Any, list_line: int, reading: _Reading) -> Rule:
     if source not in ("alertmanager", "sns", "any"):
         raise at.error("source", f"source must be alertmanager, sns or any, got {source!r}")
     ms = _matchers(at, item.get("matchers"), reading)
-    action = _action(at, "action", item.get("action"), required=True)
-    assert action is not None  # required=True never returns None
-    escalate = _action(at, "escalate", item.get("escalate"), required=False)
     limits_map = _sub(
         at,
         item,
@@ -212,16 +233,15 @@ def _rule(file: str, item: Any, list_line: int, reading: _Reading) -> Rule:
     )
     if limits.window <= 0:
         raise lat.error("window", "window must be longer than 0s")
-    verify_map = _sub(at, item, "verify", {"resolve_within"})
-    vat = _At(file, verify_map)
-    resolve_within: float | None = None
-    if verify_map.get("resolve_within") != "never":
-        resolve_within = _duration(vat, "resolve_within", 900.0)
-        if resolve_within <= 0:
-            raise vat.error(
-                "resolve_within", "resolve_within must be longer than 0s (or `never`): "
-                "0s would count every attempt as ineffective",
-            )  # fmt: skip
+    resolve_within = _resolve_within(at, item, 900.0)
+    steps = _steps(at, item, resolve_within)
+    if len(steps) > 1 and limits.retry_while_firing:
+        raise lat.error(
+            "retry_while_firing",
+            "a ladder (`steps:`) steps up instead of retrying: list a step twice to repeat it, "
+            "or drop limits.retry_while_firing",
+        )
+    escalate = _action(at, "escalate", item.get("escalate"), required=False)
     cb_map = _sub(at, item, "circuit_breaker", {"open_after", "reset_after"})
     cat = _At(file, cb_map)
     cb = CircuitBreaker(
@@ -232,18 +252,18 @@ def _rule(file: str, item: Any, list_line: int, reading: _Reading) -> Rule:
     return Rule(
         name=name,
         matchers=tuple(ms),
-        action=action,
+        steps=steps,
         description=_str(at, "description"),
         runbook_url=_str(at, "runbook_url"),
         source=source,
         for_=_duration(at, "for", 0.0),
         limits=limits,
-        resolve_within=resolve_within,
         circuit_breaker=cb,
         escalate=escalate,
         silence_while_remediating=None
         if swr is None
         else _duration(at, "silence_while_remediating", 0.0),
+        dry_run=_bool(at, "dry_run", False),
         file=file,
         line=item.line,
     )
@@ -281,6 +301,53 @@ def _matchers(at: _At, raw: Any, reading: _Reading) -> tuple[Matcher, ...]:
             "matchers", "matchers hold no matcher (only empty strings or `{}`): the rule "
             "would match every alert; name at least one label",
         )  # fmt: skip
+    return tuple(out)
+
+
+def _resolve_within(at: _At, item: _Map, default: float | None) -> float | None:
+    """`verify.resolve_within` of a rule or a step: seconds, or None for `never`."""
+    verify_map = _sub(at, item, "verify", {"resolve_within"})
+    if verify_map.get("resolve_within") is None:
+        return default
+    if verify_map.get("resolve_within") == "never":
+        return None
+    vat = _At(at.file, verify_map)
+    seconds = _duration(vat, "resolve_within", 900.0)
+    if seconds <= 0:
+        raise vat.error(
+            "resolve_within", "resolve_within must be longer than 0s (or `never`): "
+            "0s would count every attempt as ineffective",
+        )  # fmt: skip
+    return seconds
+
+
+def _steps(at: _At, item: _Map, resolve_within: float | None) -> tuple[Step, ...]:
+    """`action:` (a ladder of one) or `steps:` — exactly one of them."""
+    if "action" in item and "steps" in item:
+        raise at.error("steps", "a rule has either `action` or `steps`, not both")
+    if "steps" not in item:
+        action = _action(at, "action", item.get("action"), required=True)
+        assert action is not None  # required=True never returns None
+        return (Step(action, resolve_within),)
+    raw = item["steps"]
+    if not isinstance(raw, list) or not raw:
+        raise at.error("steps", "`steps` must be a non-empty list of {action, verify}")
+    if len(raw) > MAX_STEPS:
+        raise at.error("steps", f"at most {MAX_STEPS} steps, got {len(raw)}")
+    out = []
+    for i, step in enumerate(raw):
+        line = raw.item_lines[i] if isinstance(raw, _Seq) else at.line("steps")
+        if not isinstance(step, _Map):
+            raise errors.RuleFileError(at.file, line, f"steps[{i}] must be a mapping")
+        sat = _At(at.file, step)
+        unknown = sorted(set(step) - {"action", "verify"})
+        if unknown:
+            raise sat.error(
+                unknown[0], f"unknown key steps[{i}].{unknown[0]}; known: action, verify"
+            )
+        action = _action(sat, "action", step.get("action"), required=True)
+        assert action is not None  # required=True never returns None
+        out.append(Step(action, _resolve_within(sat, step, resolve_within)))
     return tuple(out)
 
 
@@ -337,22 +404,24 @@ def _action(at: _At, key: str, value: Any, *, required: bool) -> ActionSpec | No
         raise aat.error("params", f"`{key}.params` must be a mapping")
     pat = _At(at.file, raw) if isinstance(raw, _Map) else aat
     try:
-        compiled = templates.compile_params(raw)
+        compiled = templates.compile_params(raw, escalation=key == "escalate")
     except ValueError as exc:
-        raise pat.error(_first_bad_template(raw) or "params", str(exc)) from exc
+        bad = _first_bad_template(raw, escalation=key == "escalate")
+        raise pat.error(bad or "params", str(exc)) from exc
     try:
         action.schema.check_static(compiled)
     except errors.ParamError as exc:
         raise pat.error(exc.field, f"{type_}: {exc}") from exc
     assert isinstance(type_, str)  # registry.get found an action for it above
-    return ActionSpec(type=type_, params=compiled)
+    return ActionSpec(type=type_, params=compiled, line=value.line)
 
 
-def _first_bad_template(raw: dict[str, Any]) -> str | None:
+def _first_bad_template(raw: dict[str, Any], *, escalation: bool) -> str | None:
     for k, v in raw.items():
         for text in _strings(v):
             try:
-                templates.parse(text)
+                if templates.parse(text).escalation_only and not escalation:
+                    return k
             except ValueError:
                 return k
     return None

@@ -8,7 +8,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 Status = Literal["firing", "resolved"]
 UTC = dt.UTC
@@ -46,6 +46,39 @@ class Alert:
     def occurrence(self) -> str:
         """One firing episode of one alert, (fingerprint, startsAt), as a key."""
         return f"{self.fingerprint}\x00{self.starts_iso}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON, for what outlives a request: held alerts, remediations under way."""
+        return {
+            "source": self.source,
+            "name": self.name,
+            "status": self.status,
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "starts_at": self.starts_iso,
+            "ends_at": iso(self.ends_at) if self.ends_at else None,
+            "fingerprint": self.fingerprint,
+            "generator_url": self.generator_url,
+            "received_at": iso(self.received_at),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Alert:
+        """Inverse of to_json; trusts its input, which we wrote."""
+        ends_at = data.get("ends_at")
+        return cls(
+            source=data["source"],
+            name=data["name"],
+            status=data["status"],
+            labels=dict(data["labels"]),
+            annotations=dict(data["annotations"]),
+            starts_at=parse_time(data["starts_at"]),
+            starts_iso=data["starts_at"],
+            ends_at=parse_time(ends_at) if ends_at else None,
+            fingerprint=data["fingerprint"],
+            generator_url=data["generator_url"],
+            received_at=parse_time(data["received_at"]),
+        )
 
 
 def fingerprint_of(labels: Mapping[str, str]) -> str:

@@ -34,6 +34,14 @@ class Reason(enum.StrEnum):
     LOCKED = "locked"
     TEMPLATE_ERROR = "template_error"
     NOT_ALLOWED = "not_allowed"
+    RESOLVED = "resolved"
+    """A retry or a ladder's next step was due, but the alert had resolved meanwhile."""
+    HELD_FULL = "held_full"
+    """`intake.max_held` alerts already wait for their `for`: this one is not held; a
+    re-delivery is decided again."""
+    # dry_run decisions
+    SHADOW = "shadow"
+    """The rule is in shadow mode (`dry_run: true`) while the daemon acts."""
     # failed decisions
     ACTION_ERROR = "action_error"
     TIMEOUT = "timeout"
@@ -65,8 +73,27 @@ class Decision:
     detail: str = ""
     request_id: str = ""
     attempt: int = 1
+    step: int = 1
+    """Which step of the rule's ladder this decision is about (1-based)."""
     result: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """What the action reported (Result.data): what it changed or would change."""
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """The alert's, so the audit says what it was about (and a restart can verify it)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Escalation:
+    """Why a remediation gave up and what it tried: what the escalation tells a human."""
+
+    why: str
+    tried: tuple[str, ...]
+    """One line per step attempted: action, target, outcome, verification, decision id."""
+    decision_id: int
+    """The decision that gave up (the last of the remediation)."""
+    url: str
+    """Its link (under `external_url`), or "" when no external URL is configured."""
+
+    @property
+    def tried_text(self) -> str:
+        return "\n".join(self.tried) if self.tried else "nothing was attempted"

@@ -38,25 +38,45 @@ class ActionSpec:
     type: str
     params: Mapping[str, Any]
     """Parsed templates (matching.templates.Template) and plain values."""
+    line: int = 0
+    """Where it is written in its rule file (for `remediator check`)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Step:
+    """One rung of a rule's ladder: an action, and how long the alert has to resolve."""
+
+    action: ActionSpec
+    resolve_within: float | None = 900.0
+    """Seconds in which the alert must resolve after this step, else it was ineffective and
+    the next step (or the escalation) follows. None (`never`): not verified."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     matchers: tuple[Matcher, ...]
-    action: ActionSpec
+    steps: tuple[Step, ...]
+    """What the rule does, in order: `action:` is a ladder of one step. Each step is tried
+    only once the previous one was found ineffective (or failed) while the alert fires."""
     description: str = ""
     runbook_url: str = ""
     source: Source = "any"
     for_: float = 0.0
     limits: Limits = Limits()
-    resolve_within: float | None = 900.0
-    """Seconds in which the alert must resolve after an attempt, else it was ineffective."""
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     escalate: ActionSpec | None = None
     silence_while_remediating: float | None = None
+    dry_run: bool = False
+    """Shadow mode: this rule records what it would do (`dry_run/shadow`) while the others
+    act. The global `dry_run` stays the master switch."""
     file: str = ""
     line: int = 0
+
+    @property
+    def action(self) -> ActionSpec:
+        """The first step's action (the only one of a rule written with `action:`)."""
+        return self.steps[0].action
 
     @property
     def alertname(self) -> str | None:

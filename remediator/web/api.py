@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from remediator import durations
+from remediator.backends import state as state_mod
 from remediator.backends.audit import Query
-from remediator.models.alert import parse_time
+from remediator.models.alert import iso_ts, parse_time
 from remediator.web import auth, common
 
 if TYPE_CHECKING:
@@ -45,20 +48,103 @@ async def reload(request: web.Request) -> web.Response:
     )
 
 
+MAX_PAUSE_BODY = 4096
+
+
 async def pause(request: web.Request) -> web.Response:
-    return await _set_paused(request, True)
+    """Pause every rule: `{"reason": "...", "until": "30m" | RFC 3339, "by": "..."}`."""
+    return await _pause(request, state_mod.GLOBAL)
 
 
 async def resume(request: web.Request) -> web.Response:
-    return await _set_paused(request, False)
+    return await _resume(request, state_mod.GLOBAL)
 
 
-async def _set_paused(request: web.Request, paused: bool) -> web.Response:
+async def pause_rule(request: web.Request) -> web.Response:
+    return await _pause(request, request.match_info["name"])
+
+
+async def resume_rule(request: web.Request) -> web.Response:
+    return await _resume(request, request.match_info["name"])
+
+
+async def _pause(request: web.Request, key: str) -> web.Response:
     d = request.app[common.DAEMON]
     if not auth.admin_ok(request, d.settings.auth):
         return _admin_refused(d)
-    d.set_paused(paused, by=request.remote or "")
-    return web.json_response({"status": "ok", "paused": paused})
+    if key and key not in d.engine.index.by_name:
+        return common.error(404, f"no rule named {key!r}")
+    try:
+        body = await _small_json(request)
+        now = d.clock.now()
+        reason = _text(body, "reason", 500)
+        by = _text(body, "by", 100) or request.remote or ""
+        until = _until(body.get("until"), now=now)
+    except ValueError as exc:
+        return common.error(400, f"bad pause request: {exc}")
+    pause = state_mod.Pause(by=by, reason=reason, since=now, until=until)
+    await d.set_pause(key, pause, by=by)
+    return web.json_response({"status": "ok", "paused": True, "pause": _pause_view(pause)})
+
+
+async def _resume(request: web.Request, key: str) -> web.Response:
+    d = request.app[common.DAEMON]
+    if not auth.admin_ok(request, d.settings.auth):
+        return _admin_refused(d)
+    if key and key not in d.engine.index.by_name and key not in d.state.pauses():
+        return common.error(404, f"no rule named {key!r}")
+    await d.set_pause(key, None, by=request.remote or "")
+    return web.json_response({"status": "ok", "paused": False})
+
+
+async def _small_json(request: web.Request) -> dict[str, Any]:
+    """An optional small JSON object body ({} when empty)."""
+    raw = await request.content.read(MAX_PAUSE_BODY + 1)
+    if len(raw) > MAX_PAUSE_BODY:
+        raise ValueError(f"body larger than {MAX_PAUSE_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], key: str, max_len: int) -> str:
+    value = body.get(key, "")
+    if not isinstance(value, str) or len(value) > max_len or not value.isprintable():
+        raise ValueError(f"{key} must be printable text of at most {max_len} characters")
+    return value
+
+
+def _until(value: Any, *, now: float) -> float | None:
+    """`until`: RFC 3339, or a duration from now (`30m`); absent or null: until resumed."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("until must be RFC 3339 or a duration like 30m")
+    try:
+        until = parse_time(value).timestamp()
+    except ValueError:
+        try:
+            until = now + durations.parse(value)
+        except ValueError as exc:
+            raise ValueError(f"until={value!r}: expected RFC 3339 or a duration") from exc
+    if until <= now:
+        raise ValueError("until lies in the past")
+    return until
+
+
+def _pause_view(p: state_mod.Pause | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return {
+        "by": p.by, "reason": p.reason, "since": iso_ts(p.since),
+        "until": iso_ts(p.until) if p.until is not None else None,
+    }  # fmt: skip
 
 
 def _admin_refused(d: Daemon) -> web.Response:
@@ -72,8 +158,10 @@ def _admin_refused(d: Daemon) -> web.Response:
 async def rules(request: web.Request) -> web.Response:
     d = request.app[common.DAEMON]
     now = d.clock.now()
+    pauses = d.state.pauses()
     out: list[dict[str, Any]] = []
     for rule in d.engine.index.rules:
+        rule_pause = pauses.get(rule.name)
         out.append(
             {
                 "name": rule.name,
@@ -84,6 +172,15 @@ async def rules(request: web.Request) -> web.Response:
                 "matchers": [str(m) for m in rule.matchers],
                 "for_seconds": rule.for_,
                 "action": rule.action.type,
+                "steps": [
+                    {"action": s.action.type, "resolve_within_seconds": s.resolve_within}
+                    for s in rule.steps
+                ],
+                "dry_run": rule.dry_run,
+                "paused": _pause_view(
+                    rule_pause if rule_pause and rule_pause.active(now) else None
+                ),
+                "remediations": d.engine.loop.snapshot(rule.name),
                 "escalate": rule.escalate.type if rule.escalate else None,
                 "limits": {
                     "cooldown_seconds": rule.limits.cooldown,
@@ -92,7 +189,6 @@ async def rules(request: web.Request) -> web.Response:
                     "max_actions": rule.limits.max_actions,
                     "retry_while_firing": rule.limits.retry_while_firing,
                 },
-                "verify": {"resolve_within_seconds": rule.resolve_within},
                 "circuit_breaker": {
                     "open_after": rule.circuit_breaker.open_after,
                     "reset_after_seconds": rule.circuit_breaker.reset_after,
@@ -100,9 +196,26 @@ async def rules(request: web.Request) -> web.Response:
                 "state": await d.state.snapshot(rule, now),
             }
         )
+    main = pauses.get(state_mod.GLOBAL)
+    active = main is not None and main.active(now)
     return web.json_response(
-        {"rules": out, "paused": d.state.paused, "dry_run": d.settings.dry_run}
-    )
+        {
+            "rules": out, "paused": active, "pause": _pause_view(main if active else None),
+            "dry_run": d.settings.dry_run,
+        }
+    )  # fmt: skip
+
+
+async def decision(request: web.Request) -> web.Response:
+    """One decision's whole row: `GET /api/v1/decisions/{id}` (the link escalations carry)."""
+    d = request.app[common.DAEMON]
+    text = request.match_info["id"]
+    if not text.isdigit() or not 0 < int(text) < 2**63:
+        return common.error(400, "a decision id is a positive integer")
+    row = await d.audit.get(int(text))
+    if row is None:
+        return common.error(404, f"no decision {text}")
+    return web.json_response(row)
 
 
 async def decisions(request: web.Request) -> web.Response:
@@ -132,8 +245,6 @@ async def decisions(request: web.Request) -> web.Response:
 
 def _since(text: str, *, now: float) -> dt.datetime:
     """RFC 3339, Unix seconds, or a duration ago (`15m`)."""
-    from remediator import durations  # noqa: PLC0415 - only this query form needs it
-
     try:
         return parse_time(text)
     except ValueError:

@@ -31,6 +31,9 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/-/reload", api.reload)
     app.router.add_get("/api/v1/rules", api.rules)
     app.router.add_get("/api/v1/decisions", api.decisions)
+    app.router.add_get("/api/v1/decisions/{id}", api.decision)
     app.router.add_post("/api/v1/pause", api.pause)
     app.router.add_post("/api/v1/resume", api.resume)
+    app.router.add_post("/api/v1/rules/{name}/pause", api.pause_rule)
+    app.router.add_post("/api/v1/rules/{name}/resume", api.resume_rule)
     return app

@@ -1,0 +1,144 @@
+"""Recording a decision: its audit row, the occurrence's status, a metric, a log event.
+
+Every matched (alert, rule) pair ends here, whatever the path that decided it (a new
+alert, one held for `for`, a retry or a ladder's next step). Rows of skips and dry runs
+are not awaited: the journal entry they came from waits for them (`Recorder.durable`).
+An action's row is awaited before the action runs (`durable=True`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import structlog
+
+from remediator.backends.audit import Audit
+from remediator.backends.state import State
+from remediator.engine.clock import Clock
+from remediator.metrics import Metrics
+from remediator.models.alert import Alert, iso_ts
+from remediator.models.decision import Decision, Outcome, Reason
+from remediator.models.rule import Rule
+
+log = structlog.get_logger("remediator.engine")
+
+
+def occurrence_key(rule: str, fingerprint: str, starts_at: str) -> str:
+    """The state key of one rule's decisions on one occurrence (fingerprint, startsAt)."""
+    return f"{rule}\x00{fingerprint}\x00{starts_at}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Work:
+    """One rule deciding about one firing alert, at one moment, for one step."""
+
+    alert: Alert
+    rule: Rule
+    now: float
+    request_id: str
+    owner: Hashable | None = None
+    """What waits for this decision's rows to be durable before it lets go of the alert:
+    the journal entry it came from, or the held record of an alert that came of age. None
+    for a retry or a ladder's next step, whose remediation record is the durable state."""
+    step: int = 0
+    """Index into `rule.steps`."""
+
+    @property
+    def key(self) -> str:
+        return occurrence_key(self.rule.name, self.alert.fingerprint, self.alert.starts_iso)
+
+
+class Recorder:
+    def __init__(self, *, audit: Audit, state: State, metrics: Metrics, clock: Clock) -> None:
+        self.audit = audit
+        self._state = state
+        self._metrics = metrics
+        self._clock = clock
+        self._counters: dict[tuple[str, Outcome, Reason], Any] = {}
+        self._unsaved: dict[Hashable, list[asyncio.Future[Any]]] = {}
+        """Writes per owner (see Work.owner) not yet known durable; the owner waits."""
+
+    def durable(self, owner: Hashable | None, write: asyncio.Future[Any] | None) -> None:
+        """`owner` may only let go of its alert once `write` is committed."""
+        if owner is not None and write is not None:
+            self._unsaved.setdefault(owner, []).append(write)
+
+    def writes_of(self, owner: Hashable) -> list[asyncio.Future[Any]]:
+        """The writes `owner` waits for (handed over once: the caller waits for them)."""
+        return self._unsaved.pop(owner, [])
+
+    async def record(
+        self,
+        w: Work,
+        outcome: Outcome,
+        reason: Reason,
+        *,
+        detail: str,
+        target: str = "",
+        action: str = "",
+        params: Mapping[str, Any] | None = None,
+        attempt: int = 0,
+        result: Mapping[str, Any] | None = None,
+        durable: bool = False,
+        final: bool = True,
+    ) -> int:
+        """Record a decision; returns its id when `durable` (else 0: not awaited)."""
+        alert = w.alert
+        decision = Decision(
+            rule=w.rule.name, alertname=alert.name, fingerprint=alert.fingerprint,
+            starts_at=alert.starts_iso, source=alert.source, outcome=outcome, reason=reason,
+            decided_at=iso_ts(self._clock.now()),
+            received_at=alert.received_at, target=target, action=action,
+            params=params or {}, detail=detail, request_id=w.request_id, attempt=attempt,
+            step=w.step + 1, result=result or {}, labels=alert.labels,
+            annotations=alert.annotations,
+        )  # fmt: skip
+        await self._state.set_occurrence(w.key, f"{outcome}/{reason}", w.now)
+        decision_id = 0
+        receipt = self.audit.record(decision)
+        if durable:
+            decision_id = await receipt.id()
+        else:
+            self.durable(w.owner, receipt.batch)
+        if final:
+            self.count(w.rule, outcome, reason)
+            self.log(w, outcome, reason, target=target, detail=detail, decision_id=decision_id)
+        return decision_id
+
+    def count(self, rule: Rule, outcome: Outcome, reason: Reason) -> None:
+        key = (rule.name, outcome, reason)
+        counter = self._counters.get(key)
+        if counter is None:  # labels() costs a lock and a tuple build: once per label set
+            counter = self._metrics.decisions.labels(
+                rule=rule.name, outcome=str(outcome), reason=str(reason)
+            )
+            self._counters[key] = counter
+        counter.inc()
+
+    def log(
+        self,
+        w: Work,
+        outcome: Outcome,
+        reason: Reason,
+        *,
+        target: str,
+        detail: str,
+        decision_id: int,
+    ) -> None:
+        alert = w.alert
+        log.info(
+            "decision_recorded",
+            rule=w.rule.name,
+            outcome=str(outcome),
+            reason=str(reason),
+            target=target,
+            fingerprint=alert.fingerprint,
+            alertname=alert.name,
+            request_id=w.request_id,
+            step=w.step + 1,
+            detail=detail[:500],
+            decision_id=decision_id or None,
+        )
