@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    handler: Any = {"serve": _serve, "check": _check, "simulate": _simulate}[args.command]
+    handlers = {"serve": _serve, "check": _check, "simulate": _simulate, "approvals": _approvals}
+    handler: Any = handlers[args.command]
     return int(handler(args))
 
 
@@ -59,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--rules", type=Path)
     m.add_argument("--json", action="store_true", help="machine-readable output")
     _config_arg(m)
+    a = sub.add_parser("approvals", help="list, approve or reject what awaits a human")
+    a.add_argument("verb", choices=("list", "approve", "reject"))
+    a.add_argument("id", nargs="?", type=int, help="the approval's id (approve, reject)")
+    a.add_argument("--url", default="http://127.0.0.1:9097", help="the daemon's base URL")
+    a.add_argument(
+        "--token-env", default="REMEDIATOR_ADMIN_TOKEN",
+        help="environment variable holding an admin or approver token",
+    )  # fmt: skip
+    a.add_argument("--reason", default="", help="why (shown in the audit)")
     return p
 
 
@@ -151,6 +164,59 @@ def _config_error(path: Path | None, exc: errors.ConfigError) -> str:
 def _config_lines(path: Path, settings: settings_mod.Settings) -> dict[str, int]:
     doc = loader.parse_with_lines(path.read_text(encoding="utf-8"))
     return {ref.path: loader.key_line(doc, ref.path) for ref in settings.env_refs}
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    """`remediator approvals list|approve ID|reject ID`: the approvals API from a shell."""
+    token = os.environ.get(args.token_env, "")
+    if not token:
+        print(f"remediator approvals: ${args.token_env} is not set", file=sys.stderr)
+        return 2
+    if args.verb != "list" and args.id is None:
+        print(
+            f"remediator approvals {args.verb}: which id? (see `approvals list`)", file=sys.stderr
+        )
+        return 2
+    base = args.url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        print(f"remediator approvals: --url must be http(s), got {base!r}", file=sys.stderr)
+        return 2
+    # S310: the scheme is checked just above (no file: or custom schemes).
+    if args.verb == "list":
+        request = urllib.request.Request(f"{base}/api/v1/approvals")  # noqa: S310
+    else:
+        body = json.dumps({"reason": args.reason}).encode()
+        request = urllib.request.Request(  # noqa: S310
+            f"{base}/api/v1/approvals/{args.id}/{args.verb}", data=body, method="POST"
+        )
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - checked above
+            answer = json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")
+        with contextlib.suppress(ValueError, AttributeError):
+            detail = json.loads(detail).get("error", detail)
+        print(f"remediator approvals {args.verb}: HTTP {exc.code}: {detail}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"remediator approvals: cannot reach {base}: {exc}", file=sys.stderr)
+        return 1
+    if args.verb != "list":
+        print(f"{args.verb} {args.id}: {answer.get('result', '')}")
+        return 0
+    pending = answer.get("approvals", [])
+    if not pending:
+        print("nothing awaits approval")
+    for item in pending:
+        dry = " [dry run]" if item["dry_run"] else ""
+        print(
+            f"{item['id']:>6}  {item['rule']}  step {item['step']}  {item['action']} "
+            f"{item['target'].split(' ', 1)[-1]}{dry}  alert {item['alertname']}  "
+            f"expires {item['expires_at']}"
+        )
+    return 0
 
 
 def _sample(body: bytes) -> tuple[list[Alert], str]:

@@ -87,6 +87,11 @@ class Metrics:
             "Remediations under way: acting, verifying, waiting to step up, escalating.",
             registry=r,
         )  # fmt: skip
+        self.approvals = Counter(
+            f"{PREFIX}_approvals", "Approval requests and how they ended: requested, approved, "
+            "rejected, expired, resolved, refused (not an approver).",
+            ["rule", "result"], registry=r,
+        )  # fmt: skip
         self.held = Gauge(
             f"{PREFIX}_held_alerts", "Alerts held until they have fired for their rule's `for`.",
             registry=r,

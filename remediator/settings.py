@@ -177,6 +177,36 @@ class AlertmanagerApi:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class SlackApp:
+    """The Slack app that asks for approvals: its bot posts, its buttons call back."""
+
+    bot_token: str | None = None
+    """Bot token (xoxb-…, from `bot_token_env`): chat:write (and usergroups:read when a
+    rule names a user group). None: no Slack messages."""
+    signing_secret: str | None = None
+    """Signing secret (from `signing_secret_env`): every `POST /slack/interactions` must be
+    signed with it. None: the endpoint refuses everything."""
+    channel: str = ""
+    """Channel of approval requests when a rule names none."""
+    api_url: str = "https://slack.com/api/"
+    """Slack's Web API; another base only for tests."""
+    timeout: float = 5.0
+    """Seconds per Web API call."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.bot_token is not None and self.signing_secret is not None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Approvals:
+    slack: SlackApp = SlackApp()
+    tokens: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """API approvers: name → token (each from the environment variable the config names).
+    A rule's `approval.approvers` lists the names allowed to decide for it."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 9097
@@ -200,6 +230,7 @@ class Settings:
     (>= 0.27's default: UTF-8, then classic with a warning). See docs/matchers.md."""
     sns: Sns = Sns()
     alertmanager: AlertmanagerApi = AlertmanagerApi()
+    approvals: Approvals = Approvals()
     workers: int = 4
     """Engine tasks deciding alerts concurrently."""
     journal_fsync: bool = False
@@ -285,6 +316,7 @@ def load(
         matchers_syntax=syntax,
         sns=_sns(r.section("sns"), env),
         alertmanager=_alertmanager(r.section("alertmanager"), env),
+        approvals=_approvals(r.section("approvals"), env),
         workers=r.integer("workers", 4, lo=1, hi=64),
         journal_fsync=r.flag("journal_fsync", False),
         shutdown_timeout=r.duration("shutdown_timeout", 20.0),
@@ -453,6 +485,32 @@ def _alertmanager(r: Reader, env: Mapping[str, str]) -> AlertmanagerApi:
     if out.timeout <= 0:
         raise errors.ConfigError(f"{r.prefix}timeout", "must be longer than 0s")
     return out
+
+
+def _approvals(r: Reader, env: Mapping[str, str]) -> Approvals:
+    sr = r.section("slack")
+    api_url = sr.text("api_url", "https://slack.com/api/")
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", api_url):
+        raise errors.ConfigError(f"{sr.prefix}api_url", f"expected an http(s) URL, got {api_url!r}")
+    slack = SlackApp(
+        bot_token=sr.secret("bot_token_env", env),
+        signing_secret=sr.secret("signing_secret_env", env),
+        channel=sr.text("channel", ""),
+        api_url=api_url if api_url.endswith("/") else api_url + "/",
+        timeout=sr.duration("timeout", 5.0),
+    )
+    sr.finish()
+    tr = r.section("tokens")
+    tokens = {}
+    for name in list(tr.data):
+        if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", name):
+            raise errors.ConfigError(f"{tr.prefix}{name}", "approver names are [a-z0-9_.-]+")
+        token = tr.secret(name, env)
+        if token is not None:
+            tokens[name] = token
+    tr.finish()
+    r.finish()
+    return Approvals(slack=slack, tokens=tokens)
 
 
 def _external_url(r: Reader) -> str:

@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     silence TEXT NOT NULL DEFAULT '',
     alert TEXT NOT NULL DEFAULT '{}',
     step INTEGER NOT NULL DEFAULT 1,
-    evidence TEXT NOT NULL DEFAULT '{}'
+    evidence TEXT NOT NULL DEFAULT '{}',
+    approval TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS decisions_rule ON decisions (rule, id);
 CREATE INDEX IF NOT EXISTS decisions_alertname ON decisions (alertname, id);
@@ -60,10 +61,12 @@ COLUMNS = (
     "id", "decided_at", "received_at", "rule", "alertname", "fingerprint", "starts_at",
     "source", "outcome", "reason", "target", "action", "params", "detail", "request_id",
     "attempt", "verification", "escalation", "result", "silence", "alert", "step", "evidence",
+    "approval",
 )  # fmt: skip
 ADDED_COLUMNS = {
     "step": "INTEGER NOT NULL DEFAULT 1",
     "evidence": "TEXT NOT NULL DEFAULT '{}'",
+    "approval": "TEXT NOT NULL DEFAULT ''",
 }
 """Columns added after the first release: an older database gains them on start."""
 
@@ -111,9 +114,9 @@ class Audit(Protocol):
 
     def annotate(
         self, id_: int, *, verification: str | None = None, escalation: str | None = None,
-        silence: str | None = None,
+        silence: str | None = None, approval: str | None = None,
     ) -> None:  # fmt: skip
-        """Add verification, escalation or silence text to a row (not awaited)."""
+        """Add verification, escalation, silence or approval text to a row (not awaited)."""
 
     async def query(self, q: Query) -> list[dict[str, Any]]: ...
 
@@ -180,8 +183,12 @@ class SqliteAudit:
         verification: str | None = None,
         escalation: str | None = None,
         silence: str | None = None,
+        approval: str | None = None,
     ) -> None:
         sets, args = [], []
+        if approval is not None:
+            sets.append("approval = ?")
+            args.append(approval)
         if silence is not None:
             sets.append("silence = ?")
             args.append(silence)

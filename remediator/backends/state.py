@@ -91,6 +91,14 @@ class State(Protocol):
 
     async def release(self, target: str) -> None: ...
 
+    async def relock(self, target: str) -> None:
+        """Take a target's lock again after a restart, for an attempt that held it (one
+        awaiting approval): nothing else may act on the target meanwhile."""
+
+    def over_budget(self, budgets: Budgets, now: float) -> str | None:
+        """Why the global action budget is now exceeded (the caller's own reservation
+        counted), e.g. after a reload lowered it; None when within."""
+
     async def end_trial(self, *, rule: Rule, target: str) -> None:
         """A half-open circuit's trial was refused before it acted: let another through."""
 
@@ -282,6 +290,19 @@ class MemoryState:
 
     async def release(self, target: str) -> None:
         self._locks.discard(target)
+
+    async def relock(self, target: str) -> None:
+        self._locks.add(target)
+
+    def over_budget(self, budgets: Budgets, now: float) -> str | None:
+        self._budget.prune(now, budgets.window)
+        spent = len(self._budget.actions)
+        if spent > budgets.max_actions_per_window:
+            return (
+                f"{spent} actions in the last {budgets.window:.0f}s "
+                f"(limits.max_actions_per_window={budgets.max_actions_per_window})"
+            )
+        return None
 
     async def forget_occurrence(self, key: str) -> None:
         self._occurrences.pop(key, None)

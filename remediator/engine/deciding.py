@@ -190,6 +190,17 @@ class Decider:
         )
         if verdict.reason is not None:
             return await self._refused(w, rem, p, verdict)
+        if rule.approval is not None:
+            # Every guard passed and the target is reserved: a human decides now.
+            decision_id = await self._recorder.record(
+                w, Outcome.AWAITING_APPROVAL, Reason.NONE,
+                detail=f"waiting for one of {', '.join(rule.approval.approvers)} to approve "
+                f"within {rule.approval.timeout:.0f}s" + (" (dry run)" if dry else ""),
+                target=p.target, action=p.action.type, params=p.values,
+                attempt=verdict.attempt, durable=True, final=False,
+            )  # fmt: skip
+            await self._loop.awaiting(w, p, decision_id=decision_id, rem=rem, dry=dry)
+            return DECIDED
         if dry:
             if rem is not None:
                 self._loop.end(rem)  # a dry run is not verified: the remediation ends here
@@ -215,6 +226,59 @@ class Decider:
         self._metrics.inflight_actions.inc()
         self._spawn(self._loop.run(rem, w, p), f"action:{p.target}")
         return DECIDED
+
+    async def approved(self, w: Work, rem: Remediation, said: str) -> str:
+        """A human approved the attempt awaiting in `rem`: the guards again, then act.
+
+        Returns what happened, for the approver. The approval row becomes the attempt's
+        row: its outcome, or why it did not run after all.
+        """
+        rule, settings, decision_id = w.rule, self._settings(), rem.decision_id
+        refusal = await self._transient(w)
+        if refusal is None and self._loop.resolved_lately(w.alert):
+            refusal = Reason.RESOLVED, "the alert resolved meanwhile"
+        prepared = prepare(rule.steps[w.step].action, rule, w.alert, settings)
+        if refusal is None and not isinstance(prepared, Prepared):
+            refusal = prepared.reason, prepared.detail
+        if refusal is None and not rem.dry:
+            over = self._state.over_budget(settings.budgets, w.now)
+            if over is not None:
+                refusal = Reason.BUDGET_EXHAUSTED, over
+        if refusal is not None or not isinstance(prepared, Prepared):
+            reason, detail = refusal or (Reason.TEMPLATE_ERROR, "cannot render the action")
+            if not rem.dry:
+                await self._state.release(rem.target)
+            await self._recorder.update(
+                w, decision_id, Outcome.SKIPPED, reason,
+                detail=f"{said}, but not run: {detail}", target=rem.target,
+            )  # fmt: skip
+            self._loop.end(rem)
+            return f"not run: {detail}"
+        p = prepared
+        if rem.dry:
+            ctx = self._executor.context(rule, w.alert, decision_id=decision_id)
+            result, failure = await self._executor.call(p.action, p.values, ctx, dry=True)
+            detail = (
+                result.detail
+                if result is not None
+                else "dry run failed: " + (failure.detail if failure is not None else "no result")
+            )
+            await self._recorder.update(
+                w, decision_id, Outcome.DRY_RUN, Reason.SHADOW if rule.dry_run else Reason.NONE,
+                detail=f"{said}; {detail}", target=p.target,
+                result=result.data if result is not None else None,
+            )  # fmt: skip
+            self._loop.end(rem)
+            return f"dry run: {detail}"
+        await self._recorder.audit.update(
+            decision_id, outcome=Outcome.FAILED, reason=Reason.INTERRUPTED,
+            detail=f"{said}; never started: the daemon stopped while the action waited for "
+            "a slot",
+        )  # fmt: skip
+        await self._loop.acting(w, p, decision_id=decision_id, rem=rem)
+        self._metrics.inflight_actions.inc()
+        self._spawn(self._loop.run(rem, w, p), f"action:{p.target}")
+        return f"{p.action.type} {p.target} is running"
 
     async def _refused(
         self, w: Work, rem: Remediation | None, p: Prepared, verdict: guards.Verdict

@@ -27,6 +27,7 @@ from remediator.backends.audit import Audit
 from remediator.backends.journal import Journal, JournalEntry
 from remediator.backends.state import State
 from remediator.engine import deciding
+from remediator.engine.approvals import Approvals
 from remediator.engine.clock import Clock
 from remediator.engine.deciding import Decider
 from remediator.engine.executing import Executor
@@ -85,10 +86,13 @@ class Engine:
             state=state, clock=clock, due=self._queue.put_nowait,
             limit=lambda: self.settings.intake.max_held,
         )  # fmt: skip
+        self.approvals = Approvals(
+            settings=lambda: self.settings, metrics=metrics, spawn=self.spawn
+        )
         self.loop = Loop(
             settings=lambda: self.settings, rules=lambda: self.index.by_name, state=state,
             recorder=self.recorder, executor=self.executor, metrics=metrics, clock=clock,
-            silences=silences, alerts=alerts, spawn=self.spawn,
+            silences=silences, alerts=alerts, approvals=self.approvals, spawn=self.spawn,
         )  # fmt: skip
         self.decider = Decider(
             settings=lambda: self.settings, state=state, silences=silences,

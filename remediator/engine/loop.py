@@ -40,6 +40,7 @@ import structlog
 
 from remediator import errors
 from remediator.backends.state import State
+from remediator.engine.approvals import Approvals
 from remediator.engine.clock import Clock, Timer
 from remediator.engine.executing import Executor, Prepared, prepare
 from remediator.engine.recording import Recorder, Work, occurrence_key
@@ -65,6 +66,9 @@ class Phase(enum.StrEnum):
     """Waiting until `due` for the alert to resolve."""
     WAITING = "waiting"
     """The next attempt is due at `due` (a cooldown, a lock, a pause or silence)."""
+    AWAITING = "awaiting"
+    """The step passed the guards and waits until `due` for a human's approval; its
+    target's lock is held meanwhile."""
     ESCALATING = "escalating"
     """Nothing more will be tried: the escalation is being sent."""
 
@@ -98,6 +102,12 @@ class Remediation:
     why: str = ""
     silence: dict[str, Any] | None = None
     """The silence held for it (`silence_while_remediating`), so a restart expires it."""
+    dry: bool = False
+    """AWAITING: approved, it would be a dry run."""
+    approval_message: str = ""
+    """AWAITING: the Slack message asking for it (`channel:ts`), updated once decided."""
+    evidence: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What the action saw before it acted, shown to approvers and in the escalation."""
     timer: Timer | None = None
 
     @property
@@ -112,6 +122,8 @@ class Remediation:
             "started": self.started, "verify_for": self.verify_for, "changed": self.changed,
             "tried": self.tried,
             "last_skip": self.last_skip, "why": self.why, "silence": self.silence,
+            "dry": self.dry, "approval_message": self.approval_message,
+            "evidence": self.evidence,
         }  # fmt: skip
 
     def view(self) -> dict[str, Any]:
@@ -119,9 +131,12 @@ class Remediation:
         return {
             "fingerprint": self.alert.fingerprint, "starts_at": self.alert.starts_iso,
             "step": self.step + 1, "steps": len(self.rule.steps), "phase": str(self.phase),
-            "due": iso_ts(self.due) if self.phase in (Phase.VERIFYING, Phase.WAITING) else None,
+            "due": iso_ts(self.due) if self.phase in _TIMED else None,
             "target": self.target, "decision_id": self.decision_id, "tried": self.tried,
         }  # fmt: skip
+
+
+_TIMED = frozenset({Phase.VERIFYING, Phase.WAITING, Phase.AWAITING})
 
 
 class Loop:
@@ -137,6 +152,7 @@ class Loop:
         clock: Clock,
         silences: Silences | None,
         alerts: AlertsApi | None,
+        approvals: Approvals,
         spawn: Callable[[Awaitable[None], str], None],
     ) -> None:
         self._settings = settings
@@ -148,6 +164,7 @@ class Loop:
         self._clock = clock
         self._silences = silences
         self._alerts = alerts
+        self.approvals = approvals
         self._spawn = spawn
         self.decider: Decider
         self._active: dict[str, Remediation] = {}
@@ -267,6 +284,98 @@ class Loop:
     def end(self, rem: Remediation) -> None:
         """The remediation stops here without escalating (e.g. now a dry run)."""
         self._finish(rem)
+
+    # -- approvals -------------------------------------------------------------------
+
+    async def awaiting(
+        self, w: Work, p: Prepared, *, decision_id: int, rem: Remediation | None, dry: bool
+    ) -> None:
+        """The step passed the guards: ask a human, and wait for the answer until due."""
+        assert w.rule.approval is not None  # only rules with `approval` wait
+        if rem is None:
+            rem = Remediation(w.rule, w.alert, w.request_id)
+        rem.phase, rem.step, rem.target, rem.decision_id = (
+            Phase.AWAITING,
+            w.step,
+            p.target,
+            decision_id,
+        )
+        rem.due, rem.dry, rem.last_skip = w.now + w.rule.approval.timeout, dry, ""
+        self._track(rem)
+        self._arm(rem, self._approval_due)
+        await self._save(rem)
+        log.info(
+            "approval_requested", rule=w.rule.name, target=p.target, decision_id=decision_id,
+            until=iso_ts(rem.due), dry_run=dry,
+        )  # fmt: skip
+        self.approvals.requested(rem, dry=dry, saved=lambda: self._save(rem))
+
+    def awaiting_approval(self) -> list[Remediation]:
+        return [r for r in self._active.values() if r.phase is Phase.AWAITING]
+
+    def approval(self, decision_id: int) -> Remediation | None:
+        for rem in self._active.values():
+            if rem.decision_id == decision_id and rem.phase is Phase.AWAITING:
+                return rem
+        return None
+
+    async def decide_approval(
+        self, decision_id: int, *, approve: bool, by: str, via: str, reason: str = ""
+    ) -> tuple[bool, str]:
+        """A human's answer: (taken, what happened). A second answer to the same request
+        (a double click, Slack and the API at once) is not taken."""
+        rem = self.approval(decision_id)
+        if rem is None:
+            return False, f"decision {decision_id} is not awaiting approval"
+        rule, now = rem.rule, self._clock.now()
+        rem.phase = Phase.ACTING  # taken: no second answer gets past the check above
+        if rem.timer is not None:
+            rem.timer.cancel()
+        said = f"{'approved' if approve else 'rejected'} by {by} via {via} at {iso_ts(now)}"
+        if reason:
+            said += f": {reason}"
+        self._recorder.audit.annotate(decision_id, approval=said)
+        self._metrics.approvals.labels(
+            rule=rule.name, result="approved" if approve else "rejected"
+        ).inc()
+        log.warning("approval_decided", rule=rule.name, decision_id=decision_id, answer=said)
+        w = self._work(rem)
+        if not approve:
+            await self._unreserve(rem)
+            await self._recorder.update(
+                w, decision_id, Outcome.SKIPPED, Reason.APPROVAL_REJECTED,
+                detail=f"{said}; nothing was done", target=rem.target,
+            )  # fmt: skip
+            self.approvals.settled(rem, f"Rejected by {by}: nothing was done.")
+            self._finish(rem)
+            return True, "rejected"
+        outcome = await self.decider.approved(w, rem, said)
+        self.approvals.settled(rem, f"Approved by {by}: {outcome}.")
+        return True, outcome
+
+    async def _approval_due(self, key: str) -> None:
+        rem = self._active.get(key)
+        if rem is None or rem.phase is not Phase.AWAITING:
+            return
+        rem.phase = Phase.ACTING  # taken, as by an answer
+        timeout = rem.rule.approval.timeout if rem.rule.approval else 0.0
+        why = f"nobody approved it within {timeout:.0f}s (approval.timeout)"
+        self._metrics.approvals.labels(rule=rem.rule.name, result="expired").inc()
+        await self._unreserve(rem)
+        await self._recorder.update(
+            self._work(rem), rem.decision_id, Outcome.SKIPPED, Reason.APPROVAL_EXPIRED,
+            detail=f"{why}; nothing was done", target=rem.target,
+        )  # fmt: skip
+        self.approvals.settled(rem, f"Expired: {why}. Nothing was done.")
+        self.give_up(
+            self._work(rem), rem, decision_id=rem.decision_id, why=why,
+            outcome="skipped/approval_expired", target=rem.target,
+        )  # fmt: skip
+
+    async def _unreserve(self, rem: Remediation) -> None:
+        """The awaited attempt will not run: its target's lock goes."""
+        if not rem.dry:
+            await self._state.release(rem.target)
 
     # -- timers ----------------------------------------------------------------------
 
@@ -419,6 +528,17 @@ class Loop:
                     detail=f"resolved before step {rem.step + 1} was tried",
                 )  # fmt: skip
                 self._finish(rem)
+            elif rem.phase is Phase.AWAITING:
+                rem.phase = Phase.ACTING  # taken: an answer arriving now finds nothing
+                self._metrics.approvals.labels(rule=rem.rule.name, result="resolved").inc()
+                await self._unreserve(rem)
+                await self._recorder.update(
+                    self._work(rem), rem.decision_id, Outcome.SKIPPED, Reason.RESOLVED,
+                    detail="resolved while it awaited approval: nothing was done",
+                    target=rem.target,
+                )  # fmt: skip
+                self.approvals.settled(rem, "The alert resolved: nothing was done.")
+                self._finish(rem)
             # ACTING: the action's task sees the resolve when it reports; ESCALATING: the
             # human is being called about attempts that did not help in time.
 
@@ -496,6 +616,8 @@ class Loop:
                 started=record["started"], verify_for=record.get("verify_for", 0.0),
                 changed=record["changed"], tried=record["tried"],
                 last_skip=record["last_skip"], why=record["why"], silence=record["silence"],
+                dry=record.get("dry", False), approval_message=record.get("approval_message", ""),
+                evidence=record.get("evidence") or {},
             )  # fmt: skip
             self._track(rem)
             count += 1
@@ -505,6 +627,11 @@ class Loop:
         return count
 
     def _resume(self, rem: Remediation, now: float) -> None:
+        if rem.phase is Phase.AWAITING:
+            if not rem.dry:
+                self._spawn(self._state.relock(rem.target), "relock")
+            self._arm(rem, self._approval_due)  # one that expired meanwhile expires now
+            return
         if rem.phase is Phase.ESCALATING:
             self._spawn(self._escalate(rem, save=False), f"escalate:{rem.rule.name}")
             return

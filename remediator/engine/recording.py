@@ -108,6 +108,17 @@ class Recorder:
             self.log(w, outcome, reason, target=target, detail=detail, decision_id=decision_id)
         return decision_id
 
+    async def update(
+        self, w: Work, decision_id: int, outcome: Outcome, reason: Reason, *, detail: str,
+        target: str = "", result: Mapping[str, Any] | None = None,
+    ) -> None:  # fmt: skip
+        """A decision that waited (for an approval) reaches its outcome: the same row."""
+        await self.audit.update(decision_id, outcome=outcome, reason=reason, detail=detail,
+                                result=result)  # fmt: skip
+        await self._state.set_occurrence(w.key, f"{outcome}/{reason}", w.now)
+        self.count(w.rule, outcome, reason)
+        self.log(w, outcome, reason, target=target, detail=detail, decision_id=decision_id)
+
     def count(self, rule: Rule, outcome: Outcome, reason: Reason) -> None:
         key = (rule.name, outcome, reason)
         counter = self._counters.get(key)

@@ -19,13 +19,16 @@ from remediator import durations, errors
 from remediator.actions import registry
 from remediator.matching import matchers, templates
 from remediator.matching.matchers import Matcher
-from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule, Step
+from remediator.models.rule import ActionSpec, Approval, CircuitBreaker, Limits, Rule, Step
 
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _RULE_KEYS = {
     "name", "description", "runbook_url", "source", "matchers", "for", "action", "steps",
     "limits", "verify", "circuit_breaker", "escalate", "silence_while_remediating", "dry_run",
+    "approval",
 }  # fmt: skip
+_APPROVER = re.compile(r"[UWS][A-Z0-9]{2,20}|[a-z0-9][a-z0-9_.-]{0,62}")
+"""A Slack user (U…/W…) or user-group (S…) id, or an API approver's name."""
 MAX_STEPS = 10
 """Steps in one ladder: a longer one is a runbook, not a remediation."""
 MAX_FILE_BYTES = 4 << 20
@@ -263,6 +266,7 @@ def _rule(file: str, item: Any, list_line: int, reading: _Reading) -> Rule:
         silence_while_remediating=None
         if swr is None
         else _duration(at, "silence_while_remediating", 0.0),
+        approval=_approval(at, item),
         dry_run=_bool(at, "dry_run", False),
         file=file,
         line=item.line,
@@ -302,6 +306,28 @@ def _matchers(at: _At, raw: Any, reading: _Reading) -> tuple[Matcher, ...]:
             "would match every alert; name at least one label",
         )  # fmt: skip
     return tuple(out)
+
+
+def _approval(at: _At, item: _Map) -> Approval | None:
+    if item.get("approval") is None:
+        return None
+    m = _sub(at, item, "approval", {"approvers", "timeout", "channel"})
+    aat = _At(at.file, m)
+    raw = m.get("approvers")
+    if not isinstance(raw, list) or not raw:
+        raise aat.error("approvers", "approval.approvers must be a non-empty list of Slack "
+                        "user or user-group ids (U…, S…) or API approver names")  # fmt: skip
+    for i, a in enumerate(raw):
+        if not isinstance(a, str) or not _APPROVER.fullmatch(a):
+            line = raw.item_lines[i] if isinstance(raw, _Seq) else aat.line("approvers")
+            raise errors.RuleFileError(
+                at.file, line, f"approver {a!r} is not a Slack id (U…, W…, S…) or a name"
+            )
+    timeout = _duration(aat, "timeout", 900.0)
+    if not 0 < timeout <= 86400:
+        raise aat.error("timeout", "approval.timeout must be longer than 0s and at most 24h")
+    channel = _str(aat, "channel")
+    return Approval(approvers=tuple(raw), timeout=timeout, channel=channel)
 
 
 def _resolve_within(at: _At, item: _Map, default: float | None) -> float | None:

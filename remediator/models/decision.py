@@ -14,6 +14,9 @@ class Outcome(enum.StrEnum):
     DRY_RUN = "dry_run"
     FAILED = "failed"
     SKIPPED = "skipped"
+    AWAITING_APPROVAL = "awaiting_approval"
+    """Not final: a human approves or rejects it (or it expires), then it becomes one of
+    the others."""
 
 
 class Reason(enum.StrEnum):
@@ -36,6 +39,8 @@ class Reason(enum.StrEnum):
     NOT_ALLOWED = "not_allowed"
     RESOLVED = "resolved"
     """A retry or a ladder's next step was due, but the alert had resolved meanwhile."""
+    APPROVAL_REJECTED = "approval_rejected"
+    APPROVAL_EXPIRED = "approval_expired"
     HELD_FULL = "held_full"
     """`intake.max_held` alerts already wait for their `for`: this one is not held; a
     re-delivery is decided again."""

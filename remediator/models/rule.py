@@ -53,6 +53,19 @@ class Step:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Approval:
+    """A human approves each attempt of the rule before it runs."""
+
+    approvers: tuple[str, ...]
+    """Slack user ids (U…, W…), Slack user-group ids (S…), or names of API approver
+    tokens (`approvals.tokens` in config). The admin token may always decide."""
+    timeout: float = 900.0
+    """Seconds an attempt waits for a decision; then `skipped/approval_expired`."""
+    channel: str = ""
+    """Slack channel of the request; empty: `approvals.slack.channel` from config."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Rule:
     name: str
     matchers: tuple[Matcher, ...]
@@ -67,6 +80,8 @@ class Rule:
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     escalate: ActionSpec | None = None
     silence_while_remediating: float | None = None
+    approval: Approval | None = None
+    """When set, every attempt waits for a human's approval (`awaiting_approval`)."""
     dry_run: bool = False
     """Shadow mode: this rule records what it would do (`dry_run/shadow`) while the others
     act. The global `dry_run` stays the master switch."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from remediator.intake import sns
-from remediator.web import alertmanager, api, common
+from remediator.web import alertmanager, api, approvals, common
 from remediator.web import sns as sns_web
 
 if TYPE_CHECKING:
@@ -36,4 +36,5 @@ def make_app(daemon: Daemon) -> web.Application:
     app.router.add_post("/api/v1/resume", api.resume)
     app.router.add_post("/api/v1/rules/{name}/pause", api.pause_rule)
     app.router.add_post("/api/v1/rules/{name}/resume", api.resume_rule)
+    approvals.setup(app)
     return app

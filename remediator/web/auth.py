@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -38,6 +39,18 @@ def admin_ok(request: web.Request, auth: Auth) -> bool:
         return False
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     return scheme.lower() == "bearer" and _same(value.strip(), auth.admin_token)
+
+
+def approver(request: web.Request, tokens: Mapping[str, str]) -> str | None:
+    """The name of the approver whose token the request carries (`approvals.tokens`)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not tokens:
+        return None
+    found = None
+    for name, token in tokens.items():  # every one compared: no early exit to time
+        if _same(value.strip(), token):
+            found = name
+    return found
 
 
 def _same(a: str, b: str) -> bool:

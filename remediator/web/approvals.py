@@ -1,0 +1,245 @@
+"""Human approval over HTTP: the approvals API and Slack's interactivity callback.
+
+    GET  /api/v1/approvals                      what awaits a decision (admin/approver token)
+    POST /api/v1/approvals/{id}/approve|reject  decide (admin token, or an approver token
+                                                whose name the rule's approvers list)
+    POST /slack/interactions                    Approve / Reject buttons (Slack-signed)
+
+The Slack endpoint trusts nothing before the signature: the body is read (bounded), its
+signature checked against the signing secret within Slack's 5-minute window (constant
+time, by slack-sdk), a replay of a seen signature refused; only then is it parsed, and
+the clicking user checked against the rule's approvers (user ids, or user groups).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+
+from remediator.clients import slack
+from remediator.engine.approvals import APPROVE, REJECT
+from remediator.models.alert import iso_ts
+from remediator.web import auth, common
+
+if TYPE_CHECKING:
+    from remediator.engine.loop import Remediation
+    from remediator.runner import Daemon
+
+log = structlog.get_logger("remediator.web.approvals")
+SOURCE = "slack"
+MAX_BODY = 64 << 10
+"""Largest interaction payload read (a block_actions payload is a few kB)."""
+REPLAY_MEMORY = 10_000
+_seen: web.AppKey[collections.OrderedDict[str, float]] = web.AppKey("slack_seen")
+
+
+def setup(app: web.Application) -> None:
+    app[_seen] = collections.OrderedDict()
+    app.router.add_get("/api/v1/approvals", listing)
+    app.router.add_post("/api/v1/approvals/{id}/approve", approve)
+    app.router.add_post("/api/v1/approvals/{id}/reject", reject)
+    app.router.add_post("/slack/interactions", interactions)
+
+
+def _who(request: web.Request, d: Daemon) -> tuple[str, bool] | None:
+    """(name, is_admin) of the caller's token, or None."""
+    if auth.admin_ok(request, d.settings.auth):
+        return "admin", True
+    name = auth.approver(request, d.settings.approvals.tokens)
+    return (name, False) if name is not None else None
+
+
+def _refused(d: Daemon) -> web.Response:
+    if d.settings.auth.admin_token is None and not d.settings.approvals.tokens:
+        return common.error(
+            403, "approvals API disabled: set REMEDIATOR_ADMIN_TOKEN or approvals.tokens"
+        )
+    return common.error(401, "missing or wrong admin or approver token",
+                        **{"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+
+def view(rem: Remediation) -> dict[str, Any]:
+    approval = rem.rule.approval
+    return {
+        "id": rem.decision_id,
+        "rule": rem.rule.name,
+        "alertname": rem.alert.name,
+        "fingerprint": rem.alert.fingerprint,
+        "labels": dict(rem.alert.labels),
+        "step": rem.step + 1,
+        "action": rem.rule.steps[rem.step].action.type,
+        "target": rem.target,
+        "dry_run": rem.dry,
+        "approvers": list(approval.approvers) if approval else [],
+        "expires_at": iso_ts(rem.due),
+    }
+
+
+async def listing(request: web.Request) -> web.Response:
+    d = request.app[common.DAEMON]
+    who = _who(request, d)
+    if who is None:
+        return _refused(d)
+    name, admin = who
+    pending = [
+        view(r)
+        for r in d.engine.loop.awaiting_approval()
+        if admin or (r.rule.approval is not None and name in r.rule.approval.approvers)
+    ]
+    return web.json_response({"approvals": sorted(pending, key=lambda v: v["id"])})
+
+
+async def approve(request: web.Request) -> web.Response:
+    return await _decide(request, approve=True)
+
+
+async def reject(request: web.Request) -> web.Response:
+    return await _decide(request, approve=False)
+
+
+async def _decide(request: web.Request, *, approve: bool) -> web.Response:
+    d = request.app[common.DAEMON]
+    who = _who(request, d)
+    if who is None:
+        return _refused(d)
+    name, admin = who
+    text = request.match_info["id"]
+    if not text.isdigit() or not 0 < int(text) < 2**63:
+        return common.error(400, "an approval id is a positive integer (its decision id)")
+    try:
+        body = await _small_json(request)
+    except ValueError as exc:
+        return common.error(400, f"bad request: {exc}")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > 500 or not reason.isprintable():
+        return common.error(400, "reason must be printable text of at most 500 characters")
+    loop = d.engine.loop
+    rem = loop.approval(int(text))
+    if rem is None:
+        return common.error(409, f"decision {text} is not awaiting approval (decided, expired "
+                            "or unknown)")  # fmt: skip
+    if not admin and (rem.rule.approval is None or name not in rem.rule.approval.approvers):
+        d.metrics.approvals.labels(rule=rem.rule.name, result="refused").inc()
+        return common.error(403, f"{name} is not an approver of rule {rem.rule.name}")
+    taken, what = await loop.decide_approval(
+        int(text), approve=approve, by=name, via="api", reason=reason
+    )
+    if not taken:
+        return common.error(409, what)
+    return web.json_response({"status": "ok", "id": int(text), "result": what})
+
+
+async def _small_json(request: web.Request) -> dict[str, Any]:
+    raw = await request.content.read(4097)
+    if len(raw) > 4096:
+        raise ValueError("body larger than 4096 bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body
+
+
+# -- Slack ---------------------------------------------------------------------------
+
+
+async def interactions(request: web.Request) -> web.Response:
+    d = request.app[common.DAEMON]
+    response = await _interaction(request, d)
+    d.metrics.webhook_requests.labels(source=SOURCE, code=str(response.status)).inc()
+    return response
+
+
+async def _interaction(request: web.Request, d: Daemon) -> web.Response:
+    secret = d.settings.approvals.slack.signing_secret
+    if secret is None:
+        d.metrics.bad_input.labels(source=SOURCE, kind="unauthorized").inc()
+        return common.error(
+            401, "Slack interactions are off: set approvals.slack.signing_secret_env"
+        )
+    body = await request.content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        d.metrics.bad_input.labels(source=SOURCE, kind="too_large").inc()
+        return common.error(413, f"body larger than {MAX_BODY} bytes")
+    now = d.clock.now()
+    if not slack.signed(secret, body, request.headers, now=now):
+        d.metrics.bad_input.labels(source=SOURCE, kind="bad_signature").inc()
+        return common.error(401, "not signed by Slack with this app's signing secret, or stale")
+    seen = request.app[_seen]
+    mark = request.headers.get("X-Slack-Signature", "")
+    while seen and next(iter(seen.values())) < now - slack.SIGNATURE_WINDOW:
+        seen.popitem(last=False)
+    if mark in seen:
+        d.metrics.bad_input.labels(source=SOURCE, kind="replay").inc()
+        return common.error(401, "this signed request was already received")
+    seen[mark] = now
+    while len(seen) > REPLAY_MEMORY:
+        seen.popitem(last=False)
+    try:
+        user, channel, approve, decision_id = _button(body)
+    except ValueError as exc:
+        d.metrics.bad_input.labels(source=SOURCE, kind="schema").inc()
+        return common.error(400, f"not an Approve/Reject click: {exc}")
+    loop, approvals = d.engine.loop, d.engine.approvals
+    rem = loop.approval(decision_id)
+    if rem is None:
+        await _tell(d, channel, user, f"Decision {decision_id} no longer awaits approval.")
+        return web.Response(status=200)
+    if not await approvals.slack_user_may_decide(rem.rule, user):
+        d.metrics.approvals.labels(rule=rem.rule.name, result="refused").inc()
+        log.warning("approval_refused", rule=rem.rule.name, user=user, decision_id=decision_id)
+        await _tell(d, channel, user, f"You are not an approver of rule {rem.rule.name}.")
+        return web.Response(status=200)
+    taken, what = await loop.decide_approval(
+        decision_id, approve=approve, by=f"<@{user}>", via="slack"
+    )
+    if not taken:
+        await _tell(d, channel, user, what)
+    return web.Response(status=200)
+
+
+def _button(body: bytes) -> tuple[str, str, bool, int]:
+    """(user id, channel id, approve?, decision id) of a verified block_actions payload."""
+    try:
+        form = urllib.parse.parse_qs(body.decode("utf-8"), strict_parsing=True)
+        payload = json.loads(form["payload"][0])
+    except (UnicodeDecodeError, ValueError, KeyError, IndexError) as exc:
+        raise ValueError("expected form field `payload` holding JSON") from exc
+    if not isinstance(payload, dict) or payload.get("type") != "block_actions":
+        raise ValueError("payload type is not block_actions")
+    user = (payload.get("user") or {}).get("id")
+    channel = (payload.get("channel") or {}).get("id", "")
+    actions = payload.get("actions")
+    if not isinstance(user, str) or not isinstance(actions, list) or not actions:
+        raise ValueError("no user or no action")
+    action = actions[0]
+    if not isinstance(action, dict) or action.get("action_id") not in (APPROVE, REJECT):
+        raise ValueError("not one of remediator's buttons")
+    value = action.get("value")
+    if not isinstance(value, str) or not value.isdigit() or not 0 < int(value) < 2**63:
+        raise ValueError("the button carries no decision id")
+    return (
+        user,
+        channel if isinstance(channel, str) else "",
+        action["action_id"] == APPROVE,
+        int(value),
+    )
+
+
+async def _tell(d: Daemon, channel: str, user: str, text: str) -> None:
+    client = d.engine.approvals.slack()
+    if client is None or not channel:
+        return
+    try:
+        await client.ephemeral(channel, user, text)
+    except Exception as exc:  # noqa: BLE001 - a courtesy message; the answer stands anyway
+        log.warning("slack_ephemeral_failed", error=str(exc))
