@@ -21,6 +21,7 @@ SECTIONS = (
     "memory",
     "start-up",
     "cost vs rule count",
+    "regex matching cost",
 )
 
 
@@ -87,6 +88,8 @@ def format_value(value: float | None, unit: str) -> str:
         return f"{value:.2f}x"
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "µs":
+        return f"{value:,.1f} µs"
     if unit == "s":
         return f"{value:.2f} s"
     if unit == "MiB":

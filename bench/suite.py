@@ -8,7 +8,9 @@ Phases, in run order:
 - ``latency``: a fresh daemon at fixed offered rates, webhook sent → decision recorded;
 - ``memory``: idle RSS, then 100,000 alerts at 50 per request, RSS/HWM once drained;
 - ``overload``: a small backlog bound, load far above capacity; 503s, peak RSS, and every
-  accepted alert decided exactly once.
+  accepted alert decided exactly once;
+- ``matching``: in process, regex matching cost of hostile patterns as the label value
+  grows (RE2: linear).
 
 A phase that cannot run (the daemon does not start, an API answers nonsense) is reported
 and the others still run.
@@ -29,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import daemon, decisions, loadgen, procs, report
+from bench import daemon, decisions, loadgen, matching, procs, report
 from bench.report import Figure
 
 STARTUP_TIMEOUT = 30.0
@@ -44,6 +46,7 @@ S_OVERLOAD = "overload"
 S_MEMORY = "memory"
 S_STARTUP = "start-up"
 S_RULES = "cost vs rule count"
+S_MATCHING = "regex matching cost"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +74,10 @@ class Profile:
     drain_idle: float
     #: Seconds the daemon sits idle before its idle RSS is read.
     settle_seconds: float
+    #: Label value sizes (bytes) the regex patterns are matched against, ascending; the
+    #: last two 16x apart so their ratio shows the growth. Runs per size (median).
+    matching_sizes: tuple[int, ...]
+    matching_repeats: int
 
 
 FULL = Profile(
@@ -87,6 +94,8 @@ FULL = Profile(
     drain_timeout=90,
     drain_idle=5,
     settle_seconds=2,
+    matching_sizes=(1 << 10, 1 << 12, 1 << 14, 1 << 18),
+    matching_repeats=3,
 )
 
 QUICK = Profile(
@@ -103,9 +112,11 @@ QUICK = Profile(
     drain_timeout=20,
     drain_idle=3,
     settle_seconds=0.5,
+    matching_sizes=(1 << 10, 1 << 12, 1 << 16),
+    matching_repeats=1,
 )
 
-PHASES = ("bare", "daemon", "latency", "memory", "overload")
+PHASES = ("bare", "daemon", "latency", "memory", "overload", "matching")
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -279,6 +290,7 @@ class Suite:
             "latency": self.latency,
             "memory": self.memory,
             "overload": self.overload,
+            "matching": self.matching,
         }
         for name, phase in phases.items():
             if self.only and name not in self.only:
@@ -655,6 +667,36 @@ class Suite:
                 target=report.equals(0, "= 0"),
                 note=f"decided though answered non-2xx: {decided_rejected:,}; "
                 f"after a transport error: {decided_unknown:,}",
+            )
+
+    async def matching(self) -> None:
+        """Matching cost per pattern: at the longest value intake takes, and its growth."""
+        p = self.profile
+        costs = await asyncio.to_thread(matching.measure, p.matching_sizes, p.matching_repeats)
+        small, large = p.matching_sizes[-2], p.matching_sizes[-1]
+        for pattern, _ in matching.PATTERNS:
+            mine = {c.size: c.seconds for c in costs if c.pattern == pattern}
+            self.details[f"matching {pattern}"] = {f"{size} B": s for size, s in mine.items()}
+            print(
+                f"  {pattern}: "
+                + ", ".join(f"{size // 1024} KiB {s * 1e6:,.1f} µs" for size, s in mine.items()),
+                flush=True,
+            )
+            self._figure(
+                S_MATCHING,
+                f"{pattern}, {small // 1024} KiB value",
+                value=mine[small] * 1e6,
+                unit="µs",
+                note=", ".join(
+                    f"{size // 1024} KiB: {s * 1e6:,.1f} µs" for size, s in mine.items()
+                ),
+            )
+            self._figure(
+                S_MATCHING,
+                f"{pattern}, cost of a {large // small}x longer value",
+                value=mine[large] / mine[small] if mine[small] > 0 else None,
+                unit="x",
+                target=report.below(2.0 * large / small, f"≈ {large // small}x (linear)"),
             )
 
     def _selected(self, phase: str) -> bool:

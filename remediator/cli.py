@@ -21,7 +21,7 @@ from remediator import __version__, errors, logs, preflight
 from remediator import settings as settings_mod
 from remediator.engine.simulate import simulate
 from remediator.intake import alertmanager, sns
-from remediator.matching import loader
+from remediator.matching import loader, matchers
 from remediator.matching.index import RuleIndex
 from remediator.models.alert import Alert
 
@@ -116,8 +116,9 @@ def _check(args: argparse.Namespace) -> int:
         print(_config_error(args.config, exc), file=sys.stderr)
         return 1
     directory = args.rules_dir or settings.rules_dir
+    warnings: list[errors.RuleFileError] = []
     try:
-        rules = loader.load_dir(directory)
+        rules = loader.load_dir(directory, syntax=settings.matchers_syntax, warnings=warnings)
     except errors.RuleFileErrors as exc:
         for e in exc.errors:
             print(e, file=sys.stderr)
@@ -128,7 +129,8 @@ def _check(args: argparse.Namespace) -> int:
         # A wrong path must not pass as "no errors".
         print(f"{directory}: no rule files (*.yaml, *.yml) here", file=sys.stderr)
         return 1
-    problems = preflight.rules(rules, settings, os.environ)
+    problems = [preflight.Problem("warning", w.file, w.line, w.message) for w in warnings]
+    problems += preflight.rules(rules, settings, os.environ)
     if args.config is not None:
         problems += preflight.config(settings, lines=_config_lines(args.config, settings))
     for p in problems:
@@ -137,8 +139,14 @@ def _check(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} error(s)", file=sys.stderr)
         return 1
+    # What was understood, in Alertmanager's canonical form (docs/matchers.md).
+    for rule in rules:
+        print(f"{rule.file}:{rule.line}: {rule.name} {matchers.format_all(rule.matchers)}")
     warned = len(problems) - failed
-    print(f"ok: {len(rules)} rules in {files} files" + (f", {warned} warning(s)" if warned else ""))
+    print(
+        f"ok: {len(rules)} rules in {files} files (matchers_syntax: {settings.matchers_syntax})"
+        + (f", {warned} warning(s)" if warned else "")
+    )
     return 0
 
 
@@ -231,7 +239,7 @@ def _sample(body: bytes) -> tuple[list[Alert], str]:
 def _simulate(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args, rules_dir=args.rules)
-        rules = loader.load_dir(settings.rules_dir)
+        rules = loader.load_dir(settings.rules_dir, syntax=settings.matchers_syntax)
         body = args.alert_file.read_bytes()
         alerts, note = _sample(body)
     except errors.RuleFileErrors as exc:

@@ -127,8 +127,14 @@ class Metrics:
     def _silences(self, r: CollectorRegistry) -> None:
         """Metrics of the silence checks."""
         self.silence_checks = Counter(
-            f"{PREFIX}_silence_checks", "Silence checks before acting, by result "
-            "(silenced, not_silenced, error).", ["result"], registry=r,
+            f"{PREFIX}_silence_checks", "Silence checks before acting, by result (silenced, "
+            "not_silenced, error: Alertmanager not asked, unreadable: a silence that cannot "
+            "be evaluated could cover the alert).", ["result"], registry=r,
+        )  # fmt: skip
+        self.silences_unreadable = Gauge(
+            f"{PREFIX}_silences_unreadable", "Active or pending silences in the last list "
+            "from Alertmanager that cannot be fully evaluated (they fail closed).",
+            registry=r,
         )  # fmt: skip
         self.silences_managed = Counter(
             f"{PREFIX}_silences", "Silences remediator created or expired itself "

@@ -43,6 +43,17 @@ from remediator.settings import Settings
 from remediator.web.app import make_app
 
 log = structlog.get_logger("remediator.runner")
+
+
+def load_rules(settings: Settings) -> list[Rule]:
+    """The rules, matchers read with `matchers_syntax`; what should be fixed is logged."""
+    warnings: list[errors.RuleFileError] = []
+    rules = loader.load_dir(settings.rules_dir, syntax=settings.matchers_syntax, warnings=warnings)
+    for w in warnings:
+        log.warning("rule_matcher_warning", file=w.file, line=w.line, warning=w.message)
+    return rules
+
+
 GC_GEN0_THRESHOLD = 50_000
 """Allocations between young-generation collections (CPython's default is 700)."""
 
@@ -82,7 +93,7 @@ class Daemon:
 
     async def start(self) -> None:
         """Load rules (fail hard on errors at start), open backends, resume the journal."""
-        rules = loader.load_dir(self.settings.rules_dir)
+        rules = load_rules(self.settings)
         await self.db.start()
         await self.state.load()
         self.clients = await Clients.open()
@@ -258,7 +269,7 @@ class Daemon:
 
     def _load_config_and_rules(self) -> tuple[Settings, list[Rule]]:
         fresh = self._config_loader() if self._config_loader is not None else self.settings
-        return fresh, loader.load_dir(fresh.rules_dir)
+        return fresh, load_rules(fresh)
 
     def _reloaded(self, count: int) -> None:
         self.metrics.rules_loaded.set(count)

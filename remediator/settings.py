@@ -224,6 +224,10 @@ class Settings:
     intake: Intake = Intake()
     budgets: Budgets = Budgets()
     blackouts: tuple[Blackout, ...] = ()
+    matchers_syntax: matchers.Syntax = matchers.Syntax.FALLBACK
+    """How matcher strings (rules, blackouts) are read, as the Alertmanager you run reads
+    its config: `classic` (<= 0.26), `utf8` (>= 0.27 in UTF-8 strict mode), `fallback`
+    (>= 0.27's default: UTF-8, then classic with a warning). See docs/matchers.md."""
     sns: Sns = Sns()
     alertmanager: AlertmanagerApi = AlertmanagerApi()
     approvals: Approvals = Approvals()
@@ -293,6 +297,9 @@ def load(
         raw = loaded
     r = Reader(raw, "")
     listen = r.text("listen", "127.0.0.1:9097")
+    syntax = matchers.Syntax(
+        r.choice("matchers_syntax", "fallback", tuple(s.value for s in matchers.Syntax))
+    )
     host, port = parse_listen(listen, "listen")
     settings = Settings(
         listen_host=host,
@@ -305,7 +312,8 @@ def load(
         auth=_auth(r.section("auth"), env),
         intake=_intake(r.section("intake")),
         budgets=_budgets(r.section("limits")),
-        blackouts=_blackouts(r.items("blackouts")),
+        blackouts=_blackouts(r.items("blackouts"), syntax),
+        matchers_syntax=syntax,
         sns=_sns(r.section("sns"), env),
         alertmanager=_alertmanager(r.section("alertmanager"), env),
         approvals=_approvals(r.section("approvals"), env),
@@ -543,7 +551,7 @@ def _budgets(r: Reader) -> Budgets:
 _DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 
 
-def _blackouts(items: list[Reader]) -> tuple[Blackout, ...]:
+def _blackouts(items: list[Reader], syntax: matchers.Syntax) -> tuple[Blackout, ...]:
     out = []
     for r in items:
         name = r.text("name", "")
@@ -557,10 +565,10 @@ def _blackouts(items: list[Reader]) -> tuple[Blackout, ...]:
                 raise errors.ConfigError(f"{r.prefix}days[{i}]", f"not a weekday: {d!r}")
             days.append(_DAYS[d.lower()[:3]])
         daily_from, daily_to = r.clock("from"), r.clock("to")
-        ms = []
+        ms: list[Matcher] = []
         for i, text in enumerate(r.raw_list("matchers")):
             try:
-                ms.append(matchers.parse(str(text)))
+                ms.extend(matchers.parse_matchers(str(text), syntax).matchers)
             except ValueError as exc:
                 raise errors.ConfigError(f"{r.prefix}matchers[{i}]", str(exc)) from exc
         rules = tuple(str(x) for x in r.raw_list("rules"))

@@ -1,12 +1,15 @@
-"""Suite-wide guards: every async test must leave no task behind and never block the loop."""
+"""Suite-wide guards (every async test must leave no task behind and never block the loop),
+and the fixtures several modules share."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+
+from tests import servers
 
 SLOW_CALLBACK_SECONDS = 1.0
 """A callback holding the loop this long is a blocking call (generous: CI boxes are loaded)."""
@@ -43,3 +46,13 @@ async def _no_leaked_tasks_or_blocking() -> AsyncIterator[None]:
         t.cancel()
     assert not leaked, f"test leaked tasks: {[t.get_name() for t in leaked]}"
     assert not slow.seen, f"the event loop was blocked: {slow.seen}"
+
+
+@pytest.fixture(scope="module")
+def alertmanager() -> Iterator[servers.AlertmanagerServer]:
+    """Debian's Alertmanager for one test module; nothing listens at its webhook URL (its
+    deliveries do not matter to the tests that ask it about silences and matchers)."""
+    with servers.AlertmanagerServer(
+        f"http://127.0.0.1:{servers.free_port()}/unused", log_level="warn"
+    ) as am:
+        yield am

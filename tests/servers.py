@@ -51,6 +51,8 @@ from multidict import CIMultiDict
 ALERTMANAGER_BIN = os.environ.get(
     "REMEDIATOR_TEST_ALERTMANAGER", "/usr/bin/prometheus-alertmanager"
 )
+AMTOOL_BIN = os.environ.get("REMEDIATOR_TEST_AMTOOL", "/usr/bin/amtool")
+"""Alertmanager's CLI (same Debian package): `check-config` is its config parser."""
 REDIS_SERVER_BIN = os.environ.get("REMEDIATOR_TEST_REDIS_SERVER", "/usr/bin/redis-server")
 DOCKERD_BIN = os.environ.get("REMEDIATOR_TEST_DOCKERD", "/usr/sbin/dockerd")
 BUSYBOX_BIN = os.environ.get("REMEDIATOR_TEST_BUSYBOX", "/bin/busybox")

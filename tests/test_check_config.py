@@ -112,5 +112,8 @@ def test_check_passes_with_warnings_only(
     rules = "rules:\n  - name: restart-by-label" + RULES.split("  - name: restart-by-label")[1]
     assert check(tmp_path, rules, None) == ["0"]
     out = capsys.readouterr()
-    assert out.out.strip() == "ok: 1 rules in 1 files, 1 warning(s)"
+    assert (
+        out.out.splitlines()[-1]
+        == "ok: 1 rules in 1 files (matchers_syntax: fallback), 1 warning(s)"
+    )
     assert "REMEDIATOR_TEST_UNSET_SLACK" in out.err

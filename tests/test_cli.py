@@ -82,18 +82,75 @@ def write(path: Path, text: str) -> Path:
 SLACK = {"SLACK_WEBHOOK_URL": "https://hooks.slack.example/services/T0/B0/x"}
 
 
+def summary() -> str:
+    return "ok: {} rules in {} files (matchers_syntax: fallback)".format(*example_rules())
+
+
 def test_check_accepts_the_example_rules(tmp_path: Path) -> None:
     result = run("check", str(RULES), cwd=tmp_path, env=clean_env(**SLACK))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok: {} rules in {} files".format(*example_rules())
+    lines = result.stdout.splitlines()
+    assert lines[-1] == summary()
+    assert len(lines) == example_rules()[0] + 1  # one line per rule, then the summary
+    assert (
+        f'{RULES}/apidown.yaml:6: apidown-restart {{alertname="APIDown",namespace=~"prod|staging"}}'
+        in lines
+    )
     assert result.stderr == ""
 
 
 def test_check_reads_rules_from_the_working_directory_by_default(tmp_path: Path) -> None:
     shutil.copytree(RULES, tmp_path / "rules")
     result = run("check", cwd=tmp_path, env=clean_env(**SLACK))
-    expected = "ok: {} rules in {} files".format(*example_rules())
-    assert (result.returncode, result.stdout.strip()) == (0, expected)
+    assert (result.returncode, result.stdout.splitlines()[-1]) == (0, summary())
+
+
+def test_check_prints_what_each_matcher_string_was_understood_as(tmp_path: Path) -> None:
+    write(
+        tmp_path / "rules" / "disk.yaml",
+        r"""
+        rules:
+          - name: disk-full
+            matchers:
+              - '{severity!="info", alertname="DiskFull"}'
+              - instance=~api\\.example\\.com
+            action: {type: log, params: {message: hi}}
+        """,
+    )
+    result = run("check", "rules", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == (
+        'rules/disk.yaml:2: disk-full {severity!="info",alertname="DiskFull",'
+        'instance=~"api\\\\.example\\\\.com"}'
+    )
+    # The unquoted regex is valid only in the classic syntax: the fallback says so, at
+    # its line, with the form that reads the same in both.
+    [warning] = result.stderr.splitlines()
+    assert warning.startswith("rules/disk.yaml:5: warning: ")
+    assert 'Write it as {instance=~"api\\\\.example\\\\.com"}' in warning
+
+
+def test_check_reads_matchers_with_the_configured_syntax(tmp_path: Path) -> None:
+    write(
+        tmp_path / "rules" / "k8s.yaml",
+        """
+        rules:
+          - name: k8s
+            matchers: ['k8s.namespace = "prod"']
+            action: {type: log, params: {message: hi}}
+        """,
+    )
+    write(tmp_path / "classic.yaml", "matchers_syntax: classic\n")
+    write(tmp_path / "utf8.yaml", "matchers_syntax: utf8\n")
+    classic = run("check", "rules", "--config", "classic.yaml", cwd=tmp_path)
+    assert classic.returncode == 1
+    assert classic.stderr.startswith("rules/k8s.yaml:3: cannot parse matcher")
+    utf8 = run("check", "rules", "--config", "utf8.yaml", cwd=tmp_path)
+    assert utf8.returncode == 0, utf8.stderr
+    assert utf8.stdout.splitlines() == [
+        'rules/k8s.yaml:2: k8s {k8s.namespace="prod"}',
+        "ok: 1 rules in 1 files (matchers_syntax: utf8)",
+    ]
 
 
 def test_check_reports_every_broken_file_as_file_line_message_and_exits_1(

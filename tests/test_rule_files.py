@@ -15,6 +15,7 @@ import pytest
 from remediator import errors
 from remediator.matching import loader
 from remediator.matching.index import RuleIndex
+from remediator.matching.matchers import Syntax
 from remediator.models.alert import Alert
 from remediator.models.rule import Rule
 
@@ -553,6 +554,75 @@ def test_a_bad_matcher_in_a_block_list_is_reported_at_its_own_line(tmp_path: Pat
     )
     assert "invalid regex" in error.message
     assert error.line == marked_line(path)
+
+
+def test_one_matcher_string_may_hold_several_matchers_all_of_which_must_match(
+    tmp_path: Path,
+) -> None:
+    write(
+        tmp_path,
+        "rules.yaml",
+        """
+        rules:
+          - name: disk-full
+            matchers:
+              - severity!=info,alertname=DiskFull
+              - '{team="sre", env=~"prod|staging"}'
+            action: {type: log, params: {message: hi}}
+        """,
+    )
+    [rule] = loader.load_dir(tmp_path)
+    assert [str(m) for m in rule.matchers] == [
+        'severity!="info"', 'alertname="DiskFull"', 'team="sre"', 'env=~"prod|staging"',
+    ]  # fmt: skip
+    assert rule.alertname == "DiskFull"  # indexed by its alertname matcher
+    index = RuleIndex([rule])
+    labels = {"severity": "page", "team": "sre", "env": "prod"}
+    assert index.match(alert("DiskFull", **labels)) == [rule]
+    assert index.match(alert("DiskFull", **{**labels, "severity": "info"})) == []
+    assert index.match(alert("APIDown", **labels)) == []
+
+
+def test_a_rule_whose_matcher_strings_hold_no_matcher_is_refused(tmp_path: Path) -> None:
+    # Alertmanager reads `{}` and "" as no matcher; a rule with none would match everything.
+    path, error = only_error(
+        tmp_path,
+        """
+        rules:
+          - name: everything
+            matchers: ['{}', '']   # <- here
+            action: {type: log, params: {message: hi}}
+        """,
+    )
+    assert "hold no matcher" in error.message
+    assert error.line == marked_line(path)
+
+
+def test_the_fallback_warns_at_the_line_of_the_string_it_read_the_classic_way(
+    tmp_path: Path,
+) -> None:
+    path = write(
+        tmp_path,
+        "rules.yaml",
+        """
+        rules:
+          - name: api
+            matchers:
+              - alertname = "APIDown"
+              - instance=~api\\\\.example\\\\.com   # <- here
+            action: {type: log, params: {message: hi}}
+        """,
+    )
+    warnings: list[errors.RuleFileError] = []
+    [rule] = loader.load_dir(tmp_path, warnings=warnings)
+    assert rule.matchers[1].matches({"instance": "api.example.com"})
+    [warning] = warnings
+    assert (warning.file, warning.line) == (str(path), marked_line(path))
+    assert "read with the classic syntax" in warning.message
+    # With the classic syntax there is nothing to warn about; with UTF-8 it is an error.
+    assert loader.load_dir(tmp_path, syntax=Syntax.CLASSIC, warnings=(quiet := [])) and not quiet
+    with pytest.raises(errors.RuleFileErrors, match="cannot parse matchers"):
+        loader.load_dir(tmp_path, syntax=Syntax.UTF8)
 
 
 def test_a_missing_required_param_in_a_block_points_into_the_params(tmp_path: Path) -> None:

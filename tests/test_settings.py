@@ -62,6 +62,7 @@ def test_without_a_config_file_it_runs_safely_on_loopback_in_dry_run() -> None:
         action_timeout=60.0,
     )
     assert s.blackouts == ()
+    assert s.matchers_syntax == "fallback"  # Alertmanager >= 0.27's default
     assert (s.workers, s.journal_fsync, s.shutdown_timeout) == (4, False, 20.0)
     assert (s.log_format, s.log_level) == ("auto", "info")
     assert s.config_file is None
@@ -181,6 +182,12 @@ def test_the_readme_example_config_loads(tmp_path: Path) -> None:
             "blackouts[1].matchers[0]",
             "cannot parse matcher",
         ),
+        ("matchers_syntax: pcre", "matchers_syntax", "must be one of classic, utf8, fallback"),
+        (
+            "matchers_syntax: classic\nblackouts: [{name: x, days: [sun], matchers: ['k8s.ns=a']}]",
+            "blackouts[0].matchers[0]",
+            "cannot parse matcher",
+        ),
     ],
 )
 def test_a_config_mistake_names_the_dotted_key_and_what_is_expected(
@@ -190,6 +197,23 @@ def test_a_config_mistake_names_the_dotted_key_and_what_is_expected(
     assert error.path == path
     assert message in error.message
     assert str(error) == f"{path}: {error.message}"
+
+
+def test_a_blackout_matcher_string_is_read_as_rules_read_theirs(tmp_path: Path) -> None:
+    [b] = load_yaml(
+        tmp_path,
+        """
+        blackouts:
+          - name: freeze
+            days: [sat]
+            matchers: ['{namespace="prod", team=~"pay.*"}', k8s.cluster=eu-1]
+        """,
+    ).blackouts
+    assert [str(m) for m in b.matchers] == [
+        'namespace="prod"',
+        'team=~"pay.*"',
+        'k8s.cluster="eu-1"',
+    ]
 
 
 def test_a_config_file_that_is_not_a_mapping_or_not_yaml_names_the_file(tmp_path: Path) -> None:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 
 from remediator.engine.silences import parse_silences
+from remediator.intake.alertmanager import MAX_VALUE_LEN
 from remediator.models.alert import Alert
 from tests import servers, sns_fixtures
-from tests.harness import Harness, am_alert, resolved
+from tests.harness import Harness, am_alert, payload, resolved
 
 MINUTE = 60.0
 
@@ -53,15 +56,6 @@ def config(am: servers.AlertmanagerServer, *, on_error: str = "fail_closed") -> 
       timeout: 1s
       on_error: {on_error}
     """
-
-
-@pytest.fixture(scope="module")
-def alertmanager() -> Iterator[servers.AlertmanagerServer]:
-    # Nothing listens at the webhook URL: Alertmanager's deliveries do not matter here.
-    with servers.AlertmanagerServer(
-        f"http://127.0.0.1:{servers.free_port()}/unused", log_level="warn"
-    ) as am:
-        yield am
 
 
 @pytest.fixture
@@ -198,18 +192,19 @@ async def test_an_ha_pair_is_asked_in_turn_when_the_first_is_down(
         assert (d["outcome"], d["reason"]) == ("skipped", "silenced")
 
 
-class CountingProxy:
-    """A reverse proxy in front of the real Alertmanager that counts the requests it passes."""
+class LoopbackApp:
+    """An aiohttp app of the test's own on a free loopback port (`url`), for `async with`."""
 
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.requests: list[str] = []
+    def __init__(self) -> None:
         self._runner: web.AppRunner | None = None
         self.url = ""
 
-    async def __aenter__(self) -> CountingProxy:
+    def routes(self, router: web.UrlDispatcher) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self.routes(app.router)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         port = servers.free_port()
@@ -220,6 +215,18 @@ class CountingProxy:
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None
         await self._runner.cleanup()
+
+
+class CountingProxy(LoopbackApp):
+    """A reverse proxy in front of the real Alertmanager that counts the requests it passes."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.requests: list[str] = []
+
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("*", "/{tail:.*}", self._forward)
 
     async def _forward(self, request: web.Request) -> web.Response:
         self.requests.append(f"{request.method} {request.path}")
@@ -331,6 +338,24 @@ SEMANTICS: list[tuple[list[dict[str, Any]], dict[str, str]]] = [
     ([{"name": "sev", "value": "(?i)critical", "isRegex": True}], {"sev": "CRITICAL"}),
     ([{"name": "queue", "value": ".+", "isRegex": True}], {"queue": "jobs"}),
     ([{"name": "queue", "value": ".+", "isRegex": True}], {"other": "x"}),
+    # case folding beyond ASCII, Unicode classes and values (RE2 = Go's regexp here)
+    ([{"name": "city", "value": "(?i)ÉCOLE", "isRegex": True}], {"city": "école"}),
+    (
+        [{"name": "city", "value": "(?i)ÉCOLE", "isRegex": True, "isEqual": False}],
+        {"city": "École"},
+    ),
+    ([{"name": "unit", "value": "(?i)k", "isRegex": True}], {"unit": "\u212a"}),
+    (
+        [{"name": "sev", "value": "(?i)critical", "isRegex": True, "isEqual": False}],
+        {"sev": "Crit"},
+    ),
+    ([{"name": "name", "value": "\\p{Greek}+", "isRegex": True}], {"name": "αβγ"}),
+    ([{"name": "name", "value": "\\p{Greek}+", "isRegex": True}], {"name": "abc"}),
+    ([{"name": "region", "value": "prod-(?i)eu", "isRegex": True}], {"region": "PROD-EU"}),
+    ([{"name": "owner", "value": "zoë"}], {"owner": "zoë"}),
+    ([{"name": "owner", "value": "zoë"}], {"owner": "zoe"}),
+    ([{"name": "owner", "value": "zoë", "isEqual": False}], {"owner": "zoe"}),
+    ([{"name": "x", "value": "x{,3}", "isRegex": True}], {"x": "x{,3}"}),
 ]
 
 
@@ -363,9 +388,9 @@ async def test_our_silence_check_agrees_with_alertmanager_on_every_case(
     assert set(ours) == {True, False}  # the table has both answers
 
 
-def test_parse_silences_ignores_expired_and_unreadable_ones() -> None:
+def test_parse_silences_skips_expired_ones_and_keeps_unreadable_ones_saying_why() -> None:
     now = dt.datetime.now(dt.UTC).isoformat()
-    raw = [
+    raw: list[Any] = [
         {"id": "a", "status": {"state": "expired"}, "matchers": [], "startsAt": now, "endsAt": now},
         {
             "id": "b",
@@ -375,8 +400,163 @@ def test_parse_silences_ignores_expired_and_unreadable_ones() -> None:
             "endsAt": now,
         },
         {"id": "c", "status": {"state": "active"}, "matchers": [], "startsAt": now, "endsAt": now},
+        {"id": "d", "matchers": [{"name": "x", "value": "y"}], "endsAt": "soon"},
+        "not a silence",
     ]
-    assert [s.id for s in parse_silences(raw)] == ["c"]
+    got = {s.id: s.unreadable for s in parse_silences(raw)}
+    assert got.keys() == {"b", "c", "d", "#4"}
+    assert "matcher 0: silence matcher needs string name and value" in got["b"]
+    assert "no matchers" in got["c"]
+    assert "startsAt unreadable" in got["d"] and "endsAt unreadable" in got["d"]
+    assert "not a JSON object" in got["#4"]
+
+
+class SilenceList(LoopbackApp):
+    """An Alertmanager stand-in serving a fixed `GET /api/v2/silences` answer: what the
+    real one never stores (a regex RE2 refuses, garbage) is exactly what must fail closed."""
+
+    def __init__(self, silences: list[Any]) -> None:
+        super().__init__()
+        self.silences = silences
+
+    def routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/api/v2/silences", self._list)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        return web.json_response(self.silences)
+
+
+def api_silence(sid: str, matchers: Any, *, ends_in: float = 3600, **extra: Any) -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "id": sid,
+        "matchers": matchers,
+        "startsAt": (now - dt.timedelta(hours=1)).isoformat(),
+        "endsAt": (now + dt.timedelta(seconds=ends_in)).isoformat(),
+        "createdBy": "sre",
+        "comment": "maintenance",
+        "status": {"state": "active" if ends_in > 0 else "expired"},
+        **extra,
+    }
+
+
+async def test_an_unreadable_silence_holds_off_the_alerts_it_could_cover_and_no_other(
+    tmp_path: Path,
+) -> None:
+    # RE2 refuses the look-ahead: the silence cannot be evaluated. It could cover an alert
+    # whose deployment is api (the matcher that can be read); a web alert it cannot.
+    bad = api_silence(
+        "s-lookahead",
+        [
+            {"name": "deployment", "value": "api", "isRegex": False, "isEqual": True},
+            {"name": "namespace", "value": "prod(?!-canary)", "isRegex": True, "isEqual": True},
+        ],
+    )
+    async with SilenceList([bad]) as am:
+        cfg = f"alertmanager: {{urls: [{am.url}]}}\n"
+        with structlog.testing.capture_logs() as logs:
+            async with Harness(
+                tmp_path, rules=RULES, config=cfg, now=time.time(), dry_run=False
+            ) as h:
+                await h.fire(real_now_alert(namespace="prod", deployment="api"))
+                await h.fire(real_now_alert(namespace="prod", deployment="web"))
+                api, web_ = await h.decisions()
+                assert (api["outcome"], api["reason"]) == ("skipped", "silence_check_failed")
+                assert "silence s-lookahead cannot be evaluated" in api["detail"]
+                assert "invalid regex" in api["detail"]
+                assert (web_["outcome"], web_["reason"]) == ("executed", "")
+                assert await h.metric("remediator_silence_checks_total", result="unreadable") == 1
+                assert await h.metric("remediator_silences_unreadable") == 1
+                assert (
+                    await h.metric(
+                        "remediator_actions_total", rule="api-restart", action="log", result="ok"
+                    )
+                    == 1  # the web alert only
+                )
+    [logged] = [e for e in logs if e["event"] == "silence_unreadable"]
+    assert logged["silence"] == "s-lookahead" and "invalid regex" in logged["error"]
+
+
+async def test_a_silence_none_of_whose_matchers_can_be_read_holds_off_every_alert(
+    tmp_path: Path,
+) -> None:
+    garbage = api_silence("s-garbage", "deployment=api")  # a string, not a list
+    gone = api_silence("s-expired", "deployment=api", ends_in=-60)  # expired: ignored
+    async with SilenceList([gone, garbage]) as am:
+        cfg = f"alertmanager: {{urls: [{am.url}]}}\n"
+        async with Harness(tmp_path, rules=RULES, config=cfg, now=time.time(), dry_run=False) as h:
+            await h.fire(real_now_alert(namespace="staging", deployment="batch"))
+            [d] = await h.decisions()
+            assert (d["outcome"], d["reason"]) == ("skipped", "silence_check_failed")
+            assert "silence s-garbage" in d["detail"] and "no matchers list" in d["detail"]
+            assert await h.metric("remediator_silences_unreadable") == 1
+
+
+async def test_a_silence_on_a_utf8_label_name_is_evaluated_not_dropped(tmp_path: Path) -> None:
+    # Alertmanager >= 0.27 stores `k8s.namespace="prod"`; Debian's 0.25 cannot, hence the
+    # stand-in. The silence must silence exactly what it names (asked of the daemon's own
+    # check, as SNS alarms are, since the webhook refuses such label names for now).
+    utf8 = api_silence(
+        "s-utf8", [{"name": "k8s.namespace", "value": "prod", "isRegex": False, "isEqual": True}]
+    )
+    async with SilenceList([utf8]) as am:
+        cfg = f"alertmanager: {{urls: [{am.url}]}}\n"
+        async with Harness(tmp_path, rules=RULES, config=cfg, now=time.time()) as h:
+            checker = h.daemon.engine.silences
+            assert checker is not None
+            prod = await checker.check(sns_alert(alertname="X", **{"k8s.namespace": "prod"}))
+            dev = await checker.check(sns_alert(alertname="X", **{"k8s.namespace": "dev"}))
+            assert prod is not None and prod[0] == "silenced" and "s-utf8" in prod[1]
+            assert dev is None
+            assert await h.metric("remediator_silences_unreadable") == 0
+
+
+async def test_a_silence_alertmanager_stores_but_cannot_compile_fails_closed(
+    tmp_path: Path, clean: servers.AlertmanagerServer
+) -> None:
+    # Alertmanager validates `\Q…` (no `\E`) as written and accepts it; anchored as it
+    # matches, the pattern is broken, so Alertmanager silences nothing with it. We cannot
+    # evaluate it either, and keep hands off what it could cover.
+    sid = await silence(
+        clean,
+        [
+            {"name": "deployment", "value": "api"},
+            {"name": "pod", "value": "\\Qapi-", "isRegex": True},
+        ],
+    )
+    async with Harness(tmp_path, rules=RULES, config=config(clean), now=time.time()) as h:
+        await h.fire(real_now_alert(namespace="prod", deployment="api", pod="api-1"))
+        await h.fire(real_now_alert(namespace="prod", deployment="web", pod="web-1"))
+        api, web_ = await h.decisions()
+    assert (api["reason"], web_["reason"]) == ("silence_check_failed", "")
+    assert f"silence {sid} cannot be evaluated" in api["detail"]
+
+
+async def test_a_pathological_silence_regex_stalls_neither_probes_nor_intake(
+    tmp_path: Path, clean: servers.AlertmanagerServer
+) -> None:
+    """Silences anyone with Alertmanager access can create: `(a+)+b` takes Python's `re`
+    exponential time; `[ab]*a[ab]{1000}c` defeats RE2's DFA (linear, but a fifth of a
+    second on a 16 KiB value, the longest intake takes). The check runs them off the event
+    loop (the suite fails any test whose loop is blocked over a second), so probes and
+    intake answer meanwhile, and the alert is still decided."""
+    await silence(clean, [{"name": "payload", "value": "(a+)+b", "isRegex": True}])
+    for last in "ab":
+        for end in "cdef":
+            pattern = f"[ab]*{last}[ab]{{1000}}{end}"
+            await silence(clean, [{"name": "payload", "value": pattern, "isRegex": True}])
+    rng = random.Random(10)
+    heavy = "".join(rng.choice("ab") for _ in range(MAX_VALUE_LEN))
+    async with Harness(tmp_path, rules=RULES, config=config(clean), now=time.time()) as h:
+        alert = real_now_alert(namespace="prod", deployment="api", payload=heavy)
+        assert (await h.post(payload(alert))).status == 200
+        assert (await h.client.get("/healthz")).status == 200
+        assert (
+            await h.post(payload(real_now_alert(namespace="prod", deployment="web")))
+        ).status == 200
+        await h.settle()
+        assert sorted(await h.outcomes()) == [("dry_run", ""), ("dry_run", "")]
+        assert await h.metric("remediator_silence_checks_total", result="not_silenced") == 2
 
 
 async def test_a_silenced_alert_re_sent_adds_no_row_until_the_silence_ends(

@@ -36,12 +36,13 @@ class AlertmanagerClient:
             pair = f"{config.basic_user}:{config.basic_password or ''}".encode()
             self._headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
 
-    async def list_silences(self) -> list[dict[str, Any]]:
-        """Every silence Alertmanager holds (any state); the caller filters active ones."""
+    async def list_silences(self) -> list[Any]:
+        """Every silence Alertmanager holds (any state), as it sent them: the caller filters
+        active ones, and an entry it cannot read must fail closed, not vanish here."""
         body = await self._call("GET", "/api/v2/silences", what="list silences")
         if not isinstance(body, list):
             raise errors.PermanentError("list silences: Alertmanager answered something not a list")
-        return [s for s in body if isinstance(s, dict)]
+        return body
 
     async def lists_alert(self, alertname: str, fingerprint: str, starts_at: float) -> bool:
         """Whether Alertmanager still holds this occurrence (fingerprint and startsAt) as

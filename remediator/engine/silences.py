@@ -6,7 +6,14 @@ never pass through Alertmanager at all: so the engine asks before acting.
 
 The silence list is fetched at most once per `cache_ttl` (by the engine clock), and a
 storm of alerts waiting for a refresh shares one request. Matching reuses
-`matching.matchers` — Alertmanager's semantics, one implementation.
+`matching.matchers` — Alertmanager's semantics, RE2 regexes, one implementation.
+
+A silence that cannot be evaluated (a field missing or of the wrong type, a regex RE2
+refuses, no matchers) is never dropped: it *could cover* an alert when everything of it
+that can be read holds for the alert — its time window, where readable, includes now and
+every readable matcher matches (so a silence none of whose matchers can be read could
+cover every alert). Such an alert is skipped with `silence_check_failed` naming the
+silence, whatever `on_error` says: that setting is about Alertmanager being unreachable.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -30,9 +38,14 @@ from remediator.settings import AlertmanagerApi
 
 log = structlog.get_logger(__name__)
 
+INLINE_WORK = 250_000
+"""Matching work (regex program size x label bytes, summed) evaluated on the event loop;
+above it the check runs in a worker thread (RE2 releases the GIL while it matches), so a
+huge label value against many or large silence regexes never stalls intake and probes."""
+
 
 class SilenceApi(Protocol):
-    async def list_silences(self) -> list[dict[str, Any]]: ...
+    async def list_silences(self) -> list[Any]: ...
 
     async def create_silence(
         self, *, matchers: list[dict[str, Any]], starts_at: dt.datetime, ends_at: dt.datetime,
@@ -46,38 +59,99 @@ class SilenceApi(Protocol):
 class Silence:
     id: str
     matchers: tuple[Matcher, ...]
-    starts_at: float
-    ends_at: float
+    starts_at: float | None
+    ends_at: float | None
+    """None when unreadable: the window is then taken to include now."""
     created_by: str
     comment: str
+    unreadable: str = ""
+    """Why part of it cannot be evaluated; empty when all of it can."""
 
-    def covers(self, labels: Mapping[str, str], now: float) -> bool:
-        return self.starts_at <= now < self.ends_at and matchers.match_all(self.matchers, labels)
+    def covers(self, labels: Mapping[str, str], now: float) -> bool | None:
+        """True: it silences these labels now; False: it does not; None: it could, but
+        part of it cannot be evaluated (see the module docstring)."""
+        if self.starts_at is not None and now < self.starts_at:
+            return False
+        if self.ends_at is not None and now >= self.ends_at:
+            return False
+        if not matchers.match_all(self.matchers, labels):
+            return False
+        return None if self.unreadable else True
+
+    def work(self, labels: Mapping[str, str]) -> int:
+        """Roughly what evaluating it costs: program size x bytes of each label tested."""
+        return sum(m.cost * (len(labels.get(m.name, "")) + 1) for m in self.matchers)
 
 
-def parse_silences(raw: Sequence[Mapping[str, Any]]) -> list[Silence]:
-    """Active and pending silences from API v2 JSON; unreadable ones are logged and skipped."""
-    out = []
-    for item in raw:
-        status = item.get("status")
-        state = status.get("state") if isinstance(status, Mapping) else None
-        if state == "expired":
-            continue
+def parse_silence(item: Any, index: int) -> Silence | None:
+    """One silence of API v2 JSON; None only when Alertmanager says it has expired.
+
+    Whatever cannot be read is named in `unreadable`, never dropped.
+    """
+    if not isinstance(item, Mapping):
+        return Silence(f"#{index}", (), None, None, "", "", f"not a JSON object: {item!r:.80}")
+    status = item.get("status")
+    if isinstance(status, Mapping) and status.get("state") == "expired":
+        return None
+    problems: list[str] = []
+    raw_id = item.get("id")
+    if not isinstance(raw_id, str) or not raw_id:
+        problems.append("no id")
+    sid = raw_id if isinstance(raw_id, str) and raw_id else f"#{index}"
+    times: list[float | None] = []
+    for key in ("startsAt", "endsAt"):
         try:
-            ms = tuple(matchers.from_silence(m) for m in item.get("matchers", []))
-            out.append(
-                Silence(
-                    id=str(item["id"]),
-                    matchers=ms,
-                    starts_at=parse_time(str(item["startsAt"])).timestamp(),
-                    ends_at=parse_time(str(item["endsAt"])).timestamp(),
-                    created_by=str(item.get("createdBy", "")),
-                    comment=str(item.get("comment", "")),
-                )
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            log.warning("silence_unreadable", silence=str(item.get("id")), error=str(exc))
-    return out
+            times.append(parse_time(str(item[key])).timestamp())
+        except (KeyError, ValueError, OverflowError) as exc:
+            problems.append(f"{key} unreadable ({exc})")
+            times.append(None)
+    ms: list[Matcher] = []
+    raw_matchers = item.get("matchers")
+    if not isinstance(raw_matchers, list) or not raw_matchers:
+        problems.append("no matchers list (Alertmanager requires at least one matcher)")
+    else:
+        for i, m in enumerate(raw_matchers):
+            try:
+                if not isinstance(m, Mapping):
+                    raise ValueError(f"not a JSON object: {m!r:.80}")
+                ms.append(matchers.from_silence(m))
+            except ValueError as exc:
+                problems.append(f"matcher {i}: {exc}")
+    return Silence(
+        id=sid,
+        matchers=tuple(ms),
+        starts_at=times[0],
+        ends_at=times[1],
+        created_by=str(item.get("createdBy", "")),
+        comment=str(item.get("comment", "")),
+        unreadable="; ".join(problems),
+    )
+
+
+def parse_silences(raw: Sequence[Any]) -> list[Silence]:
+    """Active and pending silences from API v2 JSON, the unreadable ones included."""
+    return [s for i, item in enumerate(raw) if (s := parse_silence(item, i)) is not None]
+
+
+def _key(item: Any) -> str:
+    """What identifies a silence's content across fetches (its state changes over time)."""
+    if isinstance(item, Mapping):
+        item = {k: v for k, v in item.items() if k != "status"}
+    return json.dumps(item, sort_keys=True, default=repr)
+
+
+def _evaluate(
+    silences: Iterable[Silence], labels: Mapping[str, str], now: float
+) -> tuple[Silence | None, Silence | None]:
+    """The first silence that covers the labels, else the first one that could."""
+    could = None
+    for s in silences:
+        covered = s.covers(labels, now)
+        if covered:
+            return s, None
+        if covered is None and could is None:
+            could = s
+    return None, could
 
 
 class Silences:
@@ -91,6 +165,9 @@ class Silences:
         self._clock = clock
         self._metrics = metrics
         self._silences: list[Silence] = []
+        self._parsed: dict[str, Silence | None] = {}
+        """Content key → parsed silence, from the last fetch: unchanged silences are not
+        compiled again (a large regex costs RE2 tens of milliseconds to compile)."""
         self._fetched_at: float | None = None
         self._refresh: asyncio.Future[list[Silence]] | None = None
         self._error: errors.ActionError | None = None
@@ -113,12 +190,26 @@ class Silences:
                 "fail_closed keeps hands off",
             )
         own = {h.silence_id for h in self._held.values()}
-        for s in silences:
-            if s.id in own:
-                continue  # ours, made while remediating: it must not stop the next step
-            if s.covers(alert.labels, now):
-                self._metrics.silence_checks.labels(result="silenced").inc()
-                return Reason.SILENCED, f"silence {s.id} by {s.created_by}: {s.comment[:200]}"
+        # Ours, made while remediating, must not stop the next step.
+        theirs = [s for s in silences if s.id not in own]
+        labels = alert.labels
+        if sum(s.work(labels) for s in theirs) > INLINE_WORK:
+            covering, could = await asyncio.to_thread(_evaluate, theirs, labels, now)
+        else:
+            covering, could = _evaluate(theirs, labels, now)
+        if covering is not None:
+            self._metrics.silence_checks.labels(result="silenced").inc()
+            return (
+                Reason.SILENCED,
+                f"silence {covering.id} by {covering.created_by}: {covering.comment[:200]}",
+            )
+        if could is not None:
+            self._metrics.silence_checks.labels(result="unreadable").inc()
+            return (
+                Reason.SILENCE_CHECK_FAILED,
+                f"silence {could.id} cannot be evaluated ({could.unreadable[:300]}) and could "
+                "cover this alert: hands off until it is fixed or expired in Alertmanager",
+            )
         self._metrics.silence_checks.labels(result="not_silenced").inc()
         return None
 
@@ -147,12 +238,31 @@ class Silences:
         # Stamped when the answer came, not when it was asked: with slow or unreachable
         # Alertmanagers the fetch itself can take most of cache_ttl.
         try:
-            silences = parse_silences(await self._api.list_silences())
+            raw = await self._api.list_silences()
         except errors.ActionError as exc:
             self._error, self._fetched_at = exc, self._clock.now()
             raise
-        self._silences, self._fetched_at, self._error = silences, self._clock.now(), None
-        return silences
+        self._silences, self._fetched_at, self._error = self._parse(raw), self._clock.now(), None
+        return self._silences
+
+    def _parse(self, raw: Sequence[Any]) -> list[Silence]:
+        parsed: dict[str, Silence | None] = {}
+        out: list[Silence] = []
+        for i, item in enumerate(raw):
+            key = _key(item)
+            if key in self._parsed:
+                silence = self._parsed[key]
+            else:
+                silence = parse_silence(item, i)
+                if silence is not None and silence.unreadable:
+                    # Once per silence and content, not per fetch: the decisions name it.
+                    log.warning("silence_unreadable", silence=silence.id, error=silence.unreadable)
+            parsed[key] = silence
+            if silence is not None:
+                out.append(silence)
+        self._parsed = parsed
+        self._metrics.silences_unreadable.set(sum(1 for s in out if s.unreadable))
+        return out
 
     async def hold(self, alert: Alert, *, rule: str, decision_id: int, duration: float) -> str:
         """Silence this alert's labels for `duration` while its remediation takes effect.

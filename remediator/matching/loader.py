@@ -7,6 +7,7 @@ a reload with any error keeps the rules already loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from remediator import durations, errors
 from remediator.actions import registry
 from remediator.matching import matchers, templates
+from remediator.matching.matchers import Matcher
 from remediator.models.rule import ActionSpec, Approval, CircuitBreaker, Limits, Rule, Step
 
 _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -118,8 +120,17 @@ def rule_files(directory: Path) -> list[Path]:
     return sorted(found.values())
 
 
-def load_dir(directory: Path) -> list[Rule]:
-    """Load and validate every rule file under a directory; raises RuleFileErrors."""
+def load_dir(
+    directory: Path,
+    *,
+    syntax: matchers.Syntax = matchers.Syntax.FALLBACK,
+    warnings: list[errors.RuleFileError] | None = None,
+) -> list[Rule]:
+    """Load and validate every rule file under a directory; raises RuleFileErrors.
+
+    `syntax` is how matcher strings are read (config `matchers_syntax`); `warnings`, when
+    given, collects what the user should fix although it loads (see `_matchers`).
+    """
     if not directory.is_dir():
         raise errors.RuleFileErrors(
             [errors.RuleFileError(str(directory), 0, "rules directory does not exist")]
@@ -127,7 +138,7 @@ def load_dir(directory: Path) -> list[Rule]:
     problems: list[errors.RuleFileError] = []
     rules: list[Rule] = []
     for path in rule_files(directory):
-        file_rules, file_problems = load_file(path)
+        file_rules, file_problems = load_file(path, syntax=syntax, warnings=warnings)
         rules.extend(file_rules)
         problems.extend(file_problems)
     seen: dict[str, Rule] = {}
@@ -147,8 +158,14 @@ def load_dir(directory: Path) -> list[Rule]:
     return rules
 
 
-def load_file(path: Path) -> tuple[list[Rule], list[errors.RuleFileError]]:
+def load_file(
+    path: Path,
+    *,
+    syntax: matchers.Syntax = matchers.Syntax.FALLBACK,
+    warnings: list[errors.RuleFileError] | None = None,
+) -> tuple[list[Rule], list[errors.RuleFileError]]:
     """Rules of one file and the errors found in it (a bad rule does not hide others)."""
+    reading = _Reading(syntax, [] if warnings is None else warnings)
     name = str(path)
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
@@ -181,13 +198,13 @@ def load_file(path: Path) -> tuple[list[Rule], list[errors.RuleFileError]]:
     rules, problems = [], []
     for item in items:
         try:
-            rules.append(_rule(name, item, doc.key_lines["rules"]))
+            rules.append(_rule(name, item, doc.key_lines["rules"], reading))
         except errors.RuleFileError as exc:
             problems.append(exc)
     return rules, problems
 
 
-def _rule(file: str, item: Any, list_line: int) -> Rule:
+def _rule(file: str, item: Any, list_line: int, reading: _Reading) -> Rule:
     if not isinstance(item, _Map):
         raise errors.RuleFileError(file, list_line, "each rule must be a mapping")
     at = _At(file, item)
@@ -202,20 +219,7 @@ def _rule(file: str, item: Any, list_line: int) -> Rule:
     source = item.get("source", "any")
     if source not in ("alertmanager", "sns", "any"):
         raise at.error("source", f"source must be alertmanager, sns or any, got {source!r}")
-    raw_matchers = item.get("matchers")
-    if not isinstance(raw_matchers, list) or not raw_matchers:
-        raise at.error("matchers", "matchers must be a non-empty list")
-    ms = []
-    for i, text in enumerate(raw_matchers):
-        line = raw_matchers.item_lines[i] if isinstance(raw_matchers, _Seq) else at.line("matchers")
-        if not isinstance(text, str):
-            raise errors.RuleFileError(
-                file, line, f"matcher must be a string like 'alertname = \"X\"', got {text!r}"
-            )
-        try:
-            ms.append(matchers.parse(text))
-        except ValueError as exc:
-            raise errors.RuleFileError(file, line, str(exc)) from exc
+    ms = _matchers(at, item.get("matchers"), reading)
     limits_map = _sub(
         at,
         item,
@@ -278,6 +282,41 @@ def _rule(file: str, item: Any, list_line: int) -> Rule:
         file=file,
         line=item.line,
     )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Reading:
+    """How matcher strings are read, and where warnings about them go."""
+
+    syntax: matchers.Syntax
+    warnings: list[errors.RuleFileError]
+
+
+def _matchers(at: _At, raw: Any, reading: _Reading) -> tuple[Matcher, ...]:
+    """Every matcher of every string of `matchers:` (one string may hold several, as in
+    Alertmanager: `{severity!="info", alertname="DiskFull"}`), all of which must match."""
+    if not isinstance(raw, list) or not raw:
+        raise at.error("matchers", "matchers must be a non-empty list")
+    out: list[Matcher] = []
+    for i, text in enumerate(raw):
+        line = raw.item_lines[i] if isinstance(raw, _Seq) else at.line("matchers")
+        if not isinstance(text, str):
+            raise errors.RuleFileError(
+                at.file, line, f"matcher must be a string like 'alertname = \"X\"', got {text!r}"
+            )
+        try:
+            parsed = matchers.parse_matchers(text, reading.syntax)
+        except ValueError as exc:
+            raise errors.RuleFileError(at.file, line, str(exc)) from exc
+        if parsed.warning is not None:
+            reading.warnings.append(errors.RuleFileError(at.file, line, parsed.warning))
+        out.extend(parsed.matchers)
+    if not out:
+        raise at.error(
+            "matchers", "matchers hold no matcher (only empty strings or `{}`): the rule "
+            "would match every alert; name at least one label",
+        )  # fmt: skip
+    return tuple(out)
 
 
 def _approval(at: _At, item: _Map) -> Approval | None:
