@@ -149,9 +149,9 @@ BAD_BODIES = [
         ),
     ),
     _case(
-        "an invalid label name",
+        "a label name with a control character",
         Bad(
-            body(api_down(labels={"alertname": "APIDown", "bad-name": "x"})),
+            body(api_down(labels={"alertname": "APIDown", "bad\nname": "x"})),
             422,
             "schema",
             "label name",
@@ -336,6 +336,21 @@ async def test_a_resolved_only_payload_is_accepted_and_decides_nothing(tmp_path:
             == 1
         )
         assert await journal_rows(h) == 0, "a resolved alert must not stay in the journal"
+
+
+async def test_an_alert_with_utf8_label_names_is_accepted_and_matched(tmp_path: Path) -> None:
+    # Alertmanager >= 0.27 sends label names outside [a-zA-Z_][a-zA-Z0-9_]*.
+    rules = """
+rules:
+  - name: otel-restart
+    matchers: ['{alertname="APIDown", "k8s.namespace.name"="prod"}']
+    action: {type: log, params: {message: "restart"}}
+"""
+    async with Harness(tmp_path, rules=rules) as h:
+        await h.fire(am_alert("APIDown", **{"k8s.namespace.name": "prod", "service.name": "api"}))
+        [row] = await h.decisions()
+        assert (row["rule"], row["outcome"]) == ("otel-restart", "dry_run")
+        assert row["alert"]["labels"]["k8s.namespace.name"] == "prod"
 
 
 async def test_an_alert_without_a_fingerprint_gets_a_stable_one(tmp_path: Path) -> None:

@@ -18,7 +18,10 @@ from remediator.models.alert import Alert, fingerprint_of, parse_time
 SOURCE = "alertmanager"
 MAX_LABELS = 128
 MAX_VALUE_LEN = 16384
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,127}")
+_LABEL_NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f]{1,256}")
+"""Any UTF-8 name, as Alertmanager >= 0.27 accepts them (`k8s.namespace`): a name refused
+here would be an alert lost. Control characters are refused; templates can name only
+`[a-zA-Z_][a-zA-Z0-9_]*` labels, matchers (and silences) any."""
 _GO_ZERO_YEAR = 1  # Alertmanager sends 0001-01-01T00:00:00Z for "no end"
 
 
