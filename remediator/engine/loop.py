@@ -98,6 +98,9 @@ class Remediation:
     why: str = ""
     silence: dict[str, Any] | None = None
     """The silence held for it (`silence_while_remediating`), so a restart expires it."""
+    token: int = 0
+    """The fencing token it owns its occurrence under (a replica that adopts it gets a
+    new one: the old owner's writes are refused from then on)."""
     timer: Timer | None = None
 
     @property
@@ -112,6 +115,7 @@ class Remediation:
             "started": self.started, "verify_for": self.verify_for, "changed": self.changed,
             "tried": self.tried,
             "last_skip": self.last_skip, "why": self.why, "silence": self.silence,
+            "token": self.token,
         }  # fmt: skip
 
     def view(self) -> dict[str, Any]:
@@ -170,7 +174,7 @@ class Loop:
     ) -> Remediation:
         """A step's row is written: remember (durably) that its action is about to run."""
         if rem is None:
-            rem = Remediation(w.rule, w.alert, w.request_id)
+            rem = Remediation(w.rule, w.alert, w.request_id, token=w.token)
         rem.phase, rem.step, rem.target = Phase.ACTING, w.step, p.target
         rem.decision_id, rem.started, rem.last_skip = decision_id, w.now, ""
         self._track(rem)
@@ -239,7 +243,9 @@ class Loop:
 
     def retry_later(self, w: Work, decision_id: int, due: float, why: str) -> None:
         """A first decision refused by a cooldown or lock, with `retry_while_firing`."""
-        rem = Remediation(w.rule, w.alert, w.request_id, step=w.step, decision_id=decision_id)
+        rem = Remediation(
+            w.rule, w.alert, w.request_id, step=w.step, decision_id=decision_id, token=w.token
+        )
         self.wait(rem, due, why)
 
     def give_up(
@@ -251,7 +257,7 @@ class Loop:
         `outcome` and `target` describe the refused attempt that ends it, if that is what
         does (its decision is `decision_id`)."""
         if rem is None:
-            rem = Remediation(w.rule, w.alert, w.request_id, step=w.step)
+            rem = Remediation(w.rule, w.alert, w.request_id, step=w.step, token=w.token)
         rem.decision_id = decision_id or rem.decision_id
         if outcome:
             rem.target = target or rem.target
@@ -282,6 +288,8 @@ class Loop:
     async def _verification_due(self, key: str) -> None:
         rem = self._active.get(key)
         if rem is None or rem.phase is not Phase.VERIFYING:
+            return
+        if await self._resolved_elsewhere(rem):
             return
         limit = "limits.cooldown" if rem.rule.limits.retry_while_firing else "verify.resolve_within"
         why = f"ineffective: still firing {rem.verify_for:.0f}s after step {rem.step + 1} ({limit})"
@@ -315,6 +323,8 @@ class Loop:
         asked) Alertmanager still lists it."""
         if self.resolved_lately(rem.alert):
             return "the alert resolved"
+        if await self._state.resolved_at(rem.alert.occurrence) is not None:
+            return "the alert resolved (seen by another replica)"
         if self._alerts is None or rem.alert.source != "alertmanager":
             return None
         try:
@@ -340,7 +350,17 @@ class Loop:
         await self._next_attempt(rem)
 
     def _work(self, rem: Remediation) -> Work:
-        return Work(rem.alert, rem.rule, self._clock.now(), rem.request_id, step=rem.step)
+        return Work(
+            rem.alert, rem.rule, self._clock.now(), rem.request_id, step=rem.step, token=rem.token
+        )
+
+    async def _resolved_elsewhere(self, rem: Remediation) -> bool:
+        """A resolve another replica saw, whose message this one missed: handled now."""
+        at = await self._state.resolved_at(rem.alert.occurrence)
+        if at is None:
+            return False
+        await self.resolved(rem.alert, at=at)
+        return True
 
     async def _escalate(self, rem: Remediation, *, save: bool) -> None:
         if save:
@@ -394,9 +414,9 @@ class Loop:
 
     # -- resolve -----------------------------------------------------------------------
 
-    async def resolved(self, alert: Alert) -> None:
+    async def resolved(self, alert: Alert, *, at: float | None = None) -> None:
         """A resolved notification: whatever waits on this occurrence, by any rule, ends."""
-        occ, now = alert.occurrence, self._clock.now()
+        occ, now = alert.occurrence, self._clock.now() if at is None else at
         self._resolved[occ] = now
         self._resolved.move_to_end(occ)
         while len(self._resolved) > RESOLVED_MEMORY:
@@ -462,7 +482,7 @@ class Loop:
                 keys.discard(key)
                 if not keys:
                     del self._by_occurrence[rem.alert.occurrence]
-        self._state.drop_remediation(key)
+        self._state.drop_remediation(key, rem.token)
         self._metrics.remediations.set(len(self._active))
 
     async def _save(self, rem: Remediation) -> None:
@@ -482,8 +502,21 @@ class Loop:
 
     async def restore(self) -> int:
         """Pick up the remediations an earlier run left under way."""
+        return self.adopt(await self._state.remediations())
+
+    def abandon(self) -> None:
+        """Forget every remediation (this replica lost its lease: another adopts them)."""
+        for rem in self._active.values():
+            if rem.timer is not None:
+                rem.timer.cancel()
+        self._active.clear()
+        self._by_occurrence.clear()
+        self._metrics.remediations.set(0)
+
+    def adopt(self, records: list[dict[str, Any]]) -> int:
+        """Resume remediations from their records (an earlier run's, or a dead replica's)."""
         rules, now, count = self._rules(), self._clock.now(), 0
-        for record in await self._state.remediations():
+        for record in records:
             rule = rules.get(record["rule"])
             if rule is None or record["step"] >= len(rule.steps):
                 log.warning("remediation_dropped", rule=record["rule"], reason="rule changed")
@@ -496,6 +529,7 @@ class Loop:
                 started=record["started"], verify_for=record.get("verify_for", 0.0),
                 changed=record["changed"], tried=record["tried"],
                 last_skip=record["last_skip"], why=record["why"], silence=record["silence"],
+                token=record.get("token", 0),
             )  # fmt: skip
             self._track(rem)
             count += 1
