@@ -32,6 +32,7 @@ import structlog
 
 from remediator import errors
 from remediator.backends import audit
+from remediator.backends import redis as redis_backend
 from remediator.backends.audit import COLUMNS, INSERTED, REPLAYED, Query, Receipt
 from remediator.clients import postgres
 from remediator.models.alert import iso
@@ -228,6 +229,7 @@ class PostgresAudit:
     async def run(self) -> None:
         """Until cancelled: while this replica holds the flusher lease, apply the spool."""
         while True:
+            redis_backend.checkpoint()
             try:
                 if not await self._spool.lease():
                     await asyncio.sleep(self._config.retry_interval)

@@ -65,6 +65,8 @@ RECORDS_TTL = 30 * 86400.0
 """A replica's held/remediation hashes outlive it this long at most (adopted long before)."""
 READ_COUNT = 100
 """Stream entries read (or claimed) per call."""
+IDLE_POLL = 0.01
+"""Seconds between reads of an idle stream (an append by this replica reads at once)."""
 LOCAL_LIMIT = 2000
 """Alerts this replica takes from the stream and has not finished: the rest wait there
 for whichever replica has room (bounded memory per replica)."""
@@ -88,7 +90,8 @@ elseif not status then
 elseif status == 'held' then
   decide = ARGV[2] == '1' and (ARGV[6] == '0' or token == ARGV[6])
 elseif status == 'deciding' then
-  decide = owner ~= ARGV[4] and redis.call('EXISTS', ARGV[7] .. 'live:' .. owner) == 0
+  -- another replica's claim: stale once that replica's lease is gone (it died)
+  decide = owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[7] .. 'live:' .. owner) == 0
 else
   local slash = string.find(status, '/', 1, true)
   if slash and string.sub(status, 1, slash - 1) == 'skipped' then
@@ -331,6 +334,22 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _fields(raw: Any) -> dict[str, Any]:
+    """A stream entry's fields (redis-py answers a dict; RESP itself a flat list)."""
+    if isinstance(raw, dict):
+        return {_s(k): v for k, v in raw.items()}
+    return {_s(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+
+
+def checkpoint() -> None:
+    """Raise CancelledError if this task was asked to stop: asyncio.wait_for (3.11) and
+    redis-py's own timeouts can swallow a cancellation that races with their timeout,
+    and a loop that went on after that would never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -405,6 +424,7 @@ class RedisState:
             next_beat = 0.0
             loop = asyncio.get_running_loop()
             while True:
+                checkpoint()
                 try:
                     if loop.time() >= next_beat:
                         next_beat = loop.time() + beat
@@ -465,10 +485,12 @@ class RedisState:
     async def _watch(self, hooks: Hooks) -> None:
         channel = self.key("resolves")
         while True:
+            checkpoint()
             try:
                 pubsub = await self._r.subscribe(channel)
                 try:
                     while True:
+                        checkpoint()
                         data = await self._r.message(pubsub, timeout=1.0)
                         if data is None:
                             continue
@@ -760,6 +782,7 @@ class RedisJournal:
         self._acks: dict[str, int] = {}
         self._ack_task: asyncio.Task[None] | None = None
         self._local = 0
+        self._appended = asyncio.Event()
 
     @property
     def backlog(self) -> int:
@@ -784,6 +807,7 @@ class RedisJournal:
             [len(alerts), self._limit, source, request_id, iso(received_at), payload],
         )
         self._backlog = int(out[1])
+        self._appended.set()
         if out[0] == 0:
             raise errors.Backpressure(
                 f"journal backlog at {self._backlog} of {self._limit} "
@@ -838,10 +862,10 @@ class RedisJournal:
     async def run(self, submit: Callable[[list[JournalEntry]], None], replay: Replay) -> None:
         """Until cancelled: read new entries, claim idle ones, renew those held."""
         loop = asyncio.get_running_loop()
-        block = max(1, min(1000, round(self._config.timeout * 500)))
         every = self._config.claim_idle / 3
         next_claim = 0.0
         while True:
+            checkpoint()
             try:
                 if loop.time() >= next_claim:
                     next_claim = loop.time() + every
@@ -852,11 +876,17 @@ class RedisJournal:
                     continue
                 answer = await self._r.call(
                     "XREADGROUP", "GROUP", GROUP, self._state.replica,
-                    "COUNT", READ_COUNT, "BLOCK", min(block, _ms(every)),
-                    "STREAMS", self._stream, ">",
+                    "COUNT", READ_COUNT, "STREAMS", self._stream, ">",
                 )  # fmt: skip
-                if answer:
+                if answer and answer[0][1]:
                     self._hand_out(answer[0][1], submit, replay)
+                    continue
+                # Nothing new: wait for this replica's next append, or look again soon
+                # for the others' (no BLOCKing read: a blocked connection held across a
+                # cancellation at shutdown is not given back reliably).
+                self._appended.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._appended.wait(), IDLE_POLL)
             except errors.BackendUnavailable as exc:
                 if "NOGROUP" in str(exc):
                     with contextlib.suppress(errors.BackendUnavailable):
@@ -896,7 +926,7 @@ class RedisJournal:
             row = _s(raw_id)
             if raw_fields is None:
                 continue
-            fields = {_s(raw_fields[i]): raw_fields[i + 1] for i in range(0, len(raw_fields), 2)}
+            fields = _fields(raw_fields)
             n = int(fields.get("n", b"0"))
             try:
                 alerts = replay(
@@ -977,7 +1007,7 @@ class Spool:
             return []
         out = []
         for raw_id, raw_fields in answer[0][1]:
-            f = {_s(raw_fields[i]): raw_fields[i + 1] for i in range(0, len(raw_fields), 2)}
+            f = _fields(raw_fields)
             out.append((_s(raw_id), _s(f["k"]), int(f["id"]), _s(f["b"])))
         return out
 

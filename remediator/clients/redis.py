@@ -56,14 +56,17 @@ class Redis:
     def __init__(self, url: str, *, timeout: float) -> None:
         self.server = describe_url(url)
         self.timeout = timeout
-        self.raw = redis.asyncio.Redis.from_url(
+        # A blocking pool: a storm waits (up to `timeout`) for one of its connections
+        # instead of failing when all are busy.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
+            max_connections=64,
+            timeout=timeout * 5,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=30,
-            max_connections=64,
-            decode_responses=False,
         )
+        self.raw = redis.asyncio.Redis(connection_pool=pool)
 
     def unavailable(self, what: str, exc: BaseException) -> errors.BackendUnavailable:
         return errors.BackendUnavailable(
