@@ -56,8 +56,9 @@ class Backends:
             cfg = settings.backend.redis
             assert cfg.url is not None  # settings refuse redis without a URL
             self.redis = Redis(cfg.url, timeout=cfg.timeout)
+            self._lease_client = Redis(cfg.url, timeout=cfg.timeout)
             self.state = redis_backend.RedisState(
-                self.redis, cfg, replica=redis_backend.new_replica_id()
+                self.redis, cfg, replica=redis_backend.new_replica_id(), lease=self._lease_client
             )
             self.journal = redis_backend.RedisJournal(
                 self.redis, cfg, limit=settings.intake.backlog_limit, state=self.state
@@ -128,6 +129,7 @@ class Backends:
             await close_state()
         if self.redis is not None:
             await self.redis.close()
+            await self._lease_client.close()
         await self.db.close()
 
     def problems(self) -> list[str]:

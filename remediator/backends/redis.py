@@ -373,7 +373,11 @@ class RedisState:
     needs_replay = False
     """Redis keeps the limits across restarts: replaying the audit would count twice."""
 
-    def __init__(self, client: Redis, config: RedisBackend, *, replica: str) -> None:
+    def __init__(
+        self, client: Redis, config: RedisBackend, *, replica: str, lease: Redis | None = None
+    ) -> None:
+        """`lease`: a client of its own for the lease, so that a storm filling `client`'s
+        pool never delays the heartbeat past `claim_idle` (a busy replica is not dead)."""
         self._r = client
         self._config = config
         self.replica = replica
@@ -391,7 +395,7 @@ class RedisState:
         self._result = client.script(_RECORD_RESULT, "record_result")
         self._end_trial = client.script(_END_TRIAL, "end_trial")
         self._escalation = client.script(_ESCALATION, "escalation_allowed")
-        self._lease = client.script(_LEASE, "lease")
+        self._lease = (lease or client).script(_LEASE, "lease")
         self._save = client.script(_SAVE_RECORD, "save_record")
         self._drop = client.script(_DROP_RECORD, "drop_record")
         self._adopt = client.script(_ADOPT, "adopt")
@@ -418,6 +422,7 @@ class RedisState:
         """Until cancelled: renew the lease and locks, adopt what dead replicas left,
         read the pauses and open circuits again, follow resolves seen elsewhere."""
         watcher = asyncio.create_task(self._watch(hooks), name="redis-resolves")
+        keeper = asyncio.create_task(self._keep_lease(hooks, clock), name="redis-lease")
         try:
             beat = self._config.claim_idle / 3
             poll = min(self._config.poll_interval, beat)
@@ -428,17 +433,32 @@ class RedisState:
                 try:
                     if loop.time() >= next_beat:
                         next_beat = loop.time() + beat
-                        await self._beat(hooks, clock())
+                        await self._work(hooks)
                     await self._refresh()
                 except errors.BackendUnavailable as exc:
                     log.warning("redis_unavailable", error=str(exc))
                 await asyncio.sleep(poll)
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, keeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _keep_lease(self, hooks: Hooks, clock: Callable[[], float]) -> None:
+        """The lease alone, on its own connection: renewed every third of claim_idle."""
+        while True:
+            checkpoint()
+            await asyncio.sleep(self._config.claim_idle / 3)
+            try:
+                await self._renew_lease(hooks, clock())
+            except errors.BackendUnavailable as exc:
+                log.warning("redis_unavailable", error=str(exc), what="lease")
 
     async def _beat(self, hooks: Hooks, now: float) -> None:
+        await self._renew_lease(hooks, now)
+        await self._work(hooks)
+
+    async def _renew_lease(self, hooks: Hooks, now: float) -> None:
         if not await self._take_lease(now, first=False):
             # Stalled past claim_idle (a pause, a partition): others may have adopted
             # our records. Drop them here and go on as a new replica.
@@ -448,7 +468,9 @@ class RedisState:
             hooks.abandon()
             log.error("replica_lease_lost", replica=old, new_replica=self.replica)
             await self._take_lease(now, first=True)
-            return
+
+    async def _work(self, hooks: Hooks) -> None:
+        """Renew the target locks held; adopt what dead replicas left."""
         if self._locks:
             targets = list(self._locks)
             await self._renew(
