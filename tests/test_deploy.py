@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from prometheus_client import generate_latest
 
+from remediator import settings
 from remediator.metrics import Metrics
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -48,3 +49,22 @@ def test_the_alert_rules_only_use_metrics_the_daemon_exports() -> None:
     exported |= {f"{n}_total" for n in exported}
     assert used, "the rules should watch remediator's own metrics"
     assert used <= exported, f"not exported: {sorted(used - exported)}"
+
+
+def test_the_ha_overlay_runs_three_replicas_on_redis_and_postgresql(tmp_path: Path) -> None:
+    overlay = Path(__file__).resolve().parents[1] / "deploy/kubernetes/overlays/ha"
+    kustomization = yaml.safe_load((overlay / "kustomization.yaml").read_text())
+    assert "../.." in kustomization["resources"]
+    deployment = yaml.safe_load((overlay / "deployment.yaml").read_text())
+    assert deployment["spec"]["replicas"] == 3
+    pdb = yaml.safe_load((overlay / "pdb.yaml").read_text())
+    assert pdb["spec"]["minAvailable"] == 2
+    config = yaml.safe_load((overlay / "config.yaml").read_text())["data"]["config.yaml"]
+    (tmp_path / "config.yaml").write_text(config)
+    env = {
+        "REMEDIATOR_REDIS_URL": "redis://redis:6379/0",
+        "REMEDIATOR_AUDIT_DSN": "postgresql://x@pg/db",
+    }
+    s = settings.load(tmp_path / "config.yaml", environ=env)
+    assert (s.backend.kind, s.audit.kind) == ("redis", "postgres")
+    assert s.backend.redis.url == env["REMEDIATOR_REDIS_URL"]
