@@ -24,6 +24,7 @@ from remediator import errors, intake
 from remediator import settings as settings_mod
 from remediator.backends import audit as audit_mod
 from remediator.backends import journal as journal_mod
+from remediator.backends import sns as sns_backend
 from remediator.backends.sqlite import Database
 from remediator.backends.state import MAX_OCCURRENCES, MemoryState
 from remediator.clients import Clients
@@ -31,6 +32,7 @@ from remediator.clients.alertmanager import AlertmanagerClient
 from remediator.engine.clock import Clock, SystemClock
 from remediator.engine.engine import Engine, occurrence_key
 from remediator.engine.silences import Silences
+from remediator.intake import sns as intake_sns
 from remediator.matching import loader
 from remediator.matching.index import RuleIndex
 from remediator.metrics import Metrics
@@ -38,6 +40,7 @@ from remediator.models.alert import Alert, parse_time
 from remediator.models.decision import Outcome, Reason
 from remediator.models.rule import Rule
 from remediator.settings import Settings
+from remediator.web import server
 from remediator.web.app import make_app
 
 log = structlog.get_logger("remediator.runner")
@@ -64,10 +67,12 @@ class Daemon:
         self.db = Database(
             settings.data_dir / "remediator.db",
             fsync=settings.journal_fsync,
-            schema=journal_mod.SCHEMA + audit_mod.SCHEMA,
+            schema=journal_mod.SCHEMA + audit_mod.SCHEMA + sns_backend.SCHEMA,
         )
         self.journal = journal_mod.SqliteJournal(self.db)
         self.audit = audit_mod.SqliteAudit(self.db)
+        self.sns_gate = intake_sns.Gate(settings.sns)
+        self.sns_memory = sns_backend.Memory(self.db, max_messages=settings.sns.dedup_max_entries)
         self.state = MemoryState()
         self.state.paused = settings.paused
         self.stopping = False
@@ -97,6 +102,7 @@ class Daemon:
         )  # fmt: skip
         self._reloaded(len(rules))
         await self._restore()
+        await self.sns_memory.load(self.sns_gate, now=self.clock.now())
         pending = await self.journal.pending(intake.replay)
         self._engine_task = asyncio.create_task(
             self.engine.run(self.settings.workers), name="engine"
@@ -155,8 +161,10 @@ class Daemon:
         payload: bytes,
         request_id: str,
         received_at: dt.datetime,
+        also: journal_mod.Also | None = None,
     ) -> list[journal_mod.JournalEntry]:
-        """Journal alerts (durably) and hand them to the engine; Backpressure past the bound."""
+        """Journal alerts (durably, with `also` in the same transaction) and hand them to
+        the engine; Backpressure past the bound."""
         limit = self.settings.intake.backlog_limit
         if self.journal.backlog + len(alerts) > limit:
             raise errors.Backpressure(
@@ -165,7 +173,7 @@ class Daemon:
             )
         entries = await self.journal.append(
             source=source, payload=payload, alerts=alerts, request_id=request_id,
-            received_at=received_at,
+            received_at=received_at, also=also,
         )  # fmt: skip
         for a in alerts:
             self.metrics.alerts_received.labels(source=a.source, status=a.status).inc()
@@ -250,10 +258,13 @@ async def serve(settings: Settings, *, config_loader: Callable[[], Settings] | N
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
-    app = make_app(daemon)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(server.on_loop_exception(daemon.metrics))
+    limits = server.Limits(settings.http, daemon.metrics)
+    app = make_app(daemon, limits=limits)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port, backlog=1024)
+    site = server.Site(runner, settings.listen_host, settings.listen_port, limits=limits)
     try:
         await site.start()
     except OSError as exc:
@@ -263,9 +274,11 @@ async def serve(settings: Settings, *, config_loader: Callable[[], Settings] | N
         await daemon.shutdown()
         await runner.cleanup()
         return 1
-    log.info("listening", listen=f"{settings.listen_host}:{settings.listen_port}")
+    log.info(
+        "listening", listen=f"{settings.listen_host}:{settings.listen_port}",
+        max_connections=limits.cap, header_timeout=settings.http.header_timeout,
+    )  # fmt: skip
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     reloads: set[asyncio.Task[tuple[bool, str]]] = set()

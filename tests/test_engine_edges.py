@@ -123,7 +123,9 @@ async def test_an_alert_that_resolves_while_its_fix_runs_counts_as_fixed(tmp_pat
             "executed",
             "effective: resolved while the action ran",
         )
-        state = (await (await h.client.get("/api/v1/rules")).json())["rules"][0]["state"]
+        state = (await (await h.client.get("/api/v1/rules", headers=h.read_headers())).json())[
+            "rules"
+        ][0]["state"]
         assert state["targets"]["test.slow api"]["circuit_open"] is False
 
 
@@ -195,7 +197,7 @@ rules:
             await h.fire(am_alert("PodDown", pod=f"pod-{i}"))
         reasons = [r for _, r in await h.outcomes()]
         assert reasons.count("") == 2 and reasons.count("budget_exhausted") == 48
-        body = await (await h.client.get("/api/v1/rules")).json()
+        body = await (await h.client.get("/api/v1/rules", headers=h.read_headers())).json()
         assert sorted(body["rules"][0]["state"]["targets"]) == ["log pod-0", "log pod-1"]
 
 

@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 
+Also = Callable[[sqlite3.Connection], None]
+"""A write that must commit in the same transaction as a journal row, or not at all."""
 Replay = Callable[[str, bytes, dt.datetime], list[Alert]]
 """(source, payload, received_at) → the alerts of a journaled request, parsed again."""
 
@@ -57,9 +59,10 @@ class Journal(Protocol):
 
     async def append(
         self, *, source: str, payload: bytes, alerts: Sequence[Alert], request_id: str,
-        received_at: dt.datetime,
+        received_at: dt.datetime, also: Also | None = None,
     ) -> list[JournalEntry]:  # fmt: skip
-        """Durably store one request's alerts; returns one entry per alert."""
+        """Durably store one request's alerts; returns one entry per alert. `also` is a
+        write committed in the same transaction (what the intake must remember with it)."""
 
     def finish(self, entry: JournalEntry) -> None:
         """The entry's alert is decided; its request leaves the journal with its last alert."""
@@ -88,6 +91,7 @@ class SqliteJournal:
         alerts: Sequence[Alert],
         request_id: str,
         received_at: dt.datetime,
+        also: Also | None = None,
     ) -> list[JournalEntry]:
         if not alerts:
             return []
@@ -95,7 +99,7 @@ class SqliteJournal:
         # Counted before the commit so concurrent requests see each other's load.
         self._backlog += len(alerts)
         try:
-            row = await self._db.submit(lambda conn: _insert(conn, values))
+            row = await self._db.submit(lambda conn: _insert(conn, values, also))
         except BaseException:
             self._backlog -= len(alerts)
             raise
@@ -134,11 +138,15 @@ class SqliteJournal:
         return out
 
 
-def _insert(conn: sqlite3.Connection, values: tuple[str, str, str, bytes]) -> int:
+def _insert(
+    conn: sqlite3.Connection, values: tuple[str, str, str, bytes], also: Also | None
+) -> int:
     cur = conn.execute(
         "INSERT INTO journal (request_id, source, received_at, payload) VALUES (?, ?, ?, ?)",
         values,
     )
+    if also is not None:
+        also(conn)
     return cur.lastrowid or 0
 
 

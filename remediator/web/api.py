@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from remediator.actions import postgres
 from remediator.backends.audit import Query
 from remediator.models.alert import parse_time
 from remediator.web import auth, common
@@ -62,6 +64,7 @@ async def _set_paused(request: web.Request, paused: bool) -> web.Response:
 
 
 def _admin_refused(d: Daemon) -> web.Response:
+    d.metrics.bad_input.labels(source="api", kind="unauthorized").inc()
     if d.settings.auth.admin_token is None:
         return common.error(
             403, "admin API disabled: set REMEDIATOR_ADMIN_TOKEN (auth.admin_token_env)"
@@ -69,8 +72,50 @@ def _admin_refused(d: Daemon) -> web.Response:
     return common.error(401, "missing or wrong admin token", **{"WWW-Authenticate": "Bearer"})
 
 
+def _read_refused(request: web.Request, d: Daemon) -> web.Response | None:
+    """The 401/403 answer (counted) when this client may not read, else None."""
+    refusal = auth.read_refusal(request, d.settings.auth)
+    if refusal is None:
+        return None
+    status, message = refusal
+    d.metrics.bad_input.labels(
+        source="api", kind="unauthorized" if status == 401 else "forbidden"
+    ).inc()
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    return common.error(status, message, **headers)
+
+
+_USERINFO = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
+REDACTED = "[redacted]"
+
+
+def shown(value: Any, secrets: frozenset[str]) -> Any:
+    """What an answer may show of a value from the audit or the rules: every secret the
+    config read replaced, passwords in URLs replaced, and query texts (a `query` key, as
+    postgres.terminate_queries records them) with their literals replaced by `?`."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return _USERINFO.sub(rf"\1:{REDACTED}@", value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k == "query" and isinstance(v, str):
+                out[k] = shown(postgres.query_text(v, chars=len(v) + 1, redact=True), secrets)
+            else:
+                out[k] = shown(v, secrets)
+        return out
+    if isinstance(value, list):
+        return [shown(v, secrets) for v in value]
+    return value
+
+
 async def rules(request: web.Request) -> web.Response:
     d = request.app[common.DAEMON]
+    refused = _read_refused(request, d)
+    if refused is not None:
+        return refused
     now = d.clock.now()
     out: list[dict[str, Any]] = []
     for rule in d.engine.index.rules:
@@ -101,12 +146,19 @@ async def rules(request: web.Request) -> web.Response:
             }
         )
     return web.json_response(
-        {"rules": out, "paused": d.state.paused, "dry_run": d.settings.dry_run}
+        {
+            "rules": shown(out, d.settings.secrets),
+            "paused": d.state.paused,
+            "dry_run": d.settings.dry_run,
+        }
     )
 
 
 async def decisions(request: web.Request) -> web.Response:
     d = request.app[common.DAEMON]
+    refused = _read_refused(request, d)
+    if refused is not None:
+        return refused
     q = request.query
     try:
         limit = int(q.get("limit", "100"))
@@ -127,7 +179,9 @@ async def decisions(request: web.Request) -> web.Response:
     )  # fmt: skip
     rows = await d.audit.query(query)
     next_before = rows[-1]["id"] if len(rows) == limit else None
-    return web.json_response({"decisions": rows, "next_before": next_before})
+    return web.json_response(
+        {"decisions": shown(rows, d.settings.secrets), "next_before": next_before}
+    )
 
 
 def _since(text: str, *, now: float) -> dt.datetime:
