@@ -13,9 +13,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import gc
+import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -231,16 +234,62 @@ class Daemon:
             self.metrics.circuit_open.labels(rule=name).set(count)
 
     def readiness_problems(self) -> list[str]:
+        """Every reason not to send this daemon work now, each naming what to fix."""
         problems = []
         if self.stopping:
             problems.append("shutting down")
         if self._engine_task is None or self._engine_task.done():
             problems.append("engine not running")
-        if not self.db.alive:
-            problems.append(f"database writer for {self.db.path} is not running")
+        for found in self.backend_problems().values():
+            problems.extend(found)
         if self.journal.backlog >= self.settings.intake.backlog_limit:
             problems.append("journal backlog full")
         return problems
+
+    def backend_problems(self) -> dict[str, list[str]]:
+        """Per backend (the database, each configured action family), why it is unusable;
+        sets `remediator_backend_up{backend}` to match."""
+        database = []
+        if not self.db.alive:
+            database.append(f"database writer for {self.db.path} is not running")
+        write = self.db.write_problem()
+        if write is not None:
+            database.append(write)
+        out = {"database": database}
+        for name, config in self.settings.sections.items():
+            out[name] = family_problems(name, config)
+        for name, found in out.items():
+            self.metrics.backend_up.labels(backend=name).set(0 if found else 1)
+        return out
+
+
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def family_problems(name: str, config: Any) -> list[str]:
+    """What keeps a configured action family's client from working, found without a
+    request: a kubeconfig or service-account token that cannot be read, a PostgreSQL DSN
+    whose environment variable is unset, a Docker socket that is not there."""
+    found = []
+    if name == "kubernetes":
+        if config.in_cluster:
+            path, key = SERVICE_ACCOUNT_TOKEN, "kubernetes.in_cluster"
+        else:
+            path = Path(config.kubeconfig or "~/.kube/config").expanduser()
+            key = "kubernetes.kubeconfig"
+        if not os.access(path, os.R_OK) or not path.is_file():
+            found.append(f"{key}: cannot read {path}")
+    elif name == "postgres":
+        for conn in config.connections.values():
+            if conn.dsn is None:
+                found.append(
+                    f"postgres.connections.{conn.name}: ${conn.dsn_env} is unset (restart with it)"
+                )
+    elif name == "docker":
+        socket = Path(config.socket)
+        if not socket.exists():
+            found.append(f"docker.socket: {socket} does not exist")
+    return found
 
 
 async def serve(settings: Settings, *, config_loader: Callable[[], Settings] | None = None) -> int:
@@ -259,12 +308,15 @@ async def serve(settings: Settings, *, config_loader: Callable[[], Settings] | N
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
     loop = asyncio.get_running_loop()
-    loop.set_exception_handler(server.on_loop_exception(daemon.metrics))
+    alarm = server.FdAlarm(daemon.metrics)
+    loop.set_exception_handler(server.on_loop_exception(alarm))
     limits = server.Limits(settings.http, daemon.metrics)
     app = make_app(daemon, limits=limits)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = server.Site(runner, settings.listen_host, settings.listen_port, limits=limits)
+    site = server.Site(
+        runner, settings.listen_host, settings.listen_port, limits=limits, alarm=alarm
+    )
     try:
         await site.start()
     except OSError as exc:

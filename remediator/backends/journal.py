@@ -41,12 +41,14 @@ Replay = Callable[[str, bytes, dt.datetime], list[Alert]]
 class JournalEntry:
     """One alert of one journaled request: the unit the engine decides and finishes."""
 
-    __slots__ = ("alert", "request_id", "row")
+    __slots__ = ("alert", "kept", "request_id", "row")
 
     def __init__(self, row: int, alert: Alert, request_id: str) -> None:
         self.row = row
         self.alert = alert
         self.request_id = request_id
+        self.kept = False
+        """Left for the next start (`Journal.keep`): no longer in the backlog."""
 
     def __repr__(self) -> str:
         return f"JournalEntry(row={self.row}, fingerprint={self.alert.fingerprint!r})"
@@ -67,6 +69,10 @@ class Journal(Protocol):
     def finish(self, entry: JournalEntry) -> None:
         """The entry's alert is decided; its request leaves the journal with its last alert."""
 
+    def keep(self, entry: JournalEntry) -> None:
+        """The entry's alert could not be decided for good (its audit row failed): it stops
+        counting in the backlog, and its request stays journaled for the next start."""
+
     async def pending(self, replay: Replay) -> list[JournalEntry]:
         """Unfinished entries left by an earlier run, oldest first."""
 
@@ -77,6 +83,8 @@ class SqliteJournal:
         self._backlog = 0
         self._open: dict[int, int] = {}
         """Row id → alerts of that request not yet finished."""
+        self._kept_rows: set[int] = set()
+        """Requests with an alert kept for the next start: never removed in this run."""
         self._removals: Batcher[int] = Batcher(db, _delete)
 
     @property
@@ -107,12 +115,28 @@ class SqliteJournal:
         return [JournalEntry(row, a, request_id) for a in alerts]
 
     def finish(self, entry: JournalEntry) -> None:
+        if entry.kept:
+            return  # already out of the backlog; its row stays
+        self._done(entry)
+
+    def keep(self, entry: JournalEntry) -> None:
+        if entry.kept:
+            return
+        entry.kept = True
+        self._kept_rows.add(entry.row)
+        self._done(entry)
+
+    def _done(self, entry: JournalEntry) -> None:
         self._backlog -= 1
         left = self._open.get(entry.row, 1) - 1
         if left > 0:
             self._open[entry.row] = left
             return
         self._open.pop(entry.row, None)
+        if entry.row in self._kept_rows:
+            # Decided again on the next start; what was decided is a duplicate then.
+            self._kept_rows.discard(entry.row)
+            return
         self._removals.add(entry.row)  # a failed batch is logged by the Batcher
 
     async def pending(self, replay: Replay) -> list[JournalEntry]:

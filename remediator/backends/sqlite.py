@@ -8,6 +8,11 @@ when idle a job is committed at once, so latency stays at one commit.
 
 Reads go to a second connection in a worker thread (WAL lets readers run beside the
 writer), so an audit query never stalls intake.
+
+Write health is tracked for readiness: a transaction in which every job failed (a
+full disk, an unwritable file) counts as a failed write until one commits again;
+`probe` writes one small row so a daemon that receives nothing still finds out when
+the disk has room again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 _STOP = object()
 MAX_BATCH = 2000
+PROBE_SCHEMA = "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL);"
 log = structlog.get_logger(__name__)
 
 
@@ -43,6 +49,10 @@ class Database:
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._closing = False
+        self.failed_writes = 0
+        """Transactions failed in a row (every job in them); 0 after any commit."""
+        self.last_error = ""
+        self._probing: asyncio.Future[Any] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -66,6 +76,20 @@ class Database:
     def alive(self) -> bool:
         """The writer thread runs: writes can be committed."""
         return self._thread is not None and self._thread.is_alive()
+
+    def write_problem(self) -> str | None:
+        """Why writes do not commit now, or None. While they fail, each call queues one
+        probe write (one at a time), so the answer recovers with the disk."""
+        if self.failed_writes == 0:
+            return None
+        if self._probing is None or self._probing.done():
+            with contextlib.suppress(errors.RemediatorError):
+                self._probing = self.submit(_probe)
+                self._probing.add_done_callback(_consume)
+        return (
+            f"database {self.path}: the last {self.failed_writes} write(s) failed: "
+            f"{self.last_error} (free disk space, check permissions)"
+        )
 
     async def close(self) -> None:
         if self._thread is not None:
@@ -101,7 +125,7 @@ class Database:
         loop = self._loop
         try:
             conn = self._connect()
-            conn.executescript(self._schema)
+            conn.executescript(self._schema + PROBE_SCHEMA)
         except sqlite3.Error as exc:
             error = errors.RemediatorError(f"cannot open database {self.path}: {exc}")
             loop.call_soon_threadsafe(_fail_one, ready, error)
@@ -138,8 +162,10 @@ class Database:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         else:
+            self.failed_writes = 0
             return [(fut, value, None) for (_, fut), value in zip(batch, values, strict=True)]
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        committed = False
         for job, fut in batch:
             try:
                 conn.execute("BEGIN")
@@ -150,8 +176,13 @@ class Database:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 results.append((fut, None, exc))
+                self.last_error = str(exc)[:200]
             else:
                 results.append((fut, value, None))
+                committed = True
+        # Written from this thread, read on the loop: an int swap, and a late read only
+        # delays readiness by one probe.
+        self.failed_writes = 0 if committed else self.failed_writes + 1
         return results
 
 
@@ -195,6 +226,15 @@ class Batcher(Generic[T]):
     def _log_failure(self, batch: asyncio.Future[list[Any]]) -> None:
         if not batch.cancelled() and batch.exception() is not None:
             log.error("sqlite_batch_failed", path=str(self._db.path), error=str(batch.exception()))
+
+
+def _probe(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, julianday('now'))")
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a failed probe is the expected case; retrieve it, log nothing
 
 
 def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

@@ -186,6 +186,7 @@ class Engine:
                 entry = item.entry if isinstance(item, _Recheck) else item
                 self._unsaved.pop(entry, None)
                 self._refs.pop(entry, None)
+                self.journal.keep(entry)
                 log.exception(
                     "engine_error", entry=repr(entry), alertname=entry.alert.name,
                     request_id=entry.request_id,
@@ -284,6 +285,7 @@ class Engine:
     ) -> None:
         if any(b.cancelled() or b.exception() is not None for b in batches):
             log.error("journal_entry_kept", entry=repr(entry), reason="audit write failed")
+            self.journal.keep(entry)
             return
         self.journal.finish(entry)
 

@@ -23,7 +23,7 @@ def make_app(daemon: Daemon, *, limits: server.Limits | None = None) -> web.Appl
     app = web.Application(
         client_max_size=daemon.settings.intake.max_body_bytes,
         middlewares=[middleware.guard],
-        handler_args=server.handler_args(daemon.settings.http),
+        handler_args=server.handler_args(daemon.settings.http, daemon.metrics),
     )
     app[common.DAEMON] = daemon
     if limits is not None:

@@ -56,6 +56,12 @@ async def read_body(request: web.Request, d: Daemon, source: str) -> bytes | web
     except (web.RequestPayloadError, ConnectionError) as exc:
         # The sender went away mid-body, or framed it wrongly (bad chunking, short body).
         return _body_refused(d, source, 400, "truncated", f"body incomplete: {exc}")
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler of a connection lost mid-body: nobody is left to
+        # answer, but it is still input we refused.
+        if not d.stopping:
+            d.metrics.bad_input.labels(source=source, kind="truncated").inc()
+        raise
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return raw

@@ -28,6 +28,7 @@ def route_of(request: web.Request) -> str:
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[server.ROUTED] = True
     limits = request.app.get(LIMITS)
     if limits is None:
         return await _answer(request, handler)

@@ -23,14 +23,19 @@ import asyncio
 import collections
 import contextlib
 import errno
+import functools
 import ipaddress
+import logging as log_module
 import resource
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
 
 from remediator.metrics import Metrics
 from remediator.settings import Http
@@ -85,6 +90,10 @@ def is_loopback(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip.is_loopback
+
+
+ROUTED: web.RequestKey[bool] = web.RequestKey("routed", bool)
+"""Set on every request the app's middleware saw: the others are aiohttp's own refusals."""
 
 
 class ClientRates:
@@ -228,16 +237,151 @@ class Guard(asyncio.Protocol):
         self._transport.close()
 
 
-class Site(web.BaseSite):
-    """aiohttp's TCPSite, with every connection behind a `Guard`."""
+class FdAlarm:
+    """Running out of file descriptors, reported once per FD_LOG_INTERVAL (with how many
+    times it happened since the last line) and counted every time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._last = -FD_LOG_INTERVAL
+        self._suppressed = 0
+
+    def report(self, exc: OSError, where: str) -> None:
+        self._metrics.fd_exhausted.inc()
+        now = time.monotonic()
+        if now - self._last < FD_LOG_INTERVAL:
+            self._suppressed += 1
+            return
+        self._last = now
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        log.error(
+            "out_of_file_descriptors", error=str(exc), where=where, fd_limit=soft,
+            suppressed=self._suppressed,
+            hint="raise the open-files limit (ulimit -n, systemd LimitNOFILE) "
+            "or lower http.max_connections",
+        )  # fmt: skip
+        self._suppressed = 0
+
+
+ACCEPTS_PER_EVENT = 128
+"""Connections accepted per readiness event of the listening socket, before other work."""
+ACCEPT_RETRY = 0.1
+"""Seconds before accepting again once accept() ran out of file descriptors."""
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+class Listener:
+    """A listening socket whose connections we accept ourselves.
+
+    asyncio's own accept loop (CPython 3.11) answers a failed accept() by scheduling a
+    retry and then trying again, up to its backlog times per event: out of file
+    descriptors, that is a thousand retries and tracebacks per event, each scheduling
+    more. Here it is one log line (FdAlarm), one pause of ACCEPT_RETRY, one retry.
+    Connections are handed to the loop with `connect_accepted_socket`, as asyncio does.
+    """
 
     def __init__(
-        self, runner: web.AppRunner, host: str, port: int, *, limits: Limits, backlog: int = 1024
+        self, sock: socket.socket, factory: Callable[[], asyncio.Protocol], alarm: FdAlarm
+    ) -> None:
+        self.sock = sock
+        self._factory = factory
+        self._alarm = alarm
+        self._loop = asyncio.get_running_loop()
+        self._retry: asyncio.TimerHandle | None = None
+        self._handing: set[asyncio.Task[Any]] = set()
+        self._open = False
+
+    def start(self) -> None:
+        self._open = True
+        self._loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if self._open:
+            self._loop.add_reader(self.sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._alarm.report(exc, "accept")
+                else:
+                    log.error("accept_failed", error=str(exc))
+                self._loop.remove_reader(self.sock.fileno())
+                self._retry = self._loop.call_later(ACCEPT_RETRY, self._resume)
+                return
+            conn.setblocking(False)
+            task = self._loop.create_task(
+                self._loop.connect_accepted_socket(self._factory, conn), name="http-accept"
+            )
+            self._handing.add(task)
+            task.add_done_callback(functools.partial(self._handed, conn))
+
+    def _handed(self, conn: socket.socket, task: asyncio.Task[Any]) -> None:
+        self._handing.discard(task)
+        if task.cancelled() or task.exception() is not None:
+            conn.close()
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if self._retry is not None:
+            self._retry.cancel()
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+def listen(host: str, port: int, *, backlog: int) -> list[socket.socket]:
+    """Bound, listening, non-blocking sockets for every address `host` resolves to."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    out: list[socket.socket] = []
+    seen = set()
+    try:
+        for family, kind, proto, _, address in infos:
+            if (family, address) in seen:
+                continue
+            seen.add((family, address))
+            sock = socket.socket(family, kind, proto)
+            out.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except OSError:
+        for sock in out:
+            sock.close()
+        raise
+    return out
+
+
+class Site(web.BaseSite):
+    """aiohttp's TCPSite, with our accept loop and every connection behind a `Guard`."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        *,
+        limits: Limits,
+        alarm: FdAlarm,
+        backlog: int = 1024,
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._limits = limits
+        self._alarm = alarm
+        self._listeners: list[Listener] = []
 
     @property
     def name(self) -> str:
@@ -246,9 +390,8 @@ class Site(web.BaseSite):
     @property
     def port(self) -> int:
         """The bound port (the requested one until started; useful with port 0)."""
-        sockets = getattr(self._server, "sockets", None)  # an asyncio.Server once started
-        if sockets:
-            return int(sockets[0].getsockname()[1])
+        if self._listeners:
+            return int(self._listeners[0].sock.getsockname()[1])
         return self._port
 
     async def start(self) -> None:
@@ -260,15 +403,24 @@ class Site(web.BaseSite):
         def factory() -> Guard:
             return Guard(server(), limits)
 
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            factory, self._host, self._port, backlog=self._backlog, reuse_address=True
-        )
+        for sock in listen(self._host, self._port, backlog=self._backlog):
+            listener = Listener(sock, factory, self._alarm)
+            listener.start()
+            self._listeners.append(listener)
+
+    async def stop(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners = []
+        await super().stop()
 
 
-def handler_args(settings: Http) -> dict[str, Any]:
-    """What aiohttp's own protocol enforces, from the `http:` section."""
+def handler_args(settings: Http, metrics: Metrics) -> dict[str, Any]:
+    """What aiohttp's own protocol enforces, from the `http:` section, and the counting
+    of the requests it refuses before the app sees them."""
     return {
+        "access_log_class": _refusal_counter(metrics),
+        "access_log": log_module.getLogger("remediator.web.access"),
         "keepalive_timeout": settings.keepalive_timeout,
         # After answering a request whose body was not read, aiohttp reads and drops the
         # rest for this long before closing: a bounded courtesy, not an hour.
@@ -279,32 +431,31 @@ def handler_args(settings: Http) -> dict[str, Any]:
     }
 
 
+def _refusal_counter(metrics: Metrics) -> type[AbstractAccessLogger]:
+    """aiohttp answers a request it cannot parse (a NUL or a bare CR in a header, a bad
+    request line, a header over its size bounds) with a 400 of its own, before any
+    middleware runs: its "access log" is where those answers can be counted, as
+    `remediator_rejected_inputs_total{source="http", kind="bad_request"}`."""
+    counter = metrics.bad_input.labels(source="http", kind="bad_request")
+
+    class RefusalCounter(AbstractAccessLogger):
+        def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+            if response.status >= 400 and ROUTED not in request:
+                counter.inc()  # web/middleware.py marks every request the app handled
+
+    return RefusalCounter
+
+
 def on_loop_exception(
-    metrics: Metrics,
+    alarm: FdAlarm,
 ) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
-    """A loop exception handler: running out of file descriptors is logged once per
-    FD_LOG_INTERVAL with the count since the last line; anything else as asyncio would."""
-    last = 0.0
-    suppressed = 0
+    """A loop exception handler: running out of file descriptors anywhere (an outgoing
+    connection, a thread) goes to `alarm`; anything else is logged as asyncio would."""
 
     def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        nonlocal last, suppressed
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in _OUT_OF_FDS:
-            metrics.fd_exhausted.inc()
-            now = time.monotonic()
-            if now - last < FD_LOG_INTERVAL:
-                suppressed += 1
-                return
-            last = now
-            soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-            log.error(
-                "out_of_file_descriptors", error=str(exc), where=context.get("message", ""),
-                fd_limit=soft, suppressed=suppressed,
-                hint="raise the process's open-files limit (ulimit -n / LimitNOFILE) "
-                "or lower http.max_connections",
-            )  # fmt: skip
-            suppressed = 0
+            alarm.report(exc, str(context.get("message", "")))
             return
         loop.default_exception_handler(context)
 
