@@ -105,6 +105,8 @@ class Database:
         """Queue a write job; the future resolves once its transaction is committed."""
         if self._thread is None or self._loop is None or self._closing:
             raise errors.RemediatorError(f"database {self.path} is not open")
+        if not self._thread.is_alive():  # it died: a queued job would wait for ever
+            raise errors.RemediatorError(f"database writer for {self.path} is not running")
         fut: asyncio.Future[T] = self._loop.create_future()
         self._jobs.put((job, fut))
         return fut
@@ -154,6 +156,7 @@ class Database:
         The fast path has no per-job savepoint; a failure is rare, and re-running the
         jobs one transaction each (after the rollback undid them all) isolates it.
         """
+        changes = conn.total_changes
         try:
             conn.execute("BEGIN")
             values = [job(conn) for job, _ in batch]
@@ -162,7 +165,8 @@ class Database:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         else:
-            self.failed_writes = 0
+            if conn.total_changes > changes:  # a write went through, not only a no-op job
+                self.failed_writes = 0
             return [(fut, value, None) for (_, fut), value in zip(batch, values, strict=True)]
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         committed = False
@@ -182,7 +186,10 @@ class Database:
                 committed = True
         # Written from this thread, read on the loop: an int swap, and a late read only
         # delays readiness by one probe.
-        self.failed_writes = 0 if committed else self.failed_writes + 1
+        if not committed:
+            self.failed_writes += 1
+        elif conn.total_changes > changes:
+            self.failed_writes = 0
         return results
 
 
