@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import json
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -23,6 +27,19 @@ async def metrics(request: web.Request) -> web.Response:
     d.refresh_gauges()
     body = generate_latest(d.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+"""The description of the whole HTTP API (docs/openapi.yaml links to it)."""
+
+
+@functools.cache
+def _openapi_json() -> bytes:
+    return json.dumps(yaml.safe_load(OPENAPI.read_text(encoding="utf-8"))).encode()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_openapi_json(), content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:

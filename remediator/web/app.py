@@ -44,4 +44,5 @@ def make_app(daemon: Daemon, *, limits: server.Limits | None = None) -> web.Appl
     app.router.add_get("/api/v1/decisions", api.decisions)
     app.router.add_post("/api/v1/pause", api.pause)
     app.router.add_post("/api/v1/resume", api.resume)
+    app.router.add_get("/api/v1/openapi.json", api.openapi)
     return app
