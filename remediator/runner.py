@@ -229,6 +229,7 @@ class Daemon:
 
     def refresh_gauges(self) -> None:
         self.metrics.journal_backlog.set(self.journal.backlog)
+        self.backend_problems()  # sets remediator_backend_up{backend}
         counts = self.state.open_circuits(self.engine.index.by_name, self.clock.now())
         for name, count in counts.items():
             self.metrics.circuit_open.labels(rule=name).set(count)

@@ -49,18 +49,41 @@ rules:
 # -- small servers that count what reaches them -----------------------------------------
 
 
-class Hook:
+class _Server:
+    """An aiohttp server on a free loopback port, serving `routes` of the subclass."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        app = web.Application()
+        self.routes(app)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, LOOPBACK, 0).start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+class Hook(_Server):
     """A webhook receiver: counts POSTs, holds them while `hold` is set, answers `status`."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.received = 0
         self.concurrent = 0
         self.max_concurrent = 0
         self.status = 200
         self.released = asyncio.Event()
         self.released.set()
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -83,30 +106,25 @@ class Hook:
         finally:
             self.concurrent -= 1
 
-    async def __aenter__(self) -> Hook:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/hook", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, LOOPBACK, 0)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+
+    async def __aenter__(self) -> Hook:
+        await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.stop()
 
 
-class Silences:
+class Silences(_Server):
     """Alertmanager's `GET /api/v2/silences`: an empty list, a 5xx, or no answer at all."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.mode = "ok"  # ok | error | hang
         self.requests = 0
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
@@ -120,18 +138,15 @@ class Silences:
             return web.Response(status=503, text="alertmanager is restarting")
         return web.json_response([])
 
-    async def __aenter__(self) -> Silences:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/api/v2/silences", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, LOOPBACK, 0).start()
-        self.port = int(self._runner.addresses[0][1])
+
+    async def __aenter__(self) -> Silences:
+        await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.stop()
 
 
 class BlackHole:

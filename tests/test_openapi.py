@@ -131,21 +131,23 @@ async def call(
         return resp.status
 
 
-def am(**kwargs: Any) -> Reach:
+def req(method: str, path: str, **kwargs: Any) -> Reach:
+    """A Reach that sends one request to a fresh daemon (see `call` for the options)."""
+
     async def reach(tmp_path: Path) -> int:
-        return await call(tmp_path, "POST", "/webhook/alertmanager", **{"data": BODY, **kwargs})
+        return await call(tmp_path, method, path, **kwargs)
 
     return reach
+
+
+def am(**kwargs: Any) -> Reach:
+    return req("POST", "/webhook/alertmanager", **{"data": BODY, **kwargs})
 
 
 def sns(**kwargs: Any) -> Reach:
-    async def reach(tmp_path: Path) -> int:
-        return await call(
-            tmp_path, "POST", "/webhook/sns",
-            **{"headers": {"x-amz-sns-message-type": "Notification"}, **kwargs},
-        )  # fmt: skip
-
-    return reach
+    return req(
+        "POST", "/webhook/sns", **{"headers": {"x-amz-sns-message-type": "Notification"}, **kwargs}
+    )
 
 
 async def sns_signed(tmp_path: Path) -> int:
@@ -216,46 +218,34 @@ REACH: dict[tuple[str, str, int], Reach] = {
     ),
     ("POST", "/webhook/sns", 422): sns(data=b'{"Type": "Notification"}'),
     ("POST", "/webhook/sns", 503): sns(data=b"{}", before=stopping),
-    ("GET", "/metrics", 200): lambda p: call(p, "GET", "/metrics"),
-    ("GET", "/healthz", 200): lambda p: call(p, "GET", "/healthz"),
-    ("GET", "/readyz", 200): lambda p: call(p, "GET", "/readyz"),
-    ("GET", "/readyz", 503): lambda p: call(p, "GET", "/readyz", before=stopping),
-    ("POST", "/-/reload", 200): lambda p: call(
-        p, "POST", "/-/reload", env=ADMIN, headers=ADMIN_AUTH
+    ("GET", "/metrics", 200): req("GET", "/metrics"),
+    ("GET", "/healthz", 200): req("GET", "/healthz"),
+    ("GET", "/readyz", 200): req("GET", "/readyz"),
+    ("GET", "/readyz", 503): req("GET", "/readyz", before=stopping),
+    ("POST", "/-/reload", 200): req("POST", "/-/reload", env=ADMIN, headers=ADMIN_AUTH),
+    ("POST", "/-/reload", 401): req("POST", "/-/reload", env=ADMIN, headers=WRONG_AUTH),
+    ("POST", "/-/reload", 403): req("POST", "/-/reload"),
+    ("POST", "/-/reload", 422): req(
+        "POST", "/-/reload", env=ADMIN, headers=ADMIN_AUTH, before=broken_rules
     ),
-    ("POST", "/-/reload", 401): lambda p: call(
-        p, "POST", "/-/reload", env=ADMIN, headers=WRONG_AUTH
-    ),
-    ("POST", "/-/reload", 403): lambda p: call(p, "POST", "/-/reload"),
-    ("POST", "/-/reload", 422): lambda p: call(
-        p, "POST", "/-/reload", env=ADMIN, headers=ADMIN_AUTH, before=broken_rules
-    ),
-    ("POST", "/api/v1/pause", 200): lambda p: call(
-        p, "POST", "/api/v1/pause", env=ADMIN, headers=ADMIN_AUTH
-    ),
-    ("POST", "/api/v1/pause", 401): lambda p: call(
-        p, "POST", "/api/v1/pause", env=ADMIN, headers=WRONG_AUTH
-    ),
-    ("POST", "/api/v1/pause", 403): lambda p: call(p, "POST", "/api/v1/pause"),
-    ("POST", "/api/v1/resume", 200): lambda p: call(
-        p, "POST", "/api/v1/resume", env=ADMIN, headers=ADMIN_AUTH
-    ),
-    ("POST", "/api/v1/resume", 401): lambda p: call(
-        p, "POST", "/api/v1/resume", env=ADMIN, headers=WRONG_AUTH
-    ),
-    ("POST", "/api/v1/resume", 403): lambda p: call(p, "POST", "/api/v1/resume"),
-    ("GET", "/api/v1/rules", 200): lambda p: call(p, "GET", "/api/v1/rules"),
-    ("GET", "/api/v1/rules", 401): lambda p: call(p, "GET", "/api/v1/rules", env=ADMIN),
+    ("POST", "/api/v1/pause", 200): req("POST", "/api/v1/pause", env=ADMIN, headers=ADMIN_AUTH),
+    ("POST", "/api/v1/pause", 401): req("POST", "/api/v1/pause", env=ADMIN, headers=WRONG_AUTH),
+    ("POST", "/api/v1/pause", 403): req("POST", "/api/v1/pause"),
+    ("POST", "/api/v1/resume", 200): req("POST", "/api/v1/resume", env=ADMIN, headers=ADMIN_AUTH),
+    ("POST", "/api/v1/resume", 401): req("POST", "/api/v1/resume", env=ADMIN, headers=WRONG_AUTH),
+    ("POST", "/api/v1/resume", 403): req("POST", "/api/v1/resume"),
+    ("GET", "/api/v1/rules", 200): req("GET", "/api/v1/rules"),
+    ("GET", "/api/v1/rules", 401): req("GET", "/api/v1/rules", env=ADMIN),
     ("GET", "/api/v1/rules", 403): Elsewhere(
         "tests/test_read_access.py::test_without_tokens_another_host_may_not_read_even_claiming_to_be_loopback"
     ),
-    ("GET", "/api/v1/decisions", 200): lambda p: call(p, "GET", "/api/v1/decisions"),
-    ("GET", "/api/v1/decisions", 400): lambda p: call(p, "GET", "/api/v1/decisions", limit="0"),
-    ("GET", "/api/v1/decisions", 401): lambda p: call(p, "GET", "/api/v1/decisions", env=ADMIN),
+    ("GET", "/api/v1/decisions", 200): req("GET", "/api/v1/decisions"),
+    ("GET", "/api/v1/decisions", 400): req("GET", "/api/v1/decisions", limit="0"),
+    ("GET", "/api/v1/decisions", 401): req("GET", "/api/v1/decisions", env=ADMIN),
     ("GET", "/api/v1/decisions", 403): Elsewhere(
         "tests/test_read_access.py::test_without_tokens_another_host_may_not_read_even_claiming_to_be_loopback"
     ),
-    ("GET", "/api/v1/openapi.json", 200): lambda p: call(p, "GET", "/api/v1/openapi.json"),
+    ("GET", "/api/v1/openapi.json", 200): req("GET", "/api/v1/openapi.json"),
 }
 
 

@@ -210,3 +210,11 @@ async def test_a_dead_database_writer_is_named_and_webhooks_get_503(tmp_path: Pa
     finally:
         await h.client.close()
         await h.daemon.shutdown()
+
+
+async def test_metrics_say_which_backend_is_down_without_asking_readyz(tmp_path: Path) -> None:
+    config = "docker: {socket: /nonexistent/docker.sock}\n"
+    async with Harness(tmp_path, rules=RULES, config=config) as h:
+        text = await (await h.client.get("/metrics")).text()
+    assert 'remediator_backend_up{backend="docker"} 0.0' in text
+    assert 'remediator_backend_up{backend="database"} 1.0' in text

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
+from tests import test_sns as sns_tests
 from tests.harness import START, Harness
 from tests.sns_fixtures import (
     ALARM_ARN,
     CertServer,
     Pki,
     alarm_message,
-    make_pki,
     notification,
     post_sns,
     sns_config,
@@ -42,15 +42,8 @@ FINGERPRINT = hashlib.sha256(ALARM_ARN.encode()).hexdigest()[:16]
 MINUTE = dt.timedelta(minutes=1)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("sns-pki"))
-
-
-@pytest.fixture
-async def server(pki: Pki) -> AsyncIterator[CertServer]:
-    async with CertServer(pki) as s:
-        yield s
+pki = sns_tests.pki  # the test PKI and its certificate server, shared with test_sns.py
+server = sns_tests.server
 
 
 @pytest.fixture
