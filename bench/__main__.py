@@ -49,6 +49,11 @@ async def _run(bench: suite.Suite) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["soak"]:  # `python -m bench soak ...`: the bounded soak (bench/soak.py)
+        from bench import soak  # noqa: PLC0415 - only this command needs it
+
+        return soak.main(args_in[1:])
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark remediator against DESIGN.md's performance targets.",
@@ -73,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep-tmp", action="store_true", help="keep the temporary directory (logs, data)"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
 
     profile = suite.QUICK if args.quick else suite.FULL
     workdir = Path(tempfile.mkdtemp(prefix="remediator-bench-"))

@@ -12,7 +12,11 @@ def configure(*, fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog once for the process. `fmt`: auto, json or console."""
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+        # Plain tracebacks: the rich ones (when rich is installed) take up to a second to
+        # render on a loaded machine, on the event loop.
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        if console
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[

@@ -96,8 +96,36 @@ class Metrics:
             f"{PREFIX}_held_alerts", "Alerts held until they have fired for their rule's `for`.",
             registry=r,
         )  # fmt: skip
+        self.backend_up = Gauge(
+            f"{PREFIX}_backend_up", "1 while a backend the daemon needs is usable (journal, "
+            "database writer, each configured action family), else 0; /readyz says why.",
+            ["backend"], registry=r,
+        )  # fmt: skip
+        self._http(r)
         self._sns(r)
         self._silences(r)
+
+    def _http(self, r: CollectorRegistry) -> None:
+        """Metrics of the HTTP server itself (web/server.py, web/middleware.py)."""
+        self.http_connections = Gauge(
+            f"{PREFIX}_http_connections", "HTTP connections open now.", registry=r
+        )
+        self.http_connections_closed = Counter(
+            f"{PREFIX}_http_connections_closed",
+            "Connections refused or closed by a limit: max_connections, "
+            "max_connections_per_client (503), header_timeout (408).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.fd_exhausted = Counter(
+            f"{PREFIX}_fd_exhausted",
+            "Times the process ran out of file descriptors (accept() failing with EMFILE).",
+            registry=r,
+        )  # fmt: skip
+        self.http_errors = Counter(
+            f"{PREFIX}_http_errors",
+            "Requests answered 500 because of a bug (each also logged once with its "
+            "request id), by route.", ["route"], registry=r,
+        )  # fmt: skip
 
     def _sns(self, r: CollectorRegistry) -> None:
         """Metrics of the SNS intake."""

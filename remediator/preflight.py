@@ -26,7 +26,7 @@ from remediator.matching import templates
 from remediator.matching.matchers import Op
 from remediator.models.alert import Alert
 from remediator.models.rule import ActionSpec, Rule
-from remediator.settings import Settings
+from remediator.settings import MIN_SECRET, Settings
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -94,6 +94,13 @@ def at_start(
                     "no admin token (REMEDIATOR_ADMIN_TOKEN): pause, resume and reload are "
                     "refused over HTTP (SIGHUP still reloads)")
         )  # fmt: skip
+    for ref in settings.env_refs:
+        if ref.weak:
+            out.append(
+                Problem("warning", file, 0,
+                        f"{ref.path}: ${ref.name} is shorter than {MIN_SECRET} characters: "
+                        "guessable, and not redacted from answers")
+            )  # fmt: skip
     out.extend(p for p in rules(loaded, settings, environ) if p.level == "warning")
     return out
 

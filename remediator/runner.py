@@ -17,6 +17,8 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -25,6 +27,7 @@ from remediator import errors, intake, preflight
 from remediator import settings as settings_mod
 from remediator.backends import Backends
 from remediator.backends import journal as journal_mod
+from remediator.backends import sns as sns_backend
 from remediator.backends import state as state_mod
 from remediator.backends.state import Pause
 from remediator.clients import Clients
@@ -33,12 +36,14 @@ from remediator.engine import restoring
 from remediator.engine.clock import Clock, SystemClock, Timer
 from remediator.engine.engine import Engine
 from remediator.engine.silences import Silences
+from remediator.intake import sns as intake_sns
 from remediator.matching import loader
 from remediator.matching.index import RuleIndex
 from remediator.metrics import Metrics
 from remediator.models.alert import Alert
 from remediator.models.rule import Rule
 from remediator.settings import Settings
+from remediator.web import server
 from remediator.web.app import make_app
 
 log = structlog.get_logger("remediator.runner")
@@ -76,6 +81,8 @@ class Daemon:
         self.journal = self.backends.journal
         self.audit = self.backends.audit
         self.state = self.backends.state
+        self.sns_gate = intake_sns.Gate(settings.sns)
+        self.sns_memory = sns_backend.Memory(self.db, max_messages=settings.sns.dedup_max_entries)
         self.stopping = False
         self.clients: Clients | None = None
         self.engine: Engine
@@ -115,6 +122,7 @@ class Daemon:
             )
             if replayed:
                 log.info("decisions_restored", count=replayed)
+        await self.sns_memory.load(self.sns_gate, now=self.clock.now())
         pending = await self.journal.pending(intake.replay)
         await self.engine.restore()
         self._engine_task = asyncio.create_task(
@@ -174,8 +182,10 @@ class Daemon:
         payload: bytes,
         request_id: str,
         received_at: dt.datetime,
+        also: journal_mod.Also | None = None,
     ) -> list[journal_mod.JournalEntry]:
-        """Journal alerts (durably) and hand them to the engine; Backpressure past the bound."""
+        """Journal alerts (durably, with `also` in the same transaction) and hand them to
+        the engine; Backpressure past the bound."""
         limit = self.settings.intake.backlog_limit
         if self.journal.backlog + len(alerts) > limit:
             raise errors.Backpressure(
@@ -184,7 +194,7 @@ class Daemon:
             )
         entries = await self.journal.append(
             source=source, payload=payload, alerts=alerts, request_id=request_id,
-            received_at=received_at,
+            received_at=received_at, also=also,
         )  # fmt: skip
         for a in alerts:
             self.metrics.alerts_received.labels(source=a.source, status=a.status).inc()
@@ -277,20 +287,66 @@ class Daemon:
     def refresh_gauges(self) -> None:
         self.metrics.journal_backlog.set(self.journal.backlog)
         self._pause_gauges()
+        self.backend_problems()  # sets remediator_backend_up{backend}
         counts = self.state.open_circuits(self.engine.index.by_name, self.clock.now())
         for name, count in counts.items():
             self.metrics.circuit_open.labels(rule=name).set(count)
 
     def readiness_problems(self) -> list[str]:
+        """Every reason not to send this daemon work now, each naming what to fix."""
         problems = []
         if self.stopping:
             problems.append("shutting down")
         if self._engine_task is None or self._engine_task.done():
             problems.append("engine not running")
-        problems += self.backends.problems()
+        for found in self.backend_problems().values():
+            problems.extend(found)
         if self.journal.backlog >= self.settings.intake.backlog_limit:
             problems.append("journal backlog full")
         return problems
+
+    def backend_problems(self) -> dict[str, list[str]]:
+        """Per backend (the database, each configured action family), why it is unusable;
+        sets `remediator_backend_up{backend}` to match."""
+        database = self.backends.problems()  # the writer thread, the shared backends' tasks
+        write = self.db.write_problem()
+        if write is not None:
+            database.append(write)
+        out = {"database": database}
+        for name, config in self.settings.sections.items():
+            out[name] = family_problems(name, config)
+        for name, found in out.items():
+            self.metrics.backend_up.labels(backend=name).set(0 if found else 1)
+        return out
+
+
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def family_problems(name: str, config: Any) -> list[str]:
+    """What keeps a configured action family's client from working, found without a
+    request: a kubeconfig or service-account token that cannot be read, a PostgreSQL DSN
+    whose environment variable is unset, a Docker socket that is not there."""
+    found = []
+    if name == "kubernetes":
+        if config.in_cluster:
+            path, key = SERVICE_ACCOUNT_TOKEN, "kubernetes.in_cluster"
+        else:
+            path = Path(config.kubeconfig or "~/.kube/config").expanduser()
+            key = "kubernetes.kubeconfig"
+        if not os.access(path, os.R_OK) or not path.is_file():
+            found.append(f"{key}: cannot read {path}")
+    elif name == "postgres":
+        for conn in config.connections.values():
+            if conn.dsn is None:
+                found.append(
+                    f"postgres.connections.{conn.name}: ${conn.dsn_env} is unset (restart with it)"
+                )
+    elif name == "docker":
+        socket = Path(config.socket)
+        if not socket.exists():
+            found.append(f"docker.socket: {socket} does not exist")
+    return found
 
 
 def _iso(ts: float | None) -> str | None:
@@ -312,10 +368,16 @@ async def serve(settings: Settings, *, config_loader: Callable[[], Settings] | N
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
-    app = make_app(daemon)
+    loop = asyncio.get_running_loop()
+    alarm = server.FdAlarm(daemon.metrics)
+    loop.set_exception_handler(server.on_loop_exception(alarm))
+    limits = server.Limits(settings.http, daemon.metrics)
+    app = make_app(daemon, limits=limits)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings.listen_host, settings.listen_port, backlog=1024)
+    site = server.Site(
+        runner, settings.listen_host, settings.listen_port, limits=limits, alarm=alarm
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -325,9 +387,11 @@ async def serve(settings: Settings, *, config_loader: Callable[[], Settings] | N
         await daemon.shutdown()
         await runner.cleanup()
         return 1
-    log.info("listening", listen=f"{settings.listen_host}:{settings.listen_port}")
+    log.info(
+        "listening", listen=f"{settings.listen_host}:{settings.listen_port}",
+        max_connections=limits.cap, header_timeout=settings.http.header_timeout,
+    )  # fmt: skip
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     reloads: set[asyncio.Task[tuple[bool, str]]] = set()

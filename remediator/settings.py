@@ -31,6 +31,14 @@ class Auth:
     """Basic auth alternative (`http_config.basic_auth`); both or neither."""
     admin_token: str | None = None
     """Bearer token for pause/resume/reload; None refuses them over HTTP (use SIGHUP)."""
+    read_token: str | None = None
+    """Bearer token for reading what the daemon knows (audit, rules, console). As soon as
+    this or the admin token is set, reads need one of the two; with neither set, only
+    loopback clients may read (the TCP peer's address: X-Forwarded-For is never trusted)."""
+
+    @property
+    def reads_need_token(self) -> bool:
+        return self.read_token is not None or self.admin_token is not None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -46,6 +54,38 @@ class Intake:
     """Alerts held at once waiting for a rule's `for` (about 1 KiB each). Past it a new one
     is `skipped/held_full` (counted, and decided again when Alertmanager re-sends it):
     a storm of young alerts never blocks other alerts or resolves from being accepted."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Http:
+    """The HTTP server's own limits: what a slow, broken or hostile client may hold.
+
+    The SNS endpoint is meant to face the internet, so every one of these is bounded by
+    default; none of them touches a well-behaved sender (Alertmanager, SNS).
+    """
+
+    header_timeout: float = 10.0
+    """Seconds from a connection's start (or the first byte of its next request) until the
+    request's headers are complete; then 408 and the connection is closed (slowloris)."""
+    body_timeout: float = 30.0
+    """Seconds a webhook body may take to arrive once its headers are in; then 408."""
+    keepalive_timeout: float = 60.0
+    """Seconds an idle keep-alive connection stays open (aiohttp's default is an hour).
+    Longer than the 30-90 s idle timeouts of Go and Python clients, so they close first."""
+    max_connections: int = 1000
+    """Open connections at once; a new one past it gets 503 and is closed. Never more than
+    the process's file-descriptor limit allows (`RLIMIT_NOFILE` less a reserve for the
+    database and outgoing clients): the daemon keeps working when a flood arrives."""
+    max_connections_per_client: int = 100
+    """Open connections from one client address: one host cannot take every slot."""
+    sns_rate_per_client: float = 100.0
+    """Requests per second one client address may make to the unauthenticated
+    `/webhook/sns` (a token bucket); past it, 503 with Retry-After, which SNS retries."""
+    sns_burst_per_client: int = 1000
+    """Requests one client may make to `/webhook/sns` in a burst before the rate applies:
+    room for a storm of a thousand alarms delivered at once from one SNS host."""
+    max_tracked_clients: int = 10_000
+    """Client addresses whose SNS request budget is remembered (least recent forgotten)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -146,8 +186,13 @@ class Sns:
     timeout: float = 5.0
     """Seconds for one outgoing call (certificate fetch, subscription confirmation)."""
     dedup_max_entries: int = 10_000
-    """MessageIds remembered (each for `max_age`) to drop SNS's at-least-once re-deliveries.
+    """MessageIds remembered (each for `max_age`) to drop SNS's at-least-once re-deliveries,
+    kept in the journal's database so a re-delivery after a restart is still a duplicate.
     Past the bound the oldest are forgotten; occurrence dedup still stops a second action."""
+    max_state_change_skew: float = 300.0
+    """Seconds an alarm's StateChangeTime may lie after the message's signed Timestamp. A
+    transition cannot happen after SNS published it: one far in the future would make
+    every later notification of that alarm look stale, so it is refused (422)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -278,6 +323,7 @@ class Settings:
     """Where users reach this daemon (e.g. https://remediator.example), for the links in
     escalations; empty: messages name the decision id and API path only."""
     auth: Auth = Auth()
+    http: Http = Http()
     intake: Intake = Intake()
     budgets: Budgets = Budgets()
     blackouts: tuple[Blackout, ...] = ()
@@ -302,6 +348,9 @@ class Settings:
     config_file: Path | None = None
     env_refs: tuple[EnvRef, ...] = ()
     """Every environment variable the config names, set or not (`remediator check`)."""
+    secrets: frozenset[str] = frozenset()
+    """Every secret value the config made the daemon read from the environment (tokens,
+    passwords, DSNs): the HTTP answers replace each one wherever it would appear."""
     sections: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """Config of action families (`kubernetes`, `aws`, ...), parsed by the family's own
     registered parser (see `section`); absent when the file has no such section."""
@@ -369,6 +418,7 @@ def load(
         paused=r.flag("paused", False),
         external_url=_external_url(r),
         auth=_auth(r.section("auth"), env),
+        http=_http(r.section("http")),
         intake=_intake(r.section("intake")),
         budgets=_budgets(r.section("limits")),
         blackouts=_blackouts(r.items("blackouts"), syntax),
@@ -390,6 +440,7 @@ def load(
         config_file=path,
         sections=_sections(r, env),
     )
+    settings = dataclasses.replace(settings, secrets=frozenset(r.secrets))
     r.finish()
     settings = dataclasses.replace(settings, env_refs=tuple(r.refs))
     if overrides:
@@ -399,7 +450,7 @@ def load(
 
 RESTART_ONLY = (
     "listen_host", "listen_port", "data_dir", "workers", "journal_fsync", "alertmanager",
-    "sns", "log_format", "log_level", "config_file", "backend", "audit",
+    "sns", "http", "log_format", "log_level", "config_file", "backend", "audit",
 )  # fmt: skip
 """Settings a running daemon cannot take on a reload: sockets, files, tasks, clients."""
 
@@ -450,6 +501,7 @@ def _auth(r: Reader, env: Mapping[str, str]) -> Auth:
         webhook_basic_user=r.text("webhook_basic_user", "") or None,
         webhook_basic_password=secret("webhook_basic_password_env", "REMEDIATOR_WEBHOOK_PASSWORD"),
         admin_token=secret("admin_token_env", "REMEDIATOR_ADMIN_TOKEN"),
+        read_token=secret("read_token_env", "REMEDIATOR_READ_TOKEN"),
     )
     r.finish()
     if (auth.webhook_basic_user is None) != (auth.webhook_basic_password is None):
@@ -497,12 +549,33 @@ def _sns(r: Reader, env: Mapping[str, str]) -> Sns:
         confirm_subscriptions=r.flag("confirm_subscriptions", True),
         timeout=r.duration("timeout", 5.0),
         dedup_max_entries=r.integer("dedup_max_entries", 10_000, lo=100, hi=10_000_000),
+        max_state_change_skew=r.duration("max_state_change_skew", 300.0),
     )
     r.finish()
     if not 0 < out.max_age <= 7 * 86400:
         raise errors.ConfigError(f"{r.prefix}max_age", "must be longer than 0s, at most 7d")
     if not 0 < out.timeout <= 60:
         raise errors.ConfigError(f"{r.prefix}timeout", "must be longer than 0s, at most 60s")
+    if not 0 <= out.max_state_change_skew <= 86400:
+        raise errors.ConfigError(f"{r.prefix}max_state_change_skew", "must be in 0s..1d")
+    return out
+
+
+def _http(r: Reader) -> Http:
+    out = Http(
+        header_timeout=r.duration("header_timeout", 10.0),
+        body_timeout=r.duration("body_timeout", 30.0),
+        keepalive_timeout=r.duration("keepalive_timeout", 60.0),
+        max_connections=r.integer("max_connections", 1000, lo=1, hi=1_000_000),
+        max_connections_per_client=r.integer("max_connections_per_client", 100, lo=1, hi=1_000_000),
+        sns_rate_per_client=r.number("sns_rate_per_client", 100.0, lo=0.01, hi=1e6),
+        sns_burst_per_client=r.integer("sns_burst_per_client", 1000, lo=1, hi=1_000_000),
+        max_tracked_clients=r.integer("max_tracked_clients", 10_000, lo=10, hi=10_000_000),
+    )
+    r.finish()
+    for key in ("header_timeout", "body_timeout", "keepalive_timeout"):
+        if not 0 < getattr(out, key) <= 3600:
+            raise errors.ConfigError(f"{r.prefix}{key}", "must be longer than 0s, at most 1h")
     return out
 
 
@@ -720,6 +793,13 @@ class EnvRef:
     named: bool
     """Written in the file (False: a default name such as REMEDIATOR_ADMIN_TOKEN)."""
     set: bool
+    weak: bool = False
+    """Set, but shorter than MIN_SECRET characters: guessable, and too short to be
+    redacted from answers without mangling them (a warning at start)."""
+
+
+MIN_SECRET = 8
+"""Characters below which a secret is not redacted from answers (and is warned about)."""
 
 
 class Reader:
@@ -728,7 +808,13 @@ class Reader:
     Every error is a ConfigError naming the dotted path of the key.
     """
 
-    def __init__(self, data: Any, prefix: str, refs: list[EnvRef] | None = None) -> None:
+    def __init__(
+        self,
+        data: Any,
+        prefix: str,
+        refs: list[EnvRef] | None = None,
+        secrets: set[str] | None = None,
+    ) -> None:
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -738,6 +824,8 @@ class Reader:
         self.seen: set[str] = set()
         self.refs: list[EnvRef] = [] if refs is None else refs
         """Every environment variable the config names (shared by the nested readers)."""
+        self.secrets: set[str] = set() if secrets is None else secrets
+        """Secret values read through `secret` by this reader and every one under it."""
 
     def _get(self, key: str) -> Any:
         self.seen.add(key)
@@ -750,11 +838,11 @@ class Reader:
             raise errors.ConfigError(f"{self.prefix}{unknown[0]}", f"unknown key; known: {known}")
 
     def section(self, key: str) -> Reader:
-        return Reader(self._get(key), f"{self.prefix}{key}.", self.refs)
+        return Reader(self._get(key), f"{self.prefix}{key}.", self.refs, self.secrets)
 
     def items(self, key: str) -> list[Reader]:
         return [
-            Reader(item, f"{self.prefix}{key}[{i}].", self.refs)
+            Reader(item, f"{self.prefix}{key}[{i}].", self.refs, self.secrets)
             for i, item in enumerate(self.raw_list(key))
         ]
 
@@ -792,6 +880,16 @@ class Reader:
             raise errors.ConfigError(f"{self.prefix}{key}", f"must be in {lo}..{hi}, got {v}")
         return v
 
+    def number(self, key: str, default: float, *, lo: float, hi: float) -> float:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise errors.ConfigError(f"{self.prefix}{key}", f"must be a number, got {v!r}")
+        if not lo <= v <= hi:
+            raise errors.ConfigError(f"{self.prefix}{key}", f"must be in {lo:g}..{hi:g}, got {v}")
+        return float(v)
+
     def duration(self, key: str, default: float) -> float:
         v = self._get(key)
         if v is None:
@@ -810,10 +908,14 @@ class Reader:
                 f"{self.prefix}{key}", f"not an environment variable name: {name!r}"
             )
         value = (env.get(name) or None) if name else None
+        weak = value is not None and len(value) < MIN_SECRET
         if name:
             self.refs.append(
-                EnvRef(f"{self.prefix}{key}", name, named=key in self.data, set=value is not None)
-            )
+                EnvRef(f"{self.prefix}{key}", name, named=key in self.data,
+                       set=value is not None, weak=weak)
+            )  # fmt: skip
+        if value is not None and not weak:
+            self.secrets.add(value)
         return value
 
     def choice(self, key: str, default: str, options: tuple[str, ...]) -> str:

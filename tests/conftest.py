@@ -9,7 +9,12 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from remediator import logs
 from tests import servers
+
+# The daemon's own pipeline (plain tracebacks): structlog's default renders rich ones,
+# which take up to a second on a loaded machine — on the event loop under test.
+logs.configure(fmt="console", level="info")
 
 SLOW_CALLBACK_SECONDS = 1.0
 """A callback holding the loop this long is a blocking call (generous: CI boxes are loaded)."""

@@ -61,8 +61,11 @@ class DaemonProcess:
         config: str | None = None,
         dry_run: bool = False,
         env: Mapping[str, str] | None = None,
+        fd_limit: int | None = None,
     ) -> None:
+        """`fd_limit`: the daemon's RLIMIT_NOFILE (soft and hard), set before it starts."""
         self.base = base
+        self.fd_limit = fd_limit
         self.rules_dir = base / "rules"
         self.rules_dir.mkdir(parents=True, exist_ok=True)
         (self.rules_dir / "rules.yaml").write_text(textwrap.dedent(rules))
@@ -109,6 +112,15 @@ class DaemonProcess:
         ]  # fmt: skip
         if self.config_path is not None:
             command += ["--config", str(self.config_path)]
+        if self.fd_limit is not None:
+            # The open-files limit an operator could have set (ulimit -n), applied by a
+            # tiny exec wrapper: no preexec_fn in a process that runs threads.
+            limit = (
+                "import os, resource, sys; "
+                f"resource.setrlimit(resource.RLIMIT_NOFILE, ({self.fd_limit}, {self.fd_limit})); "
+                "os.execv(sys.argv[1], sys.argv[1:])"
+            )
+            command = [sys.executable, "-c", limit, *command]
         return command
 
     async def start(self) -> Self:
@@ -249,13 +261,20 @@ class DaemonProcess:
         rows: list[dict[str, Any]] = []
         params = {"limit": "1000", **query}
         while True:
-            async with self.session.get(self.url + "/api/v1/decisions", params=params) as resp:
+            async with self.session.get(
+                self.url + "/api/v1/decisions", params=params, headers=self.read_headers()
+            ) as resp:
                 assert resp.status == 200, await resp.text()
                 page = await resp.json()
             rows += page["decisions"]
             if page["next_before"] is None:
                 return list(reversed(rows))
             params["before"] = str(page["next_before"])
+
+    def read_headers(self) -> dict[str, str]:
+        """The Authorization a reader sends once a read or admin token is configured."""
+        token = self.env.get("REMEDIATOR_READ_TOKEN") or self.env.get("REMEDIATOR_ADMIN_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def metrics(self) -> list[tuple[str, dict[str, str], float]]:
         async with self.session.get(self.url + "/metrics") as resp:

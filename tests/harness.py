@@ -177,9 +177,17 @@ class Harness:
 
     async def decisions(self, **query: str) -> list[dict[str, Any]]:
         """Audit rows, oldest first (the API serves newest first)."""
-        resp = await self.client.get("/api/v1/decisions", params={"limit": "1000", **query})
+        resp = await self.client.get(
+            "/api/v1/decisions", params={"limit": "1000", **query}, headers=self.read_headers()
+        )
         assert resp.status == 200, await resp.text()
         return list(reversed((await resp.json())["decisions"]))
+
+    def read_headers(self) -> dict[str, str]:
+        """The Authorization a reader of the audit sends once a token is configured."""
+        auth = self.daemon.settings.auth
+        token = auth.read_token or auth.admin_token
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def outcomes(self) -> list[tuple[str, str]]:
         return [(d["outcome"], d["reason"]) for d in await self.decisions()]

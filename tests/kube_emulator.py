@@ -15,7 +15,8 @@ the request had the right shape:
   (metadata.name, metadata.namespace); a malformed one is a 400;
 - dryRun=All runs every check and stores nothing; any other dryRun value is a 400;
 - DELETE honours preconditions.uid (409) and removes the object at once (no kubelet);
-- `fail(status, ...)` answers the next matching requests with 403/404/409/429/5xx.
+- `fail(status, ...)` answers the next matching requests with 403/404/409/429/5xx;
+  `stall(seconds, ...)` answers them late, after they took effect (a client timeout).
 
 Every request is logged in `requests` (verb, resource, query, media type, body) with the
 status it got. Objects are plain dicts in the API's JSON shape; `add()` fills in uid,
@@ -24,6 +25,7 @@ resourceVersion, generation and a settled status.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import datetime as dt
@@ -364,6 +366,8 @@ class KubeEmulator:
         default_factory=dict
     )
     faults: list[Fault] = dataclasses.field(default_factory=list)
+    stalls: list[list[Any]] = dataclasses.field(default_factory=list)
+    """[seconds, verb, times left] of `stall`."""
     port: int = 0
     _runner: web.AppRunner | None = None
     _versions: itertools.count[int] = dataclasses.field(
@@ -475,6 +479,11 @@ class KubeEmulator:
         (with `after`, once the request has taken effect: the answer is what is lost)."""
         self.faults.append(Fault(status, verb, resource, name, times, retry_after, after))
 
+    def stall(self, seconds: float, *, verb: str | None = None, times: int = 1) -> None:
+        """Serve the next `times` requests matching `verb`, then wait `seconds` before
+        answering: the change is made, and a client with a shorter timeout never hears."""
+        self.stalls.append([seconds, verb, times])
+
     def writes(self) -> list[Seen]:
         return [r for r in self.requests if r.writes]
 
@@ -496,6 +505,12 @@ class KubeEmulator:
         self.requests.append(seen)
         try:
             answer = self._serve(request, seen, raw)
+            for stall in self.stalls:
+                if stall[2] > 0 and stall[1] in (None, seen.verb):
+                    stall[2] -= 1
+                    seen.status = 200
+                    await asyncio.sleep(stall[0])
+                    break
             self._inject(seen, after=True)
         except ApiError as exc:
             seen.status = exc.code

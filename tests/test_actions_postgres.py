@@ -325,7 +325,7 @@ async def test_queries_older_than_min_duration_are_terminated_and_everything_els
     by_name = {t["application_name"]: t for t in terminated}
     assert by_name["stuck-1"]["usename"] == "app"
     assert by_name["stuck-1"]["state"] == "active"
-    assert by_name["stuck-1"]["query"] == "SELECT pg_sleep(60)"
+    assert by_name["stuck-1"]["query"] == "SELECT pg_sleep(?)"  # literals redacted by default
     assert by_name["open-tx"]["state"] == "idle in transaction"
     assert all(t["duration"] >= 1.0 for t in terminated)
     assert d["result"]["eligible"] == 3
@@ -412,7 +412,7 @@ async def test_a_dry_run_records_what_would_be_terminated_and_terminates_nothing
     await sessions.sleeping("migration", role="migrator")
     await sessions.age()
 
-    cfg = config(pg, postgres="redact_literals: true\n")
+    cfg = config(pg)  # redact_literals is on by default
     async with Harness(tmp_path, rules=rules(rule()), config=cfg, env=env(pg)) as h:
         await h.fire(am_alert(ALERT, database="conectcrm"))
         d = await only_decision(h)
@@ -855,7 +855,7 @@ def test_the_config_section_is_parsed_with_documented_defaults(tmp_path: Path) -
     )
     main = cfg.connections["main"]
     assert (main.connect_timeout, main.statement_timeout, main.pool_max) == (5.0, 10.0, 2)
-    assert (cfg.query_chars, cfg.redact_literals) == (200, False)
+    assert (cfg.query_chars, cfg.redact_literals) == (200, True)
     assert main.protected_roles == ()
     assert "s3cret" not in repr(cfg)
 

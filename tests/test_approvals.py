@@ -305,3 +305,27 @@ async def test_the_cli_lists_and_approves(
         assert (await h.decisions())[0]["approval"].endswith("pool at 100%")
         assert await asyncio.to_thread(cli.main, args) == 1  # no longer awaiting: HTTP 409
         assert "HTTP 409" in capsys.readouterr().err
+
+
+async def test_a_click_that_is_not_a_button_press_is_a_400(
+    tmp_path: Path, world: dict[str, Any]
+) -> None:
+    async with harness(tmp_path, world) as h:
+        now = h.clock.now()
+        body = b"payload=" + b"%7B%22type%22%3A%22view_submission%22%7D"  # {"type": ...}
+        resp = await h.client.post(
+            "/slack/interactions", data=body, headers=slack_fake.sign(body, now=now)
+        )
+        assert resp.status == 400
+        big = b"payload=" + b"x" * (70 << 10)
+        resp = await h.client.post(
+            "/slack/interactions", data=big, headers=slack_fake.sign(big, now=now)
+        )
+        assert resp.status == 413
+        assert (
+            await h.metric("remediator_rejected_inputs_total", source="slack", kind="schema") == 1
+        )
+        assert (
+            await h.metric("remediator_rejected_inputs_total", source="slack", kind="too_large")
+            == 1
+        )

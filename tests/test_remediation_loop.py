@@ -149,7 +149,9 @@ async def test_a_restart_mid_ladder_repeats_no_step_and_pages_once(
     async with Harness(tmp_path, rules=LADDER, dry_run=False, now=START.timestamp() + 400) as h:
         await h.fire(alert)  # a re-send after the restart: the remediation owns it
         await h.settle()
-        [api] = (await (await h.client.get("/api/v1/rules")).json())["rules"]
+        [api] = (await (await h.client.get("/api/v1/rules", headers=h.read_headers())).json())[
+            "rules"
+        ]
         [under_way] = api["remediations"]
         assert (under_way["step"], under_way["phase"]) == (2, "verifying")
         await h.advance(10 * MINUTE)
@@ -242,7 +244,9 @@ rules:
             "remediator_decisions_total", rule="trial", outcome="dry_run", reason="shadow"
         )
         assert shadow == 1.0
-        [_, trial] = (await (await h.client.get("/api/v1/rules")).json())["rules"]
+        [_, trial] = (await (await h.client.get("/api/v1/rules", headers=h.read_headers())).json())[
+            "rules"
+        ]
         assert trial["dry_run"] is True
 
 
@@ -311,13 +315,15 @@ async def test_a_pause_with_until_outlives_a_restart_and_lifts_by_itself(tmp_pat
         assert (row["outcome"], row["reason"]) == ("skipped", "paused")
         assert "paused by ana until 2027-01-15T12:30:00" in row["detail"]
         assert "db maintenance" in row["detail"]
-        answer = await (await h.client.get("/api/v1/rules")).json()
+        answer = await (await h.client.get("/api/v1/rules", headers=h.read_headers())).json()
         assert answer["paused"] is True and answer["pause"]["by"] == "ana"
         assert await h.metric("remediator_paused") == 1.0
         await h.advance(30 * MINUTE)
         await h.fire(am_alert("APIDown", deployment="api"))
         assert (await h.outcomes())[-1] == ("dry_run", "")
-        assert (await (await h.client.get("/api/v1/rules")).json())["paused"] is False
+        assert (await (await h.client.get("/api/v1/rules", headers=h.read_headers())).json())[
+            "paused"
+        ] is False
         assert await h.metric("remediator_paused") == 0.0
 
 
@@ -330,7 +336,9 @@ async def test_one_rule_can_be_paused_while_the_others_act(tmp_path: Path) -> No
         assert await h.outcomes() == [("skipped", "paused"), ("dry_run", "")]
         assert "rule api-restart is paused" in (await h.decisions())[0]["detail"]
         assert await h.metric("remediator_rule_paused", rule="api-restart") == 1.0
-        [api, db] = (await (await h.client.get("/api/v1/rules")).json())["rules"]
+        [api, db] = (await (await h.client.get("/api/v1/rules", headers=h.read_headers())).json())[
+            "rules"
+        ]
         assert api["paused"]["reason"] == "flapping" and db["paused"] is None
     async with Harness(tmp_path, rules=LOG, config=ADMIN, env=ADMIN_ENV) as h:
         await h.fire(am_alert("APIDown", deployment="web"))

@@ -430,3 +430,63 @@ def test_a_blackout_can_be_limited_to_some_alerts_and_rules(tmp_path: Path) -> N
     ).blackouts
     assert [str(m) for m in b.matchers] == ['namespace="batch"', 'severity!="critical"']
     assert b.rules == ("apidown-restart", "db-restart")
+
+
+def test_the_http_limits_default_to_values_no_slow_client_can_outlast(tmp_path: Path) -> None:
+    http = load_yaml(tmp_path, "").http
+    assert (http.header_timeout, http.body_timeout, http.keepalive_timeout) == (10.0, 30.0, 60.0)
+    assert (http.max_connections, http.max_connections_per_client) == (1000, 100)
+    custom = load_yaml(
+        tmp_path, "http: {header_timeout: 2s, max_connections: 50, sns_rate_per_client: 2.5}\n"
+    ).http
+    assert (custom.header_timeout, custom.max_connections, custom.sns_rate_per_client) == (
+        2.0,
+        50,
+        2.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("http: {header_timeout: 0s}\n", "http.header_timeout"),
+        ("http: {body_timeout: 2h}\n", "http.body_timeout"),
+        ("http: {max_connections: 0}\n", "http.max_connections"),
+        ("http: {sns_rate_per_client: fast}\n", "http.sns_rate_per_client"),
+        ("http: {slowloris: true}\n", "http.slowloris"),
+        ("sns: {max_state_change_skew: 2d}\n", "sns.max_state_change_skew"),
+    ],
+)
+def test_an_http_or_sns_limit_out_of_bounds_is_named(tmp_path: Path, text: str, key: str) -> None:
+    assert config_error(tmp_path, text).path == key
+
+
+def test_any_token_configured_means_reads_need_one(tmp_path: Path) -> None:
+    assert not load_yaml(tmp_path, "").auth.reads_need_token
+    read = load_yaml(tmp_path, "", environ={"REMEDIATOR_READ_TOKEN": "r"}).auth
+    admin = load_yaml(tmp_path, "", environ={"REMEDIATOR_ADMIN_TOKEN": "a"}).auth
+    assert read.read_token == "r" and read.reads_need_token
+    assert admin.read_token is None and admin.reads_need_token
+
+
+def test_every_secret_read_from_the_environment_is_known_for_redaction(tmp_path: Path) -> None:
+    loaded = load_yaml(
+        tmp_path,
+        """
+        alertmanager: {urls: ["http://am:9093"], bearer_token_env: AM_TOKEN}
+        postgres:
+          connections:
+            main: {dsn_env: CRM_DSN, allowed_databases: [crm]}
+        """,
+        environ={
+            "REMEDIATOR_ADMIN_TOKEN": "adm1n-t0ken",
+            "REMEDIATOR_READ_TOKEN": "short",
+            "AM_TOKEN": "am-s3cret",
+            "CRM_DSN": "postgresql://u:pw@db/crm",
+            "UNRELATED": "not-read",
+        },
+    )
+    assert loaded.secrets == {"adm1n-t0ken", "am-s3cret", "postgresql://u:pw@db/crm"}
+    # Too short to redact without mangling every answer: warned about at start instead.
+    [weak] = [ref for ref in loaded.env_refs if ref.weak]
+    assert weak.name == "REMEDIATOR_READ_TOKEN"

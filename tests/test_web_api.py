@@ -79,12 +79,12 @@ def ago(h: Harness, minutes: float) -> dt.datetime:
 
 
 async def decisions_page(h: Harness, **query: str) -> tuple[int, dict[str, Any]]:
-    resp = await h.client.get("/api/v1/decisions", params=query)
+    resp = await h.client.get("/api/v1/decisions", params=query, headers=h.read_headers())
     return resp.status, await resp.json()
 
 
 async def rule_view(h: Harness, name: str) -> dict[str, Any]:
-    resp = await h.client.get("/api/v1/rules")
+    resp = await h.client.get("/api/v1/rules", headers=h.read_headers())
     assert resp.status == 200
     [rule] = [r for r in (await resp.json())["rules"] if r["name"] == name]
     return rule
@@ -229,7 +229,7 @@ async def reload(h: Harness, headers: dict[str, str] | None = None) -> tuple[int
 
 
 async def rule_names(h: Harness) -> set[str]:
-    resp = await h.client.get("/api/v1/rules")
+    resp = await h.client.get("/api/v1/rules", headers=h.read_headers())
     return {r["name"] for r in (await resp.json())["rules"]}
 
 
@@ -319,7 +319,9 @@ async def test_pause_stops_all_actions_and_resume_lets_them_run_again(tmp_path: 
         resp = await h.client.post("/api/v1/pause", headers=AS_ADMIN)
         assert resp.status == 200
         assert (await resp.json())["paused"] is True
-        assert (await (await h.client.get("/api/v1/rules")).json())["paused"] is True
+        assert (await (await h.client.get("/api/v1/rules", headers=h.read_headers())).json())[
+            "paused"
+        ] is True
         assert await h.metric("remediator_paused") == 1
         alert = api_down()
         await h.fire(alert)
@@ -479,7 +481,7 @@ async def test_the_rules_api_shows_limits_and_the_cooldown_left_after_a_dry_run(
         assert re.search(r"rules\.yaml:\d+$", before["file"])
 
         await h.fire(api_down(starts_at=ago(h, 10)))
-        resp = await h.client.get("/api/v1/rules")
+        resp = await h.client.get("/api/v1/rules", headers=h.read_headers())
         answer = await resp.json()
         assert answer["dry_run"] is True
         [api] = [r for r in answer["rules"] if r["name"] == "api-restart"]

@@ -106,10 +106,11 @@ class Config:
     query_chars: int = 200
     """Characters of each terminated query kept in the audit and the log; 0 keeps no
     query text at all. 200 identifies the query without copying whole payloads."""
-    redact_literals: bool = False
-    """True: string literals, dollar-quoted strings and numbers in the query text are
-    replaced by `?` before it is cut, so the audit holds the query's shape, not its
-    data (customer emails, ids). Off by default: the text as the server shows it."""
+    redact_literals: bool = True
+    """True (the default): string literals, dollar-quoted strings and numbers in the query
+    text are replaced by `?` before it is cut, so the audit holds the query's shape, not
+    its data (customer emails, ids, a password in an ALTER ROLE). False keeps the text as
+    the server shows it in the database and the log; HTTP answers redact it anyway."""
 
 
 @settings.section(SECTION)
@@ -130,7 +131,7 @@ def _config(r: settings.Reader, env: Mapping[str, str]) -> Config:
     cfg = Config(
         connections=out,
         query_chars=r.integer("query_chars", 200, lo=0, hi=10_000),
-        redact_literals=r.flag("redact_literals", False),
+        redact_literals=r.flag("redact_literals", True),
     )
     return cfg
 

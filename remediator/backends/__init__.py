@@ -26,6 +26,7 @@ import structlog
 from remediator import errors
 from remediator.backends import audit as audit_mod
 from remediator.backends import journal as journal_mod
+from remediator.backends import sns as sns_mod
 from remediator.backends import state as state_mod
 from remediator.backends.sqlite import Database
 from remediator.settings import Settings
@@ -40,7 +41,7 @@ class Backends:
         self.db = Database(
             settings.data_dir / "remediator.db",
             fsync=settings.journal_fsync,
-            schema=journal_mod.SCHEMA + audit_mod.SCHEMA + state_mod.SCHEMA,
+            schema=journal_mod.SCHEMA + audit_mod.SCHEMA + state_mod.SCHEMA + sns_mod.SCHEMA,
             migrations=[audit_mod.migrate],
         )
         self.redis: Any = None
@@ -61,8 +62,9 @@ class Backends:
                 self.redis, cfg, replica=redis_backend.new_replica_id(), lease=self._lease_client
             )
             self.journal = redis_backend.RedisJournal(
-                self.redis, cfg, limit=settings.intake.backlog_limit, state=self.state
-            )
+                self.redis, cfg, limit=settings.intake.backlog_limit, state=self.state,
+                local=self.db,
+            )  # fmt: skip
         else:
             self.journal = journal_mod.SqliteJournal(self.db)
             self.state = state_mod.EmbeddedState(self.db)

@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS journal (
 );
 """
 
+Also = Callable[[sqlite3.Connection], None]
+"""A write that must commit in the same transaction as a journal row, or not at all."""
 Replay = Callable[[str, bytes, dt.datetime], list[Alert]]
 """(source, payload, received_at) → the alerts of a journaled request, parsed again."""
 
@@ -39,13 +41,15 @@ Replay = Callable[[str, bytes, dt.datetime], list[Alert]]
 class JournalEntry:
     """One alert of one journaled request: the unit the engine decides and finishes."""
 
-    __slots__ = ("alert", "request_id", "row")
+    __slots__ = ("alert", "kept", "request_id", "row")
 
     def __init__(self, row: int | str, alert: Alert, request_id: str) -> None:
         """`row`: the journal's id of the request (a SQLite rowid, a stream entry id)."""
         self.row = row
         self.alert = alert
         self.request_id = request_id
+        self.kept = False
+        """Left for the next start (`Journal.keep`): no longer in the backlog."""
 
     def __repr__(self) -> str:
         return f"JournalEntry(row={self.row}, fingerprint={self.alert.fingerprint!r})"
@@ -58,11 +62,13 @@ class Journal(Protocol):
 
     async def append(
         self, *, source: str, payload: bytes, alerts: Sequence[Alert], request_id: str,
-        received_at: dt.datetime,
+        received_at: dt.datetime, also: Also | None = None,
     ) -> list[JournalEntry]:  # fmt: skip
         """Durably store one request's alerts; returns the entries this replica decides
         now (the embedded journal: one per alert; a shared journal hands them out to the
-        replicas through `run` instead, and returns none)."""
+        replicas through `run` instead, and returns none). `also` is a write committed with
+        them (in the same transaction, for the embedded journal): what the intake must
+        remember with the alerts."""
 
     async def run(self, submit: Callable[[list[JournalEntry]], None], replay: Replay) -> None:
         """Hand entries to the engine until cancelled (a shared journal: read, claim from
@@ -70,6 +76,10 @@ class Journal(Protocol):
 
     def finish(self, entry: JournalEntry) -> None:
         """The entry's alert is decided; its request leaves the journal with its last alert."""
+
+    def keep(self, entry: JournalEntry) -> None:
+        """The entry's alert could not be decided for good (its audit row failed): it stops
+        counting in the backlog, and its request stays journaled for the next start."""
 
     async def pending(self, replay: Replay) -> list[JournalEntry]:
         """Unfinished entries left by an earlier run, oldest first."""
@@ -81,6 +91,8 @@ class SqliteJournal:
         self._backlog = 0
         self._open: dict[int | str, int] = {}
         """Row id → alerts of that request not yet finished."""
+        self._kept_rows: set[int | str] = set()
+        """Requests with an alert kept for the next start: never removed in this run."""
         self._removals: Batcher[int | str] = Batcher(db, _delete)
 
     @property
@@ -98,6 +110,7 @@ class SqliteJournal:
         alerts: Sequence[Alert],
         request_id: str,
         received_at: dt.datetime,
+        also: Also | None = None,
     ) -> list[JournalEntry]:
         if not alerts:
             return []
@@ -105,7 +118,7 @@ class SqliteJournal:
         # Counted before the commit so concurrent requests see each other's load.
         self._backlog += len(alerts)
         try:
-            row = await self._db.submit(lambda conn: _insert(conn, values))
+            row = await self._db.submit(lambda conn: _insert(conn, values, also))
         except BaseException:
             self._backlog -= len(alerts)
             raise
@@ -113,12 +126,28 @@ class SqliteJournal:
         return [JournalEntry(row, a, request_id) for a in alerts]
 
     def finish(self, entry: JournalEntry) -> None:
+        if entry.kept:
+            return  # already out of the backlog; its row stays
+        self._done(entry)
+
+    def keep(self, entry: JournalEntry) -> None:
+        if entry.kept:
+            return
+        entry.kept = True
+        self._kept_rows.add(entry.row)
+        self._done(entry)
+
+    def _done(self, entry: JournalEntry) -> None:
         self._backlog -= 1
         left = self._open.get(entry.row, 1) - 1
         if left > 0:
             self._open[entry.row] = left
             return
         self._open.pop(entry.row, None)
+        if entry.row in self._kept_rows:
+            # Decided again on the next start; what was decided is a duplicate then.
+            self._kept_rows.discard(entry.row)
+            return
         self._removals.add(entry.row)  # a failed batch is logged by the Batcher
 
     async def pending(self, replay: Replay) -> list[JournalEntry]:
@@ -144,11 +173,15 @@ class SqliteJournal:
         return out
 
 
-def _insert(conn: sqlite3.Connection, values: tuple[str, str, str, bytes]) -> int:
+def _insert(
+    conn: sqlite3.Connection, values: tuple[str, str, str, bytes], also: Also | None
+) -> int:
     cur = conn.execute(
         "INSERT INTO journal (request_id, source, received_at, payload) VALUES (?, ?, ?, ?)",
         values,
     )
+    if also is not None:
+        also(conn)
     return cur.lastrowid or 0
 
 

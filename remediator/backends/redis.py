@@ -45,7 +45,8 @@ from typing import Any, Protocol
 import structlog
 
 from remediator import errors
-from remediator.backends.journal import JournalEntry, Replay
+from remediator.backends.journal import Also, JournalEntry, Replay
+from remediator.backends.sqlite import Database
 from remediator.backends.state import GLOBAL, Claim, Pause
 from remediator.clients.redis import Redis
 from remediator.engine import guards
@@ -813,8 +814,12 @@ class RedisJournal:
     """
 
     def __init__(
-        self, client: Redis, config: RedisBackend, *, limit: int, state: RedisState
-    ) -> None:
+        self, client: Redis, config: RedisBackend, *, limit: int, state: RedisState,
+        local: Database | None = None,
+    ) -> None:  # fmt: skip
+        """`local`: the replica's own SQLite database, for what the intake remembers
+        beside a request (`append(also=...)`: the SNS MessageIds it accepted)."""
+        self._local_db = local
         self._r = client
         self._config = config
         self._limit = limit
@@ -846,10 +851,15 @@ class RedisJournal:
 
     async def append(
         self, *, source: str, payload: bytes, alerts: Sequence[Alert], request_id: str,
-        received_at: dt.datetime,
+        received_at: dt.datetime, also: Also | None = None,
     ) -> list[JournalEntry]:  # fmt: skip
         if not alerts:
             return []
+        if also is not None and self._local_db is not None:
+            # Before the stream entry: remembered here (a re-delivery to this replica is a
+            # duplicate) even if what follows fails; occurrence dedup in Redis is what
+            # keeps a re-delivery to another replica from acting twice.
+            await self._local_db.submit(also)
         out = await self._append(
             [self._stream, self._count],
             [len(alerts), self._limit, source, request_id, iso(received_at), payload],
@@ -874,7 +884,17 @@ class RedisJournal:
                 )
         return []
 
+    def keep(self, entry: JournalEntry) -> None:
+        """Left pending (unacknowledged): another replica, or this one's next start,
+        claims and decides it again."""
+        if entry.kept:
+            return
+        entry.kept = True
+        self._backlog = max(0, self._backlog - 1)
+
     def finish(self, entry: JournalEntry) -> None:
+        if entry.kept:
+            return
         row = str(entry.row)
         left = self._open.get(row)
         self._local -= 1

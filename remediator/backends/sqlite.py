@@ -8,6 +8,11 @@ when idle a job is committed at once, so latency stays at one commit.
 
 Reads go to a second connection in a worker thread (WAL lets readers run beside the
 writer), so an audit query never stalls intake.
+
+Write health is tracked for readiness: a transaction in which every job failed (a
+full disk, an unwritable file) counts as a failed write until one commits again;
+`probe` writes one small row so a daemon that receives nothing still finds out when
+the disk has room again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 _STOP = object()
 MAX_BATCH = 2000
+PROBE_SCHEMA = "CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at REAL);"
 log = structlog.get_logger(__name__)
 
 
@@ -52,6 +58,10 @@ class Database:
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._closing = False
+        self.failed_writes = 0
+        """Transactions failed in a row (every job in them); 0 after any commit."""
+        self.last_error = ""
+        self._probing: asyncio.Future[Any] | None = None
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -76,6 +86,20 @@ class Database:
         """The writer thread runs: writes can be committed."""
         return self._thread is not None and self._thread.is_alive()
 
+    def write_problem(self) -> str | None:
+        """Why writes do not commit now, or None. While they fail, each call queues one
+        probe write (one at a time), so the answer recovers with the disk."""
+        if self.failed_writes == 0:
+            return None
+        if self._probing is None or self._probing.done():
+            with contextlib.suppress(errors.RemediatorError):
+                self._probing = self.submit(_probe)
+                self._probing.add_done_callback(_consume)
+        return (
+            f"database {self.path}: the last {self.failed_writes} write(s) failed: "
+            f"{self.last_error} (free disk space, check permissions)"
+        )
+
     async def close(self) -> None:
         if self._thread is not None:
             self._closing = True  # nothing queued after the stop would ever be written
@@ -90,6 +114,8 @@ class Database:
         """Queue a write job; the future resolves once its transaction is committed."""
         if self._thread is None or self._loop is None or self._closing:
             raise errors.RemediatorError(f"database {self.path} is not open")
+        if not self._thread.is_alive():  # it died: a queued job would wait for ever
+            raise errors.RemediatorError(f"database writer for {self.path} is not running")
         fut: asyncio.Future[T] = self._loop.create_future()
         self._jobs.put((job, fut))
         return fut
@@ -110,7 +136,7 @@ class Database:
         loop = self._loop
         try:
             conn = self._connect()
-            conn.executescript(self._schema)
+            conn.executescript(self._schema + PROBE_SCHEMA)
             for migrate in self._migrations:
                 migrate(conn)
         except sqlite3.Error as exc:
@@ -141,6 +167,7 @@ class Database:
         The fast path has no per-job savepoint; a failure is rare, and re-running the
         jobs one transaction each (after the rollback undid them all) isolates it.
         """
+        changes = conn.total_changes
         try:
             conn.execute("BEGIN")
             values = [job(conn) for job, _ in batch]
@@ -149,8 +176,11 @@ class Database:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         else:
+            if conn.total_changes > changes:  # a write went through, not only a no-op job
+                self.failed_writes = 0
             return [(fut, value, None) for (_, fut), value in zip(batch, values, strict=True)]
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        committed = False
         for job, fut in batch:
             try:
                 conn.execute("BEGIN")
@@ -161,8 +191,16 @@ class Database:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 results.append((fut, None, exc))
+                self.last_error = str(exc)[:200]
             else:
                 results.append((fut, value, None))
+                committed = True
+        # Written from this thread, read on the loop: an int swap, and a late read only
+        # delays readiness by one probe.
+        if not committed:
+            self.failed_writes += 1
+        elif conn.total_changes > changes:
+            self.failed_writes = 0
         return results
 
 
@@ -206,6 +244,15 @@ class Batcher(Generic[T]):
     def _log_failure(self, batch: asyncio.Future[list[Any]]) -> None:
         if not batch.cancelled() and batch.exception() is not None:
             log.error("sqlite_batch_failed", path=str(self._db.path), error=str(batch.exception()))
+
+
+def _probe(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, julianday('now'))")
+
+
+def _consume(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # a failed probe is the expected case; retrieve it, log nothing
 
 
 def _chain(source: asyncio.Future[Any], target: asyncio.Future[Any]) -> None:

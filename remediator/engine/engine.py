@@ -127,6 +127,8 @@ class Engine:
                 # on the next start), and what this process held for it is let go.
                 self.recorder.writes_of(item)
                 self._refs.pop(item, None)
+                if isinstance(item, JournalEntry):
+                    self.journal.keep(item)  # out of the backlog; its row stays for a restart
                 log.exception(
                     "engine_error", item=repr(item), alertname=item.alert.name,
                     request_id=item.request_id,
@@ -261,6 +263,8 @@ class Engine:
     def _finish_saved(self, owner: Hashable, writes: Iterable[asyncio.Future[Any]]) -> None:
         if any(f.cancelled() or f.exception() is not None for f in writes):
             log.error("journal_entry_kept", entry=repr(owner), reason="audit write failed")
+            if isinstance(owner, JournalEntry):
+                self.journal.keep(owner)
             return
         if isinstance(owner, Held):
             self.held.forget(owner.key)

@@ -297,6 +297,15 @@ class MessageIds:
             self._pending.discard(self._expires.popitem(last=False)[0])
         return "new"
 
+    def remember(self, message_id: str, expires: float) -> None:
+        """A MessageId accepted by an earlier run (restored from the database)."""
+        self._expires[message_id] = expires
+        while len(self._expires) > self._max:
+            self._expires.popitem(last=False)
+
+    def expires(self, message_id: str) -> float | None:
+        return self._expires.get(message_id)
+
     def settle(self, message_id: str) -> None:
         """The message was accepted: a copy from now on is a duplicate."""
         self._pending.discard(message_id)
@@ -357,6 +366,21 @@ class Gate:
             )  # fmt: skip
             _same_region(subscribe, envelope.topic_arn, "SubscribeURL")
         return Urls(cert=cert, subscribe=subscribe)
+
+    def check_alarm_time(self, alarm: Alarm, envelope: Envelope) -> None:
+        """Refuse (422) an alarm whose StateChangeTime lies after the message's signed
+        Timestamp by more than sns.max_state_change_skew: CloudWatch publishes a transition
+        after it happens, and a time in the future would make every later notification
+        of the alarm look stale (and, remembered, stay so across restarts)."""
+        ahead = (alarm.changed_at - envelope.timestamp).total_seconds()
+        if ahead > self.settings.max_state_change_skew:
+            raise Rejected(
+                f"Message.StateChangeTime {alarm.changed_at.isoformat()} is {ahead:.0f}s after "
+                f"the message's Timestamp {envelope.signed['Timestamp']} (more than "
+                f"sns.max_state_change_skew, {self.settings.max_state_change_skew:.0f}s)",
+                result="future_state_change",
+                status=422,
+            )
 
     def remember_until(self, envelope: Envelope, *, now: float) -> float:
         """When a MessageId may be forgotten: its message is refused as too old by then."""
@@ -556,9 +580,20 @@ class AlarmTracker:
     def __init__(self, max_entries: int) -> None:
         self._last: collections.OrderedDict[str, AlarmState] = collections.OrderedDict()
         self._max = max_entries
+        self.max_entries = max_entries
 
     def __len__(self) -> int:
         return len(self._last)
+
+    def get(self, fingerprint: str) -> AlarmState | None:
+        return self._last.get(fingerprint)
+
+    def restore(self, fingerprint: str, state: AlarmState) -> None:
+        """An alarm's last transition as an earlier run saw it (oldest restored first)."""
+        self._last[fingerprint] = state
+        self._last.move_to_end(fingerprint)
+        while len(self._last) > self._max:
+            self._last.popitem(last=False)
 
     def advance(self, alarm: Alarm) -> tuple[Transition, Callable[[], None]]:
         """Record a transition; returns what it means and how to undo it (if the alert

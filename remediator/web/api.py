@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from remediator import durations
+from remediator.actions import postgres
 from remediator.backends import state as state_mod
 from remediator.backends.audit import Query
 from remediator.models.alert import iso_ts, parse_time
@@ -24,6 +29,19 @@ async def metrics(request: web.Request) -> web.Response:
     d.refresh_gauges()
     body = generate_latest(d.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+"""The description of the whole HTTP API (docs/openapi.yaml links to it)."""
+
+
+@functools.cache
+def _openapi_json() -> bytes:
+    return json.dumps(yaml.safe_load(OPENAPI.read_text(encoding="utf-8"))).encode()
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=_openapi_json(), content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -148,6 +166,7 @@ def _pause_view(p: state_mod.Pause | None) -> dict[str, Any] | None:
 
 
 def _admin_refused(d: Daemon) -> web.Response:
+    d.metrics.bad_input.labels(source="api", kind="unauthorized").inc()
     if d.settings.auth.admin_token is None:
         return common.error(
             403, "admin API disabled: set REMEDIATOR_ADMIN_TOKEN (auth.admin_token_env)"
@@ -155,8 +174,50 @@ def _admin_refused(d: Daemon) -> web.Response:
     return common.error(401, "missing or wrong admin token", **{"WWW-Authenticate": "Bearer"})
 
 
+def _read_refused(request: web.Request, d: Daemon) -> web.Response | None:
+    """The 401/403 answer (counted) when this client may not read, else None."""
+    refusal = auth.read_refusal(request, d.settings.auth)
+    if refusal is None:
+        return None
+    status, message = refusal
+    d.metrics.bad_input.labels(
+        source="api", kind="unauthorized" if status == 401 else "forbidden"
+    ).inc()
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    return common.error(status, message, **headers)
+
+
+_USERINFO = re.compile(r"(?<=://)([^/@\s:]*):[^/@\s]*@")
+REDACTED = "[redacted]"
+
+
+def shown(value: Any, secrets: frozenset[str]) -> Any:
+    """What an answer may show of a value from the audit or the rules: every secret the
+    config read replaced, passwords in URLs replaced, and query texts (a `query` key, as
+    postgres.terminate_queries records them) with their literals replaced by `?`."""
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return _USERINFO.sub(rf"\1:{REDACTED}@", value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k == "query" and isinstance(v, str):
+                out[k] = shown(postgres.query_text(v, chars=len(v) + 1, redact=True), secrets)
+            else:
+                out[k] = shown(v, secrets)
+        return out
+    if isinstance(value, list):
+        return [shown(v, secrets) for v in value]
+    return value
+
+
 async def rules(request: web.Request) -> web.Response:
     d = request.app[common.DAEMON]
+    refused = _read_refused(request, d)
+    if refused is not None:
+        return refused
     now = d.clock.now()
     pauses = d.state.pauses()
     out: list[dict[str, Any]] = []
@@ -200,8 +261,8 @@ async def rules(request: web.Request) -> web.Response:
     active = main is not None and main.active(now)
     return web.json_response(
         {
-            "rules": out, "paused": active, "pause": _pause_view(main if active else None),
-            "dry_run": d.settings.dry_run,
+            "rules": shown(out, d.settings.secrets), "paused": active,
+            "pause": _pause_view(main if active else None), "dry_run": d.settings.dry_run,
         }
     )  # fmt: skip
 
@@ -209,17 +270,23 @@ async def rules(request: web.Request) -> web.Response:
 async def decision(request: web.Request) -> web.Response:
     """One decision's whole row: `GET /api/v1/decisions/{id}` (the link escalations carry)."""
     d = request.app[common.DAEMON]
+    refused = _read_refused(request, d)
+    if refused is not None:
+        return refused
     text = request.match_info["id"]
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
         return common.error(400, "a decision id is a positive integer")
     row = await d.audit.get(int(text))
     if row is None:
         return common.error(404, f"no decision {text}")
-    return web.json_response(row)
+    return web.json_response(shown(row, d.settings.secrets))
 
 
 async def decisions(request: web.Request) -> web.Response:
     d = request.app[common.DAEMON]
+    refused = _read_refused(request, d)
+    if refused is not None:
+        return refused
     q = request.query
     try:
         limit = int(q.get("limit", "100"))
@@ -240,7 +307,9 @@ async def decisions(request: web.Request) -> web.Response:
     )  # fmt: skip
     rows = await d.audit.query(query)
     next_before = rows[-1]["id"] if len(rows) == limit else None
-    return web.json_response({"decisions": rows, "next_before": next_before})
+    return web.json_response(
+        {"decisions": shown(rows, d.settings.secrets), "next_before": next_before}
+    )
 
 
 def _since(text: str, *, now: float) -> dt.datetime:

@@ -1,4 +1,9 @@
-"""Request authentication: Bearer or Basic for webhooks, Bearer for the admin API."""
+"""Request authentication: Bearer or Basic for webhooks, Bearer for the admin and read API.
+
+Header values are untrusted bytes: aiohttp hands a non-UTF-8 byte over as a surrogate
+escape, and every comparison here works on the bytes as sent, so such a header is just
+wrong credentials (401), never an error.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,19 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from remediator.settings import Auth
+from remediator.web import server
 
 
 def webhook_ok(request: web.Request, auth: Auth) -> bool:
     """True when the request carries the configured webhook credentials (or none are set)."""
     if auth.webhook_bearer_token is None and auth.webhook_basic_user is None:
         return True
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if auth.webhook_bearer_token is not None and scheme.lower() == "bearer":
-        return _same(value.strip(), auth.webhook_bearer_token)
-    if auth.webhook_basic_user is not None and scheme.lower() == "basic":
+    scheme, value = _authorization(request)
+    if auth.webhook_bearer_token is not None and scheme == "bearer":
+        return _same(value, auth.webhook_bearer_token)
+    if auth.webhook_basic_user is not None and scheme == "basic":
         try:
-            decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+            decoded = base64.b64decode(_bytes(value), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             return False
         user, sep, password = decoded.partition(":")
@@ -37,21 +42,52 @@ def webhook_ok(request: web.Request, auth: Auth) -> bool:
 def admin_ok(request: web.Request, auth: Auth) -> bool:
     if auth.admin_token is None:
         return False
+    scheme, value = _authorization(request)
+    return scheme == "bearer" and _same(value, auth.admin_token)
+
+
+def read_refusal(request: web.Request, auth: Auth) -> tuple[int, str] | None:
+    """Why a read (audit, rules, console) is refused — (status, message) — or None.
+
+    With a read or admin token configured, the request must carry one of them (401).
+    With none, only a loopback client may read (403): the TCP peer decides, never a
+    forwarded header, which any client can write.
+    """
+    if auth.reads_need_token:
+        scheme, value = _authorization(request)
+        tokens = [t for t in (auth.read_token, auth.admin_token) if t is not None]
+        # Every token is compared, so the time taken does not say which one was close.
+        if scheme == "bearer" and sum(_same(value, t) for t in tokens) > 0:
+            return None
+        return 401, "missing or wrong token: send Authorization: Bearer <read or admin token>"
+    if server.is_loopback(server.client_of(request.transport)):
+        return None
+    return 403, (
+        "reads from other hosts need a token: set auth.read_token_env "
+        "(REMEDIATOR_READ_TOKEN) and send it as a Bearer token"
+    )
+
+
+def _authorization(request: web.Request) -> tuple[str, str]:
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and _same(value.strip(), auth.admin_token)
+    return scheme.lower(), value.strip()
 
 
 def approver(request: web.Request, tokens: Mapping[str, str]) -> str | None:
     """The name of the approver whose token the request carries (`approvals.tokens`)."""
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not tokens:
+    scheme, value = _authorization(request)
+    if scheme != "bearer" or not tokens:
         return None
     found = None
     for name, token in tokens.items():  # every one compared: no early exit to time
-        if _same(value.strip(), token):
+        if _same(value, token):
             found = name
     return found
 
 
-def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")  # never raises, whatever was sent
+
+
+def _same(given: str, expected: str) -> bool:
+    return hmac.compare_digest(_bytes(given), expected.encode("utf-8"))

@@ -6,16 +6,19 @@ input makes one answer 500: every failure of the input is a 4xx, counted by kind
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
 import os
 import sqlite3
+import zlib
 from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 
 from remediator import errors
+from remediator.backends import journal as journal_mod
 from remediator.models.alert import Alert
 
 if TYPE_CHECKING:
@@ -36,15 +39,78 @@ def stopping() -> web.Response:
 
 
 async def read_body(request: web.Request, d: Daemon, source: str) -> bytes | web.Response:
-    """The body, or the 413 answer (counted) when it is larger than intake.max_body_bytes."""
+    """The body (decoded from gzip or deflate), or the counted 4xx answer: 413 larger than
+    intake.max_body_bytes (before or after decoding), 408 slower than http.body_timeout,
+    400 truncated or not decodable, 415 an encoding we do not speak."""
+    limit = d.settings.intake.max_body_bytes
     try:
-        return await request.read()
+        async with asyncio.timeout(d.settings.http.body_timeout):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        d.metrics.bad_input.labels(source=source, kind="too_large").inc()
-        return error(
-            413,
-            f"body larger than {d.settings.intake.max_body_bytes} bytes (intake.max_body_bytes)",
+        return _body_refused(d, source, 413, "too_large", _too_large(limit))
+    except TimeoutError:
+        return _body_refused(
+            d, source, 408, "timeout",
+            f"body not received within {d.settings.http.body_timeout:g}s (http.body_timeout)",
+        )  # fmt: skip
+    except (web.RequestPayloadError, ConnectionError) as exc:
+        # The sender went away mid-body, or framed it wrongly (bad chunking, short body).
+        return _body_refused(d, source, 400, "truncated", f"body incomplete: {exc}")
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler of a connection lost mid-body: nobody is left to
+        # answer, but it is still input we refused.
+        if not d.stopping:
+            d.metrics.bad_input.labels(source=source, kind="truncated").inc()
+        raise
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    try:
+        return decode(raw, encoding, limit=limit)
+    except errors.PayloadTooLarge:
+        return _body_refused(d, source, 413, "too_large", _too_large(limit) + " once decoded")
+    except errors.IntakeError as exc:
+        kind = "bad_encoding" if exc.status == 400 else "unsupported_encoding"
+        return _body_refused(d, source, exc.status, kind, str(exc))
+
+
+def decode(raw: bytes, encoding: str, *, limit: int) -> bytes:
+    """A gzip or deflate (zlib or raw) body, never more than `limit` bytes once decoded."""
+    if encoding in ("gzip", "x-gzip"):
+        wbits = [16 + zlib.MAX_WBITS]
+    elif encoding == "deflate":
+        wbits = [zlib.MAX_WBITS, -zlib.MAX_WBITS]  # zlib-wrapped, as the RFC says, or raw
+    else:
+        raise errors.IntakeError(
+            f"Content-Encoding {encoding[:40]!r} is not supported (gzip, deflate or none)",
+            status=415,
         )
+    problem = ""
+    for bits in wbits:
+        inflater = zlib.decompressobj(wbits=bits)
+        try:
+            out = inflater.decompress(raw, limit + 1)
+        except zlib.error as exc:
+            problem = str(exc)
+            continue
+        if len(out) > limit:
+            raise errors.PayloadTooLarge(f"decoded body larger than {limit} bytes")
+        if not inflater.eof or inflater.unused_data:
+            problem = "truncated or followed by other data"
+            continue
+        return out
+    raise errors.IntakeError(f"body is not valid {encoding}: {problem}")
+
+
+def _too_large(limit: int) -> str:
+    return f"body larger than {limit} bytes (intake.max_body_bytes)"
+
+
+def _body_refused(d: Daemon, source: str, status: int, kind: str, message: str) -> web.Response:
+    d.metrics.bad_input.labels(source=source, kind=kind).inc()
+    response = error(status, message)
+    response.force_close()  # what is left of the body is not worth reading
+    return response
 
 
 def refused(d: Daemon, source: str, exc: errors.IntakeError, *, kind: str = "") -> web.Response:
@@ -62,12 +128,15 @@ async def journal(
     payload: bytes,
     request_id: str,
     received_at: dt.datetime,
+    also: journal_mod.Also | None = None,
 ) -> web.Response:
-    """Journal durably, then 200; 503 (the sender retries) when the backlog is full."""
+    """Journal durably (with `also` in the same transaction), then 200; 503 (the sender
+    retries) when the backlog is full or the journal cannot be written."""
     try:
         entries = await d.accept(
-            alerts, source=source, payload=payload, request_id=request_id, received_at=received_at
-        )
+            alerts, source=source, payload=payload, request_id=request_id,
+            received_at=received_at, also=also,
+        )  # fmt: skip
     except errors.Backpressure as exc:
         return error(503, str(exc), **{"Retry-After": "5"})
     except (errors.RemediatorError, sqlite3.Error) as exc:
@@ -78,7 +147,16 @@ async def journal(
 
 
 def request_id(request: web.Request) -> str:
+    """The sender's X-Request-Id when it is a short token, else one of ours; the same for
+    every call on one request."""
+    known: str | None = request.get(_REQUEST_ID)
+    if known is not None:
+        return known
     given = request.headers.get("X-Request-Id", "")
-    if 0 < len(given) <= 64 and given.isascii() and given.replace("-", "").isalnum():
-        return given
-    return f"{_BOOT}-{next(_request_ids)}"
+    if not (0 < len(given) <= 64 and given.isascii() and given.replace("-", "").isalnum()):
+        given = f"{_BOOT}-{next(_request_ids)}"
+    request[_REQUEST_ID] = given
+    return given
+
+
+_REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
