@@ -34,6 +34,7 @@ from remediator import errors
 from remediator import settings as settings_mod
 from remediator.actions import aws as aws_actions
 from remediator.actions import registry
+from remediator.actions.aws import common as aws_common
 from remediator.matching import loader
 from tests.aws_emulator import AwsProxy, MotoServer
 from tests.harness import START, Harness, am_alert
@@ -203,7 +204,7 @@ async def aws(
     finally:
         await proxy.stop()
     undeclared = set(proxy.calls) - DECLARED
-    assert not undeclared, f"calls not declared in actions.aws.CALLS: {undeclared}"
+    assert not undeclared, f"calls not declared in actions.aws.common.CALLS: {undeclared}"
 
 
 def harness(tmp_path: Path, aws: Aws, rules: str, **kw: Any) -> Harness:
@@ -862,7 +863,7 @@ def test_scale_and_redrive_rules_need_their_bounds(
 def test_a_change_is_clamped_and_never_goes_the_other_way(
     current: int, change: dict[str, int], new: int, why: str
 ) -> None:
-    assert aws_actions._plan(current, change, 1, 6) == (new, why)
+    assert aws_common.plan(current, change, 1, 6) == (new, why)
 
 
 @hypothesis.given(
@@ -878,7 +879,7 @@ def test_a_change_lands_within_the_bounds_or_not_at_all(
     current: int, change: dict[str, int], lo: int, span: int
 ) -> None:
     hi = lo + span
-    new, why = aws_actions._plan(current, change, lo, hi)
+    new, why = aws_common.plan(current, change, lo, hi)
     want = change["to"] if "to" in change else current + change["step"]
     if new == current:
         assert why
@@ -934,11 +935,15 @@ def test_a_bad_aws_section_names_the_key(tmp_path: Path, text: str, message: str
 
 
 def called_operations() -> set[tuple[str, str]]:
-    """Every (service, operation) literally passed to `_call` in the actions module."""
-    tree = ast.parse(Path(aws_actions.__file__).read_text())
+    """Every (service, operation) literally passed to `common.call` in the AWS family."""
     found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_call":
+    for path in Path(aws_actions.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = node.func if isinstance(node, ast.Call) else None
+            if not (isinstance(func, ast.Attribute) and func.attr == "call"):
+                continue
+            if getattr(func.value, "id", None) != "common":
+                continue
             service, operation = node.args[2], node.args[3]
             assert isinstance(service, ast.Constant) and isinstance(operation, ast.Constant)
             found.add((service.value, operation.value))
