@@ -33,8 +33,7 @@ from hypothesis import strategies as st
 from remediator import errors
 from remediator import settings as settings_mod
 from remediator.actions import aws as aws_actions
-from remediator.actions import registry
-from remediator.actions.aws import common as aws_common
+from remediator.actions import params, registry
 from remediator.matching import loader
 from tests.aws_emulator import AwsProxy, MotoServer
 from tests.harness import START, Harness, am_alert
@@ -863,7 +862,7 @@ def test_scale_and_redrive_rules_need_their_bounds(
 def test_a_change_is_clamped_and_never_goes_the_other_way(
     current: int, change: dict[str, int], new: int, why: str
 ) -> None:
-    assert aws_common.plan(current, change, 1, 6) == (new, why)
+    assert params.plan(current, change, 1, 6) == (new, why)
 
 
 @hypothesis.given(
@@ -879,7 +878,7 @@ def test_a_change_lands_within_the_bounds_or_not_at_all(
     current: int, change: dict[str, int], lo: int, span: int
 ) -> None:
     hi = lo + span
-    new, why = aws_common.plan(current, change, lo, hi)
+    new, why = params.plan(current, change, lo, hi)
     want = change["to"] if "to" in change else current + change["step"]
     if new == current:
         assert why

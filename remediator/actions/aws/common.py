@@ -330,23 +330,6 @@ def ordered(values: Mapping[str, Any], lo: str, hi: str) -> None:
         raise errors.ParamError(lo, f"{values[lo]} is above {hi} ({values[hi]})")
 
 
-def plan(current: int, values: Mapping[str, Any], lo: int, hi: int) -> tuple[int, str]:
-    """The new value for `step` or `to`, clamped to [lo, hi]; (current, why) for no change.
-
-    A change never goes the other way from what was asked: a step up from above the
-    upper bound (a person scaled further by hand) leaves the value alone.
-    """
-    want = values["to"] if "to" in values else current + values["step"]
-    new = min(max(want, lo), hi)
-    if want == current:
-        return current, f"it is already {current}"
-    if (want - current) * (new - current) <= 0:
-        if want > current:
-            return current, f"{current} is already at or above the upper bound {hi}"
-        return current, f"{current} is already at or below the lower bound {lo}"
-    return new, ""
-
-
 def bounds_note(values: Mapping[str, Any], lo: int, hi: int, new: int, current: int) -> str:
     want = values["to"] if "to" in values else current + values["step"]
     return f" (clamped from {want} to {lo}..{hi})" if want != new else f" (bounds {lo}..{hi})"

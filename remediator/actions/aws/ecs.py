@@ -223,7 +223,7 @@ class EcsScale:
         svc = await _describe_service(ctx, cfg, cluster, service)
         current = int(svc.get("desiredCount", 0))
         lo, hi = values["min_desired_count"], values["max_desired_count"]
-        new, why = common.plan(current, values, lo, hi)
+        new, why = params.plan(current, values, lo, hi)
         if new != current:
             return current, new, None
         data = {

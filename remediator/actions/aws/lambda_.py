@@ -113,7 +113,7 @@ class LambdaSetConcurrency:
                 "a rule), and is never turned back on automatically"
             )
             return current, current, common.no_change(what, why, data)
-        new, why = common.plan(current, values, lo, hi)
+        new, why = params.plan(current, values, lo, hi)
         if new == current:
             return current, current, common.no_change(what, why, data)
         if new == 0 and values.get("allow_zero") is not True:  # excluded by the bounds
