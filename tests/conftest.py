@@ -1,4 +1,5 @@
-"""Suite-wide guards: every async test must leave no task behind and never block the loop."""
+"""Suite-wide guards (every async test must leave no task behind and never block the loop)
+and the fixtures several test modules share."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
+
+# moto's server and the AWS proxy, for every AWS test module.
+from tests.aws_fixtures import aws, moto  # noqa: F401 - fixtures, found by pytest by name
 
 SLOW_CALLBACK_SECONDS = 1.0
 """A callback holding the loop this long is a blocking call (generous: CI boxes are loaded)."""

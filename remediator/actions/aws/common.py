@@ -34,6 +34,10 @@ class Call:
     """IAM actions the caller needs for it; the first is the operation's own."""
     changes: bool
     """True when it changes something (a lost answer leaves the outcome unknown)."""
+    unscoped: bool = False
+    """True for a read AWS authorizes only on all resources ("*"): it has no resource
+    type in the Service Authorization Reference (ecs:ListTaskDefinitions,
+    ecs:DescribeTaskDefinition, lambda:ListEventSourceMappings). Only reads may be."""
 
 
 CALLS: dict[tuple[str, str], Call] = {}
@@ -45,7 +49,14 @@ def declare(service: str, calls: Mapping[str, Call]) -> None:
     for operation, c in calls.items():
         if (service, operation) in CALLS:
             raise RuntimeError(f"{service} {operation} declared twice")
+        if c.unscoped and c.changes:
+            raise RuntimeError(f"{service} {operation}: only a read may be granted on '*'")
         CALLS[(service, operation)] = c
+
+
+def code_of(exc: BaseException) -> str:
+    """The AWS error code an error carries (`PreconditionFailedException`), or ""."""
+    return str(getattr(exc, "code", ""))
 
 
 def iam_actions() -> set[str]:

@@ -7,6 +7,7 @@ ecs.rollback              UpdateService(taskDefinition) back to the previous ACT
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -21,6 +22,12 @@ common.declare(
     {
         "describe_services": common.Call("DescribeServices", ("ecs:DescribeServices",), False),
         "update_service": common.Call("UpdateService", ("ecs:UpdateService",), True),
+        "describe_task_definition": common.Call(
+            "DescribeTaskDefinition", ("ecs:DescribeTaskDefinition",), False, unscoped=True
+        ),
+        "list_task_definitions": common.Call(
+            "ListTaskDefinitions", ("ecs:ListTaskDefinitions",), False, unscoped=True
+        ),
     },
 )
 
@@ -111,6 +118,9 @@ class EcsForceNewDeployment:
 
     def target(self, values: Mapping[str, Any]) -> str:
         return "/".join(_ecs_names(values))
+
+    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
+        return await service_evidence(values, ctx)
 
     async def _look(
         self, values: Mapping[str, Any], ctx: Context, cfg: common.AwsConfig
@@ -216,6 +226,9 @@ class EcsScale:
     def target(self, values: Mapping[str, Any]) -> str:
         return "/".join(_ecs_names(values))
 
+    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
+        return await service_evidence(values, ctx)
+
     async def _look(
         self, values: Mapping[str, Any], ctx: Context, cfg: common.AwsConfig
     ) -> tuple[int, int, Result | None]:
@@ -283,5 +296,216 @@ class EcsScale:
         )
 
 
+# -- rollback ---------------------------------------------------------------------------
+
+_TD_NAME = re.compile(r"([A-Za-z0-9_-]{1,255}):([0-9]{1,9})")
+_TD_ARN = re.compile(
+    r"arn:(aws|aws-cn|aws-us-gov):ecs:([a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}):([0-9]{12}):"
+    r"task-definition/([A-Za-z0-9_-]{1,255}):([0-9]{1,9})"
+)
+EVIDENCE_EVENTS = 10
+"""Service events kept in the evidence (DescribeServices lists the newest first)."""
+HISTORY_PAGE = 100
+"""Task definition revisions read to find the previous ACTIVE one (newest first)."""
+
+
+def _task_definition_param() -> params.Validator:
+    def check(field: str, value: Any) -> str:
+        if not isinstance(value, str) or not (
+            _TD_NAME.fullmatch(value) or _TD_ARN.fullmatch(value)
+        ):
+            raise errors.ParamError(
+                field, f"{value!r:.80} is not a task definition family:revision or its ARN"
+            )
+        return value
+
+    return check
+
+
+def _family_revision(arn_or_name: str) -> tuple[str, int]:
+    m = _TD_NAME.fullmatch(arn_or_name.rpartition("/")[2])
+    if m is None:
+        raise errors.PermanentError(f"not a task definition revision: {arn_or_name!r}")
+    return m.group(1), int(m.group(2))
+
+
+class EcsRollback:
+    type: ClassVar[str] = "ecs.rollback"
+    # Run again it would step back once more: never repeated by the engine. botocore's
+    # own retries resend the same absolute taskDefinition, which is harmless.
+    idempotent: ClassVar[bool] = False
+    local: ClassVar[bool] = False
+    schema: ClassVar[params.Schema] = params.Schema(
+        {
+            **_ECS_TARGET,
+            "task_definition": params.Field(
+                _task_definition_param(),
+                required=False,
+                doc="roll back to this revision (family:revision or ARN, in the service's "
+                "family); default: the previous ACTIVE revision",
+            ),
+        },
+        literal=frozenset({"task_definition"}),
+    )
+
+    def check_allowed(self, values: Mapping[str, Any], settings: Settings) -> None:
+        cfg = _ecs_check(values, settings)
+        m = _TD_ARN.fullmatch(values.get("task_definition") or "")
+        if cfg is not None and m is not None:
+            arn = common.Ref(m.group(4), m.group(1), m.group(2), m.group(3))
+            common.check_place("task_definition", arn, cfg)
+
+    def target(self, values: Mapping[str, Any]) -> str:
+        return "/".join(_ecs_names(values))
+
+    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
+        return await service_evidence(values, ctx)
+
+    async def _look(
+        self, values: Mapping[str, Any], ctx: Context, cfg: common.AwsConfig
+    ) -> tuple[str, str, Result | None]:
+        """(current task definition ARN, the one to roll back to, or the no-change Result)."""
+        cluster, service = _ecs_names(values)
+        what = f"ecs service {cluster}/{service}"
+        svc = await _describe_service(ctx, cfg, cluster, service)
+        controller = (svc.get("deploymentController") or {}).get("type", "ECS")
+        if controller != "ECS":
+            raise errors.PermanentError(
+                f"{what} uses the {controller} deployment controller: roll it back through "
+                "it (codedeploy.stop_deployment with auto_rollback), not UpdateService"
+            )
+        current = str(svc.get("taskDefinition", ""))
+        family, revision = _family_revision(current)
+        data = {"cluster": cluster, "service": service, "task_definition": f"{family}:{revision}"}
+        wanted = values.get("task_definition")
+        if wanted is not None:
+            w_family, w_revision = _family_revision(wanted)
+            if w_family != family:
+                raise errors.NotAllowed(
+                    "task_definition",
+                    f"{w_family}:{w_revision} is not of the service's family {family!r}",
+                )
+            found = await common.call(
+                ctx, cfg, "ecs", "describe_task_definition",
+                {"taskDefinition": f"{family}:{w_revision}"}, resource=f"{family}:{w_revision}",
+            )  # fmt: skip
+            td = found.get("taskDefinition") or {}
+            if td.get("status") != "ACTIVE":
+                raise errors.PermanentError(
+                    f"task definition {family}:{w_revision} is {td.get('status')}, not ACTIVE: "
+                    "a service cannot be rolled back to it"
+                )
+            chosen = str(td.get("taskDefinitionArn"))
+            if w_revision == revision:
+                why = f"it already runs {family}:{revision}"
+                return current, chosen, common.no_change(what, why, data)
+            return current, chosen, None
+        query = {"familyPrefix": family, "status": "ACTIVE", "sort": "DESC"}
+        listed = await common.call(
+            ctx, cfg, "ecs", "list_task_definitions", query | {"maxResults": HISTORY_PAGE},
+            resource=family,
+        )  # fmt: skip
+        older = [
+            (r, arn)
+            for arn in listed.get("taskDefinitionArns") or []
+            for f, r in [_family_revision(str(arn))]
+            if f == family and r < revision  # familyPrefix `api` also lists `api-worker`
+        ]
+        if not older:
+            raise errors.PermanentError(
+                f"{what} runs {family}:{revision} and the family has no earlier ACTIVE "
+                "revision to roll back to"
+            )
+        return current, str(max(older)[1]), None
+
+    async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        cfg = _ecs_check(values, ctx.settings)
+        assert cfg is not None  # family_config refuses a live run without the section
+        cluster, service = _ecs_names(values)
+        current, chosen, skip = await self._look(values, ctx, cfg)
+        if skip is not None:
+            return skip
+        answer = await common.call(
+            ctx, cfg, "ecs", "update_service",
+            {"cluster": cluster, "service": service, "taskDefinition": chosen},
+            resource=f"{cluster}/{service}",
+        )  # fmt: skip
+        after = answer.get("service") or {}
+        if after.get("taskDefinition") != chosen:
+            raise errors.PermanentError(
+                f"ecs UpdateService {cluster}/{service} answered taskDefinition "
+                f"{after.get('taskDefinition')}, not {chosen}: check the service's deployments"
+            )
+        primary = _primary(after)
+        on_new = primary.get("taskDefinition") == chosen
+        return Result(
+            detail=f"rolled back ecs service {cluster}/{service} from "
+            f"{_task_definition({'taskDefinition': current})} to "
+            f"{_task_definition({'taskDefinition': chosen})}"
+            + (f" (deployment {primary.get('id')})" if on_new else ""),
+            data={
+                "cluster": cluster,
+                "service": service,
+                "from": _task_definition({"taskDefinition": current}),
+                "to": _task_definition({"taskDefinition": chosen}),
+                "deployment_id": primary.get("id") if on_new else None,
+            },
+        )
+
+    async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        cluster, service = _ecs_names(values)
+        cfg = _ecs_check(values, ctx.settings)
+        to = values.get("task_definition") or "its previous ACTIVE task definition"
+        if cfg is None:
+            return common.not_checked(f"would roll back ecs service {cluster}/{service} to {to}")
+        current, chosen, skip = await self._look(values, ctx, cfg)
+        if skip is not None:
+            return skip
+        before = _task_definition({"taskDefinition": current})
+        after = _task_definition({"taskDefinition": chosen})
+        return Result(
+            detail=f"would roll back ecs service {cluster}/{service} from {before} to {after}",
+            data={"cluster": cluster, "service": service, "from": before, "to": after},
+        )
+
+
+# -- evidence -----------------------------------------------------------------------------
+
+
+async def service_evidence(values: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """What the service looks like before acting: counts, deployments, last events."""
+    cfg = common.cfg(ctx.settings)
+    if cfg is None:
+        return {"note": f"not captured: no `{common.SECTION}:` config"}
+    cluster, service = _ecs_names(values)
+    svc = await _describe_service(ctx, cfg, cluster, service)
+    return {
+        "service": f"{cluster}/{service}",
+        "desired": svc.get("desiredCount"),
+        "running": svc.get("runningCount"),
+        "pending": svc.get("pendingCount"),
+        "task_definition": _task_definition(svc),
+        "deployments": [
+            {
+                "id": d.get("id"),
+                "status": d.get("status"),
+                "rollout": d.get("rolloutState"),
+                "task_definition": _task_definition(d),
+                "desired": d.get("desiredCount"),
+                "running": d.get("runningCount"),
+                "failed_tasks": d.get("failedTasks", 0),
+            }
+            for d in svc.get("deployments") or []
+            if isinstance(d, dict)
+        ],
+        "events": [
+            {"time": str(e.get("createdAt", "")), "message": str(e.get("message", ""))[:300]}
+            for e in (svc.get("events") or [])[:EVIDENCE_EVENTS]
+            if isinstance(e, dict)
+        ],
+    }
+
+
 registry.register(EcsForceNewDeployment())
 registry.register(EcsScale())
+registry.register(EcsRollback())
