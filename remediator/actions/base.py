@@ -32,6 +32,10 @@ class Context:
     """The audit row this run records into; 0 when there is none yet (a dry run, a
     simulation). Actions derive idempotency tokens from it (CloudFront's
     CallerReference) and link to it (PagerDuty)."""
+    target: str = ""
+    """The remediated target this run is about (`kubernetes.rollout_restart
+    prod/deployment/api`); for an escalation, the target of the fix that did not take.
+    notify.pagerduty keys its dedup key on it: one page per rule and target."""
     now: Callable[[], float] = time.time
     """Unix time in seconds: the engine's clock, so time-based limits of a family (one
     RDS failover per window) follow the injected clock in tests."""
