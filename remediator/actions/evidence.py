@@ -77,10 +77,13 @@ def bounded(data: Mapping[str, Any], limit: int = MAX_BYTES) -> dict[str, Any]:
             cut["truncated"] = True
             return cut
     cut = _cut(out, 40, 3)
+    sizes = {k: _size(v) for k, v in cut.items()}
     dropped: list[str] = []
-    while cut and _size(cut) + 80 > limit:
-        key = max(cut, key=lambda k: _size(cut[k]))
-        dropped.append(key)
+    for key in sorted(sizes, key=lambda k: -sizes[k]):
+        marks = {"truncated": True, "dropped": sorted(dropped)[:10]} if dropped else {}
+        if _size({**cut, "truncated": True, **marks}) <= limit:
+            break
+        dropped.append(key[:40])
         del cut[key]
     cut["truncated"] = True
     if dropped:
