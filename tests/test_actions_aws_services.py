@@ -785,3 +785,33 @@ def test_every_new_action_is_registered_with_its_retry_policy() -> None:
 def test_a_tag_timestamp_is_what_the_window_reads() -> None:
     stamp = rds_actions._iso(dt.datetime(2027, 1, 15, 12, tzinfo=dt.UTC).timestamp())
     assert rds_actions._TAG_VALUE.fullmatch(f"{stamp} rule=r decision=3")
+
+
+async def test_the_new_example_rules_decide_dry_run_on_a_bare_start(tmp_path: Path) -> None:
+    # `make run`: no config, dry-run on. Nothing is checked, nothing is called.
+    repo = Path(__file__).resolve().parent.parent / "rules"
+    rules = "rules:\n" + "".join(
+        (repo / f).read_text().split("rules:\n", 1)[1]
+        for f in ("plooral-rollback.yaml", "ons.yaml", "agente-kubernetes.yaml")
+    )
+    alerts = [
+        am_alert("PlooralAPIErrorsAfterDeploy", ClusterName=CLUSTER, ServiceName="plooral-api"),
+        am_alert("PlooralWorkerFailure", metric="Errors", FunctionName=FUNCTION),
+        am_alert("PlooralWorkerCascade"),
+        am_alert("PlooralFrontendStale"),
+        am_alert("PlooralAuroraWriterUnhealthy"),
+        am_alert("ONSLambdaHighErrorRate", FunctionName="lambda_router"),
+        am_alert("ONSFeatureFlagErrors", flag="enable_problematic_feature"),
+        am_alert("ONSCriticalFailure"),
+        am_alert("ONSDataCorruptionSuspected"),
+        am_alert("HighErrorRate", namespace="prod", deployment="agente-api"),
+        am_alert("HighResponseTime", namespace="prod"),
+    ]
+    budgets = "limits: {max_targets_per_window: 20}\n"  # more targets than the default 10
+    async with Harness(tmp_path, rules=rules, config=budgets) as h:
+        await h.fire(*alerts)
+        rows = await h.decisions()
+    assert len(rows) == len(alerts)
+    for row in rows:
+        assert (row["outcome"], row["reason"]) == ("dry_run", ""), row
+        assert "not checked" in row["detail"], row["detail"]
