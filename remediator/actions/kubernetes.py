@@ -1,14 +1,17 @@
-"""`kubernetes.*`: rollout restart, bounded scale, bounded pod delete — the way kubectl does.
+"""`kubernetes.*`: rollout restart and undo, bounded scale of replicas or of an HPA's
+bounds, bounded pod delete — the way kubectl does — and the evidence they capture.
 
 What keeps a label value from steering these actions (in this order):
 
 1. Params are validated by format: DNS-1123 names, label keys and values, bounded
    integers. Bounds (`min_replicas`, `max_replicas`, `max_pods`, `allow_last_ready`,
-   `if_rolling_out`) must be literal in the rule: a template there is a rule error.
+   `if_rolling_out`, `to_revision`, an HPA's changes, `floor`, `ceiling`) must be literal
+   in the rule: a template there is a rule error.
 2. Before any request (`check_allowed`): the namespace must be in
    `kubernetes.allowed_namespaces`, the workload not in `kubernetes.protected_workloads`.
-3. At run time, a workload (or a pod's owning workload) carrying the protected label or
-   annotation (`remediator.io/protected: "true"`) is refused before anything is written.
+3. At run time, a workload (or a pod's owning workload, or an HPA's target) carrying
+   the protected label or annotation (`remediator.io/protected: "true"`) is refused
+   before anything is written; so is a rollback of what a GitOps controller reconciles.
 
 Dry-run sends the very same writes with `dryRun=All`: the API server authorizes,
 admits and validates them and persists nothing, so a dry run proves the target exists
