@@ -7,6 +7,7 @@ available to all tests through tests/conftest.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
@@ -41,6 +42,9 @@ def moto() -> Iterator[MotoServer]:
     loader = SESSION._session.get_component("data_loader")
     for service in SERVICES:
         loader.load_service_model(service, "service-2")
+        loader.load_service_model(service, "endpoint-rule-set-1")
+    for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
+        loader.load_data(name)
     server = MotoServer().start()
     try:
         yield server
@@ -168,17 +172,16 @@ async def aws(
     proxy = await AwsProxy(moto.url).start()
     session = SESSION  # shared: it caches the service models, the clients are per test
     try:
-        async with (
-            session.client("ecs", endpoint_url=moto.url) as ecs,
-            session.client("lambda", endpoint_url=moto.url) as lam,
-            session.client("sqs", endpoint_url=moto.url) as sqs,
-            session.client("iam", endpoint_url=moto.url) as iam,
-            session.client("events", endpoint_url=moto.url) as events,
-            session.client("appconfig", endpoint_url=moto.url) as appconfig,
-            session.client("cloudfront", endpoint_url=moto.url) as cloudfront,
-            session.client("codedeploy", endpoint_url=moto.url) as codedeploy,
-            session.client("rds", endpoint_url=moto.url) as rds,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            clients = []
+            for name in SERVICES:
+                clients.append(
+                    await stack.enter_async_context(session.client(name, endpoint_url=moto.url))
+                )
+                # Each client is built in its own loop step: nine in one would hold the
+                # loop for a second on a loaded machine (the suite fails a blocked loop).
+                await asyncio.sleep(0)
+            ecs, lam, sqs, iam, events, appconfig, cloudfront, codedeploy, rds = clients
             yield Aws(proxy, ecs, lam, sqs, iam, events, appconfig, cloudfront, codedeploy, rds)
     finally:
         await proxy.stop()

@@ -217,6 +217,25 @@ def _flag() -> params.Validator:
 
 _NAMESPACE = params.Field(params.dns_label(), doc="namespace (must be in allowed_namespaces)")
 _NAME = params.Field(params.dns_subdomain(), doc="the workload's name")
+_KIND = params.Field(
+    params.choice("deployment", "statefulset", "daemonset"),
+    required=False,
+    default="deployment",
+    doc="the workload's kind",
+)
+
+
+class _OnWorkload:
+    """What the actions on one workload (`namespace`, `kind`, `name`) share."""
+
+    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
+        _check_workload(values, base.family_config(settings, SECTION))
+
+    def target(self, values: Mapping[str, Any]) -> str:
+        return _workload_key(values)
+
+    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
+        return await workload_evidence(ctx, values["kind"], values["namespace"], values["name"])
 
 
 # --------------------------------------------------------------------------- shared
@@ -344,7 +363,7 @@ def _rollout_in_progress(kind: str, obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-class RolloutRestart:
+class RolloutRestart(_OnWorkload):
     type: ClassVar[str] = "kubernetes.rollout_restart"
     # Each run is a new restart (a new restartedAt), so the engine must not repeat it;
     # a lost answer is retried here with the same patch body, which is harmless.
@@ -354,12 +373,7 @@ class RolloutRestart:
         {
             "namespace": _NAMESPACE,
             "name": _NAME,
-            "kind": params.Field(
-                params.choice("deployment", "statefulset", "daemonset"),
-                required=False,
-                default="deployment",
-                doc="the workload's kind",
-            ),
+            "kind": _KIND,
             "if_rolling_out": params.Field(
                 params.choice("skip", "restart"),
                 required=False,
@@ -371,20 +385,11 @@ class RolloutRestart:
         literal=frozenset({"if_rolling_out"}),
     )
 
-    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
-        _check_workload(values, base.family_config(settings, SECTION))
-
-    def target(self, values: Mapping[str, Any]) -> str:
-        return _workload_key(values)
-
     async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         return await self._restart(values, ctx, dry=False)
 
     async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         return await self._restart(values, ctx, dry=True)
-
-    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
-        return await workload_evidence(ctx, values["kind"], values["namespace"], values["name"])
 
     async def _restart(self, values: Mapping[str, Any], ctx: Context, *, dry: bool) -> Result:
         kind, ns, name = values["kind"], values["namespace"], values["name"]
@@ -439,7 +444,7 @@ def _scale_across(values: Mapping[str, Any]) -> None:
         raise errors.ParamError("min_replicas", f"{lo} is above max_replicas {hi}")
 
 
-class Scale:
+class Scale(_OnWorkload):
     type: ClassVar[str] = "kubernetes.scale"
     # A step applied twice is two steps: never repeated by the engine. Requests are
     # retried here (the PUT carries the resourceVersion read, so it cannot double).
@@ -474,20 +479,11 @@ class Scale:
         across=_scale_across,
     )
 
-    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
-        _check_workload(values, base.family_config(settings, SECTION))
-
-    def target(self, values: Mapping[str, Any]) -> str:
-        return _workload_key(values)
-
     async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         return await self._scale(values, ctx, dry=False)
 
     async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         return await self._scale(values, ctx, dry=True)
-
-    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
-        return await workload_evidence(ctx, values["kind"], values["namespace"], values["name"])
 
     @staticmethod
     def desired(values: Mapping[str, Any], current: int) -> tuple[int, str]:
@@ -950,7 +946,7 @@ def _history(kind: str, obj: Mapping[str, Any], items: list[dict[str, Any]]) -> 
     return sorted(out, key=lambda r: r.number)
 
 
-class RolloutUndo:
+class RolloutUndo(_OnWorkload):
     type: ClassVar[str] = "kubernetes.rollout_undo"
     # Run again it would step back once more: never repeated by the engine. A request
     # is retried here with the same body, whose resourceVersion makes a repeat a 409.
@@ -960,12 +956,7 @@ class RolloutUndo:
         {
             "namespace": _NAMESPACE,
             "name": _NAME,
-            "kind": params.Field(
-                params.choice("deployment", "statefulset", "daemonset"),
-                required=False,
-                default="deployment",
-                doc="the workload's kind",
-            ),
+            "kind": _KIND,
             "to_revision": params.Field(
                 params.integer(lo=1, hi=10**9),
                 required=False,
@@ -976,20 +967,11 @@ class RolloutUndo:
         literal=frozenset({"to_revision"}),
     )
 
-    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
-        _check_workload(values, base.family_config(settings, SECTION))
-
-    def target(self, values: Mapping[str, Any]) -> str:
-        return _workload_key(values)
-
     async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         return await self._undo(values, ctx, dry=False)
 
     async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         return await self._undo(values, ctx, dry=True)
-
-    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
-        return await workload_evidence(ctx, values["kind"], values["namespace"], values["name"])
 
     async def _undo(self, values: Mapping[str, Any], ctx: Context, *, dry: bool) -> Result:
         kind, ns, name = values["kind"], values["namespace"], values["name"]

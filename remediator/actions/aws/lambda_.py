@@ -92,12 +92,7 @@ class LambdaSetConcurrency:
         self._check(values, settings)
 
     def _check(self, values: Mapping[str, Any], settings: Settings) -> common.AwsConfig | None:
-        cfg = common.cfg(settings)
-        if cfg is not None:
-            fn = common.ref(values["function"], "function")
-            common.check_place("function", fn, cfg)
-            common.check_listed("function", fn.name, cfg.lambda_functions, "aws.lambda.functions")
-        return cfg
+        return _check_function(values, settings)
 
     async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
         return await function_evidence(values, ctx)
