@@ -341,6 +341,11 @@ async def test_a_trigger_dry_run_and_a_missing_trigger(tmp_path: Path, aws: Aws)
     row = await fire_one(tmp_path / "2", aws, trigger_rule("false", "plooral-emails"))
     assert (row["outcome"], row["reason"]) == ("failed", "action_error")
     assert "has no event source mapping from queue plooral-emails" in row["detail"]
+    other = rule("lambda.set_event_source", "function: billing-worker\nsource: q\nenabled: false")
+    row = await fire_one(tmp_path / "3", aws, other)
+    assert (row["outcome"], row["reason"]) == ("skipped", "not_allowed")
+    assert "'billing-worker' is not in aws.lambda.functions" in row["detail"]
+    assert aws.proxy.count("lambda", "UpdateEventSourceMapping") == 0
 
 
 async def test_lambda_evidence_shows_aliases_and_triggers(tmp_path: Path, aws: Aws) -> None:
@@ -634,6 +639,9 @@ async def test_in_progress_deployments_are_stopped_with_auto_rollback(
         f"stopped 1 deployment(s) of codedeploy group {GROUP} with auto-rollback: "
         f"{running} (InProgress → Stopped)"
     )
+    assert aws.proxy.stopped == [(running, True)]
+    again = await fire_one(tmp_path / "again", aws, STOP)  # a retry finds nothing to stop
+    assert again["detail"].endswith("no change because it has no unfinished deployment")
     assert aws.proxy.stopped == [(running, True)]
     info = await aws.codedeploy.get_deployment(deploymentId=running)
     assert info["deploymentInfo"]["status"] == "Created"  # moto's own view; the proxy's:
