@@ -9,8 +9,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from remediator.actions import registry
+
 # moto's server and the AWS proxy, for every AWS test module.
 from tests.aws_fixtures import aws, moto  # noqa: F401 - fixtures, found by pytest by name
+
+# Every action family imported once, at collection: otherwise the first test that loads a
+# config imports (and, without bytecode caching, compiles) them inside one step of its
+# event loop, which the blocked-loop guard below rightly counts.
+registry.names()
 
 SLOW_CALLBACK_SECONDS = 1.0
 """A callback holding the loop this long is a blocking call (generous: CI boxes are loaded)."""
