@@ -1,5 +1,5 @@
-"""Suite-wide guards (every async test must leave no task behind and never block the loop),
-and the fixtures several modules share."""
+"""Suite-wide guards (every async test must leave no task behind and never block the loop)
+and the fixtures several test modules share."""
 
 from __future__ import annotations
 
@@ -10,11 +10,20 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from remediator import logs
+from remediator.actions import registry
 from tests import servers
+
+# moto's server and the AWS proxy, for every AWS test module.
+from tests.aws_fixtures import aws, moto  # noqa: F401 - fixtures, found by pytest by name
 
 # The daemon's own pipeline (plain tracebacks): structlog's default renders rich ones,
 # which take up to a second on a loaded machine — on the event loop under test.
 logs.configure(fmt="console", level="info")
+
+# Every action family imported once, at collection: otherwise the first test that loads a
+# config imports (and, without bytecode caching, compiles) them inside one step of its
+# event loop, which the blocked-loop guard below rightly counts.
+registry.names()
 
 SLOW_CALLBACK_SECONDS = 1.0
 """A callback holding the loop this long is a blocking call (generous: CI boxes are loaded)."""

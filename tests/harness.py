@@ -25,7 +25,9 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from remediator import settings as settings_mod
+from remediator.actions.base import Context
 from remediator.engine.clock import FakeClock
+from remediator.models.alert import Alert
 from remediator.runner import Daemon
 from remediator.web.app import make_app
 
@@ -191,6 +193,37 @@ class Harness:
 
     async def outcomes(self) -> list[tuple[str, str]]:
         return [(d["outcome"], d["reason"]) for d in await self.decisions()]
+
+    def context(
+        self,
+        *,
+        rule: str = "test-rule",
+        labels: dict[str, str] | None = None,
+        decision_id: int = 0,
+        timeout: float = 20.0,
+    ) -> Context:
+        """What the engine hands an action, for calling one (or its evidence) directly:
+        the daemon's own settings, clients and clock."""
+        return Context(
+            alert=Alert(
+                source="alertmanager",
+                name=(labels or {}).get("alertname", "TestAlert"),
+                status="firing",
+                labels=labels or {"alertname": "TestAlert"},
+                annotations={"summary": "a test alert"},
+                starts_at=START - dt.timedelta(minutes=10),
+                ends_at=None,
+                fingerprint="00000000000000aa",
+                generator_url="http://prometheus.example/graph",
+                received_at=START,
+            ),
+            rule=rule,
+            settings=self.daemon.settings,
+            clients=self.daemon.clients,
+            timeout=timeout,
+            decision_id=decision_id,
+            now=self.clock.now,
+        )
 
     async def metric(self, name: str, **labels: str) -> float:
         value = self.daemon.metrics.registry.get_sample_value(name, labels)

@@ -7,12 +7,21 @@ the request had the right shape:
 - a Bearer token is required (401 without it);
 - RBAC: given the rules of deploy/kubernetes/rbac.yaml, anything outside them is a 403
   with the API server's own message;
-- PATCH needs a patch media type: strategic-merge or merge patch (application/json is a
-  415, as on the real server; JSON patch and apply are not emulated: 415);
+- PATCH needs a patch media type: strategic-merge, merge or JSON patch (application/json
+  is a 415, as on the real server; apply is not emulated: 415). A JSON patch (RFC 6902:
+  add, remove, replace, test) that does not apply is a 422; a strategic-merge patch
+  honours `$patch: replace` and `$patch: delete` (what ControllerRevisions hold);
+- a patch whose result carries another `metadata.resourceVersion` than the stored one is
+  a 409, as the real server treats a resourceVersion in a patch as a precondition;
+- an HPA patch must keep 1 <= minReplicas <= maxReplicas (422 otherwise);
 - PUT .../scale needs an autoscaling/v1 Scale: apiVersion, kind, metadata.name equal to
   the URL's, spec.replicas >= 0; a stale metadata.resourceVersion is a 409;
 - list parses labelSelector (=, ==, !=, in, notin, key, !key) and fieldSelector
-  (metadata.name, metadata.namespace); a malformed one is a 400;
+  (metadata.name, metadata.namespace; for events also involvedObject.kind/name/namespace/
+  uid); a malformed one, or a field the resource has no selector for, is a 400;
+- GET pods/NAME/log serves `logs[(namespace, pod, container, previous)]` as text, honours
+  container, previous, tailLines and limitBytes; `previous=true` without a terminated
+  container is a 400 with the kubelet's message;
 - dryRun=All runs every check and stores nothing; any other dryRun value is a 400;
 - DELETE honours preconditions.uid (409) and removes the object at once (no kubelet);
 - `fail(status, ...)` answers the next matching requests with 403/404/409/429/5xx;
@@ -20,7 +29,9 @@ the request had the right shape:
 
 Every request is logged in `requests` (verb, resource, query, media type, body) with the
 status it got. Objects are plain dicts in the API's JSON shape; `add()` fills in uid,
-resourceVersion, generation and a settled status.
+resourceVersion, generation and a settled status. No controller runs: `roll()` does what
+the Deployment, StatefulSet and DaemonSet controllers do when the template changes (a
+ReplicaSet or ControllerRevision per template, revisions numbered as they do).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import asyncio
 import copy
 import dataclasses
 import datetime as dt
+import hashlib
 import itertools
 import json
 import re
@@ -49,9 +61,26 @@ KINDS = {
     ("apps", "daemonsets"): ("apps/v1", "DaemonSet"),
     ("apps", "replicasets"): ("apps/v1", "ReplicaSet"),
     ("autoscaling", "horizontalpodautoscalers"): ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("apps", "controllerrevisions"): ("apps/v1", "ControllerRevision"),
+    ("", "events"): ("v1", "Event"),
 }
 SCALABLE = {"deployments", "statefulsets", "replicasets"}
-PATCH_TYPES = {"application/strategic-merge-patch+json", "application/merge-patch+json"}
+SMP = "application/strategic-merge-patch+json"
+MERGE = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+PATCH_TYPES = {SMP, MERGE, JSON_PATCH}
+FIELD_SELECTORS = {
+    "events": {
+        "involvedObject.kind",
+        "involvedObject.name",
+        "involvedObject.namespace",
+        "involvedObject.uid",
+    },
+}
+"""Fields beyond metadata.name/namespace a resource can be selected by (the real server
+refuses others with 400)."""
+REVISION = "deployment.kubernetes.io/revision"
+HASH = "pod-template-hash"
 
 _PATH = re.compile(
     r"^/(?:api/(?P<core>v1)|apis/(?P<group>[a-z0-9.-]+)/(?P<version>v[0-9a-z]+))"
@@ -106,6 +135,13 @@ class Fault:
     """Answer with the error *after* doing the request (an answer lost on the way back)."""
 
 
+@dataclasses.dataclass
+class _Text:
+    """A plain-text answer (a container log)."""
+
+    text: str
+
+
 class ApiError(Exception):
     def __init__(self, code: int, reason: str, message: str, retry_after: str = "") -> None:
         super().__init__(message)
@@ -152,16 +188,24 @@ def label_match(labels: dict[str, str], reqs: list[tuple[str, str, tuple[str, ..
     return True
 
 
-def parse_field_selector(text: str) -> list[tuple[str, str, str]]:
+def parse_field_selector(text: str, plural: str = "") -> list[tuple[str, str, str]]:
+    allowed = {"metadata.name", "metadata.namespace"} | FIELD_SELECTORS.get(plural, set())
     out = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         m = re.fullmatch(r"([a-zA-Z.]+)\s*(==|=|!=)\s*(.*)", part)
         if m is None:
             raise ValueError(f"invalid selector: {part!r}")
-        if m.group(1) not in ("metadata.name", "metadata.namespace"):
+        if m.group(1) not in allowed:
             raise ValueError(f'field label not supported: "{m.group(1)}"')
         out.append((m.group(1), "!=" if m.group(2) == "!=" else "=", m.group(3)))
     return out
+
+
+def field_value(obj: dict[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
 
 
 def selector_text(selector: dict[str, Any]) -> str:
@@ -172,21 +216,78 @@ def selector_text(selector: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- merging
 
 
-def merge_patch(obj: Any, patch: Any) -> Any:
+def merge_patch(obj: Any, patch: Any, *, strategic: bool = False) -> Any:
     """JSON merge patch (RFC 7386); maps merge, null deletes, anything else replaces.
 
     For the patches emulated here (maps of annotations and replicas) a strategic merge
-    patch means the same; list merge keys are not emulated.
+    patch means the same, plus its `$patch: replace` / `$patch: delete` directives on a
+    map (what a ControllerRevision's data holds); list merge keys are not emulated.
     """
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
+    if strategic and patch.get("$patch") == "replace":
+        return _without_directives(patch)
     out = dict(obj) if isinstance(obj, dict) else {}
     for k, v in patch.items():
-        if v is None:
+        if k == "$patch":
+            raise ValueError(f"$patch directive {v!r} not emulated here")
+        if v is None or (strategic and isinstance(v, dict) and v.get("$patch") == "delete"):
             out.pop(k, None)
         else:
-            out[k] = merge_patch(out.get(k), v)
+            out[k] = merge_patch(out.get(k), v, strategic=strategic)
     return out
+
+
+def _without_directives(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_directives(v) for k, v in value.items() if k != "$patch"}
+    if isinstance(value, list):
+        return [_without_directives(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def json_patch(obj: Any, ops: Any) -> Any:
+    """RFC 6902 add/remove/replace/test with RFC 6901 pointers; ValueError when an
+    operation does not apply (the real server answers 422)."""
+    if not isinstance(ops, list):
+        raise ValueError("a JSON patch is a list of operations")
+    doc = copy.deepcopy(obj)
+    for op in ops:
+        if not isinstance(op, dict) or op.get("op") not in ("add", "remove", "replace", "test"):
+            raise ValueError(f"unsupported operation: {op!r:.80}")
+        path = op.get("path")
+        if not isinstance(path, str) or (path and not path.startswith("/")):
+            raise ValueError(f"bad path {path!r:.80}")
+        keys = [k.replace("~1", "/").replace("~0", "~") for k in path.split("/")[1:]]
+        if not keys:
+            if op["op"] == "test":
+                if doc != op.get("value"):
+                    raise ValueError("testing value of the whole document failed")
+                continue
+            doc = copy.deepcopy(op.get("value"))
+            continue
+        parent = doc
+        for k in keys[:-1]:
+            if not isinstance(parent, dict) or k not in parent:
+                raise ValueError(f"doc is missing path: {path}")
+            parent = parent[k]
+        last = keys[-1]
+        if not isinstance(parent, dict):
+            raise ValueError(f"doc is missing path: {path}")
+        if op["op"] == "test":
+            if parent.get(last) != op.get("value"):
+                raise ValueError(f"testing value {path} failed")
+        elif op["op"] == "remove":
+            if last not in parent:
+                raise ValueError(f"doc is missing key: {path}")
+            del parent[last]
+        elif op["op"] == "replace":
+            if last not in parent:
+                raise ValueError(f"replace operation does not apply: doc is missing key: {path}")
+            parent[last] = copy.deepcopy(op.get("value"))
+        else:
+            parent[last] = copy.deepcopy(op.get("value"))
+    return doc
 
 
 # --------------------------------------------------------------------------- objects
@@ -324,6 +425,50 @@ def hpa(name: str, target: dict[str, Any], *, lo: int = 2, hi: int = 10) -> dict
     }
 
 
+def event(
+    about: dict[str, Any],
+    reason: str,
+    message: str,
+    *,
+    type_: str = "Warning",
+    count: int = 1,
+    last: str = "2027-01-15T11:58:00Z",
+    name: str = "",
+) -> dict[str, Any]:
+    """A core/v1 Event about an object (already added, so it has a uid)."""
+    meta = about["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": name or f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+            "namespace": meta["namespace"],
+        },
+        "involvedObject": {
+            "apiVersion": about["apiVersion"],
+            "kind": about["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "reason": reason,
+        "message": message,
+        "type": type_,
+        "count": count,
+        "firstTimestamp": last,
+        "lastTimestamp": last,
+        "source": {"component": "kubelet"},
+    }
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    """A stable pod-template-hash of a template (the real one is FNV of the object)."""
+    clean = copy.deepcopy(template)
+    (clean.get("metadata") or {}).get("labels", {}).pop(HASH, None)
+    digest = hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()
+    return "".join("bcdfghjklmnpqrstvwxz2456789"[int(c, 16)] for c in digest[:10])
+
+
 def _owner_ref(owner: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": owner["apiVersion"],
@@ -368,6 +513,9 @@ class KubeEmulator:
     faults: list[Fault] = dataclasses.field(default_factory=list)
     stalls: list[list[Any]] = dataclasses.field(default_factory=list)
     """[seconds, verb, times left] of `stall`."""
+
+    logs: dict[tuple[str, str, str, bool], str] = dataclasses.field(default_factory=dict)
+    """(namespace, pod, container, previous) → log text, for GET pods/NAME/log."""
     port: int = 0
     _runner: web.AppRunner | None = None
     _versions: itertools.count[int] = dataclasses.field(
@@ -425,10 +573,123 @@ class KubeEmulator:
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", now_iso())
         meta["resourceVersion"] = str(next(self._versions))
-        if group == "apps":
+        if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"):
             meta.setdefault("generation", 1)
             obj.setdefault("status", self._settled(obj))
         self.objects[(group, plural, meta["namespace"], meta["name"])] = obj
+        return obj
+
+    def roll(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        """What the workload's controller does after its template changed: reuse (and
+        renumber as the newest) the ReplicaSet or ControllerRevision of that template, or
+        create one, then settle. Returns the workload."""
+        obj = self.get(plural, namespace, name)
+        assert obj is not None, f"{plural} {namespace}/{name}"
+        template = obj["spec"]["template"]
+        h = template_hash(template)
+        uid = obj["metadata"]["uid"]
+        if plural == "deployments":
+            owned = [
+                o
+                for (_, p, ns, _), o in self.objects.items()
+                if (p, ns) == ("replicasets", namespace)
+                and any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])
+            ]
+            revisions = [int(o["metadata"]["annotations"][REVISION]) for o in owned]
+            newest = max(revisions, default=0) + 1
+            found = next((o for o in owned if o["metadata"]["labels"].get(HASH) == h), None)
+            if found is None:
+                labels = {**template["metadata"].get("labels", {}), HASH: h}
+                annotations = {
+                    k: v
+                    for k, v in (obj["metadata"].get("annotations") or {}).items()
+                    if k != REVISION
+                }
+                found = self.add(
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "ReplicaSet",
+                        "metadata": {
+                            "name": f"{name}-{h}",
+                            "namespace": namespace,
+                            "labels": labels,
+                            "annotations": {**annotations, REVISION: str(newest)},
+                            "ownerReferences": [_owner_ref(obj)],
+                        },
+                        "spec": {
+                            "replicas": obj["spec"].get("replicas", 1),
+                            "selector": {
+                                "matchLabels": {**obj["spec"]["selector"]["matchLabels"], HASH: h}
+                            },
+                            "template": {
+                                **copy.deepcopy(template),
+                                "metadata": {
+                                    **copy.deepcopy(template.get("metadata") or {}),
+                                    "labels": labels,
+                                },
+                            },
+                        },
+                    }
+                )
+            else:
+                found["metadata"]["annotations"][REVISION] = str(newest)
+                found["metadata"]["resourceVersion"] = str(next(self._versions))
+            obj["metadata"].setdefault("annotations", {})[REVISION] = str(newest)
+        else:
+            owned = [
+                o
+                for (_, p, ns, _), o in self.objects.items()
+                if (p, ns) == ("controllerrevisions", namespace)
+                and any(r.get("uid") == uid for r in o["metadata"].get("ownerReferences") or [])
+            ]
+            newest = max((int(o["revision"]) for o in owned), default=0) + 1
+            found = next((o for o in owned if o["metadata"]["name"] == f"{name}-{h}"), None)
+            if found is None:
+                found = self.add(
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "ControllerRevision",
+                        "metadata": {
+                            "name": f"{name}-{h}",
+                            "namespace": namespace,
+                            "labels": {
+                                **obj["spec"]["selector"]["matchLabels"],
+                                "controller-revision-hash": h,
+                            },
+                            "ownerReferences": [_owner_ref(obj)],
+                        },
+                        "data": {
+                            "spec": {"template": {**copy.deepcopy(template), "$patch": "replace"}}
+                        },
+                        "revision": newest,
+                    }
+                )
+            else:
+                found["revision"] = newest
+                found["metadata"]["resourceVersion"] = str(next(self._versions))
+            if plural == "statefulsets":
+                obj["status"] |= {"currentRevision": found["metadata"]["name"]}
+                obj["status"] |= {"updateRevision": found["metadata"]["name"]}
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+        obj["status"] = {**obj.get("status", {}), **self._settled(obj)}
+        if plural == "statefulsets":
+            obj["status"]["currentRevision"] = obj["status"]["updateRevision"] = found["metadata"][
+                "name"
+            ]
+        return obj
+
+    def deploy(
+        self, kind: str, name: str, images: list[str], *, namespace: str = "prod"
+    ) -> dict[str, Any]:
+        """A workload rolled out once per image in turn: revision i runs images[i-1]."""
+        make = {"deployment": deployment, "statefulset": statefulset, "daemonset": daemonset}
+        obj = self.add(make[kind](name, namespace))
+        plural = f"{kind}s"
+        for i, image in enumerate(images):
+            if i:
+                obj["metadata"]["generation"] += 1
+            obj["spec"]["template"]["spec"]["containers"][0]["image"] = image
+            obj = self.roll(plural, namespace, name)
         return obj
 
     @staticmethod
@@ -529,6 +790,8 @@ class KubeEmulator:
                 headers=headers,
             )
         seen.status = 200
+        if isinstance(answer, _Text):
+            return web.Response(text=answer.text, content_type="text/plain")
         return web.json_response(answer)
 
     def _serve(self, request: web.Request, seen: Seen, raw: bytes) -> Any:
@@ -537,7 +800,7 @@ class KubeEmulator:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         group = m.group("group") or ""
         plural, ns, name, sub = m.group("plural"), m.group("ns"), m.group("name"), m.group("sub")
-        if (group, plural) not in KINDS or (sub is not None and sub != "scale"):
+        if (group, plural) not in KINDS or sub not in (None, "scale", "log"):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         verb = {
             "GET": "get" if name else "list",
@@ -577,6 +840,10 @@ class KubeEmulator:
         obj = self.objects.get(key)
         if obj is None:
             raise ApiError(404, "NotFound", f'{qualified} "{name}" not found')
+        if sub == "log":
+            if plural != "pods" or verb != "get":
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            return self._log(ns, obj, request)
         if sub == "scale":
             if plural not in SCALABLE:
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -621,7 +888,7 @@ class KubeEmulator:
     def _list(self, group: str, plural: str, ns: str, request: web.Request) -> Any:
         try:
             labels = parse_label_selector(request.query.get("labelSelector", ""))
-            fields = parse_field_selector(request.query.get("fieldSelector", ""))
+            fields = parse_field_selector(request.query.get("fieldSelector", ""), plural)
         except ValueError as exc:
             raise ApiError(400, "BadRequest", str(exc)) from exc
         items = []
@@ -631,7 +898,7 @@ class KubeEmulator:
             meta = obj["metadata"]
             if not label_match(meta.get("labels") or {}, labels):
                 continue
-            if not all((meta[f.split(".")[1]] == v) == (op == "=") for f, op, v in fields):
+            if not all((field_value(obj, f) == v) == (op == "=") for f, op, v in fields):
                 continue
             items.append(obj)
         api_version, kind = KINDS[(group, plural)]
@@ -652,12 +919,39 @@ class KubeEmulator:
                 "application/merge-patch+json, application/apply-patch+yaml, "
                 "application/strategic-merge-patch+json",
             )
-        if not isinstance(seen.body, dict):
-            raise ApiError(400, "BadRequest", "the patch must be a JSON object")
-        new = merge_patch(obj, seen.body)
+        if seen.content_type == JSON_PATCH:
+            try:
+                new = json_patch(obj, seen.body)
+            except ValueError as exc:
+                raise ApiError(422, "Invalid", f"the server rejected our request: {exc}") from exc
+        else:
+            if not isinstance(seen.body, dict):
+                raise ApiError(400, "BadRequest", "the patch must be a JSON object")
+            try:
+                new = merge_patch(obj, seen.body, strategic=seen.content_type == SMP)
+            except ValueError as exc:
+                raise ApiError(400, "BadRequest", str(exc)) from exc
         meta = new.get("metadata") or {}
         if meta.get("name") != obj["metadata"]["name"]:
             raise ApiError(422, "Invalid", f"{qualified}: metadata.name may not change")
+        if meta.get("resourceVersion") != obj["metadata"]["resourceVersion"]:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {qualified} "{meta.get("name")}": the object '
+                "has been modified; please apply your changes to the latest version and try again",
+            )
+        if obj["kind"] == "HorizontalPodAutoscaler":
+            spec = new.get("spec") or {}
+            lo, hi = spec.get("minReplicas", 1), spec.get("maxReplicas")
+            if not (isinstance(lo, int) and isinstance(hi, int) and 1 <= lo <= hi):
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'HorizontalPodAutoscaler.autoscaling "{meta.get("name")}" is invalid: '
+                    f"spec.minReplicas ({lo!r}) must be at least 1 and at most "
+                    f"spec.maxReplicas ({hi!r})",
+                )
         for where in (meta, ((new.get("spec") or {}).get("template") or {}).get("metadata") or {}):
             for field in ("labels", "annotations"):
                 values = where.get(field) or {}
@@ -666,6 +960,31 @@ class KubeEmulator:
                 ):
                     raise ApiError(422, "Invalid", f"{qualified}: {field} values must be strings")
         return self._store(key, obj, new, dry)
+
+    def _log(self, ns: str, pod: dict[str, Any], request: web.Request) -> Any:
+        containers = [c["name"] for c in pod["spec"]["containers"]]
+        container = request.query.get("container") or (
+            containers[0] if len(containers) == 1 else ""
+        )
+        name = pod["metadata"]["name"]
+        if container not in containers:
+            raise ApiError(400, "BadRequest", f"a container name must be specified for pod {name}")
+        # The API server parses booleans as Go's strconv.ParseBool (the client sends "True").
+        previous = request.query.get("previous") in ("1", "t", "T", "true", "True", "TRUE")
+        text = self.logs.get((ns, name, container, previous))
+        if text is None and previous:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f'previous terminated container "{container}" in pod "{name}" not found',
+            )
+        lines = (text or "").splitlines(keepends=True)
+        if "tailLines" in request.query:
+            lines = lines[-int(request.query["tailLines"]) :]
+        out = "".join(lines)
+        if "limitBytes" in request.query:
+            out = out.encode()[: int(request.query["limitBytes"])].decode(errors="ignore")
+        return _Text(out)
 
     def _store(self, key: Any, old: dict[str, Any], new: dict[str, Any], dry: bool) -> Any:
         if new == old:

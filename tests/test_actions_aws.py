@@ -12,19 +12,12 @@ Credentials are fake and every endpoint is loopback: nothing can reach real AWS.
 from __future__ import annotations
 
 import ast
-import asyncio
-import dataclasses
 import datetime as dt
-import io
 import json
-import os
 import textwrap
-import zipfile
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import aioboto3
 import botocore.session
 import hypothesis
 import pytest
@@ -33,18 +26,14 @@ from hypothesis import strategies as st
 from remediator import errors
 from remediator import settings as settings_mod
 from remediator.actions import aws as aws_actions
-from remediator.actions import registry
+from remediator.actions import params, registry
 from remediator.matching import loader
-from tests.aws_emulator import AwsProxy, MotoServer
+from tests.aws_fixtures import ACCOUNT, CLUSTER, DLQ_ARN, REGION, Aws, without_evidence
 from tests.harness import START, Harness, am_alert
 
 REPO = Path(__file__).resolve().parent.parent
-REGION = "eu-west-1"
-ACCOUNT = "123456789012"  # moto's default account
-CLUSTER = "plooral-prod"
 PLOORAL_RULES = (REPO / "rules" / "plooral.yaml").read_text()
 SQS_RULES = (REPO / "rules" / "sqs.yaml").read_text()
-DLQ_ARN = f"arn:aws:sqs:{REGION}:{ACCOUNT}:plooral-jobs-dlq"
 
 
 def config(endpoint: str, *, max_attempts: int = 3, extra: str = "") -> str:
@@ -65,150 +54,12 @@ def config(endpoint: str, *, max_attempts: int = 3, extra: str = "") -> str:
     ) + textwrap.dedent(extra)
 
 
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    server = MotoServer().start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@dataclasses.dataclass
-class Aws:
-    """moto, the proxy in front of it, and clients that go to moto directly."""
-
-    proxy: AwsProxy
-    ecs: Any
-    lam: Any
-    sqs: Any
-    iam: Any
-
-    @property
-    def endpoint(self) -> str:
-        return self.proxy.url
-
-    async def service(self, name: str, *, desired: int, rolling: bool = False) -> None:
-        """An ECS service; its deployment is COMPLETED unless `rolling`."""
-        await self.ecs.create_cluster(clusterName=CLUSTER)
-        await self.ecs.register_task_definition(
-            family=name, containerDefinitions=[{"name": name, "image": "app:1", "memory": 128}]
-        )
-        # moto reports a deployment IN_PROGRESS until this many tasks run; read at creation.
-        os.environ["MOTO_ECS_SERVICE_RUNNING"] = "0" if rolling else str(desired)
-        try:
-            await self.ecs.create_service(
-                cluster=CLUSTER, serviceName=name, taskDefinition=name, desiredCount=desired
-            )
-        finally:
-            del os.environ["MOTO_ECS_SERVICE_RUNNING"]
-
-    async def described(self, name: str) -> dict[str, Any]:
-        [svc] = (await self.ecs.describe_services(cluster=CLUSTER, services=[name]))["services"]
-        return dict(svc)
-
-    async def function(self, name: str, *, reserved: int | None) -> None:
-        role = await self.iam.create_role(
-            RoleName=f"{name}-role",
-            AssumeRolePolicyDocument=json.dumps(
-                {
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "lambda.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ]
-                }
-            ),
-        )
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as z:
-            z.writestr("worker.py", "def handle(event, context):\n    return None\n")
-        await self.lam.create_function(
-            FunctionName=name,
-            Runtime="python3.11",
-            Role=role["Role"]["Arn"],
-            Handler="worker.handle",
-            Code={"ZipFile": code.getvalue()},
-        )
-        if reserved is not None:
-            await self.lam.put_function_concurrency(
-                FunctionName=name, ReservedConcurrentExecutions=reserved
-            )
-
-    async def reserved(self, name: str) -> int | None:
-        answer = await self.lam.get_function_concurrency(FunctionName=name)
-        value = answer.get("ReservedConcurrentExecutions")
-        return None if value is None else int(value)
-
-    async def queues(self, *, in_dlq: int) -> None:
-        """plooral-jobs with plooral-jobs-dlq as its DLQ, and `in_dlq` failed jobs in it."""
-        dlq = await self.sqs.create_queue(QueueName="plooral-jobs-dlq")
-        await self.sqs.create_queue(
-            QueueName="plooral-jobs",
-            Attributes={
-                "RedrivePolicy": json.dumps({"deadLetterTargetArn": DLQ_ARN, "maxReceiveCount": 3})
-            },
-        )
-        await self.sqs.create_queue(QueueName="plooral-jobs-retry")
-        for i in range(in_dlq):
-            await self.sqs.send_message(QueueUrl=dlq["QueueUrl"], MessageBody=f"job-{i}")
-
-    async def visible(self, queue: str) -> int:
-        url = (await self.sqs.get_queue_url(QueueName=queue))["QueueUrl"]
-        attrs = await self.sqs.get_queue_attributes(
-            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
-        )
-        return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
-
-    async def bodies(self, queue: str) -> list[str]:
-        url = (await self.sqs.get_queue_url(QueueName=queue))["QueueUrl"]
-        got = await self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)
-        return sorted(m["Body"] for m in got.get("Messages", []))
-
-
-SESSION = aioboto3.Session(region_name=REGION)
-DECLARED = {(service, call.api) for (service, _), call in aws_actions.CALLS.items()}
-
-
-@pytest.fixture
-async def aws(
-    moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> AsyncIterator[Aws]:
-    # Fake credentials, no profile or metadata service, no proxy: only loopback.
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy",
-                 "https_proxy", "ALL_PROXY", "all_proxy"):  # fmt: skip
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    await asyncio.to_thread(moto.reset)
-    proxy = await AwsProxy(moto.url).start()
-    session = SESSION  # shared: it caches the service models, the clients are per test
-    try:
-        async with (
-            session.client("ecs", endpoint_url=moto.url) as ecs,
-            session.client("lambda", endpoint_url=moto.url) as lam,
-            session.client("sqs", endpoint_url=moto.url) as sqs,
-            session.client("iam", endpoint_url=moto.url) as iam,
-        ):
-            yield Aws(proxy, ecs, lam, sqs, iam)
-    finally:
-        await proxy.stop()
-    undeclared = set(proxy.calls) - DECLARED
-    assert not undeclared, f"calls not declared in actions.aws.CALLS: {undeclared}"
-
-
 def harness(tmp_path: Path, aws: Aws, rules: str, **kw: Any) -> Harness:
     cfg = config(aws.endpoint, max_attempts=kw.pop("max_attempts", 3))
-    return Harness(tmp_path, rules=rules, config=cfg, dry_run=kw.pop("dry_run", False), **kw)
+    return Harness(
+        tmp_path, rules=without_evidence(rules), config=cfg, dry_run=kw.pop("dry_run", False),
+        **kw,
+    )  # fmt: skip
 
 
 async def one_decision(h: Harness) -> dict[str, Any]:
@@ -862,7 +713,7 @@ def test_scale_and_redrive_rules_need_their_bounds(
 def test_a_change_is_clamped_and_never_goes_the_other_way(
     current: int, change: dict[str, int], new: int, why: str
 ) -> None:
-    assert aws_actions._plan(current, change, 1, 6) == (new, why)
+    assert params.plan(current, change, 1, 6) == (new, why)
 
 
 @hypothesis.given(
@@ -878,7 +729,7 @@ def test_a_change_lands_within_the_bounds_or_not_at_all(
     current: int, change: dict[str, int], lo: int, span: int
 ) -> None:
     hi = lo + span
-    new, why = aws_actions._plan(current, change, lo, hi)
+    new, why = params.plan(current, change, lo, hi)
     want = change["to"] if "to" in change else current + change["step"]
     if new == current:
         assert why
@@ -934,11 +785,15 @@ def test_a_bad_aws_section_names_the_key(tmp_path: Path, text: str, message: str
 
 
 def called_operations() -> set[tuple[str, str]]:
-    """Every (service, operation) literally passed to `_call` in the actions module."""
-    tree = ast.parse(Path(aws_actions.__file__).read_text())
+    """Every (service, operation) literally passed to `common.call` in the AWS family."""
     found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_call":
+    for path in Path(aws_actions.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            func = node.func if isinstance(node, ast.Call) else None
+            if not (isinstance(func, ast.Attribute) and func.attr == "call"):
+                continue
+            if getattr(func.value, "id", None) != "common":
+                continue
             service, operation = node.args[2], node.args[3]
             assert isinstance(service, ast.Constant) and isinstance(operation, ast.Constant)
             found.add((service.value, operation.value))
@@ -948,15 +803,23 @@ def called_operations() -> set[tuple[str, str]]:
 def test_the_iam_policy_grants_exactly_the_actions_the_code_calls() -> None:
     policy = json.loads((REPO / "deploy" / "aws" / "iam-policy.json").read_text())
     granted: set[str] = set()
+    unscoped = {a for c in aws_actions.CALLS.values() if c.unscoped for a in c.iam}
     for statement in policy["Statement"]:
         assert statement["Effect"] == "Allow"
         actions = statement["Action"]
-        granted |= set([actions] if isinstance(actions, str) else actions)
+        actions = set([actions] if isinstance(actions, str) else actions)
+        granted |= actions
         resources = statement["Resource"]
         for resource in [resources] if isinstance(resources, str) else resources:
-            assert resource.startswith("arn:aws:"), resource  # resource-scoped, never "*"
+            if resource == "*":
+                # Only reads AWS cannot scope to a resource (declared so in CALLS).
+                assert actions <= unscoped, sorted(actions - unscoped)
+            else:
+                assert resource.startswith("arn:aws:"), resource  # resource-scoped
     assert called_operations() == set(aws_actions.CALLS)
     assert granted == aws_actions.iam_actions()
+    changing = {a for c in aws_actions.CALLS.values() if c.changes for a in c.iam[:1]}
+    assert not changing & unscoped  # nothing that changes anything is granted on "*"
 
 
 def test_every_declared_call_is_a_real_aws_operation() -> None:

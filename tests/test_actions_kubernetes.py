@@ -36,6 +36,7 @@ RBAC = REPO / "deploy" / "kubernetes" / "rbac.yaml"
 RESTART = """
 rules:
   - name: apidown-restart
+    evidence: false  # the action's own requests only (evidence: test_evidence_wiring.py)
     matchers: ['alertname = "APIDown"']
     action:
       type: kubernetes.rollout_restart
@@ -49,6 +50,7 @@ rules:
 SCALE = """
 rules:
   - name: traffic-spike-scale-up
+    evidence: false  # the action's own requests only (evidence: test_evidence_wiring.py)
     matchers: ['alertname = "TrafficSpike"']
     action:
       type: kubernetes.scale
@@ -64,6 +66,7 @@ rules:
 DELETE = """
 rules:
   - name: bad-pod-delete
+    evidence: false  # the action's own requests only (evidence: test_evidence_wiring.py)
     matchers: ['alertname = "PodBroken"']
     action:
       type: kubernetes.delete_pod
@@ -828,7 +831,14 @@ BAD_SCALE = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name":
     ("method", "path", "headers", "body", "status"),
     [
         ("PATCH", DEPLOY, {"Content-Type": "application/json"}, {"spec": {}}, 415),
-        ("PATCH", DEPLOY, {"Content-Type": "application/json-patch+json"}, [], 415),
+        ("PATCH", DEPLOY, {"Content-Type": "application/apply-patch+yaml"}, {}, 415),
+        ("PATCH", DEPLOY, {"Content-Type": "application/json-patch+json"}, {"op": "add"}, 422),
+        ("PATCH", DEPLOY, {"Content-Type": "application/json-patch+json"},
+         [{"op": "replace", "path": "/spec/nothing", "value": 1}], 422),
+        ("PATCH", DEPLOY, {"Content-Type": "application/merge-patch+json"},
+         {"metadata": {"resourceVersion": "1"}}, 409),
+        ("GET", "/api/v1/namespaces/prod/pods?fieldSelector=involvedObject.name%3Dapi", {},
+         None, 400),
         ("PUT", DEPLOY + "/scale", {}, BAD_SCALE, 400),
         (
             "PUT", DEPLOY + "/scale", {"Content-Type": "text/plain"},
@@ -1055,7 +1065,18 @@ async def test_every_request_the_actions_send_is_granted_and_every_grant_is_used
         rows = await h.decisions()
     assert [r["outcome"] for r in rows] == ["executed"] * 6, [r["detail"] for r in rows]
     assert {r.status for r in emu.requests} == {200}  # no 403 from the manifest's RBAC
-    assert {r.permission for r in emu.requests} == set(kube_client.PERMISSIONS)
+    # test_actions_kubernetes_rollback.py uses the rest.
+    used = set(kube_client.PERMISSIONS) - ROLLBACK_HPA_EVIDENCE_PERMISSIONS
+    assert {r.permission for r in emu.requests} == used
+
+
+ROLLBACK_HPA_EVIDENCE_PERMISSIONS = {
+    ("apps", "replicasets", "list"), ("apps", "controllerrevisions", "list"),
+    ("autoscaling", "horizontalpodautoscalers", "get"),
+    ("autoscaling", "horizontalpodautoscalers", "patch"),
+    ("", "events", "list"), ("", "pods/log", "get"),
+}  # fmt: skip
+"""What rollout_undo, scale_hpa and the evidence need beyond the three actions above."""
 
 
 def test_the_daemons_own_manifests_fit_together(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ import pytest
 import structlog
 
 from remediator import errors, settings
-from remediator.actions import postgres, registry
+from remediator.actions import evidence, postgres, registry
 from remediator.matching import loader
 from tests import servers
 from tests.harness import Harness, am_alert
@@ -924,3 +924,49 @@ def test_the_asyncpg_client_is_not_imported_by_loading_the_actions() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+async def test_evidence_summarizes_the_databases_sessions_by_state_and_application(
+    tmp_path: Path, pg: servers.PostgresServer, sessions: Sessions
+) -> None:
+    await sessions.sleeping("crm-api")
+    await sessions.sleeping("crm-api-2")
+    await sessions.idle_in_transaction("crm-worker")
+    await sessions.idle("crm-api-idle")
+    await sessions.sleeping("elsewhere", database="other")  # not this database
+    async with Harness(
+        tmp_path, rules=rules(rule()), config=config(pg), env=env(pg), dry_run=False
+    ) as h:
+        action = registry.get("postgres.terminate_queries")
+        assert action is not None
+        values = action.schema.validate(
+            {"connection": "main", "database": "conectcrm", "min_duration": "1s", "max_queries": 5}
+        )
+        seen = await evidence.capture(action, values, h.context())
+    groups = {(g["state"], g["application"]): g for g in seen["by_state_and_application"]}
+    assert groups[("active", "crm-api")]["sessions"] == 1
+    assert groups[("idle in transaction", "crm-worker")]["sessions"] == 1
+    assert ("idle", "crm-api-idle") in groups
+    assert not any(app == "elsewhere" for _, app in groups)
+    assert seen["database"] == "conectcrm" and seen["sessions"] == 4
+    assert seen["server_sessions"] >= 5 and seen["max_connections"] >= 5
+    assert all(g["oldest_seconds"] >= 0 for g in groups.values())
+    assert await sessions.alive() >= {"crm-api", "crm-api-2", "crm-worker"}  # nothing ended
+
+
+async def test_evidence_of_an_unreachable_database_is_a_note(
+    tmp_path: Path, pg: servers.PostgresServer
+) -> None:
+    bad = {"CRM_DSN": f"postgresql://remediator:wrong@127.0.0.1:{pg.port}/conectcrm"}
+    async with Harness(tmp_path, rules=rules(rule()), config=config(pg), env=bad) as h:
+        action = registry.get("postgres.terminate_queries")
+        assert action is not None
+        values = action.schema.validate(
+            {"connection": "main", "database": "conectcrm", "min_duration": "1s", "max_queries": 5}
+        )
+        seen = await evidence.capture(action, values, h.context())
+    assert list(seen) == ["note"]
+    assert seen["note"].startswith("evidence not captured: summarize pg_stat_activity")

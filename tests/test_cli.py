@@ -79,7 +79,11 @@ def write(path: Path, text: str) -> Path:
 # --------------------------------------------------------------------------- check
 
 
-SLACK = {"SLACK_WEBHOOK_URL": "https://hooks.slack.example/services/T0/B0/x"}
+SLACK = {
+    "SLACK_WEBHOOK_URL": "https://hooks.slack.example/services/T0/B0/x",
+    "PAGERDUTY_ROUTING_KEY": "R0UT1NGKEY0123456789abcdef012345",
+}
+"""What the example rules' escalations name (unset, `check` warns)."""
 
 
 def summary() -> str:
@@ -177,6 +181,46 @@ def test_check_reports_every_broken_file_as_file_line_message_and_exits_1(
     )
     assert lines[1].startswith("rules/typo.yaml:3: unknown key 'matcher'")
     assert lines[2] == "2 error(s)"
+
+
+UNBOUNDED = {
+    "kubernetes.rollout_undo": "namespace: prod\nname: api\nto_revision: '{{ labels.r }}'",
+    "kubernetes.scale_hpa": "namespace: prod\nname: api\nmax_replicas: {step: 5}\nfloor: 2",
+    "ecs.rollback": "cluster: c\nservice: s\ntask_definition: '{{ labels.td }}'",
+    "lambda.rollback_alias": "function: w\nalias: LIVE\nversion: $LATEST",
+    "lambda.set_event_source": "function: w\nsource: q\nenabled: '{{ labels.on }}'",
+    "events.disable_rule": "rule: r",
+    "appconfig.set_feature_flag": "application: abc1234\nenvironment: env5678\n"
+    "profile: prf9012\nflag: f\nenabled: '{{ labels.e }}'\n"
+    "deployment_strategy: AppConfig.AllAtOnce",
+    "cloudfront.create_invalidation": "distribution_id: E2EXAMPLE1234\npaths: ['/*']",
+    "codedeploy.stop_deployment": "application: a\ndeployment_group: g\nauto_rollback: 'yes'",
+    "rds.failover_db_cluster": "cluster: '-aurora'",
+    "notify.pagerduty": "routing_key_env: pd-key\nseverity: critical\nsummary: s",
+    "notify.email": "to: [not-an-address]\nsubject: s\nbody: b",
+}
+"""A rule per new action type, each missing its bound or with one a label could move."""
+
+
+def test_check_refuses_each_new_action_without_its_bounds_as_file_line_message(
+    tmp_path: Path,
+) -> None:
+    for i, (action, params) in enumerate(UNBOUNDED.items()):
+        body = "".join(f"        {line}\n" for line in params.splitlines())
+        write(
+            tmp_path / "rules" / f"{i:02d}.yaml",
+            f"rules:\n  - name: r{i}\n    matchers: ['alertname = \"A\"']\n"
+            f"    action:\n      type: {action}\n      params:\n{body}",
+        )
+    result = run("check", "rules", cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1] == f"{len(UNBOUNDED)} error(s)"
+    for i, (action, line) in enumerate(zip(UNBOUNDED, lines[:-1], strict=True)):
+        assert line.startswith(f"rules/{i:02d}.yaml:"), line
+        where, _, message = line.partition(": ")
+        assert int(where.rsplit(":", 1)[1]) >= 6, line  # inside the params block
+        assert message.startswith(f"{action}: param "), line
 
 
 def test_check_of_a_missing_directory_fails(tmp_path: Path) -> None:

@@ -23,15 +23,13 @@ from aiohttp import web
 
 from remediator.actions import kubernetes as k8s
 from tests import kube_emulator as emu_mod
-from tests import test_actions_aws as aws_tests
+from tests.aws_fixtures import Aws
 from tests.daemon_process import DaemonProcess, eventually
 from tests.harness import START, Harness, am_alert, payload
 from tests.kube_emulator import KubeEmulator, deployment
-from tests.test_actions_aws import Aws, saturated, scale_rule
 from tests.test_actions_aws import config as aws_config
+from tests.test_actions_aws import saturated, scale_rule
 
-moto = aws_tests.moto  # the AWS fixtures (moto's server, the proxy), shared with that module
-aws = aws_tests.aws
 LOOPBACK = "127.0.0.1"
 RBAC = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "rbac.yaml"
 NOTIFY = """

@@ -64,6 +64,19 @@ def test_the_example_rules_load() -> None:
         "plooral-api-redeploy",
         "plooral-worker-throttled",
         "plooral-dlq-redrive",
+        # the seed runbooks' rollbacks, switches and pages (#14)
+        "agente-high-error-rate-undo",
+        "agente-response-time-hpa",
+        "plooral-api-rollback",
+        "plooral-worker-errors-rollback",
+        "plooral-worker-cascade-pause",
+        "plooral-frontend-invalidate",
+        "plooral-aurora-failover",
+        "plooral-p0-notify-managers",
+        "ons-lambda-errors-rollback",
+        "ons-feature-flag-off",
+        "ons-stop-deployments",
+        "ons-stop-processing",
     }
     apidown = by_name["apidown-restart"]
     assert [str(m) for m in apidown.matchers] == [
@@ -323,7 +336,8 @@ def test_verify_never_turns_verification_off(tmp_path: Path) -> None:
                 action:
                   type: kubernetes.reboot_everything   # <- here
             """,
-            "unknown action type 'kubernetes.reboot_everything'; known: docker.restart, ",
+            "unknown action type 'kubernetes.reboot_everything'; "
+            "known: appconfig.set_feature_flag, ",
             id="unknown-action-type",
         ),
         pytest.param(
@@ -640,6 +654,92 @@ def test_a_missing_required_param_in_a_block_points_into_the_params(tmp_path: Pa
     )
     assert error.message == "notify.webhook: param 'url_env': is required"
     # The `params:` key or its first entry: either shows the block to complete.
+    assert error.line in (marked_line(path), marked_line(path) + 1)
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "message"),
+    [
+        ("kubernetes.rollout_undo", "namespace: prod\nname: api\n"
+         "to_revision: '{{ labels.rev }}'   # <- here",
+         "param 'to_revision': must be written in the rule, not a template"),
+        ("kubernetes.scale_hpa", "namespace: prod\nname: api\nmin_replicas: {step: 2}\n"
+         "floor: 2\nceiling: '{{ labels.max }}'   # <- here",
+         "param 'ceiling': must be written in the rule, not a template"),
+        ("kubernetes.scale_hpa", "namespace: prod\nname: api\n"
+         "min_replicas: 4   # <- here\nfloor: 2\nceiling: 10",
+         "param 'min_replicas': expected {step: +N} (or -N), or {to: N}"),
+        ("ecs.rollback", "cluster: c\nservice: s\n"
+         "task_definition: '{{ labels.td }}'   # <- here",
+         "param 'task_definition': must be written in the rule, not a template"),
+        ("lambda.rollback_alias", "function: w\nalias: LIVE\nversion: $LATEST   # <- here",
+         "param 'version': $LATEST is not a version"),
+        ("lambda.set_event_source", "function: w\nsource: q\n"
+         "enabled: '{{ labels.on }}'   # <- here",
+         "param 'enabled': must be written in the rule, not a template"),
+        ("events.disable_rule", "rule: r\nenabled: 'false'   # <- here",
+         "param 'enabled': write true or false in the rule (not text)"),
+        ("appconfig.set_feature_flag", "application: abc1234\nenvironment: env5678\n"
+         "profile: prf9012\nflag: f\nenabled: false\n"
+         "deployment_strategy: '{{ labels.s }}'   # <- here",
+         "param 'deployment_strategy': must be written in the rule, not a template"),
+        ("cloudfront.create_invalidation", "distribution_id: E2EXAMPLE1234\n"
+         "paths: [/a, /b, /c]   # <- here\nmax_paths: 2",
+         "param 'paths': 3 paths, more than max_paths 2"),
+        ("cloudfront.create_invalidation", "distribution_id: E2EXAMPLE1234\n"
+         "paths: [/a]\nmax_paths: '{{ labels.n }}'   # <- here",
+         "param 'max_paths': must be written in the rule, not a template"),
+        ("codedeploy.stop_deployment", "application: a\ndeployment_group: g\n"
+         "auto_rollback: '{{ labels.r }}'   # <- here",
+         "param 'auto_rollback': must be written in the rule, not a template"),
+        ("rds.failover_db_cluster", "cluster: aurora--x   # <- here",
+         "param 'cluster': 'aurora--x' is not a DB cluster identifier"),
+        ("notify.pagerduty", "routing_key_env: PD_KEY\nseverity: urgent   # <- here\n"
+         "summary: s",
+         "param 'severity': 'urgent' is not one of critical, error, warning, info"),
+        ("notify.email", "to: [a@plooral.com]\nsubject: s\nbody: b\n"
+         "bcc: [b@plooral.com]   # <- here",
+         "param 'bcc': unknown parameter"),
+    ],
+)  # fmt: skip
+def test_each_new_action_refuses_a_bound_a_label_could_move_at_its_line(
+    tmp_path: Path, action: str, params: str, message: str
+) -> None:
+    body = "".join(f"        {line}\n" for line in params.splitlines())
+    path, error = only_error(
+        tmp_path,
+        "rules:\n  - name: x\n    matchers: ['alertname = \"A\"']\n"
+        f"    action:\n      type: {action}\n      params:\n{body}",
+    )
+    assert error.message.startswith(f"{action}: ") and message in error.message, error.message
+    assert error.line == marked_line(path)
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "missing"),
+    [
+        ("kubernetes.scale_hpa", "namespace: prod\nname: api\nmin_replicas: {step: 1}\n"
+         "ceiling: 9", "floor"),
+        ("cloudfront.create_invalidation", "distribution_id: E2EXAMPLE1234\npaths: [/a]",
+         "max_paths"),
+        ("events.disable_rule", "rule: r", "enabled"),
+        ("appconfig.set_feature_flag", "application: abc1234\nenvironment: env5678\n"
+         "profile: prf9012\nflag: f\nenabled: false", "deployment_strategy"),
+        ("lambda.set_event_source", "function: w\nsource: q", "enabled"),
+        ("notify.pagerduty", "routing_key_env: PD_KEY\nseverity: critical", "summary"),
+        ("notify.email", "to: [a@plooral.com]\nsubject: s", "body"),
+    ],
+)  # fmt: skip
+def test_each_new_action_without_a_required_param_names_it(
+    tmp_path: Path, action: str, params: str, missing: str
+) -> None:
+    body = "".join(f"        {line}\n" for line in params.splitlines())
+    path, error = only_error(
+        tmp_path,
+        "rules:\n  - name: x\n    matchers: ['alertname = \"A\"']\n"
+        f"    action:\n      type: {action}\n      params:   # <- here\n{body}",
+    )
+    assert error.message == f"{action}: param {missing!r}: is required"
     assert error.line in (marked_line(path), marked_line(path) + 1)
 
 

@@ -627,8 +627,7 @@ async def test_a_burst_of_300_concurrent_notifications_fetches_the_certificate_o
         assert await counted(h, "Notification", "verified") == 300
         await h.settle()
         assert (
-            await h.metric("remediator_alerts_received_total", source="sns", status="firing")
-            == 300
+            await h.metric("remediator_alerts_received_total", source="sns", status="firing") == 300
         )
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 import structlog
@@ -29,9 +30,18 @@ class Context:
     timeout: float
     """Seconds the action has in all, retries included."""
     decision_id: int = 0
-    """The audit row of this run (0 in a dry run not yet recorded)."""
+    """The audit row this run records into; 0 when there is none yet (a dry run, a
+    simulation). Actions derive idempotency tokens from it (CloudFront's
+    CallerReference) and link to it (PagerDuty)."""
     escalation: Escalation | None = None
     """Set when the action runs as a rule's `escalate`: why and what was tried."""
+    target: str = ""
+    """The remediated target this run is about (`kubernetes.rollout_restart
+    prod/deployment/api`); for an escalation, the target of the fix that did not take.
+    notify.pagerduty keys its dedup key on it: one page per rule and target."""
+    now: Callable[[], float] = time.time
+    """Unix time in seconds: the engine's clock, so time-based limits of a family (one
+    RDS failover per window) follow the injected clock in tests."""
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:
@@ -67,6 +77,17 @@ class Action(Protocol):
 
     async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         """Prove what can be proven without a side effect; say what would change."""
+
+    # Optional, found with getattr (a Protocol cannot declare optional members):
+    #
+    #   async def evidence(self, values, ctx) -> Mapping[str, Any]
+    #       What the family sees before acting (pod states, service events, sessions),
+    #       for the decision and the escalation. Called through evidence.capture, which
+    #       bounds its time and size and turns any failure into a note.
+    #
+    #   async def resolve(self, values, ctx) -> Result
+    #       Undo a notification once the alert resolves (notify.pagerduty: resolve the
+    #       incident it triggered). Same values as the run that triggered it.
 
 
 def family_config(settings: Settings, name: str) -> Any:

@@ -1,14 +1,17 @@
-"""`kubernetes.*`: rollout restart, bounded scale, bounded pod delete — the way kubectl does.
+"""`kubernetes.*`: rollout restart and undo, bounded scale of replicas or of an HPA's
+bounds, bounded pod delete — the way kubectl does — and the evidence they capture.
 
 What keeps a label value from steering these actions (in this order):
 
 1. Params are validated by format: DNS-1123 names, label keys and values, bounded
    integers. Bounds (`min_replicas`, `max_replicas`, `max_pods`, `allow_last_ready`,
-   `if_rolling_out`) must be literal in the rule: a template there is a rule error.
+   `if_rolling_out`, `to_revision`, an HPA's changes, `floor`, `ceiling`) must be literal
+   in the rule: a template there is a rule error.
 2. Before any request (`check_allowed`): the namespace must be in
    `kubernetes.allowed_namespaces`, the workload not in `kubernetes.protected_workloads`.
-3. At run time, a workload (or a pod's owning workload) carrying the protected label or
-   annotation (`remediator.io/protected: "true"`) is refused before anything is written.
+3. At run time, a workload (or a pod's owning workload, or an HPA's target) carrying
+   the protected label or annotation (`remediator.io/protected: "true"`) is refused
+   before anything is written; so is a rollback of what a GitOps controller reconciles.
 
 Dry-run sends the very same writes with `dryRun=All`: the API server authorizes,
 admits and validates them and persists nothing, so a dry run proves the target exists
@@ -19,6 +22,7 @@ only when an action runs (start-up and `remediator check` stay fast).
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import datetime as dt
 import importlib
@@ -29,7 +33,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from remediator import errors, settings
-from remediator.actions import base, params, registry
+from remediator.actions import base, evidence, params, registry
 from remediator.actions.base import Context, Result
 
 if TYPE_CHECKING:
@@ -72,6 +76,11 @@ class KubernetesConfig:
     protected_workloads: frozenset[str] = frozenset()
     """`namespace/kind/name` entries (kind: deployment, statefulset, daemonset) refused
     before any request, whatever the rules say."""
+    rollback_gitops_managed: bool = False
+    """Let `kubernetes.rollout_undo` roll back a workload an Argo CD or Flux controller
+    manages. Off: its self-heal would re-apply what Git holds within minutes, so the
+    rollback would look like a fix and not be one (roll back in Git instead). Turn it on
+    only where those controllers do not self-heal."""
 
 
 @settings.section(SECTION)
@@ -124,6 +133,7 @@ def _config(r: settings.Reader, env: Mapping[str, str]) -> KubernetesConfig:
         request_timeout=timeout,
         protected_key=key,
         protected_workloads=frozenset(protected),
+        rollback_gitops_managed=r.flag("rollback_gitops_managed", False),
     )
 
 
@@ -207,6 +217,25 @@ def _flag() -> params.Validator:
 
 _NAMESPACE = params.Field(params.dns_label(), doc="namespace (must be in allowed_namespaces)")
 _NAME = params.Field(params.dns_subdomain(), doc="the workload's name")
+_KIND = params.Field(
+    params.choice("deployment", "statefulset", "daemonset"),
+    required=False,
+    default="deployment",
+    doc="the workload's kind",
+)
+
+
+class _OnWorkload:
+    """What the actions on one workload (`namespace`, `kind`, `name`) share."""
+
+    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
+        _check_workload(values, base.family_config(settings, SECTION))
+
+    def target(self, values: Mapping[str, Any]) -> str:
+        return _workload_key(values)
+
+    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
+        return await workload_evidence(ctx, values["kind"], values["namespace"], values["name"])
 
 
 # --------------------------------------------------------------------------- shared
@@ -334,7 +363,7 @@ def _rollout_in_progress(kind: str, obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-class RolloutRestart:
+class RolloutRestart(_OnWorkload):
     type: ClassVar[str] = "kubernetes.rollout_restart"
     # Each run is a new restart (a new restartedAt), so the engine must not repeat it;
     # a lost answer is retried here with the same patch body, which is harmless.
@@ -344,12 +373,7 @@ class RolloutRestart:
         {
             "namespace": _NAMESPACE,
             "name": _NAME,
-            "kind": params.Field(
-                params.choice("deployment", "statefulset", "daemonset"),
-                required=False,
-                default="deployment",
-                doc="the workload's kind",
-            ),
+            "kind": _KIND,
             "if_rolling_out": params.Field(
                 params.choice("skip", "restart"),
                 required=False,
@@ -360,12 +384,6 @@ class RolloutRestart:
         },
         literal=frozenset({"if_rolling_out"}),
     )
-
-    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
-        _check_workload(values, base.family_config(settings, SECTION))
-
-    def target(self, values: Mapping[str, Any]) -> str:
-        return _workload_key(values)
 
     async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         return await self._restart(values, ctx, dry=False)
@@ -426,7 +444,7 @@ def _scale_across(values: Mapping[str, Any]) -> None:
         raise errors.ParamError("min_replicas", f"{lo} is above max_replicas {hi}")
 
 
-class Scale:
+class Scale(_OnWorkload):
     type: ClassVar[str] = "kubernetes.scale"
     # A step applied twice is two steps: never repeated by the engine. Requests are
     # retried here (the PUT carries the resourceVersion read, so it cannot double).
@@ -460,12 +478,6 @@ class Scale:
         literal=frozenset({"min_replicas", "max_replicas"}),
         across=_scale_across,
     )
-
-    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
-        _check_workload(values, base.family_config(settings, SECTION))
-
-    def target(self, values: Mapping[str, Any]) -> str:
-        return _workload_key(values)
 
     async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         return await self._scale(values, ctx, dry=False)
@@ -522,7 +534,7 @@ class Scale:
         _refuse_protected(obj, cfg, what)
         # An HPA owns the replicas of its target: a manual change is undone within its
         # sync period (15 s), so it would look like a fix and not be one. Refused; change
-        # the HPA's minReplicas/maxReplicas instead (deliberately not done here).
+        # the HPA's minReplicas/maxReplicas instead (kubernetes.scale_hpa).
         api_kind = {"deployment": "Deployment", "statefulset": "StatefulSet"}[kind]
         for hpa in await kube.list_hpas(ns, deadline=deadline):
             ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
@@ -531,7 +543,8 @@ class Scale:
                 raise errors.NotAllowed(
                     "name",
                     f"{what} is managed by HorizontalPodAutoscaler {ns}/{hpa_name}: a manual "
-                    "scale would be undone; change the HPA's bounds instead",
+                    "scale would be undone; change the HPA's bounds instead "
+                    "(kubernetes.scale_hpa)",
                 )
         data: dict[str, Any] = {
             "kind": kind, "namespace": ns, "name": name, "request": request,
@@ -688,6 +701,20 @@ class DeletePod:
     async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
         return await self._delete(values, ctx, dry=True)
 
+    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
+        cfg = _cfg(ctx)
+        if cfg is None:
+            return {"note": f"not captured: no `{SECTION}:` config"}
+        kube, deadline = await _client(ctx, cfg), _deadline(ctx)
+        ns = values["namespace"]
+        if "pod" in values:
+            selected = {"field_selector": f"metadata.name={values['pod']}"}
+        else:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(values["selector"].items()))
+            selected = {"label_selector": labels}
+        pods = await kube.list_pods(ns, deadline=deadline, **selected)
+        return await pods_evidence(kube, ns, pods, about=[], deadline=deadline)
+
     async def _delete(self, values: Mapping[str, Any], ctx: Context, *, dry: bool) -> Result:
         ns, limit = values["namespace"], values["max_pods"]
         what = self.target(values)
@@ -810,6 +837,721 @@ class DeletePod:
         return sum(_ready(p) for p in mine)
 
 
+# --------------------------------------------------------------------------- undo
+
+REVISION = "deployment.kubernetes.io/revision"
+POD_TEMPLATE_HASH = "pod-template-hash"
+ROLLED_BACK_FROM = "remediator.io/rolled-back-from"
+"""Annotation on a workload rolled back: the ReplicaSets or ControllerRevisions it was
+rolled back *from*, newest first. A later undo never picks them again: the Deployment
+controller renumbers the revision rolled back to as the newest, so a plain "previous"
+would otherwise flip straight back to the bad one."""
+_MARKS_KEPT = 5
+_KEEP_ANNOTATIONS = frozenset(
+    {
+        "kubectl.kubernetes.io/last-applied-configuration",
+        REVISION,
+        "deployment.kubernetes.io/revision-history",
+        "deployment.kubernetes.io/desired-replicas",
+        "deployment.kubernetes.io/max-replicas",
+        "deprecated.deployment.rollback.to",
+        ROLLED_BACK_FROM,
+    }
+)
+"""A Deployment's annotations a rollback keeps from the Deployment rather than copying
+them from the ReplicaSet (kubectl's annotationsToSkip, plus our own mark)."""
+GITOPS_MARKERS: tuple[tuple[str, str, str], ...] = (
+    ("annotations", "argocd.argoproj.io/tracking-id", "Argo CD"),
+    ("labels", "argocd.argoproj.io/instance", "Argo CD"),
+    ("labels", "kustomize.toolkit.fluxcd.io/name", "Flux"),
+    ("labels", "helm.toolkit.fluxcd.io/name", "Flux"),
+)
+"""(where, key, controller): the marks Argo CD (annotation tracking; the label its
+`application.instanceLabelKey` names when set) and Flux (kustomize and helm
+controllers) leave on what they apply. Argo CD's older default, label tracking with
+`app.kubernetes.io/instance`, is not listed: Helm sets that label too."""
+_GITOPS_MANAGERS = {
+    "argocd-controller": "Argo CD",
+    "argocd-application-controller": "Argo CD",
+    "kustomize-controller": "Flux",
+    "helm-controller": "Flux",
+}
+"""Field managers (server-side apply) of the same controllers."""
+_FLUX_DISABLED = "kustomize.toolkit.fluxcd.io/reconcile"
+
+
+def gitops_manager(obj: Mapping[str, Any]) -> str | None:
+    """Which GitOps controller reconciles this object (and by what mark), or None."""
+    meta = obj.get("metadata") or {}
+    flux_off = (meta.get("annotations") or {}).get(_FLUX_DISABLED) == "disabled"
+    for where, key, who in GITOPS_MARKERS:
+        if key in (meta.get(where) or {}) and not (who == "Flux" and flux_off):
+            return f"{who} ({where[:-1]} {key})"
+    for entry in meta.get("managedFields") or []:
+        manager = _GITOPS_MANAGERS.get(str(entry.get("manager", "")))
+        if manager is not None and not (manager == "Flux" and flux_off):
+            return f"{manager} (field manager {entry.get('manager')})"
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Revision:
+    """One entry of a workload's history: a ReplicaSet or a ControllerRevision."""
+
+    number: int
+    name: str
+    template: dict[str, Any]
+    """The pod template it holds, without the pod-template-hash label."""
+    annotations: dict[str, str]
+
+    @property
+    def images(self) -> str:
+        containers = (self.template.get("spec") or {}).get("containers") or []
+        return ", ".join(str(c.get("image", "?")) for c in containers) or "?"
+
+
+def _bare_template(template: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(template))
+    out.pop("$patch", None)
+    labels = (out.get("metadata") or {}).get("labels")
+    if isinstance(labels, dict):
+        labels.pop(POD_TEMPLATE_HASH, None)
+    return out
+
+
+def _history(kind: str, obj: Mapping[str, Any], items: list[dict[str, Any]]) -> list[_Revision]:
+    """The revisions of `obj` among `items`, oldest first (only those it controls)."""
+    uid = (obj.get("metadata") or {}).get("uid")
+    out = []
+    for item in items:
+        if (_controller(item) or {}).get("uid") != uid:
+            continue
+        meta = item.get("metadata") or {}
+        if kind == "deployment":
+            raw = (meta.get("annotations") or {}).get(REVISION, "")
+            template = (item.get("spec") or {}).get("template") or {}
+        else:
+            raw = item.get("revision", "")
+            template = ((item.get("data") or {}).get("spec") or {}).get("template") or {}
+        if not re.fullmatch(r"[0-9]{1,18}", str(raw)):
+            continue  # no revision number: not part of the history kubectl sees either
+        out.append(
+            _Revision(
+                int(raw),
+                str(meta.get("name", "")),
+                _bare_template(template),
+                dict(meta.get("annotations") or {}),
+            )
+        )
+    return sorted(out, key=lambda r: r.number)
+
+
+class RolloutUndo(_OnWorkload):
+    type: ClassVar[str] = "kubernetes.rollout_undo"
+    # Run again it would step back once more: never repeated by the engine. A request
+    # is retried here with the same body, whose resourceVersion makes a repeat a 409.
+    idempotent: ClassVar[bool] = False
+    local: ClassVar[bool] = False
+    schema: ClassVar[params.Schema] = params.Schema(
+        {
+            "namespace": _NAMESPACE,
+            "name": _NAME,
+            "kind": _KIND,
+            "to_revision": params.Field(
+                params.integer(lo=1, hi=10**9),
+                required=False,
+                doc="roll back to this revision (`kubectl rollout history`); default: the "
+                "previous one",
+            ),
+        },
+        literal=frozenset({"to_revision"}),
+    )
+
+    async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        return await self._undo(values, ctx, dry=False)
+
+    async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        return await self._undo(values, ctx, dry=True)
+
+    async def _undo(self, values: Mapping[str, Any], ctx: Context, *, dry: bool) -> Result:
+        kind, ns, name = values["kind"], values["namespace"], values["name"]
+        what = f"{kind} {ns}/{name}"
+        to = values.get("to_revision")
+        cfg = _cfg(ctx)
+        if cfg is None:
+            return _not_checked(
+                f"roll back {what} to " + (f"revision {to}" if to else "its previous revision")
+            )
+        kube, deadline = await _client(ctx, cfg), _deadline(ctx)
+        from remediator.clients.kubernetes import Conflict  # noqa: PLC0415 - loaded by _client
+
+        sent: dict[str, Any] | None = None
+        for attempt in (1, 2):  # a 409 means it changed since it was read: re-read, once
+            obj = await kube.get(kind, ns, name, deadline=deadline)
+            current_template = _bare_template((obj.get("spec") or {}).get("template") or {})
+            if sent is not None and current_template == sent["to"].template and not dry:
+                # The write refused with 409 may have been ours, sent again after a lost
+                # answer: it already runs the template asked for.
+                return self._done(what, sent, dry=dry, confirmed=True)
+            plan = await self._plan(
+                kube=kube, cfg=cfg, kind=kind, obj=obj, to=to, what=what, deadline=deadline
+            )
+            if isinstance(plan, Result):
+                return plan
+            body, patch_type = self._patch(kind, obj, plan)
+            try:
+                after = await kube.patch(
+                    kind, ns, name, body, dry_run=dry, deadline=deadline, patch_type=patch_type
+                )
+            except Conflict:
+                sent = plan
+                if attempt == 2:
+                    raise
+                continue
+            got = _bare_template((after.get("spec") or {}).get("template") or {})
+            if got != plan["to"].template:
+                raise errors.PermanentError(
+                    f"{what}: the API server accepted the rollback but answered with another "
+                    "template (a mutating webhook?); check `kubectl rollout history`"
+                )
+            return self._done(what, plan, dry=dry)
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    async def _plan(
+        self,
+        *,
+        kube: KubeClient,
+        cfg: KubernetesConfig,
+        kind: str,
+        obj: dict[str, Any],
+        to: int | None,
+        what: str,
+        deadline: float,
+    ) -> dict[str, Any] | Result:
+        """The revision to roll back to (with the current one), or the no-change Result."""
+        _refuse_protected(obj, cfg, what)
+        managed = gitops_manager(obj)
+        if managed is not None and not cfg.rollback_gitops_managed:
+            raise errors.NotAllowed(
+                "name",
+                f"{what} is managed by {managed}: its self-heal would re-apply what Git "
+                "holds and undo the rollback; roll back in Git, or set "
+                "kubernetes.rollback_gitops_managed: true where it does not self-heal",
+            )
+        spec = obj.get("spec") or {}
+        if kind == "deployment" and spec.get("paused"):
+            raise errors.PermanentError(
+                f"{what} is paused: a rollback would not roll out (kubectl rollout resume first)"
+            )
+        selector = _selector_text(spec.get("selector") or {})
+        if not selector:
+            raise errors.PermanentError(f"{what} selects no pods: it has no history to use")
+        ns = (obj.get("metadata") or {}).get("namespace", "")
+        history = _history(
+            kind, obj, await kube.list_history(kind, ns, selector, deadline=deadline)
+        )
+        numbers = ", ".join(str(r.number) for r in history) or "none"
+        template = _bare_template(spec.get("template") or {})
+        running = [r for r in history if r.template == template]
+        current = running[-1] if running else (history[-1] if history else None)
+        if current is None:
+            raise errors.PermanentError(f"{what} has no rollout history: nothing to roll back to")
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        marks = [m for m in str(annotations.get(ROLLED_BACK_FROM, "")).split(",") if m]
+        data = {"from_revision": current.number, "revisions": numbers}
+        if to is not None:
+            found = [r for r in history if r.number == to]
+            if not found:
+                raise errors.PermanentError(f"{what} has no revision {to} (revisions: {numbers})")
+            chosen = found[0]
+        else:
+            older = [
+                r
+                for r in history
+                if r.number < current.number and r.template != template and r.name not in marks
+            ]
+            if not older:
+                skipped = [r.number for r in history if r.name in marks]
+                why = f"; skipped {skipped}: rolled back from before" if skipped else ""
+                raise errors.PermanentError(
+                    f"{what} has no earlier revision to roll back to (revisions: {numbers}{why})"
+                )
+            chosen = older[-1]
+        if chosen.template == template:
+            return Result(
+                detail=f"{what} already runs the template of revision {chosen.number} "
+                f"({chosen.images}): no change",
+                changed=False,
+                data={**data, "to_revision": chosen.number, "already": True},
+            )
+        marks = [current.name, *[m for m in marks if m != current.name]][:_MARKS_KEPT]
+        return {"from": current, "to": chosen, "marks": marks, **data}
+
+    @staticmethod
+    def _patch(kind: str, obj: Mapping[str, Any], plan: Mapping[str, Any]) -> tuple[Any, str]:
+        """What kubectl sends (a JSON patch of a Deployment's template and annotations; a
+        ControllerRevision's data as a strategic-merge patch), plus the resourceVersion
+        read as a precondition and our mark of what it was rolled back from."""
+        meta = obj.get("metadata") or {}
+        version = str(meta.get("resourceVersion") or "")
+        mark = ",".join(plan["marks"])
+        chosen: _Revision = plan["to"]
+        if kind == "deployment":
+            mine = meta.get("annotations") or {}
+            annotations = {k: v for k, v in mine.items() if k in _KEEP_ANNOTATIONS}
+            annotations |= {
+                k: v for k, v in chosen.annotations.items() if k not in _KEEP_ANNOTATIONS
+            }
+            annotations[ROLLED_BACK_FROM] = mark
+            ops = [
+                {"op": "replace", "path": "/metadata/resourceVersion", "value": version},
+                {"op": "replace", "path": "/spec/template", "value": chosen.template},
+                {"op": "add", "path": "/metadata/annotations", "value": annotations},
+            ]
+            return ops, "json"
+        body = {
+            "metadata": {"resourceVersion": version, "annotations": {ROLLED_BACK_FROM: mark}},
+            "spec": {"template": {**copy.deepcopy(chosen.template), "$patch": "replace"}},
+        }
+        return body, "strategic"
+
+    @staticmethod
+    def _done(what: str, plan: Mapping[str, Any], *, dry: bool, confirmed: bool = False) -> Result:
+        before: _Revision = plan["from"]
+        after: _Revision = plan["to"]
+        data = {
+            "from_revision": before.number,
+            "to_revision": after.number,
+            "from_images": before.images,
+            "to_images": after.images,
+            "revisions": plan["revisions"],
+            "dry_run": dry,
+        }
+        if confirmed:
+            data["confirmed_after_conflict"] = True
+        verb = "would roll back (server-side dry run accepted)" if dry else "rolled back"
+        return Result(
+            detail=f"{verb} {what} from revision {before.number} ({before.images}) to "
+            f"revision {after.number} ({after.images})",
+            data=data,
+        )
+
+
+# --------------------------------------------------------------------------- HPA
+
+
+def _hpa_change() -> params.Validator:
+    """`{step: +N}` / `{step: -N}` or `{to: N}`: a change of one HPA bound, written in the
+    rule (a mapping, so that YAML's `+2` can never be read as "set to 2")."""
+    step, to = _step(), params.integer(lo=1, hi=MAX_REPLICAS)
+
+    def check(field: str, value: Any) -> dict[str, int]:
+        if not isinstance(value, Mapping) or len(value) != 1 or set(value) - {"step", "to"}:
+            raise errors.ParamError(field, "expected {step: +N} (or -N), or {to: N}")
+        [(key, raw)] = value.items()
+        if _is_template(raw):
+            if not raw.is_literal:
+                raise errors.ParamError(
+                    field,
+                    "must be written in the rule, not a template: a label must never "
+                    "choose a bound",
+                )
+            raw = raw.render_literal()
+        return {key: (step if key == "step" else to)(f"{field}.{key}", raw)}
+
+    return check
+
+
+def _hpa_across(values: Mapping[str, Any]) -> None:
+    if "min_replicas" not in values and "max_replicas" not in values:
+        raise errors.ParamError("min_replicas", "give min_replicas, max_replicas or both")
+    lo, hi = values.get("floor"), values.get("ceiling")
+    if isinstance(lo, int) and isinstance(hi, int):
+        if lo > hi:
+            raise errors.ParamError("floor", f"{lo} is above ceiling {hi}")
+        for field in ("min_replicas", "max_replicas"):
+            to = (
+                (values.get(field) or {}).get("to") if isinstance(values.get(field), dict) else None
+            )
+            if isinstance(to, int) and not lo <= to <= hi:
+                raise errors.ParamError(field, f"to {to} is outside floor..ceiling ({lo}..{hi})")
+
+
+class ScaleHpa:
+    type: ClassVar[str] = "kubernetes.scale_hpa"
+    # A step applied twice is two steps: never repeated by the engine. The patch carries
+    # the resourceVersion read, so a request retried here cannot double it either.
+    idempotent: ClassVar[bool] = False
+    local: ClassVar[bool] = False
+    schema: ClassVar[params.Schema] = params.Schema(
+        {
+            "namespace": _NAMESPACE,
+            "name": params.Field(params.dns_subdomain(), doc="the HorizontalPodAutoscaler's name"),
+            "min_replicas": params.Field(
+                _hpa_change(),
+                required=False,
+                doc="change of spec.minReplicas: {step: +N} or {to: N}",
+            ),
+            "max_replicas": params.Field(
+                _hpa_change(),
+                required=False,
+                doc="change of spec.maxReplicas: {step: +N} or {to: N}",
+            ),
+            "floor": params.Field(
+                params.bound(lo=1, hi=MAX_REPLICAS),
+                doc="neither bound of the HPA is ever set below this (required)",
+            ),
+            "ceiling": params.Field(
+                params.bound(lo=1, hi=MAX_REPLICAS),
+                doc="neither bound of the HPA is ever set above this (required)",
+            ),
+        },
+        literal=frozenset({"min_replicas", "max_replicas", "floor", "ceiling"}),
+        across=_hpa_across,
+    )
+
+    def check_allowed(self, values: Mapping[str, Any], settings: settings.Settings) -> None:
+        _check_workload({"namespace": values["namespace"]}, base.family_config(settings, SECTION))
+
+    def target(self, values: Mapping[str, Any]) -> str:
+        return f"{values['namespace']}/hpa/{values['name']}"
+
+    async def run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        return await self._scale(values, ctx, dry=False)
+
+    async def dry_run(self, values: Mapping[str, Any], ctx: Context) -> Result:
+        return await self._scale(values, ctx, dry=True)
+
+    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
+        cfg = _cfg(ctx)
+        if cfg is None:
+            return {"note": f"not captured: no `{SECTION}:` config"}
+        kube, deadline = await _client(ctx, cfg), _deadline(ctx)
+        hpa = await kube.get_hpa(values["namespace"], values["name"], deadline=deadline)
+        spec, status = hpa.get("spec") or {}, hpa.get("status") or {}
+        out: dict[str, Any] = {
+            "hpa": {
+                "min_replicas": spec.get("minReplicas", 1),
+                "max_replicas": spec.get("maxReplicas"),
+                "current_replicas": status.get("currentReplicas"),
+                "desired_replicas": status.get("desiredReplicas"),
+            }
+        }
+        ref = spec.get("scaleTargetRef") or {}
+        kind = str(ref.get("kind", "")).lower()
+        if kind in ("deployment", "statefulset"):
+            out |= await workload_evidence(ctx, kind, values["namespace"], str(ref.get("name")))
+        return out
+
+    @staticmethod
+    def desired(
+        values: Mapping[str, Any], current_min: int, current_max: int
+    ) -> tuple[int, int, list[str]]:
+        """The new (minReplicas, maxReplicas) within floor..ceiling, and notes on why
+        they differ from the request; each bound moves only the way it was asked."""
+        lo, hi = values["floor"], values["ceiling"]
+        notes: list[str] = []
+        new_min, new_max = current_min, current_max
+        for field, current in (("min_replicas", current_min), ("max_replicas", current_max)):
+            if field not in values:
+                continue
+            got, why = params.plan(current, values[field], lo, hi)
+            if why and got == current:
+                notes.append(f"{field}: {why}")
+            if field == "min_replicas":
+                new_min = got
+            else:
+                new_max = got
+        if new_min > new_max:  # the HPA refuses min > max: the moving bound stops at the other
+            if new_min != current_min:
+                notes.append(f"min_replicas held at maxReplicas {new_max}")
+                new_min = max(current_min, new_max) if new_max >= current_min else current_min
+            else:
+                notes.append(f"max_replicas held at minReplicas {new_min}")
+                new_max = new_min
+        return new_min, new_max, notes
+
+    async def _scale(self, values: Mapping[str, Any], ctx: Context, *, dry: bool) -> Result:
+        ns, name = values["namespace"], values["name"]
+        lo, hi = values["floor"], values["ceiling"]
+        what = f"HorizontalPodAutoscaler {ns}/{name}"
+        asked = ", ".join(
+            f"{f} {_show_change(values[f])}"
+            for f in ("min_replicas", "max_replicas")
+            if f in values
+        )
+        cfg = _cfg(ctx)
+        if cfg is None:
+            return _not_checked(f"change {what}: {asked} within {lo}..{hi}")
+        kube, deadline = await _client(ctx, cfg), _deadline(ctx)
+        from remediator.clients.kubernetes import Conflict  # noqa: PLC0415 - loaded by _client
+
+        tried: tuple[int, int] | None = None
+        for attempt in (1, 2):  # a 409 means it changed since it was read: re-read, once
+            hpa = await kube.get_hpa(ns, name, deadline=deadline)
+            _refuse_protected(hpa, cfg, what)
+            await self._refuse_protected_target(kube, cfg, hpa, ns, deadline)
+            spec = hpa.get("spec") or {}
+            cur_min, cur_max = int(spec.get("minReplicas") or 1), int(spec.get("maxReplicas") or 1)
+            if tried is not None and (cur_min, cur_max) == tried and not dry:
+                # The write refused with 409 may have been ours, sent again after a lost
+                # answer: the bounds are what was asked for, and a new step would double it.
+                return self._result(
+                    what, (cur_min, cur_max), tried, values=values, notes=[], dry=dry,
+                    confirmed=True,
+                )  # fmt: skip
+            new_min, new_max, notes = self.desired(values, cur_min, cur_max)
+            data = {
+                "namespace": ns, "name": name, "floor": lo, "ceiling": hi,
+                "min_replicas": {"before": cur_min, "after": new_min},
+                "max_replicas": {"before": cur_max, "after": new_max},
+            }  # fmt: skip
+            if (new_min, new_max) == (cur_min, cur_max):
+                why = "; ".join(notes) or "already there"
+                return Result(
+                    detail=f"{what} has minReplicas {cur_min}, maxReplicas {cur_max}; {why}: "
+                    "no change",
+                    changed=False,
+                    data=data,
+                )
+            change = {
+                k: v
+                for k, v, old in (
+                    ("minReplicas", new_min, cur_min),
+                    ("maxReplicas", new_max, cur_max),
+                )
+                if v != old
+            }
+            version = str((hpa.get("metadata") or {}).get("resourceVersion") or "")
+            try:
+                after = await kube.patch_hpa(
+                    ns, name, change, resource_version=version, dry_run=dry, deadline=deadline
+                )
+            except Conflict:
+                tried = (new_min, new_max)
+                if attempt == 2:
+                    raise
+                continue
+            got = after.get("spec") or {}
+            if (got.get("minReplicas", 1), got.get("maxReplicas")) != (new_min, new_max):
+                raise errors.PermanentError(
+                    f"{what}: the API server answered minReplicas {got.get('minReplicas')}, "
+                    f"maxReplicas {got.get('maxReplicas')} instead of {new_min}, {new_max}"
+                )
+            return self._result(
+                what, (cur_min, cur_max), (new_min, new_max), values=values, notes=notes,
+                dry=dry,
+            )  # fmt: skip
+        raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
+
+    @staticmethod
+    async def _refuse_protected_target(
+        kube: KubeClient, cfg: KubernetesConfig, hpa: Mapping[str, Any], ns: str, deadline: float
+    ) -> None:
+        ref = (hpa.get("spec") or {}).get("scaleTargetRef") or {}
+        kind, target = str(ref.get("kind", "")).lower(), str(ref.get("name", ""))
+        if f"{ns}/{kind}/{target}" in cfg.protected_workloads:
+            raise errors.NotAllowed(
+                "name",
+                f"its target {ns}/{kind}/{target} is listed in kubernetes.protected_workloads",
+            )
+        if kind in ("deployment", "statefulset"):
+            obj = await kube.get(kind, ns, target, deadline=deadline)
+            _refuse_protected(obj, cfg, f"its target {kind} {ns}/{target}")
+
+    @staticmethod
+    def _result(
+        what: str,
+        before: tuple[int, int],
+        after: tuple[int, int],
+        *,
+        values: Mapping[str, Any],
+        notes: list[str],
+        dry: bool,
+        confirmed: bool = False,
+    ) -> Result:
+        data: dict[str, Any] = {
+            "min_replicas": {"before": before[0], "after": after[0]},
+            "max_replicas": {"before": before[1], "after": after[1]},
+            "floor": values["floor"],
+            "ceiling": values["ceiling"],
+            "dry_run": dry,
+        }
+        if notes:
+            data["notes"] = notes
+        if confirmed:
+            data["confirmed_after_conflict"] = True
+        verb = "would change (server-side dry run accepted)" if dry else "changed"
+        extra = f"; {'; '.join(notes)}" if notes else ""
+        return Result(
+            detail=f"{verb} {what}: minReplicas {before[0]} → {after[0]}, maxReplicas "
+            f"{before[1]} → {after[1]} (bounds {values['floor']}..{values['ceiling']}{extra})",
+            data=data,
+        )
+
+
+def _show_change(change: Mapping[str, int]) -> str:
+    if "step" in change:
+        return f"{change['step']:+d}"
+    return f"to {change['to']}"
+
+
+# --------------------------------------------------------------------------- evidence
+
+EVIDENCE_PODS = 10
+"""Pods listed per workload (the worst first: not ready, then most restarted)."""
+EVIDENCE_EVENTS = 10
+"""Events kept (the newest first) of the workload and its worst pods."""
+EVIDENCE_EVENT_PODS = 3
+"""Pods whose events are fetched (one list request each), the worst first."""
+LOG_LINES = 20
+"""Lines of the previous container's log kept (`kubectl logs --previous --tail 20`)."""
+LOG_BYTES = 4096
+"""Bytes of log asked of the kubelet at most (a line of 1 MB stays bounded)."""
+_API_KIND = {"deployment": "Deployment", "statefulset": "StatefulSet", "daemonset": "DaemonSet"}
+
+
+async def workload_evidence(ctx: Context, kind: str, ns: str, name: str) -> dict[str, Any]:
+    """What a workload looks like before acting: replicas, its pods' phases and restarts,
+    the last events about it and its worst pods, the last lines the worst pod's previous
+    container printed. A part that cannot be read becomes a note; the rest stays."""
+    cfg = _cfg(ctx)
+    if cfg is None:
+        return {"note": f"not captured: no `{SECTION}:` config"}
+    kube, deadline = await _client(ctx, cfg), _deadline(ctx)
+    obj = await kube.get(kind, ns, name, deadline=deadline)
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    out: dict[str, Any] = {
+        "workload": {
+            "kind": kind,
+            "name": f"{ns}/{name}",
+            "replicas": spec.get("replicas"),
+            "ready": status.get("readyReplicas", status.get("numberReady", 0)),
+            "updated": status.get("updatedReplicas", status.get("updatedNumberScheduled", 0)),
+            "available": status.get("availableReplicas", status.get("numberAvailable", 0)),
+        }
+    }
+    selector = _selector_text(spec.get("selector") or {})
+    pods = await kube.list_pods(ns, label_selector=selector, deadline=deadline) if selector else []
+    about = [(_API_KIND.get(kind, kind), name)]
+    return out | await pods_evidence(kube, ns, pods, about=about, deadline=deadline)
+
+
+async def pods_evidence(
+    kube: KubeClient,
+    ns: str,
+    pods: list[dict[str, Any]],
+    *,
+    about: list[tuple[str, str]],
+    deadline: float,
+) -> dict[str, Any]:
+    """Phases, readiness and restarts of `pods`; the last events about `about` and the
+    worst pods; the previous container's last log lines of the worst restarted pod."""
+    pods = sorted(pods, key=lambda p: (_ready(p), -_restarts(p), _pod_name(p)))
+    out: dict[str, Any] = {
+        "pods_total": len(pods),
+        "pods": [_pod_summary(p) for p in pods[:EVIDENCE_PODS]],
+    }
+    events: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for kind, name in [*about, *(("Pod", _pod_name(p)) for p in pods[:EVIDENCE_EVENT_PODS])]:
+        try:
+            found = await kube.list_events(
+                ns,
+                field_selector=f"involvedObject.kind={kind},involvedObject.name={name}",
+                deadline=deadline,
+            )
+        except errors.ActionError as exc:
+            notes.append(evidence.note(exc, f"events of {kind} {name}"))
+            continue
+        events.extend(found)
+    events.sort(key=_event_time, reverse=True)
+    out["events"] = [_event_summary(e) for e in events[:EVIDENCE_EVENTS]]
+    crashed = next((p for p in pods if _restarts(p) > 0), None)
+    if crashed is not None:
+        container = _restarted_container(crashed)
+        try:
+            text = await kube.pod_log(
+                ns, _pod_name(crashed), container=container, previous=True,
+                tail_lines=LOG_LINES, limit_bytes=LOG_BYTES, deadline=deadline,
+            )  # fmt: skip
+            out["previous_log"] = {
+                "pod": _pod_name(crashed),
+                "container": container,
+                "lines": [line[: evidence.MAX_TEXT] for line in text.splitlines()[-LOG_LINES:]],
+            }
+        except errors.ActionError as exc:
+            notes.append(evidence.note(exc, f"previous log of {_pod_name(crashed)}"))
+    if notes:
+        out["notes"] = notes
+    return out
+
+
+def _pod_name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name", ""))
+
+
+def _restarts(pod: Mapping[str, Any]) -> int:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return sum(int(c.get("restartCount") or 0) for c in statuses)
+
+
+def _restarted_container(pod: Mapping[str, Any]) -> str:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    worst: Mapping[str, Any] = max(
+        statuses, key=lambda c: int(c.get("restartCount") or 0), default={}
+    )
+    return str(
+        worst.get("name") or ((pod.get("spec") or {}).get("containers") or [{}])[0].get("name", "")
+    )
+
+
+def _pod_summary(pod: Mapping[str, Any]) -> dict[str, Any]:
+    status = pod.get("status") or {}
+    reason = ""
+    for c in status.get("containerStatuses") or []:
+        state, last = c.get("state") or {}, c.get("lastState") or {}
+        reason = str(
+            (state.get("waiting") or {}).get("reason")
+            or (last.get("terminated") or {}).get("reason")
+            or ""
+        )
+        if reason:
+            break
+    out = {
+        "name": _pod_name(pod),
+        "phase": status.get("phase", "Unknown"),
+        "ready": _ready(pod),
+        "restarts": _restarts(pod),
+    }
+    if reason:
+        out["reason"] = reason
+    return out
+
+
+def _event_time(event: Mapping[str, Any]) -> str:
+    return str(
+        event.get("lastTimestamp")
+        or event.get("eventTime")
+        or (event.get("metadata") or {}).get("creationTimestamp")
+        or ""
+    )
+
+
+def _event_summary(event: Mapping[str, Any]) -> dict[str, Any]:
+    about = event.get("involvedObject") or {}
+    return {
+        "time": _event_time(event),
+        "type": event.get("type", ""),
+        "reason": event.get("reason", ""),
+        "object": f"{about.get('kind', '?')}/{about.get('name', '?')}",
+        "message": str(event.get("message", ""))[:300],
+        "count": event.get("count") or 1,
+    }
+
+
 registry.register(RolloutRestart())
 registry.register(Scale())
 registry.register(DeletePod())
+registry.register(RolloutUndo())
+registry.register(ScaleHpa())

@@ -246,3 +246,21 @@ def flag() -> Validator:
         return value
 
     return check
+
+
+def plan(current: int, values: Mapping[str, Any], lo: int, hi: int) -> tuple[int, str]:
+    """The new value for a change (`values` holds `step` or `to`) clamped to [lo, hi];
+    (current, why) when nothing changes.
+
+    A change never goes the other way from what was asked: a step up from above the
+    upper bound (a person scaled further by hand) leaves the value alone.
+    """
+    want = values["to"] if "to" in values else current + values["step"]
+    new = min(max(want, lo), hi)
+    if want == current:
+        return current, f"it is already {current}"
+    if (want - current) * (new - current) <= 0:
+        if want > current:
+            return current, f"{current} is already at or above the upper bound {hi}"
+        return current, f"{current} is already at or below the lower bound {lo}"
+    return new, ""

@@ -321,6 +321,29 @@ def query_text(query: str | None, *, chars: int, redact: bool) -> str:
     return text if len(text) <= chars else text[: chars - 1] + "…"
 
 
+EVIDENCE_GROUPS = 20
+"""(state, application) groups kept in the evidence, the largest first."""
+ACTIVITY_SQL = """
+SELECT coalesce(a.state, 'unknown') AS state,
+       coalesce(nullif(a.application_name, ''), '(none)') AS application,
+       count(*) AS sessions,
+       max(extract(epoch FROM statement_timestamp()
+                   - coalesce(a.query_start, a.backend_start)))::float8 AS oldest_seconds,
+       count(*) FILTER (WHERE a.wait_event_type = 'Lock') AS waiting_on_locks,
+       sum(count(*)) OVER ()::int AS database_total,
+       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int
+           AS server_total,
+       current_setting('max_connections')::int AS max_connections
+FROM pg_stat_activity a
+WHERE a.datname = $1 AND a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()
+GROUP BY 1, 2
+ORDER BY count(*) DESC, 1, 2
+LIMIT $2
+"""
+"""A summary of the database's client sessions for the evidence (no query texts: they
+may hold data; the terminate action's own result shows the ones it ends)."""
+
+
 # --------------------------------------------------------------------------- the action
 
 
@@ -404,9 +427,39 @@ class TerminateQueries:
         rows = await self._statement(cfg, values, ctx, dry=True)
         return _result(cfg, values, rows, dry=True, log=ctx.log)
 
-    async def _statement(
-        self, cfg: Config, values: Mapping[str, Any], ctx: Context, *, dry: bool
-    ) -> list[dict[str, Any]]:
+    async def evidence(self, values: Mapping[str, Any], ctx: Context) -> Mapping[str, Any]:
+        """The database's sessions before acting: how many per state and application,
+        the oldest of each, how many wait on a lock, against max_connections."""
+        cfg: Config | None = family_config(ctx.settings, SECTION)
+        if cfg is None:
+            return {"note": f"not captured: no `{SECTION}:` config"}
+        pool = await self._pool(cfg, values, ctx)
+        rows = await pool.fetch(
+            ACTIVITY_SQL,
+            [values["database"], EVIDENCE_GROUPS],
+            what=f"summarize pg_stat_activity of database {values['database']}",
+            may_retry=True,
+        )
+        groups = [
+            {
+                "state": r["state"],
+                "application": r["application"],
+                "sessions": r["sessions"],
+                "oldest_seconds": round(float(r["oldest_seconds"] or 0.0), 1),
+                "waiting_on_locks": r["waiting_on_locks"],
+            }
+            for r in rows
+        ]
+        first = rows[0] if rows else {}
+        return {
+            "database": values["database"],
+            "sessions": first.get("database_total", 0),
+            "server_sessions": first.get("server_total", 0),
+            "max_connections": first.get("max_connections"),
+            "by_state_and_application": groups,
+        }
+
+    async def _pool(self, cfg: Config, values: Mapping[str, Any], ctx: Context) -> Any:
         from remediator.clients import postgres as pg  # noqa: PLC0415 - asyncpg loads lazily
 
         conn = _lookup(cfg, values["connection"])
@@ -426,7 +479,15 @@ class TerminateQueries:
                 statement_timeout=conn.statement_timeout,
             )
 
-        pool: pg.Pool = await ctx.clients.get(conn.key, opener, pg.close_pool)
+        return await ctx.clients.get(conn.key, opener, pg.close_pool)
+
+    async def _statement(
+        self, cfg: Config, values: Mapping[str, Any], ctx: Context, *, dry: bool
+    ) -> list[dict[str, Any]]:
+        from remediator.clients import postgres as pg  # noqa: PLC0415 - asyncpg loads lazily
+
+        conn = _lookup(cfg, values["connection"])
+        pool: pg.Pool = await self._pool(cfg, values, ctx)
         verb = "select queries to terminate" if dry else "terminate queries"
         return await pool.fetch(
             SELECT_SQL if dry else TERMINATE_SQL,

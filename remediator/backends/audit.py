@@ -115,8 +115,10 @@ class Audit(Protocol):
     def annotate(
         self, id_: int, *, verification: str | None = None, escalation: str | None = None,
         silence: str | None = None, approval: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
     ) -> None:  # fmt: skip
-        """Add verification, escalation, silence or approval text to a row (not awaited)."""
+        """Add verification, escalation, silence or approval text, or the evidence the
+        action captured, to a row (not awaited)."""
 
     async def query(self, q: Query) -> list[dict[str, Any]]: ...
 
@@ -131,7 +133,7 @@ class Audit(Protocol):
 log = structlog.get_logger(__name__)
 
 _Row = tuple[Any, ...]
-INSERTED = (*COLUMNS[1:16], "result", "alert", "step")
+INSERTED = (*COLUMNS[1:16], "result", "alert", "step", "evidence")
 _INSERT = (
     f"INSERT INTO decisions ({', '.join(INSERTED)}) "  # noqa: S608 - fixed names
     f"VALUES ({', '.join('?' * len(INSERTED))})"
@@ -146,6 +148,7 @@ def row_of(d: Decision) -> _Row:
         json.dumps(dict(d.params), default=str), d.detail, d.request_id, d.attempt,
         json.dumps(dict(d.result), default=str) if d.result else "{}",
         json.dumps({"labels": d.labels, "annotations": d.annotations}), d.step,
+        json.dumps(dict(d.evidence), default=str) if d.evidence else "{}",
     )  # fmt: skip
 
 
@@ -202,8 +205,12 @@ class SqliteAudit:
         escalation: str | None = None,
         silence: str | None = None,
         approval: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
     ) -> None:
         sets, args = [], []
+        if evidence is not None:
+            sets.append("evidence = ?")
+            args.append(json.dumps(dict(evidence), default=str))
         if approval is not None:
             sets.append("approval = ?")
             args.append(approval)

@@ -114,7 +114,7 @@ _UPDATE = "UPDATE decisions SET outcome = $2, reason = $3, detail = $4, result =
 _ANNOTATE = (
     "UPDATE decisions SET verification = COALESCE($2, verification), "
     "escalation = COALESCE($3, escalation), silence = COALESCE($4, silence), "
-    "approval = COALESCE($5, approval) WHERE id = $1"
+    "approval = COALESCE($5, approval), evidence = COALESCE($6, evidence) WHERE id = $1"
 )
 
 
@@ -216,8 +216,10 @@ class PostgresAudit:
         escalation: str | None = None,
         silence: str | None = None,
         approval: str | None = None,
+        evidence: Mapping[str, Any] | None = None,
     ) -> None:
-        notes = [verification, escalation, silence, approval]
+        shown = None if evidence is None else json.dumps(dict(evidence), default=str)
+        notes = [verification, escalation, silence, approval, shown]
         if all(n is None for n in notes):
             return
         body = json.dumps(notes)
@@ -260,7 +262,7 @@ class PostgresAudit:
             elif kind == "update":
                 updates.append((id_, *values))
             else:
-                notes.append((id_, *values, *[None] * (4 - len(values))))  # older entries: 3
+                notes.append((id_, *values, *[None] * (5 - len(values))))  # older: fewer
         # Every insert first: a later update of a row in the same batch then finds it.
         await self._pool.transaction(
             [(_INSERT, inserts), (_UPDATE, updates), (_ANNOTATE, notes)],

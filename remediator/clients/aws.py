@@ -21,9 +21,9 @@ resource and what to fix:
     HTTP 5xx, InternalFailure, ServiceUnavailable   → TemporaryError (after the retries)
     cannot connect, read timeout, closed connection → TemporaryError
     AccessDenied and other credential refusals      → PermanentError (grant the IAM action)
-    not found (cluster, service, function, queue)   → PermanentError
+    not found (cluster, service, function, queue)   → AwsError (a PermanentError with `code`)
     no credentials / no region                      → PermanentError (fix the environment)
-    any other AWS error (validation, limits)        → PermanentError
+    any other AWS error (validation, limits)        → AwsError (a PermanentError with `code`)
     a `once` call: 5xx, read timeout, lost answer   → ActionError "outcome unknown" + what
                                                       to check (never sent again)
 
@@ -96,9 +96,26 @@ _NOT_FOUND = frozenset(
         "ResourceNotFoundException",
         "QueueDoesNotExist",
         "AWS.SimpleQueueService.NonExistentQueue",
+        "NoSuchDistribution",
+        "NoSuchInvalidation",
+        "DBClusterNotFoundFault",
+        "DeploymentDoesNotExistException",
+        "DeploymentGroupDoesNotExistException",
+        "ApplicationDoesNotExistException",
     }
 )
 _MESSAGE_MAX = 300
+STREAM_MAX = 4 << 20
+"""Largest streamed answer read (an AppConfig hosted configuration is at most 2 MB)."""
+
+
+class AwsError(errors.PermanentError):
+    """AWS refused the request; `code` is its error code, for actions that handle one
+    (a failed precondition, a deployment already finished)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,6 +166,10 @@ class AwsClient:
         async with self._lock:
             found = self._clients.get(key)
             if found is None:
+                # botocore reads its JSON models synchronously when it makes a client
+                # (0.1-0.6 s each): read them in a thread first, so that the event loop
+                # only finds them cached.
+                await asyncio.to_thread(self._warm, service)
                 try:
                     found = await self._stack.enter_async_context(
                         self._session.client(
@@ -164,6 +185,16 @@ class AwsClient:
                     ) from exc
                 self._clients[key] = found
         return found
+
+    def _warm(self, service: str) -> None:
+        loader = self._session._session.get_component("data_loader")
+        try:
+            loader.load_service_model(service, "service-2")
+            loader.load_service_model(service, "endpoint-rule-set-1")
+            for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
+                loader.load_data(name)
+        except botoerrors.BotoCoreError:
+            return  # making the client says what is wrong, with the config key to fix
 
     async def call(
         self,
@@ -254,7 +285,14 @@ class AwsClient:
                 f"{what}: {type(exc).__name__}: {_cut(str(exc))}"
                 f"{_unknown(changes and once is None)}"
             ) from exc
-        return dict(answer)
+        out = dict(answer)
+        for key, value in out.items():
+            if hasattr(value, "read"):  # a streamed payload: read now, bounded
+                data = await value.read(STREAM_MAX + 1)
+                if len(data) > STREAM_MAX:
+                    raise errors.PermanentError(f"{what}: answer larger than {STREAM_MAX} bytes")
+                out[key] = data
+        return out
 
 
 class _Lost(errors.TemporaryError):
@@ -311,8 +349,8 @@ def _client_error(
             f"{permission} on this resource to the daemon's role (deploy/aws/iam-policy.json)"
         )
     if code in _NOT_FOUND or status == 404:
-        return errors.PermanentError(f"{what}: not found: {said}")
-    return errors.PermanentError(f"{what}: {said}")
+        return AwsError(f"{what}: not found: {said}", code=code)
+    return AwsError(f"{what}: {said}", code=code)
 
 
 def _unknown(changes: bool) -> str:

@@ -41,6 +41,13 @@ _METHOD = {
     "replicaset": "replica_set",
 }
 """Kind → how kubernetes_asyncio's AppsV1Api spells it (read_namespaced_stateful_set)."""
+PATCH_TYPES = {
+    "strategic": "application/strategic-merge-patch+json",
+    "merge": "application/merge-patch+json",
+    "json": "application/json-patch+json",
+}
+"""Patch kinds → media type: strategic merge (kubectl's default), merge (RFC 7386), JSON
+patch (RFC 6902, a list of operations: what `kubectl rollout undo` sends a Deployment)."""
 
 PERMISSIONS: frozenset[tuple[str, str, str]] = frozenset(
     {
@@ -61,6 +68,16 @@ PERMISSIONS: frozenset[tuple[str, str, str]] = frozenset(
         ("", "pods", "list"),
         ("", "pods", "delete"),
         ("apps", "replicasets", "get"),
+        # kubernetes.rollout_undo: the revision history (ReplicaSets of a Deployment,
+        # ControllerRevisions of a StatefulSet or DaemonSet); the patch is above.
+        ("apps", "replicasets", "list"),
+        ("apps", "controllerrevisions", "list"),
+        # kubernetes.scale_hpa: read and patch the HPA's minReplicas/maxReplicas.
+        ("autoscaling", "horizontalpodautoscalers", "get"),
+        ("autoscaling", "horizontalpodautoscalers", "patch"),
+        # evidence: recent events and the previous container's last log lines.
+        ("", "events", "list"),
+        ("", "pods/log", "get"),
     }
 )
 """Every (API group, resource, verb) this module can request: deploy/kubernetes/rbac.yaml
@@ -68,7 +85,6 @@ grants exactly these, and a test holds the two (and what the code sends) equal."
 
 log = structlog.get_logger(__name__)
 
-STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 BACKOFF_FIRST = 0.2
 """Seconds before the first retry of a 429/5xx; doubles each time."""
 BACKOFF_MAX = 5.0
@@ -152,13 +168,17 @@ class KubeClient:
         kind: str,
         namespace: str,
         name: str,
-        body: dict[str, Any],
+        body: dict[str, Any] | list[dict[str, Any]],
         *,
         dry_run: bool,
         deadline: float,
+        patch_type: str = "strategic",
     ) -> dict[str, Any]:
-        """A strategic-merge patch (what `kubectl patch` and `rollout restart` send)."""
+        """A patch of a workload: strategic merge by default (what `kubectl patch` and
+        `rollout restart` send); `json` for a list of RFC 6902 operations. A
+        `metadata.resourceVersion` in the patch is a precondition (409 if it changed)."""
         fn = getattr(self._apps, f"patch_namespaced_{_METHOD[kind]}")
+        content_type = PATCH_TYPES[patch_type]
         return await self._call(
             verb="patch",
             group="apps",
@@ -171,10 +191,30 @@ class KubeClient:
                 namespace,
                 body,
                 _request_timeout=t,
-                _content_type=STRATEGIC_MERGE_PATCH,
+                _content_type=content_type,
                 **_dry(dry_run),
             ),
         )
+
+    async def list_history(
+        self, kind: str, namespace: str, selector: str, *, deadline: float
+    ) -> list[dict[str, Any]]:
+        """The revision history of a workload, unfiltered by owner: ReplicaSets for a
+        Deployment, ControllerRevisions for a StatefulSet or DaemonSet (`selector` is the
+        workload's own label selector, as kubectl lists them)."""
+        resource = "replicasets" if kind == "deployment" else "controllerrevisions"
+        method = "replica_set" if kind == "deployment" else "controller_revision"
+        fn = getattr(self._apps, f"list_namespaced_{method}")
+        out = await self._call(
+            verb="list",
+            group="apps",
+            resource=resource,
+            namespace=namespace,
+            name="",
+            deadline=deadline,
+            send=lambda t: fn(namespace, label_selector=selector, _request_timeout=t),
+        )
+        return list(out.get("items") or [])
 
     async def get_scale(
         self, kind: str, namespace: str, name: str, *, deadline: float
@@ -239,6 +279,100 @@ class KubeClient:
             ),
         )
         return list(out.get("items") or [])
+
+    async def get_hpa(self, namespace: str, name: str, *, deadline: float) -> dict[str, Any]:
+        return await self._call(
+            verb="get",
+            group="autoscaling",
+            resource="horizontalpodautoscalers",
+            namespace=namespace,
+            name=name,
+            deadline=deadline,
+            send=lambda t: self._autoscaling.read_namespaced_horizontal_pod_autoscaler(
+                name, namespace, _request_timeout=t
+            ),
+        )
+
+    async def patch_hpa(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        *,
+        resource_version: str,
+        dry_run: bool,
+        deadline: float,
+    ) -> dict[str, Any]:
+        """A merge patch of the HPA's spec carrying the resourceVersion read: a 409 if it
+        changed meanwhile, so a step is never applied on top of another change."""
+        body = {"metadata": {"resourceVersion": resource_version}, "spec": spec}
+        # The stubs omit `_content_type`, which the generated method accepts (and needs:
+        # its default would be a JSON patch).
+        fn = getattr(self._autoscaling, "patch_namespaced_horizontal_pod_autoscaler")  # noqa: B009
+        return await self._call(
+            verb="patch",
+            group="autoscaling",
+            resource="horizontalpodautoscalers",
+            namespace=namespace,
+            name=name,
+            deadline=deadline,
+            send=lambda t: fn(
+                name,
+                namespace,
+                body,
+                _request_timeout=t,
+                _content_type=PATCH_TYPES["merge"],
+                **_dry(dry_run),
+            ),
+        )
+
+    async def list_events(
+        self, namespace: str, *, field_selector: str, deadline: float
+    ) -> list[dict[str, Any]]:
+        out = await self._call(
+            verb="list",
+            group="",
+            resource="events",
+            namespace=namespace,
+            name="",
+            deadline=deadline,
+            send=lambda t: self._core.list_namespaced_event(
+                namespace, field_selector=field_selector, _request_timeout=t
+            ),
+        )
+        return list(out.get("items") or [])
+
+    async def pod_log(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        container: str,
+        previous: bool,
+        tail_lines: int,
+        limit_bytes: int,
+        deadline: float,
+    ) -> str:
+        """The last `tail_lines` lines of a container's log (of its previous instance with
+        `previous`: what a crash-looping container printed before it died)."""
+        out = await self._call(
+            verb="get",
+            group="",
+            resource="pods/log",
+            namespace=namespace,
+            name=name,
+            deadline=deadline,
+            send=lambda t: self._core.read_namespaced_pod_log(
+                name,
+                namespace,
+                container=container,
+                previous=previous,
+                tail_lines=tail_lines,
+                limit_bytes=limit_bytes,
+                _request_timeout=t,
+            ),
+        )
+        return str(out.get("text", ""))
 
     async def list_pods(
         self,
@@ -333,6 +467,8 @@ class KubeClient:
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _as_dict(self, model: Any) -> dict[str, Any]:
+        if isinstance(model, str):  # a log: text, not an object
+            return {"text": model}
         data = self._api.sanitize_for_serialization(model)
         return data if isinstance(data, dict) else {}
 

@@ -226,7 +226,14 @@ class Decider:
                 target=p.target, action=p.action.type, params=p.values,
                 attempt=verdict.attempt, durable=True, final=False,
             )  # fmt: skip
-            await self._loop.awaiting(w, p, decision_id=decision_id, rem=rem, dry=dry)
+            # What the family sees now, for the approvers (and the row).
+            ctx = self._executor.context(rule, w.alert, decision_id=decision_id, target=p.target)
+            seen = await self._executor.evidence(rule, p, ctx)
+            if seen:
+                self._recorder.audit.annotate(decision_id, evidence=seen)
+            await self._loop.awaiting(
+                w, p, decision_id=decision_id, rem=rem, dry=dry, evidence=seen
+            )
             return DECIDED
         if dry:
             if rem is not None:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import structlog
 
 from remediator import errors
+from remediator.actions import evidence as evidence_mod
 from remediator.actions import registry
 from remediator.actions.base import Action, Context, Result
 from remediator.backends.state import State
@@ -100,7 +101,10 @@ def scope(
     }
     if escalation is not None:
         values["decision"] = {"id": str(escalation.decision_id), "url": escalation.url}
-        values["remediation"] = {"why": escalation.why, "tried": escalation.tried_text}
+        values["remediation"] = {
+            "why": escalation.why, "tried": escalation.tried_text,
+            "evidence": escalation.evidence or "none captured",
+        }  # fmt: skip
     return templates.Scope(alert, values)
 
 
@@ -126,23 +130,30 @@ class Executor:
 
     async def _not_started(
         self, w: Work, p: Prepared, decision_id: int, refused: tuple[Reason, str]
-    ) -> tuple[Outcome, Reason, str, Result | None]:
+    ) -> tuple[Outcome, Reason, str, Result | None, dict[str, Any]]:
         reason, detail = refused
         await self._recorder.update(
             w, decision_id, Outcome.SKIPPED, reason, detail=detail, target=p.target
         )
-        return Outcome.SKIPPED, reason, detail, None
+        return Outcome.SKIPPED, reason, detail, None, {}
 
     def context(
         self, rule: Rule, alert: Alert, *, decision_id: int = 0,
-        escalation: Escalation | None = None,
+        escalation: Escalation | None = None, target: str = "",
     ) -> Context:  # fmt: skip
         settings = self._settings()
         return Context(
             alert=alert, rule=rule.name, settings=settings, clients=self._clients,
             timeout=settings.budgets.action_timeout, decision_id=decision_id,
-            escalation=escalation,
+            escalation=escalation, target=target, now=self._clock.now,
         )  # fmt: skip
+
+    async def evidence(self, rule: Rule, p: Prepared, ctx: Context) -> dict[str, Any]:
+        """What the action's family sees before it acts, bounded (never raises), unless
+        the rule turned evidence off."""
+        if not rule.evidence:
+            return {}
+        return await evidence_mod.capture(p.action, p.values, ctx)
 
     async def call(
         self, action: Action, values: Mapping[str, Any], ctx: Context, *, dry: bool
@@ -183,14 +194,17 @@ class Executor:
 
     async def dry_run(self, w: Work, p: Prepared, *, attempt: int, shadow: bool) -> None:
         """Dry-run the action (in a slot unless it is local) and record the decision."""
-        ctx = self.context(w.rule, w.alert)
+        ctx = self.context(w.rule, w.alert, target=p.target)
+        seen: dict[str, Any] = {}
         if p.action.local:
             result, failure = await self.call(p.action, p.values, ctx, dry=True)
         else:
             async with self._slots:
+                seen = await self.evidence(w.rule, p, ctx)
                 result, failure = await self.call(p.action, p.values, ctx, dry=True)
         common: dict[str, Any] = {
             "target": p.target, "action": p.action.type, "params": p.values, "attempt": attempt,
+            "evidence": seen,
         }  # fmt: skip
         if failure is None:
             assert result is not None
@@ -216,13 +230,15 @@ class Executor:
         *,
         decision_id: int,
         still_wanted: Callable[[], tuple[Reason, str] | None] = lambda: None,
-    ) -> tuple[Outcome, Reason, str, Result | None]:
+    ) -> tuple[Outcome, Reason, str, Result | None, dict[str, Any]]:
         """Run the action for real (its row already says `interrupted`); record the outcome.
 
         `still_wanted` is asked once the action has its slot: a reason there (the alert
-        resolved, a pause) records `skipped` with it, and nothing runs. Returns (outcome,
-        reason, detail, result). Releases the target lock.
+        resolved, a pause) records `skipped` with it, and nothing runs. Then the family's
+        evidence is captured onto the row, and the action runs. Returns (outcome, reason,
+        detail, result, evidence). Releases the target lock.
         """
+        seen: dict[str, Any] = {}
         rule, alert = w.rule, w.alert
         started = time.monotonic()
         refused: tuple[Reason, str] | None = None
@@ -245,7 +261,10 @@ class Executor:
                     fingerprint=alert.fingerprint, request_id=w.request_id,
                     decision_id=decision_id,
                 )  # fmt: skip
-                ctx = self.context(rule, alert, decision_id=decision_id)
+                ctx = self.context(rule, alert, decision_id=decision_id, target=p.target)
+                seen = await self.evidence(rule, p, ctx)
+                if seen:
+                    self._recorder.audit.annotate(decision_id, evidence=seen)
                 if await self._state.holds_lock(p.target, p.token):
                     result, failure = await self.call(p.action, p.values, ctx, dry=False)
                 else:
@@ -293,7 +312,7 @@ class Executor:
         self._recorder.log(
             w, outcome, reason, target=p.target, detail=detail, decision_id=decision_id
         )
-        return outcome, reason, detail, result
+        return outcome, reason, detail, result, seen
 
 
 def _action_result(outcome: Outcome) -> str:

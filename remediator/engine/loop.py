@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from remediator import errors
+from remediator.actions import evidence as evidence_mod
 from remediator.backends.state import State
 from remediator.engine.approvals import Approvals
 from remediator.engine.clock import Clock, Timer
@@ -79,6 +80,9 @@ class Phase(enum.StrEnum):
     target's lock is held meanwhile."""
     ESCALATING = "escalating"
     """Nothing more will be tried: the escalation is being sent."""
+    PAGED = "paged"
+    """The escalation opened something that closes with the alert (a PagerDuty incident):
+    its `resolve` is sent when the alert resolves, or the record lapses at `due`."""
 
 
 class AlertsApi(Protocol):
@@ -123,6 +127,8 @@ class Remediation:
     new one: the old owner's writes are refused from then on)."""
     lock_token: int = 0
     """AWAITING: the token of the target lock its attempt holds while a human decides."""
+    page: dict[str, Any] | None = None
+    """PAGED: the escalation's rendered params, for its `resolve`."""
     timer: Timer | None = None
 
     @property
@@ -138,7 +144,7 @@ class Remediation:
             "resolved": self.resolved, "tried": self.tried, "last_skip": self.last_skip,
             "why": self.why, "silence": self.silence, "dry": self.dry,
             "approval_message": self.approval_message, "evidence": self.evidence,
-            "token": self.token, "lock_token": self.lock_token,
+            "token": self.token, "lock_token": self.lock_token, "page": self.page,
         }  # fmt: skip
 
     @classmethod
@@ -151,7 +157,7 @@ class Remediation:
             resolved=r.get("resolved", False), tried=r["tried"], last_skip=r["last_skip"],
             why=r["why"], silence=r["silence"], dry=r.get("dry", False),
             approval_message=r.get("approval_message", ""), evidence=r.get("evidence") or {},
-            token=r.get("token", 0), lock_token=r.get("lock_token", 0),
+            token=r.get("token", 0), lock_token=r.get("lock_token", 0), page=r.get("page"),
         )  # fmt: skip
 
     def view(self) -> dict[str, Any]:
@@ -301,8 +307,9 @@ class Loop:
     # -- approvals -------------------------------------------------------------------
 
     async def awaiting(
-        self, w: Work, p: Prepared, *, decision_id: int, rem: Remediation | None, dry: bool
-    ) -> None:
+        self, w: Work, p: Prepared, *, decision_id: int, rem: Remediation | None, dry: bool,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:  # fmt: skip
         """The step passed the guards: ask a human, and wait for the answer until due."""
         assert w.rule.approval is not None  # only rules with `approval` wait
         if rem is None:
@@ -310,6 +317,7 @@ class Loop:
         rem.phase, rem.step, rem.target = Phase.AWAITING, w.step, p.target
         rem.decision_id, rem.dry, rem.last_skip, rem.lock_token = decision_id, dry, "", p.token
         rem.due = w.now + w.rule.approval.timeout
+        rem.evidence = evidence or rem.evidence
         self._track(rem)
         self._arm(rem, self._approval_due)
         await self._save(rem)
@@ -390,9 +398,10 @@ class Loop:
     # -- the action and its verification ----------------------------------------------
 
     async def _run(self, rem: Remediation, w: Work, p: Prepared) -> None:
-        outcome, reason, detail, result = await self._executor.execute(
+        outcome, reason, detail, result, seen = await self._executor.execute(
             w, p, decision_id=rem.decision_id, still_wanted=lambda: self._unwanted(rem, w)
         )
+        rem.evidence = seen or rem.evidence
         rule, now, n = rem.rule, self._clock.now(), w.step + 1
         rem.note(step=n, action=p.action.type, target=p.target, decision_id=rem.decision_id,
                  outcome=f"{outcome}/{reason}".rstrip("/"))  # fmt: skip
@@ -564,6 +573,7 @@ class Loop:
         escalation = Escalation(
             why=rem.why, tried=tuple(_line(t) for t in rem.tried),
             decision_id=rem.decision_id, url=decision_url(settings, rem.decision_id),
+            evidence=evidence_mod.summary(rem.evidence) if rem.evidence else "",
         )  # fmt: skip
         if not allowed:
             text = (
@@ -582,7 +592,37 @@ class Loop:
         )  # fmt: skip
         if rem.decision_id:
             self._recorder.audit.annotate(rem.decision_id, escalation=text)
+        if result_label == "ok" and rem.page is not None and not rem.resolved:
+            # Open until the alert resolves (its resolve is sent then), or lapses.
+            rem.phase, rem.due = Phase.PAGED, self._clock.now() + PAGED_FOR
+            self._arm(rem, self._page_lapsed)
+            await self._save(rem)
+            return
         await self._forget_durably(rem)
+
+    async def _page_lapsed(self, key: str) -> None:
+        rem = self._active.get(key)
+        if rem is not None and rem.phase is Phase.PAGED:
+            self.finish(rem)
+
+    async def _resolve_page(self, rem: Remediation) -> None:
+        """The alert resolved: close what the escalation opened (same target, same key)."""
+        rule = rem.rule
+        action = self._executor.action(rule.escalate.type) if rule.escalate else None
+        resolve = getattr(action, "resolve", None)
+        if action is None or resolve is None or rem.page is None:
+            self.finish(rem)
+            return
+        ctx = self._executor.context(
+            rule, rem.alert, decision_id=rem.decision_id, target=rem.target
+        )
+        try:
+            result = await resolve(rem.page, ctx)
+            text = f"resolved with the alert: {result.detail}"
+        except Exception as exc:  # noqa: BLE001 - the page stays open for a human to close
+            text = f"not resolved with the alert: {exc}"
+        log.info("page_resolved", rule=rule.name, decision_id=rem.decision_id, detail=text)
+        self.finish(rem)
 
     async def _send(
         self, rem: Remediation, escalation: Escalation, *, dry: bool
@@ -607,12 +647,15 @@ class Loop:
         if not isinstance(prepared, Prepared):
             return f"{rem.why}; escalation not sent: {prepared.detail}", "error"
         ctx = self._executor.context(
-            rule, rem.alert, decision_id=rem.decision_id, escalation=escalation
-        )
+            rule, rem.alert, decision_id=rem.decision_id, escalation=escalation,
+            target=rem.target,
+        )  # fmt: skip
         result, failure = await self._executor.call(prepared.action, prepared.values, ctx, dry=dry)
         if failure is not None:
             return f"{rem.why}; escalation failed: {failure.detail}{note}", "error"
         assert result is not None
+        if not dry and hasattr(prepared.action, "resolve"):
+            rem.page = dict(prepared.values)  # closed with the alert (PAGED)
         return f"{rem.why}; {result.detail}{note}", "dry_run" if dry else "ok"
 
     # -- resolve -----------------------------------------------------------------------
@@ -645,6 +688,10 @@ class Loop:
                 )  # fmt: skip
                 self.approvals.settled(rem, "The alert resolved: nothing was done.")
                 self.finish(rem)
+            elif rem.phase is Phase.PAGED:
+                rem.phase = Phase.ESCALATING  # taken: a second resolve finds nothing to do
+                resolve = functools.partial(self._resolve_page, rem)
+                self._spawn(self._safely(rem, "resolving the page", resolve), "resolve-page")
             else:
                 # ACTING / DECIDING: seen before anything else acts, also after a restart.
                 # ESCALATING: the human is called about attempts that did not help in time.
@@ -805,6 +852,12 @@ class Loop:
                         "resume")  # fmt: skip
 
     async def _resume(self, rem: Remediation, now: float) -> None:
+        if rem.phase is Phase.PAGED:
+            if rem.resolved or self.resolved_lately(rem.alert):
+                await self._resolve_page(rem)
+            else:
+                self._arm(rem, self._page_lapsed)
+            return
         if rem.phase is Phase.ESCALATING:
             await self._escalate(rem)
             return
@@ -844,6 +897,9 @@ class Loop:
         await self._save(rem)
 
 
+PAGED_FOR = 7 * 86400.0
+"""Seconds a page waits for its alert's resolve before the record lapses (a human closes
+what stays open)."""
 TRANSIENT_RECHECK = 60.0
 """Seconds after which a remediation held back by a pause, blackout or silence looks again."""
 

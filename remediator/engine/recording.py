@@ -86,6 +86,7 @@ class Recorder:
         params: Mapping[str, Any] | None = None,
         attempt: int = 0,
         result: Mapping[str, Any] | None = None,
+        evidence: Mapping[str, Any] | None = None,
         durable: bool = False,
         final: bool = True,
     ) -> int:
@@ -98,7 +99,7 @@ class Recorder:
             received_at=alert.received_at, target=target, action=action,
             params=params or {}, detail=detail, request_id=w.request_id, attempt=attempt,
             step=w.step + 1, result=result or {}, labels=alert.labels,
-            annotations=alert.annotations,
+            annotations=alert.annotations, evidence=evidence or {},
         )  # fmt: skip
         # Before the audit write: a claim taken over by another replica stops here.
         await self._state.set_occurrence(w.key, f"{outcome}/{reason}", w.now, token=w.token)

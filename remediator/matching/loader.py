@@ -25,7 +25,7 @@ _NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 _RULE_KEYS = {
     "name", "description", "runbook_url", "source", "matchers", "for", "action", "steps",
     "limits", "verify", "circuit_breaker", "escalate", "silence_while_remediating", "dry_run",
-    "approval",
+    "approval", "evidence",
 }  # fmt: skip
 _APPROVER = re.compile(r"[UWS][A-Z0-9]{2,20}|[a-z0-9][a-z0-9_.-]{0,62}")
 """A Slack user (U…/W…) or user-group (S…) id, or an API approver's name."""
@@ -278,6 +278,7 @@ def _rule(file: str, item: Any, list_line: int, reading: _Reading) -> Rule:
         if swr is None
         else _duration(at, "silence_while_remediating", 0.0),
         approval=_approval(at, item),
+        evidence=_bool(at, "evidence", True),
         dry_run=_bool(at, "dry_run", False),
         file=file,
         line=item.line,

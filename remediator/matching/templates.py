@@ -9,7 +9,8 @@ What a placeholder may name:
 - `rule.FIELD` — the rule (`name`, `description`, `runbook_url`);
 - in `escalate` only: `decision.id`, `decision.url` (the decision that gave up, and its
   link under `external_url`), `remediation.why` and `remediation.tried` (each step tried,
-  its outcome and verification, one per line).
+  its outcome and verification, one per line), `remediation.evidence` (what the last
+  step's family saw before it acted, a few lines).
 
 Values inserted into a chat message are escaped by the param's declared escaper (Slack's
 `&`, `<`, `>`), so a label can neither mention `@channel` nor inject a link; the rule's
@@ -32,7 +33,7 @@ _REF = re.compile(
 )
 ALERT_FIELDS = ("name", "fingerprint", "source", "status", "starts_at", "generator_url")
 RULE_FIELDS = ("name", "description", "runbook_url")
-ESCALATION_FIELDS = {"decision": ("id", "url"), "remediation": ("why", "tried")}
+ESCALATION_FIELDS = {"decision": ("id", "url"), "remediation": ("why", "tried", "evidence")}
 """Known only once a remediation gave up: usable in `escalate` params alone."""
 _FIELDS = {"alert": ALERT_FIELDS, "rule": RULE_FIELDS, **ESCALATION_FIELDS}
 Escape = Callable[[str], str]

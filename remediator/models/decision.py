@@ -85,6 +85,8 @@ class Decision:
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
     annotations: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """The alert's, so the audit says what it was about (and a restart can verify it)."""
+    evidence: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    """What the action's family saw before it acted (bounded; actions/evidence.py)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -98,6 +100,8 @@ class Escalation:
     """The decision that gave up (the last of the remediation)."""
     url: str
     """Its link (under `external_url`), or "" when no external URL is configured."""
+    evidence: str = ""
+    """What the last step's family saw before it acted, as a few lines."""
 
     @property
     def tried_text(self) -> str:

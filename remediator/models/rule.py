@@ -80,6 +80,9 @@ class Rule:
     circuit_breaker: CircuitBreaker = CircuitBreaker()
     escalate: ActionSpec | None = None
     silence_while_remediating: float | None = None
+    evidence: bool = True
+    """Capture what the action's family sees before it acts (pods, events, logs...) into
+    the decision and the escalation; `false` for a rule whose targets say too much."""
     approval: Approval | None = None
     """When set, every attempt waits for a human's approval (`awaiting_approval`)."""
     dry_run: bool = False
