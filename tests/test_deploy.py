@@ -1,6 +1,7 @@
 """deploy/ is a bundle a platform team applies as it is: every Kustomize overlay renders
-and validates against the Kubernetes schemas, its pieces fit the daemon's own config, and
-the alert rules and the Alertmanager example pass promtool and amtool."""
+and validates against the Kubernetes schemas, its pieces fit the daemon's own config, the
+alert rules and the Alertmanager example pass promtool and amtool, and the dashboard and
+the alerts only query metrics the daemon really exposes."""
 
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from remediator import settings
+from remediator.metrics import Metrics
 from tests import kube_emulator as emu_mod
+from tests.harness import Harness, am_alert, resolved
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -335,3 +339,132 @@ def test_the_prometheus_rules_load_in_prometheus_and_pass_the_unit_tests(tmp_pat
         (tmp_path / name).write_text(yaml.safe_dump(tests))
         tested = run("promtool", "test", "rules", name, cwd=tmp_path)
         assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def queried_metrics(text: str) -> set[str]:
+    return set(re.findall(r"\bremediator_[a-z_]+\b", text))
+
+
+def dashboard() -> dict[str, Any]:
+    board: dict[str, Any] = json.loads((DEPLOY / "grafana" / "remediator.json").read_text())
+    return board
+
+
+def dashboard_exprs() -> list[str]:
+    board = dashboard()
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    exprs += [v["definition"] for v in board["templating"]["list"] if v["type"] == "query"]
+    return exprs
+
+
+def alert_exprs() -> list[str]:
+    spec = one(rendered("single"), "PrometheusRule")["spec"]
+    groups = spec["groups"] + rule_groups(DEPLOY / "prometheus" / "remediator-rules.yml")
+    return [r["expr"] for g in groups for r in g["rules"]]
+
+
+EXPOSED_NAMES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_sum", "_count"),
+    "gauge": ("",),
+}
+
+
+async def scraped_metric_names(tmp_path: Path) -> tuple[set[str], set[str]]:
+    """(every series name /metrics declares, the names with samples) from a real daemon
+    that decided, acted on and verified an alert."""
+    rules = """
+    rules:
+      - name: api-log
+        matchers: ['alertname = "APIDown"']
+        action: {type: log, params: {message: api down}}
+        verify: {resolve_within: 10m}
+    """
+    async with Harness(tmp_path, rules=rules, dry_run=False) as h:
+        alert = am_alert("APIDown", namespace="prod")
+        await h.fire(alert)
+        await h.fire(resolved(alert))
+        await h.fire(alert)  # a re-delivery: a duplicate
+        resp = await h.client.get("/metrics")
+        assert resp.status == 200
+        text = await resp.text()
+    declared, sampled = set(), set()
+    for family in text_string_to_metric_families(text):
+        declared |= {family.name + suffix for suffix in EXPOSED_NAMES.get(family.type, ("",))}
+        sampled |= {s.name for s in family.samples}
+    return declared, sampled
+
+
+async def test_the_dashboard_and_the_alerts_query_only_metrics_the_daemon_exposes(
+    tmp_path: Path,
+) -> None:
+    declared, sampled = await scraped_metric_names(tmp_path)
+    # The scrape saw the traffic: the histogram and the counters of this run have samples.
+    assert {
+        "remediator_decisions_total",
+        "remediator_actions_total",
+        "remediator_action_duration_seconds_bucket",
+        "remediator_remediation_verified_total",
+        "remediator_duplicates_total",
+    } <= sampled
+    for where, exprs in (("dashboard", dashboard_exprs()), ("alert rules", alert_exprs())):
+        used = set().union(*map(queried_metrics, exprs))
+        assert used, f"the {where} should query remediator's metrics"
+        assert used <= declared, (
+            f"the {where} query what the daemon does not expose: {sorted(used - declared)}"
+        )
+
+
+def test_the_dashboard_shows_every_part_of_the_daemon() -> None:
+    used = set().union(*map(queried_metrics, dashboard_exprs()))
+    for wanted in (
+        "remediator_webhook_requests_total", "remediator_alerts_received_total",
+        "remediator_decisions_total", "remediator_actions_total",
+        "remediator_action_duration_seconds_bucket", "remediator_remediation_verified_total",
+        "remediator_circuit_open", "remediator_escalations_total", "remediator_approvals_total",
+        "remediator_journal_backlog", "remediator_held_alerts", "remediator_remediations_active",
+        "remediator_paused", "remediator_rule_paused",
+    ):  # fmt: skip
+        assert wanted in used, f"no panel shows {wanted}"
+
+
+def test_every_metric_the_daemon_defines_is_known_to_the_check() -> None:
+    # The check above expands names by type; a new metric type would slip through it.
+    families = Metrics().registry.collect()
+    assert {f.type for f in families} <= set(EXPOSED_NAMES)
+
+
+def test_every_dashboard_query_is_promql_and_every_panel_is_placed(tmp_path: Path) -> None:
+    board = dashboard()
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in board["panels"]:
+        assert (
+            set(p["gridPos"]) == {"h", "w", "x", "y"}
+            and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
+        )
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${datasource}" and p["targets"], p["title"]
+    variables = {"$__rate_interval": "5m", "$job": ".*", "$rule": ".*"}
+
+    def concrete(expr: str) -> str:
+        for name, value in variables.items():
+            expr = expr.replace(name, value)
+        assert "$" not in expr, expr
+        return expr
+
+    # promtool parses each query as the expression of a recording rule.
+    group = {
+        "name": "dashboard",
+        "rules": [
+            {"record": f"dashboard:query_{i}", "expr": concrete(e)}
+            for i, e in enumerate(dashboard_exprs())
+            if not e.startswith("label_values")
+        ],
+    }
+    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump({"groups": [group]}))
+    checked = run("promtool", "check", "rules", "dashboard.yml", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
