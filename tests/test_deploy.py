@@ -1,6 +1,7 @@
 """deploy/ is a bundle a platform team applies as it is: every Kustomize overlay renders
 and validates against the Kubernetes schemas, its pieces fit the daemon's own config, the
-alert rules and the Alertmanager example pass promtool and amtool, and the dashboard and
+alert rules and the Alertmanager example pass promtool and amtool, the CloudFormation
+template passes cfn-lint and grants what iam-policy.json grants, and the dashboard and
 the alerts only query metrics the daemon really exposes."""
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from remediator import settings
+from remediator.actions import aws as aws_actions
 from remediator.metrics import Metrics
 from tests import kube_emulator as emu_mod
 from tests.harness import Harness, am_alert, resolved
@@ -468,3 +472,122 @@ def test_every_dashboard_query_is_promql_and_every_panel_is_placed(tmp_path: Pat
     (tmp_path / "dashboard.yml").write_text(yaml.safe_dump({"groups": [group]}))
     checked = run("promtool", "check", "rules", "dashboard.yml", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+# --------------------------------------------------------------------------- AWS
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """YAML with CloudFormation's short forms (!Ref, !Sub, ...) as their long forms."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    elif isinstance(node, yaml.MappingNode):
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+_CfnLoader.add_multi_constructor("!", _intrinsic)
+TEMPLATE = DEPLOY / "aws" / "remediator.yaml"
+
+
+def cloudformation() -> dict[str, Any]:
+    template: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+    return template
+
+
+def test_the_cloudformation_template_passes_cfn_lint() -> None:
+    cfn_lint = Path(sys.executable).parent / "cfn-lint"  # the dev dependency's script
+    linted = run(str(cfn_lint), str(TEMPLATE))
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def substitute(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, dict) and set(value) == {"Fn::Sub"}:
+        return re.sub(r"\$\{([^}]+)\}", lambda m: names[m.group(1)], value["Fn::Sub"])
+    if isinstance(value, list):
+        return [substitute(v, names) for v in value]
+    return value
+
+
+def test_the_alarm_notifies_the_topic_whose_https_subscription_is_the_sns_webhook() -> None:
+    resources = cloudformation()["Resources"]
+    alarm = resources["BacklogAlarm"]["Properties"]
+    topic = {"Ref": "AlarmTopic"}
+    assert alarm["AlarmActions"] == [topic] and alarm["OKActions"] == [topic]  # OK resolves
+    subscription = resources["WebhookSubscription"]["Properties"]
+    assert subscription["TopicArn"] == topic and subscription["Protocol"] == "https"
+    assert subscription["RawMessageDelivery"] is False  # the signed envelope is needed
+    pattern = cloudformation()["Parameters"]["WebhookUrl"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "https://remediator.example.com/webhook/sns")
+    assert not re.fullmatch(pattern, "http://remediator.example.com/webhook/sns")
+    assert not re.fullmatch(pattern, "https://remediator.example.com/webhook/alertmanager")
+
+
+def test_the_daemons_role_grants_what_iam_policy_json_grants() -> None:
+    template = cloudformation()
+    defaults = {k: str(v.get("Default", "")) for k, v in template["Parameters"].items()}
+    # iam-policy.json's example ARNs: region eu-west-1, account 123456789012.
+    names = {
+        **defaults,
+        "AWS::Partition": "aws",
+        "AWS::Region": "eu-west-1",
+        "AWS::AccountId": "123456789012",
+    }
+    [policy] = template["Resources"]["DaemonRole"]["Properties"]["Policies"]
+    statements = [
+        {**s, "Resource": substitute(s["Resource"], names)}
+        for s in policy["PolicyDocument"]["Statement"]
+    ]
+    expected = json.loads((DEPLOY / "aws" / "iam-policy.json").read_text())["Statement"]
+    assert statements == expected
+    granted = {a for s in statements for a in s["Action"]}
+    assert granted == aws_actions.iam_actions()
+
+
+def test_the_role_trusts_only_remediators_service_account() -> None:
+    template = cloudformation()
+    trust = template["Resources"]["DaemonRole"]["Properties"]["AssumeRolePolicyDocument"]
+    pod_identity, irsa = trust["Fn::If"][1], trust["Fn::If"][2]
+    [statement] = pod_identity["Statement"]
+    assert statement["Principal"] == {"Service": "pods.eks.amazonaws.com"}
+    association = template["Resources"]["PodIdentity"]["Properties"]
+    assert association["ServiceAccount"] == {"Ref": "ServiceAccountName"}
+    assert association["Namespace"] == {"Ref": "ServiceAccountNamespace"}
+    names = {
+        "AWS::Partition": "aws",
+        "AWS::AccountId": "123456789012",
+        "OidcProvider": "oidc.eks.eu-west-1.amazonaws.com/id/X",
+        "ServiceAccountNamespace": "remediator",
+        "ServiceAccountName": "remediator",
+    }
+    [statement] = json.loads(substitute(irsa, names))["Statement"]
+    assert statement["Condition"]["StringEquals"] == {
+        "oidc.eks.eu-west-1.amazonaws.com/id/X:sub": "system:serviceaccount:remediator:remediator",
+        "oidc.eks.eu-west-1.amazonaws.com/id/X:aud": "sts.amazonaws.com",
+    }
+
+
+def _walk(value: Any) -> Iterator[Any]:
+    yield value
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _walk(v)
+
+
+def test_the_template_names_no_real_account_or_secret() -> None:
+    text = TEMPLATE.read_text()
+    assert not re.search(r"\b[0-9]{12}\b", text)  # accounts come from AWS::AccountId
+    assert not any(
+        isinstance(v, str) and v.startswith(("AKIA", "ASIA")) for v in _walk(cloudformation())
+    )
