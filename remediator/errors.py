@@ -8,6 +8,9 @@
     │   ├── PayloadTooLarge    → 413
     │   └── intake.sns.Rejected  a signed message refused for what it claims → 403
     ├── Backpressure           the journal backlog is full → 503, the sender retries
+    ├── BackendUnavailable     Redis or PostgreSQL cannot be reached (or failed a call)
+    ├── Superseded             this replica's claim, lock or lease lapsed and another
+    │                          replica holds it now: what it was doing must not go on
     ├── TemplateError          a template references a key the alert does not have
     ├── ParamError             a rendered action parameter is invalid (→ template_error)
     ├── NotAllowed             outside what config/rule allow (→ not_allowed), raised
@@ -78,6 +81,15 @@ class PayloadTooLarge(IntakeError):
 
 class Backpressure(RemediatorError):
     """The journal backlog reached its bound; answer 503 so the sender retries."""
+
+
+class BackendUnavailable(RemediatorError):
+    """A shared backend (Redis, PostgreSQL) cannot be reached or failed a call."""
+
+
+class Superseded(RemediatorError):
+    """A claim, lock or replica lease this process held has lapsed and was taken over:
+    it must not act or record on it (the fencing token no longer matches)."""
 
 
 class TemplateError(RemediatorError):

@@ -23,11 +23,10 @@ from aiohttp import web
 
 from remediator import errors, intake, preflight, reloading
 from remediator import settings as settings_mod
-from remediator.backends import audit as audit_mod
+from remediator.backends import Backends
 from remediator.backends import journal as journal_mod
 from remediator.backends import state as state_mod
-from remediator.backends.sqlite import Database
-from remediator.backends.state import EmbeddedState, Pause
+from remediator.backends.state import Pause
 from remediator.clients import Clients
 from remediator.clients.alertmanager import AlertmanagerClient
 from remediator.engine import restoring
@@ -72,15 +71,11 @@ class Daemon:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.metrics = metrics or Metrics()
-        self.db = Database(
-            settings.data_dir / "remediator.db",
-            fsync=settings.journal_fsync,
-            schema=journal_mod.SCHEMA + audit_mod.SCHEMA + state_mod.SCHEMA,
-            migrations=[audit_mod.migrate],
-        )
-        self.journal = journal_mod.SqliteJournal(self.db)
-        self.audit = audit_mod.SqliteAudit(self.db)
-        self.state = EmbeddedState(self.db)
+        self.backends = Backends(settings)
+        self.db = self.backends.db
+        self.journal = self.backends.journal
+        self.audit = self.backends.audit
+        self.state = self.backends.state
         self.stopping = False
         self.clients: Clients | None = None
         self.engine: Engine
@@ -97,8 +92,7 @@ class Daemon:
         """Load rules (fail hard on errors at start), open backends, resume the journal."""
         read = self._signature()  # before reading: an edit meanwhile is seen as a change
         rules = load_rules(self.settings)
-        await self.db.start()
-        await self.state.load()
+        await self.backends.start(self.clock.now())
         self.clients = await Clients.open()
         silences = alerts = None
         if self.settings.alertmanager.enabled:
@@ -118,11 +112,12 @@ class Daemon:
                 state_mod.GLOBAL,
                 Pause("config", "paused: true in the config file", self.clock.now(), None),
             )
-        replayed = await restoring.replay(
-            self.audit, self.state, self.engine.index.by_name, now=self.clock.now()
-        )
-        if replayed:
-            log.info("decisions_restored", count=replayed)
+        if self.state.needs_replay:
+            replayed = await restoring.replay(
+                self.audit, self.state, self.engine.index.by_name, now=self.clock.now()
+            )
+            if replayed:
+                log.info("decisions_restored", count=replayed)
         pending = await self.journal.pending(intake.replay)
         await self.engine.restore()
         self._engine_task = asyncio.create_task(
@@ -133,6 +128,7 @@ class Daemon:
         self.engine.submit(pending)
         await self.engine.wait_idle()
         self.engine.resume()
+        self.backends.run(self.engine, intake.replay, self.clock.now)
         self._watch(read)
         self._pause_gauges()
         for key, p in self.state.pauses().items():
@@ -147,6 +143,7 @@ class Daemon:
         log.info(
             "daemon_started", rules=len(rules), resumed=len(pending), dry_run=self.settings.dry_run,
             paused=self.state.paused, data_dir=str(self.settings.data_dir),
+            backend=self.settings.backend.kind, audit=self.settings.audit.kind,
         )  # fmt: skip
 
     async def shutdown(self) -> None:
@@ -160,6 +157,7 @@ class Daemon:
                 self._watch_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._watch_task
+        await self.backends.stop_tasks()  # no new work from a shared journal
         if self._engine_task is not None:
             self._engine_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -175,7 +173,7 @@ class Daemon:
             await asyncio.wait(stuck, timeout=5.0)
         if self.clients is not None:
             await self.clients.close()
-        await self.db.close()
+        await self.backends.close()
         log.info("shutdown_finished", cancelled_actions=len(stuck))
 
     # -- intake -----------------------------------------------------------------
@@ -318,8 +316,7 @@ class Daemon:
             problems.append("shutting down")
         if self._engine_task is None or self._engine_task.done():
             problems.append("engine not running")
-        if not self.db.alive:
-            problems.append(f"database writer for {self.db.path} is not running")
+        problems += self.backends.problems()
         if self.journal.backlog >= self.settings.intake.backlog_limit:
             problems.append("journal backlog full")
         return problems

@@ -207,6 +207,63 @@ class Approvals:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RedisBackend:
+    """`backend.redis`: the shared journal and limit state of several replicas."""
+
+    url: str | None = None
+    """From the environment variable `url_env` names (a URL carries the password)."""
+    url_env: str = "REMEDIATOR_REDIS_URL"
+    key_prefix: str = "remediator"
+    """Every key starts with `PREFIX:`; two deployments may share one Redis."""
+    claim_idle: float = 30.0
+    """Seconds a replica may go silent (no heartbeat) before another takes over its
+    journal entries, held alerts and remediations; also the liveness lease of a replica.
+    Shorter: faster take-over after a crash; too short: a stall (GC, CPU starvation) is
+    taken for a death."""
+    lock_ttl: float = 30.0
+    """Seconds a target lock lives without renewal (its holder renews it every third of
+    that while it runs); a stalled holder's lock lapses and its fencing token is stale."""
+    wait_replicas: int = 0
+    """Redis replicas that must have each journal write (`WAIT`) before the 2xx; 0: the
+    primary's own persistence (see README, "Several replicas")."""
+    timeout: float = 2.0
+    """Seconds for one Redis call; a journal write past it answers 503."""
+    poll_interval: float = 1.0
+    """Seconds between reads of shared state kept in memory (pauses, open circuits)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backend:
+    """`backend`: where the journal and the limit state live."""
+
+    kind: str = "embedded"
+    """`embedded` (SQLite + in process, one replica) or `redis` (several replicas)."""
+    redis: RedisBackend = RedisBackend()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PostgresAudit:
+    """`audit.postgres`: the audit trail in PostgreSQL, shared by every replica."""
+
+    dsn: str | None = None
+    """From the environment variable `dsn_env` names."""
+    dsn_env: str = "REMEDIATOR_AUDIT_DSN"
+    timeout: float = 5.0
+    """Seconds for one statement; past it PostgreSQL counts as down (rows are spooled)."""
+    retry_interval: float = 2.0
+    """Seconds between attempts to reach PostgreSQL again while it is down."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditBackend:
+    """`audit`: where decisions are recorded."""
+
+    kind: str = "sqlite"
+    """`sqlite` (beside the journal) or `postgres`."""
+    postgres: PostgresAudit = PostgresAudit()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     listen_host: str = "127.0.0.1"
     listen_port: int = 9097
@@ -238,6 +295,8 @@ class Settings:
     sns: Sns = Sns()
     alertmanager: AlertmanagerApi = AlertmanagerApi()
     approvals: Approvals = Approvals()
+    backend: Backend = Backend()
+    audit: AuditBackend = AuditBackend()
     workers: int = 4
     """Engine tasks deciding alerts concurrently."""
     journal_fsync: bool = False
@@ -325,6 +384,8 @@ def load(
         sns=_sns(r.section("sns"), env),
         alertmanager=_alertmanager(r.section("alertmanager"), env),
         approvals=_approvals(r.section("approvals"), env),
+        backend=_backend(r.section("backend"), env),
+        audit=_audit(r.section("audit"), env),
         workers=r.integer("workers", 4, lo=1, hi=64),
         journal_fsync=r.flag("journal_fsync", False),
         shutdown_timeout=r.duration("shutdown_timeout", 20.0),
@@ -346,7 +407,7 @@ def load(
 
 RESTART_ONLY = (
     "listen_host", "listen_port", "data_dir", "workers", "journal_fsync", "alertmanager",
-    "sns", "log_format", "log_level", "config_file", "rules_watch_interval",
+    "sns", "log_format", "log_level", "config_file", "backend", "audit", "rules_watch_interval",
 )  # fmt: skip
 """Settings a running daemon cannot take on a reload: sockets, files, tasks, clients."""
 
@@ -519,6 +580,64 @@ def _approvals(r: Reader, env: Mapping[str, str]) -> Approvals:
     tr.finish()
     r.finish()
     return Approvals(slack=slack, tokens=tokens)
+
+
+def _backend(r: Reader, env: Mapping[str, str]) -> Backend:
+    kind = r.choice("kind", "embedded", ("embedded", "redis"))
+    sub = r.section("redis")
+    url_env = sub.text("url_env", "REMEDIATOR_REDIS_URL")
+    redis = RedisBackend(
+        url=sub.secret("url_env", env, default_env="REMEDIATOR_REDIS_URL")
+        if kind == "redis"
+        else None,
+        url_env=url_env,
+        key_prefix=sub.text("key_prefix", "remediator"),
+        claim_idle=sub.duration("claim_idle", 30.0),
+        lock_ttl=sub.duration("lock_ttl", 30.0),
+        wait_replicas=sub.integer("wait_replicas", 0, lo=0, hi=16),
+        timeout=sub.duration("timeout", 2.0),
+        poll_interval=sub.duration("poll_interval", 1.0),
+    )
+    sub.finish()
+    r.finish()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", redis.key_prefix):
+        raise errors.ConfigError(
+            "backend.redis.key_prefix", "letters, digits, `_`, `.`, `-`, at most 64"
+        )
+    for key in ("claim_idle", "lock_ttl", "timeout", "poll_interval"):
+        if not 0 < getattr(redis, key) <= 3600:
+            raise errors.ConfigError(f"backend.redis.{key}", "must be longer than 0s, at most 1h")
+    if kind == "redis" and not redis.url:
+        raise errors.ConfigError(
+            "backend.redis.url_env",
+            f"backend.kind is redis: set {url_env} to the Redis URL (redis://host:6379/0)",
+        )
+    return Backend(kind=kind, redis=redis)
+
+
+def _audit(r: Reader, env: Mapping[str, str]) -> AuditBackend:
+    kind = r.choice("kind", "sqlite", ("sqlite", "postgres"))
+    sub = r.section("postgres")
+    dsn_env = sub.text("dsn_env", "REMEDIATOR_AUDIT_DSN")
+    pg = PostgresAudit(
+        dsn=sub.secret("dsn_env", env, default_env="REMEDIATOR_AUDIT_DSN")
+        if kind == "postgres"
+        else None,
+        dsn_env=dsn_env,
+        timeout=sub.duration("timeout", 5.0),
+        retry_interval=sub.duration("retry_interval", 2.0),
+    )
+    sub.finish()
+    r.finish()
+    for key in ("timeout", "retry_interval"):
+        if not 0 < getattr(pg, key) <= 600:
+            raise errors.ConfigError(f"audit.postgres.{key}", "must be longer than 0s, at most 10m")
+    if kind == "postgres" and not pg.dsn:
+        raise errors.ConfigError(
+            "audit.postgres.dsn_env",
+            f"audit.kind is postgres: set {dsn_env} to its DSN (postgresql://user@host/db)",
+        )
+    return AuditBackend(kind=kind, postgres=pg)
 
 
 def _external_url(r: Reader) -> str:

@@ -7,6 +7,7 @@ the alerts only query metrics the daemon really exposes."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import re
@@ -37,6 +38,11 @@ KUBERNETES_VERSION = "1.33.0"
 OPERATOR_KINDS = {"ServiceMonitor", "PrometheusRule"}
 """Prometheus Operator CRDs: kubernetes-validate has no schema for them; checked below."""
 SECRET_KEYS = {"webhook-token", "admin-token", "read-token"}
+BACKEND_ENV = {
+    "REMEDIATOR_REDIS_URL": "redis://redis:6379/0",
+    "REMEDIATOR_AUDIT_DSN": "postgresql://x@pg/db",
+}
+"""What the `remediator-backends` Secret of overlays/ha holds (the config needs them)."""
 
 
 def run(*cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -87,7 +93,7 @@ def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
 def daemon_config(docs: list[dict[str, Any]], tmp_path: Path, **env: str) -> settings.Settings:
     cm = one(docs, "ConfigMap", "remediator-config")
     (tmp_path / "config.yaml").write_text(cm["data"]["config.yaml"])
-    return settings.load(tmp_path / "config.yaml", environ=env)
+    return settings.load(tmp_path / "config.yaml", environ={**BACKEND_ENV, **env})
 
 
 # --------------------------------------------------------------------------- kustomize
@@ -172,6 +178,31 @@ def test_moving_the_daemon_to_another_namespace_is_one_edit(tmp_path: Path) -> N
             assert ns == "ops", f"{d['kind']}/{d['metadata']['name']} in {ns}"
 
 
+def test_the_ha_overlay_runs_three_replicas_on_redis_and_postgresql(tmp_path: Path) -> None:
+    docs = rendered("ha")
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert one(docs, "PodDisruptionBudget")["spec"] == {
+        "minAvailable": 2,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": {"matchLabels": {"app.kubernetes.io/name": "remediator"}},
+    }
+    assert "PersistentVolumeClaim" not in {d["kind"] for d in docs}
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(docs)["env"]}
+    assert env["REMEDIATOR_REDIS_URL"] == {"name": "remediator-backends", "key": "redis-url"}
+    assert env["REMEDIATOR_AUDIT_DSN"] == {"name": "remediator-backends", "key": "audit-dsn"}
+    (tmp_path / "ha").mkdir()
+    ha = daemon_config(docs, tmp_path / "ha")
+    assert (ha.backend.kind, ha.audit.kind) == ("redis", "postgres")
+    assert ha.backend.redis.url == BACKEND_ENV["REMEDIATOR_REDIS_URL"]
+    # Apart from the backends, the same config as the single replica's.
+    (tmp_path / "single").mkdir()
+    single = daemon_config(rendered("single"), tmp_path / "single")
+    same = {"backend": single.backend, "audit": single.audit, "env_refs": (), "config_file": None}
+    assert dataclasses.replace(ha, **same) == dataclasses.replace(single, **same)
+
+
 def test_the_base_lists_every_manifest_it_holds() -> None:
     listed = yaml.safe_load((BASE / "kustomization.yaml").read_text())["resources"]
     present = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml", "secret.example.yaml"}
@@ -193,7 +224,7 @@ def test_the_webhook_admin_and_read_tokens_are_required_from_the_secret(
         and not e["valueFrom"]["secretKeyRef"].get("optional")
     }
     assert {ref["key"] for ref in required.values()} >= SECRET_KEYS
-    assert {ref["name"] for ref in required.values()} == {"remediator"}
+    assert {ref["name"] for ref in required.values() if ref["key"] in SECRET_KEYS} == {"remediator"}
     assert "REMEDIATOR_READ_TOKEN" in required
     # The variables are the ones the daemon reads with the shipped config: with them set,
     # the webhook and the admin endpoints require their tokens.
@@ -239,8 +270,11 @@ def test_the_pod_runs_unprivileged_on_a_read_only_root_with_its_files_where_the_
     assert mounts[str(cfg.rules_dir)]["readOnly"] is True
     writable = {p for p, m in mounts.items() if not m.get("readOnly")}
     assert writable == {str(cfg.data_dir), "/tmp"}
-    volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "persistentVolumeClaim" in volumes[mounts[str(cfg.data_dir)]["name"]]
+    data = {v["name"]: v for v in pod["volumes"]}[mounts[str(cfg.data_dir)]["name"]]
+    if cfg.backend.kind == "embedded":  # the journal and the audit live there
+        assert "persistentVolumeClaim" in data
+        assert deployment["spec"]["replicas"] == 1
+        assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # never two writers
     assert cfg.rules_watch_interval > 0  # a changed rules ConfigMap is picked up
     port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
     assert cfg.listen_port == port and cfg.listen_host == "0.0.0.0"
@@ -273,6 +307,10 @@ def test_the_network_policy_admits_only_the_monitoring_namespaces_and_lets_out_w
     cfg = daemon_config(docs, tmp_path)
     for url in cfg.alertmanager.urls:  # the silence checks can get out
         assert (int(url.rsplit(":", 1)[1]), "TCP") in egress
+    if cfg.backend.kind == "redis":
+        assert (6379, "TCP") in egress
+    if cfg.audit.kind == "postgres":
+        assert (5432, "TCP") in egress
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

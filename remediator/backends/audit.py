@@ -131,11 +131,38 @@ class Audit(Protocol):
 log = structlog.get_logger(__name__)
 
 _Row = tuple[Any, ...]
-_INSERTED = (*COLUMNS[1:16], "result", "alert", "step")
+INSERTED = (*COLUMNS[1:16], "result", "alert", "step")
 _INSERT = (
-    f"INSERT INTO decisions ({', '.join(_INSERTED)}) "  # noqa: S608 - fixed names
-    f"VALUES ({', '.join('?' * len(_INSERTED))})"
+    f"INSERT INTO decisions ({', '.join(INSERTED)}) "  # noqa: S608 - fixed names
+    f"VALUES ({', '.join('?' * len(INSERTED))})"
 )
+
+
+def row_of(d: Decision) -> _Row:
+    """A decision's values in the order of `INSERTED`."""
+    return (
+        d.decided_at, iso(d.received_at), d.rule, d.alertname, d.fingerprint,
+        d.starts_at, d.source, str(d.outcome), str(d.reason), d.target, d.action,
+        json.dumps(dict(d.params), default=str), d.detail, d.request_id, d.attempt,
+        json.dumps(dict(d.result), default=str) if d.result else "{}",
+        json.dumps({"labels": d.labels, "annotations": d.annotations}), d.step,
+    )  # fmt: skip
+
+
+def decoded(row: _Row) -> dict[str, Any]:
+    """A row of `COLUMNS` as the API shows it (JSON columns decoded)."""
+    item = dict(zip(COLUMNS, row, strict=True))
+    for column in ("params", "result", "alert", "evidence"):
+        item[column] = json.loads(item[column])
+    return item
+
+
+REPLAYED = (
+    "id", "rule", "fingerprint", "starts_at", "outcome", "reason", "target",
+    "decided_at", "received_at", "verification", "alert", "source", "alertname",
+    "step", "escalation", "action", "params", "detail", "attempt",
+)  # fmt: skip
+"""The columns `recent_occurrences` returns."""
 
 
 def _insert(conn: sqlite3.Connection, rows: list[_Row]) -> list[int]:
@@ -148,16 +175,7 @@ class SqliteAudit:
         self._rows: Batcher[_Row] = Batcher(db, _insert)
 
     def record(self, decision: Decision) -> Receipt:
-        d = decision
-        row: _Row = (
-            d.decided_at, iso(d.received_at), d.rule, d.alertname, d.fingerprint,
-            d.starts_at, d.source, str(d.outcome), str(d.reason), d.target, d.action,
-            json.dumps(dict(d.params), default=str), d.detail, d.request_id, d.attempt,
-            json.dumps(dict(d.result), default=str) if d.result else "{}",
-            json.dumps({"labels": d.labels, "annotations": d.annotations}), d.step,
-        )  # fmt: skip
-
-        return Receipt(*self._rows.add(row))
+        return Receipt(*self._rows.add(row_of(decision)))
 
     async def update(
         self,
@@ -227,19 +245,15 @@ class SqliteAudit:
         sql += " ORDER BY id DESC LIMIT ?"
         args.append(q.limit)
         rows = await self._db.read(lambda c: c.execute(sql, args).fetchall())
-        return [_decoded(row) for row in rows]
+        return [decoded(row) for row in rows]
 
     async def get(self, id_: int) -> dict[str, Any] | None:
         sql = f"SELECT {', '.join(COLUMNS)} FROM decisions WHERE id = ?"  # noqa: S608 - fixed names
         rows = await self._db.read(lambda c: c.execute(sql, (id_,)).fetchall())
-        return _decoded(rows[0]) if rows else None
+        return decoded(rows[0]) if rows else None
 
     async def recent_occurrences(self, since: dt.datetime, *, limit: int) -> list[dict[str, Any]]:
-        keys = (
-            "id", "rule", "fingerprint", "starts_at", "outcome", "reason", "target",
-            "decided_at", "received_at", "verification", "alert", "source", "alertname",
-            "step", "escalation", "action", "params", "detail", "attempt",
-        )  # fmt: skip
+        keys = REPLAYED
         sql = (
             f"SELECT {', '.join(keys)} FROM decisions "  # noqa: S608 - fixed names
             "WHERE decided_at >= ? ORDER BY id DESC LIMIT ?"
@@ -247,13 +261,6 @@ class SqliteAudit:
         rows = await self._db.read(lambda c: c.execute(sql, (iso(since), limit)).fetchall())
         rows.reverse()
         return [dict(zip(keys, row, strict=True)) for row in rows]
-
-
-def _decoded(row: _Row) -> dict[str, Any]:
-    item = dict(zip(COLUMNS, row, strict=True))
-    for column in ("params", "result", "alert", "evidence"):
-        item[column] = json.loads(item[column])
-    return item
 
 
 def _log_annotate_failure(fut: asyncio.Future[Any], decision_id: int) -> None:

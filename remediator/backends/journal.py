@@ -41,7 +41,8 @@ class JournalEntry:
 
     __slots__ = ("alert", "request_id", "row")
 
-    def __init__(self, row: int, alert: Alert, request_id: str) -> None:
+    def __init__(self, row: int | str, alert: Alert, request_id: str) -> None:
+        """`row`: the journal's id of the request (a SQLite rowid, a stream entry id)."""
         self.row = row
         self.alert = alert
         self.request_id = request_id
@@ -59,7 +60,13 @@ class Journal(Protocol):
         self, *, source: str, payload: bytes, alerts: Sequence[Alert], request_id: str,
         received_at: dt.datetime,
     ) -> list[JournalEntry]:  # fmt: skip
-        """Durably store one request's alerts; returns one entry per alert."""
+        """Durably store one request's alerts; returns the entries this replica decides
+        now (the embedded journal: one per alert; a shared journal hands them out to the
+        replicas through `run` instead, and returns none)."""
+
+    async def run(self, submit: Callable[[list[JournalEntry]], None], replay: Replay) -> None:
+        """Hand entries to the engine until cancelled (a shared journal: read, claim from
+        dead replicas, renew what this one holds); the embedded journal has nothing to do."""
 
     def finish(self, entry: JournalEntry) -> None:
         """The entry's alert is decided; its request leaves the journal with its last alert."""
@@ -72,13 +79,16 @@ class SqliteJournal:
     def __init__(self, db: Database) -> None:
         self._db = db
         self._backlog = 0
-        self._open: dict[int, int] = {}
+        self._open: dict[int | str, int] = {}
         """Row id → alerts of that request not yet finished."""
-        self._removals: Batcher[int] = Batcher(db, _delete)
+        self._removals: Batcher[int | str] = Batcher(db, _delete)
 
     @property
     def backlog(self) -> int:
         return self._backlog
+
+    async def run(self, submit: Callable[[list[JournalEntry]], None], replay: Replay) -> None:
+        return None  # append returns the entries, pending() the ones of an earlier run
 
     async def append(
         self,
@@ -142,6 +152,6 @@ def _insert(conn: sqlite3.Connection, values: tuple[str, str, str, bytes]) -> in
     return cur.lastrowid or 0
 
 
-def _delete(conn: sqlite3.Connection, rows: list[int]) -> list[None]:
+def _delete(conn: sqlite3.Connection, rows: list[int | str]) -> list[None]:
     conn.executemany("DELETE FROM journal WHERE id = ?", [(r,) for r in rows])
     return []

@@ -3,9 +3,17 @@ durable records of work in flight (alerts held for `for`, remediations under way
 
 `State` is the interface the engine uses; `EmbeddedState` is the embedded default (one
 replica): counters in memory (rebuilt from the audit on start), pauses, held alerts and
-remediations in the SQLite database beside the journal. Each method that checks and
-changes state does so atomically — the memory backend never awaits inside one — so two
-deliveries racing through the engine cannot both pass a guard.
+remediations in the SQLite database beside the journal; `backends.redis.RedisState` is
+the shared one of several replicas. Each method that checks and changes state does so
+atomically — the memory backend never awaits inside one, Redis runs one Lua script — so
+two deliveries racing through the engine (or through two replicas) cannot both pass a
+guard. Above all `claim`: reading an occurrence and claiming it is ONE operation.
+
+Fencing tokens: a claim, a reserved target lock, a held alert and a remediation carry
+the token they were taken with. A shared backend refuses a write made with a token
+that is no longer current (`errors.Superseded`): a replica that stalled past its lease
+cannot record or act on what another replica took over. The embedded backend, one
+process, has nothing to take over: its tokens are 0 and never refused.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any, NamedTuple, Protocol
 from remediator.backends.sqlite import Batcher, Database
 from remediator.engine import guards
 from remediator.engine.guards import Circuit, Verdict
+from remediator.models.alert import Alert
 from remediator.models.decision import Reason
 from remediator.models.rule import Rule
 from remediator.settings import Budgets
@@ -30,8 +39,6 @@ GC_EVERY = 1000
 """Reservations between sweeps of lapsed per-target state."""
 MAX_OCCURRENCES = 200_000
 """Occurrence records kept for dedup; the oldest go first past this (bounded memory)."""
-LOCK_RECHECK = 10.0
-"""Seconds after which a remediation refused by a target lock tries again."""
 
 
 class Occurrence(NamedTuple):
@@ -64,6 +71,15 @@ GLOBAL = ""
 """The pause key of the kill switch for every rule (a rule's pause is keyed by its name)."""
 
 
+class Claim(NamedTuple):
+    """An occurrence claimed for deciding."""
+
+    prev: str | None
+    """Its status before the claim (None: never seen)."""
+    token: int
+    """The fencing token of the claim (0: the embedded backend, never taken over)."""
+
+
 class State(Protocol):
     @property
     def paused(self) -> bool:
@@ -79,26 +95,46 @@ class State(Protocol):
     async def set_pause(self, key: str, pause: Pause | None) -> None:
         """Set (or with None lift) a pause; durable once this returns."""
 
-    async def occurrence(self, key: str) -> Occurrence | None: ...
+    @property
+    def needs_replay(self) -> bool:
+        """Whether the limits live only in this process, so the audit is replayed into
+        them on start (a shared backend keeps them: a replay would count twice)."""
 
-    async def set_occurrence(self, key: str, status: str, now: float) -> None: ...
+    async def claim(
+        self, key: str, *, skip: Reason | None, aged: bool, now: float, token: int = 0
+    ) -> Claim | None:
+        """The duplicate guard (`guards.should_decide`) and the claim, in ONE atomic step:
+        None if this delivery is a duplicate; else the occurrence is `deciding`, owned by
+        the returned claim. `skip`: the transient reason this delivery would be skipped
+        for; `aged`: a held alert come of age, held under `token`. A claim whose owner
+        died (a shared backend's lapsed replica) can be claimed again."""
 
-    async def forget_occurrence(self, key: str) -> None:
+    async def set_occurrence(self, key: str, status: str, now: float, *, token: int = 0) -> None:
+        """Set an occurrence's status; with a token, only while that claim is current
+        (else `errors.Superseded`: another replica took the occurrence over)."""
+
+    async def forget_occurrence(self, key: str, *, token: int = 0) -> None:
         """Drop a claim left by a decision that failed half-way (decided afresh later)."""
 
     async def reserve(self, *, rule: Rule, target: str, budgets: Budgets, now: float,
                       dry_run: bool, shadow: bool = False) -> Verdict:  # fmt: skip
-        """Check cooldown, attempts, rule rate, budgets, circuit, lock; reserve if all pass
-        (atomically). `shadow`: a rule in shadow mode among acting ones — its cooldown
+        """Check cooldown, attempts, rule rate, budgets, circuit, lock; reserve if all
+        pass (atomically), taking the target lock (unless dry-run) with the verdict's
+        fencing token. `shadow`: a rule in shadow mode among acting ones — its cooldown
         and counts are its own, and it spends none of the shared budgets."""
 
-    async def release(self, target: str) -> None: ...
+    async def release(self, target: str, token: int = 0) -> None:
+        """Let go of the target lock taken with `token` (not one taken since by another)."""
 
-    async def relock(self, target: str) -> None:
+    async def holds_lock(self, target: str, token: int) -> bool:
+        """Whether the lock taken with `token` is still held: checked right before an
+        action's side effect (a lapsed lock may have a new holder acting already)."""
+
+    async def relock(self, target: str, token: int = 0) -> None:
         """Take a target's lock again after a restart, for an attempt that held it (one
-        awaiting approval): nothing else may act on the target meanwhile."""
+        awaiting approval, with its token): nothing else may act on the target meanwhile."""
 
-    def over_budget(self, budgets: Budgets, now: float) -> str | None:
+    async def over_budget(self, budgets: Budgets, now: float) -> str | None:
         """Why the global action budget is now exceeded (the caller's own reservation
         counted), e.g. after a reload lowered it; None when within."""
 
@@ -132,11 +168,17 @@ class State(Protocol):
     async def save_remediation(self, key: str, record: Mapping[str, Any]) -> None:
         """Keep the state of a remediation under way (durable once this returns)."""
 
-    def drop_remediation(self, key: str) -> asyncio.Future[Any] | None:
+    def drop_remediation(self, key: str, token: int = 0) -> asyncio.Future[Any] | None:
         """Forget a remediation; the future (if any) resolves once that is durable."""
 
     async def remediations(self) -> list[dict[str, Any]]:
         """Remediations under way left by an earlier run."""
+
+    async def announce_resolved(self, alert: Alert, now: float) -> None:
+        """Tell the other replicas an occurrence resolved (what they hold of it ends)."""
+
+    async def resolved_at(self, occurrence: str) -> float | None:
+        """When any replica saw this occurrence resolve (None: not seen, or not shared)."""
 
 
 class MemoryState:
@@ -155,6 +197,8 @@ class MemoryState:
         self._expiry: dict[str, float] = {}
         """Per target: when its cooldown, attempts and circuit can no longer matter."""
         self._reserves = 0
+
+    needs_replay = True
 
     @property
     def paused(self) -> bool:
@@ -190,20 +234,36 @@ class MemoryState:
     async def save_remediation(self, key: str, record: Mapping[str, Any]) -> None:
         return None
 
-    def drop_remediation(self, key: str) -> asyncio.Future[Any] | None:
+    def drop_remediation(self, key: str, token: int = 0) -> asyncio.Future[Any] | None:
         return None
 
     async def remediations(self) -> list[dict[str, Any]]:
         return []
 
-    async def occurrence(self, key: str) -> Occurrence | None:
+    async def announce_resolved(self, alert: Alert, now: float) -> None:
+        return None  # one replica: nobody else to tell
+
+    async def resolved_at(self, occurrence: str) -> float | None:
+        return None  # the engine remembers the resolves it saw itself
+
+    async def claim(
+        self, key: str, *, skip: Reason | None, aged: bool, now: float, token: int = 0
+    ) -> Claim | None:
         found = self._occurrences.get(key)
         if found is not None:
             # Still being re-sent, so still firing: the last to be forgotten past the bound.
             self._occurrences.move_to_end(key)
-        return found
+        prev = found.status if found is not None else None
+        if not guards.should_decide(prev, skip, aged=aged):
+            return None
+        await self.set_occurrence(key, guards.DECIDING, now)
+        return Claim(prev, 0)
 
-    async def set_occurrence(self, key: str, status: str, now: float) -> None:
+    async def occurrence(self, key: str) -> str | None:
+        found = self._occurrences.get(key)
+        return None if found is None else found.status
+
+    async def set_occurrence(self, key: str, status: str, now: float, *, token: int = 0) -> None:
         self._occurrences[key] = Occurrence(status, now)
         self._occurrences.move_to_end(key)
         while len(self._occurrences) > MAX_OCCURRENCES:
@@ -221,51 +281,25 @@ class MemoryState:
         """What the cooldown keys on: the target, or for a shadow rule its own copy."""
         last = self._last_attempt.get(own)
         if last is not None and now - last < lim.cooldown:
-            return Verdict(
-                Reason.COOLDOWN,
-                f"{target} was acted on {now - last:.0f}s ago "
-                f"(limits.cooldown={lim.cooldown:.0f}s)",
-                retry_at=last + lim.cooldown,
-            )
+            return guards.cooldown(target, last, now, lim)
         key = (rule.name, target)
         # Read without creating: a target refused below must leave nothing behind, or a
         # storm over many targets (pods, instances) would grow these tables for good.
         attempts = guards.prune(self._attempts.get(key, _EMPTY), now, lim.window)
         if len(attempts) >= lim.max_attempts:
-            return Verdict(
-                Reason.MAX_ATTEMPTS,
-                f"{len(attempts)} attempts on {target} in the last {lim.window:.0f}s "
-                f"(limits.max_attempts={lim.max_attempts})",
-            )
+            return guards.max_attempts(target, len(attempts), lim)
         rule_actions = guards.prune(self._rule_actions.get(rule.name, _EMPTY), now, lim.window)
         if lim.max_actions is not None and len(rule_actions) >= lim.max_actions:
-            return Verdict(
-                Reason.RATE_LIMITED,
-                f"rule ran {len(rule_actions)} actions in the last {lim.window:.0f}s "
-                f"(limits.max_actions={lim.max_actions})",
-            )
+            return guards.rate_limited(len(rule_actions), lim)
         why = self._budget.refuses(budgets, target, now)
         if why is not None:
             return Verdict(Reason.BUDGET_EXHAUSTED, why)
         circuit = self._circuits.get(key)
         if guards.circuit_blocks(circuit, rule, now):
             assert circuit is not None  # circuit_blocks is False for None
-            closes_in = rule.circuit_breaker.reset_after - (now - (circuit.opened_at or now))
-            if circuit.trial:
-                return Verdict(
-                    Reason.CIRCUIT_OPEN,
-                    f"half-open: the trial attempt on {target} has not reported yet",
-                )
-            return Verdict(
-                Reason.CIRCUIT_OPEN,
-                f"{circuit.failures} consecutive failed or ineffective attempts on {target}; "
-                f"half-opens {closes_in:.0f}s from now (circuit_breaker.reset_after)",
-            )
+            return guards.circuit_open(target, circuit, rule, now)
         if target in self._locks:
-            return Verdict(
-                Reason.LOCKED, f"an action on {target} is still running",
-                retry_at=now + LOCK_RECHECK,
-            )  # fmt: skip
+            return guards.locked(target, now)
         if circuit is not None and circuit.opened_at is not None and not dry_run:
             circuit.trial = True  # half-open: this is the one trial attempt
         # All guards passed: reserve the attempt. A dry run counts too, so that dry-run
@@ -302,13 +336,13 @@ class MemoryState:
             for key in [k for k in table if k[1] in gone]:
                 del table[key]
 
-    async def release(self, target: str) -> None:
+    async def release(self, target: str, token: int = 0) -> None:
         self._locks.discard(target)
 
-    async def relock(self, target: str) -> None:
+    async def relock(self, target: str, token: int = 0) -> None:
         self._locks.add(target)
 
-    def over_budget(self, budgets: Budgets, now: float) -> str | None:
+    async def over_budget(self, budgets: Budgets, now: float) -> str | None:
         self._budget.prune(now, budgets.window)
         spent = len(self._budget.actions)
         if spent > budgets.max_actions_per_window:
@@ -318,7 +352,10 @@ class MemoryState:
             )
         return None
 
-    async def forget_occurrence(self, key: str) -> None:
+    async def holds_lock(self, target: str, token: int) -> bool:
+        return True  # one process: its locks never lapse
+
+    async def forget_occurrence(self, key: str, *, token: int = 0) -> None:
         self._occurrences.pop(key, None)
 
     async def end_trial(self, *, rule: Rule, target: str) -> None:
@@ -459,7 +496,7 @@ class EmbeddedState(MemoryState):
         batch, _ = self._remediation_writes.add((key, json.dumps(record)))
         await batch
 
-    def drop_remediation(self, key: str) -> asyncio.Future[Any] | None:
+    def drop_remediation(self, key: str, token: int = 0) -> asyncio.Future[Any] | None:
         batch, _ = self._remediation_writes.add((key, None))
         return batch
 

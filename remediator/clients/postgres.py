@@ -107,6 +107,44 @@ class Pool:
             await self._release(conn)
         return [dict(r) for r in records]
 
+    async def transaction(
+        self, steps: Sequence[tuple[str, Sequence[Sequence[Any]]]], *, what: str
+    ) -> None:
+        """Run statements (each with many argument rows) in ONE transaction: all or none.
+
+        Only for writes that may run twice (idempotent ones): a failure after the commit
+        was sent cannot tell whether it happened."""
+        try:
+            conn = await self._pool.acquire(timeout=self.connect_timeout)
+        except TimeoutError as exc:
+            raise errors.TemporaryError(
+                f"{what}: could not connect to {self._where} within {self.connect_timeout:g}s"
+            ) from exc
+        except Exception as exc:
+            raise self._connect_error(what, exc) from exc
+        try:
+            async with conn.transaction():
+                for sql, rows in steps:
+                    if rows:
+                        await conn.executemany(sql, rows, timeout=self.statement_timeout + 2.0)
+        except Exception as exc:
+            raise self._statement_error(what, exc, may_retry=True) from exc
+        finally:
+            await self._release(conn)
+
+    async def script(self, sql: str, *, what: str) -> None:
+        """Run a script of several statements (simple query protocol, no arguments)."""
+        try:
+            conn = await self._pool.acquire(timeout=self.connect_timeout)
+        except Exception as exc:
+            raise self._connect_error(what, exc) from exc
+        try:
+            await conn.execute(sql, timeout=self.statement_timeout + 2.0)
+        except Exception as exc:
+            raise self._statement_error(what, exc, may_retry=True) from exc
+        finally:
+            await self._release(conn)
+
     async def _release(self, conn: Any) -> None:
         try:
             await self._pool.release(conn, timeout=self.connect_timeout)

@@ -11,9 +11,10 @@
 
 `duplicate` comes after the transient guards because it needs their verdict: a
 re-delivery of a still-paused alert is a duplicate, one whose pause has lifted is decided
-again. The only await on I/O (the silence list, mostly from a cache) comes before the
-duplicate check, never between reading the occurrence and claiming it, so two deliveries
-racing through the workers cannot both act.
+again. Reading the occurrence and claiming it is one atomic call (`State.claim`: no
+await in between in memory, one Lua script in Redis), so two deliveries racing through
+the workers — or through two replicas — cannot both act. The claim's fencing token then
+goes with every write of the decision (`Work.token`).
 
 A remediation's next attempt (a ladder's next step, a retry) runs the same chain from
 `paused` on, without `duplicate` and `for` (it owns its occurrence and is old enough): a
@@ -23,10 +24,14 @@ that, and any other refusal ends it with an escalation.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Final, Literal
 
+import structlog
+
+from remediator import errors
 from remediator.backends.state import GLOBAL, State
 from remediator.engine import guards
 from remediator.engine.clock import Clock
@@ -40,24 +45,19 @@ from remediator.models.alert import iso_ts
 from remediator.models.decision import Outcome, Reason
 from remediator.settings import Settings
 
-TRANSIENT = frozenset(
-    {Reason.PAUSED, Reason.BLACKOUT, Reason.SILENCED, Reason.SILENCE_CHECK_FAILED,
-     Reason.HELD_FULL}
-)  # fmt: skip
-"""A skip for one of these holds only while the reason does: once the pause, blackout or
-silence is over, the next re-delivery of a still-firing alert is decided again."""
+TRANSIENT = guards.TRANSIENT
 WAITS: Final = frozenset({Reason.COOLDOWN, Reason.LOCKED})
 """Refusals that lift by themselves: a remediation (or `retry_while_firing`) waits."""
 TRANSIENT_RECHECK = 60.0
 """Seconds after which a remediation held back by a pause, blackout or silence looks again."""
-HELD: Final = "held"
-DECIDING: Final = "deciding"
+HELD: Final = "held"  # the occurrence status guards.HELD, as a verdict
 DECIDED: Final = "decided"
 DUPLICATE: Final = "duplicate"
 PENDING: Final = "pending"
 """A dry run doing I/O in its own task: it records the decision (and releases what
 waits for it) when done, so a slow API never holds an engine worker."""
 Verdict = Literal["decided", "held", "duplicate", "pending"]
+log = structlog.get_logger("remediator.engine")
 
 
 class Decider:
@@ -89,28 +89,38 @@ class Decider:
         self._spawn = spawn
         self._release = release
 
-    async def decide(self, w: Work, *, aged: bool) -> Verdict:
-        """Decide one rule for one firing alert; `aged`: a held alert has come of age."""
-        try:
-            return await self._decide(w, aged=aged)
-        except Exception:
-            # A bug or a failed write: forget the claim so a later delivery decides afresh.
-            await self._state.forget_occurrence(w.key)
-            raise
-
-    async def _decide(self, w: Work, *, aged: bool) -> Verdict:
-        alert, rule, now = w.alert, w.rule, w.now
+    async def decide(self, w: Work, *, aged: bool, held_token: int = 0) -> Verdict:
+        """Decide one rule for one firing alert; `aged`: a held alert has come of age
+        (held under `held_token`)."""
         skip = await self._transient(w)
         if self._loop.get(w) is not None:
             return DUPLICATE  # a remediation owns this occurrence: it decides what is next
-        prev = await self._state.occurrence(w.key)
-        if not _should_decide(prev.status if prev else None, skip, aged=aged):
+        claim = await self._state.claim(
+            w.key, skip=None if skip is None else skip[0], aged=aged, now=w.now,
+            token=held_token,
+        )  # fmt: skip
+        if claim is None:
             return DUPLICATE
-        await self._state.set_occurrence(w.key, DECIDING, now)
+        w = dataclasses.replace(w, token=claim.token)
+        try:
+            return await self._decide(w, skip, aged=aged)
+        except errors.Superseded as exc:
+            # Another replica took the occurrence over while this one stalled: it decides.
+            log.warning("decision_superseded", rule=w.rule.name, error=str(exc))
+            return DUPLICATE
+        except Exception:
+            # A bug or a failed write: forget the claim so a later delivery decides afresh.
+            await self._state.forget_occurrence(w.key, token=w.token)
+            raise
+
+    async def _decide(self, w: Work, skip: tuple[Reason, str] | None, *, aged: bool) -> Verdict:
+        alert, rule, now = w.alert, w.rule, w.now
         if skip is not None:
             await self._recorder.record(w, Outcome.SKIPPED, skip[0], detail=skip[1])
             return DECIDED
-        if self._loop.resolved_lately(alert):
+        if self._loop.resolved_lately(alert) or (
+            aged and await self._state.resolved_at(alert.occurrence) is not None
+        ):
             await self._recorder.record(
                 w, Outcome.SKIPPED, Reason.TOO_YOUNG,
                 detail="resolved before it was decided: nothing to remediate",
@@ -127,7 +137,7 @@ class Decider:
                     "(intake.max_held): not held; decided when it is sent again",
                 )  # fmt: skip
                 return DECIDED
-            await self._state.set_occurrence(w.key, HELD, now)
+            await self._state.set_occurrence(w.key, HELD, now, token=w.token)
             self._recorder.durable(w.owner, self._held.hold(w, started + rule.for_))
             self._metrics.held.set(len(self._held))
             return HELD
@@ -144,7 +154,7 @@ class Decider:
                 )
             await self._loop.wait(rem, w.now + TRANSIENT_RECHECK, skip[1])
             return
-        await self._state.set_occurrence(w.key, DECIDING, w.now)
+        await self._state.set_occurrence(w.key, guards.DECIDING, w.now, token=w.token)
         await self._attempt(w, rem)
 
     def held_back(self, w: Work) -> tuple[Reason, str] | None:
@@ -206,6 +216,7 @@ class Decider:
         )  # fmt: skip
         if verdict.reason is not None:
             return await self._refused(w, rem, p, verdict)
+        p = dataclasses.replace(p, token=verdict.token)
         if rule.approval is not None:
             # Every guard passed and the target is reserved: a human decides now.
             decision_id = await self._recorder.record(
@@ -236,7 +247,7 @@ class Decider:
             )  # fmt: skip
             rem = await self._loop.acting(w, p, decision_id=decision_id, rem=rem)
         except BaseException:
-            await self._state.release(p.target)  # reserved above; nothing will run
+            await self._state.release(p.target, p.token)  # reserved above; nothing will run
             raise
         self._loop.start(rem, w, p)
         return DECIDED
@@ -255,20 +266,20 @@ class Decider:
         if refusal is None and not isinstance(prepared, Prepared):
             refusal = prepared.reason, prepared.detail
         if refusal is None and not rem.dry:
-            over = self._state.over_budget(settings.budgets, w.now)
+            over = await self._state.over_budget(settings.budgets, w.now)
             if over is not None:
                 refusal = Reason.BUDGET_EXHAUSTED, over
         if refusal is not None or not isinstance(prepared, Prepared):
             reason, detail = refusal or (Reason.TEMPLATE_ERROR, "cannot render the action")
             if not rem.dry:
-                await self._state.release(rem.target)
+                await self._state.release(rem.target, rem.lock_token)
             await self._recorder.update(
                 w, decision_id, Outcome.SKIPPED, reason,
                 detail=f"{said}, but not run: {detail}", target=rem.target,
             )  # fmt: skip
             self._loop.finish(rem)
             return f"not run: {detail}"
-        p = prepared
+        p = dataclasses.replace(prepared, token=rem.lock_token)
         if rem.dry:
             ctx = self._executor.context(rule, w.alert, decision_id=decision_id)
             result, failure = await self._executor.call(p.action, p.values, ctx, dry=True)
@@ -326,17 +337,3 @@ class Decider:
             await self._executor.dry_run(w, p, attempt=attempt, shadow=shadow)
         finally:
             self._release(w.owner)
-
-
-def _should_decide(prev: str | None, skip: tuple[Reason, str] | None, *, aged: bool) -> bool:
-    """The duplicate guard: is this delivery a new decision, or one already made?"""
-    if prev is None:
-        return True
-    if prev == HELD:
-        return aged
-    if prev == DECIDING:
-        return False
-    outcome, _, reason = prev.partition("/")
-    if outcome == Outcome.SKIPPED and reason in TRANSIENT:
-        return skip is None or skip[0] != reason
-    return False

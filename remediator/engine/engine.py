@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from remediator import errors
 from remediator.backends.audit import Audit
 from remediator.backends.journal import Journal, JournalEntry
 from remediator.backends.state import State
@@ -195,21 +196,27 @@ class Engine:
             self._finish(held)
             return
         w = Work(held.alert, rule, self.clock.now(), held.request_id, owner=held)
-        verdict = await self.decider.decide(w, aged=True)
+        verdict = await self.decider.decide(w, aged=True, held_token=held.token)
         if verdict == deciding.PENDING:
             self._refs[held] = 1
         else:
             self._finish(held)
 
     async def _resolved(self, alert: Alert) -> None:
-        """A resolved notification: release what waits on this occurrence, by any rule."""
+        """A resolved notification: release what waits on this occurrence, by any rule —
+        here, and (through the state backend) on the other replicas."""
+        await self.resolved_elsewhere(alert)
+        await self.state.announce_resolved(alert, self.clock.now())
+
+    async def resolved_elsewhere(self, alert: Alert) -> None:
+        """Release what this replica holds of a resolved occurrence."""
         await self.loop.resolved(alert)
         now = self.clock.now()
         for key in list(self.held.of_occurrence(alert.occurrence)):
             held = self.held.take(key)
             if held is None:
                 continue
-            w = Work(held.alert, held.rule, now, held.request_id, owner=held)
+            w = Work(held.alert, held.rule, now, held.request_id, owner=held, token=held.token)
             await self.recorder.record(
                 w, Outcome.SKIPPED, Reason.TOO_YOUNG,
                 detail=f"resolved after {now - alert.starts_at.timestamp():.0f}s, "
@@ -270,8 +277,28 @@ class Engine:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task_failed", task=task.get_name(), error=repr(task.exception()))
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        if isinstance(exc, errors.Superseded):
+            log.warning("work_superseded", task=task.get_name(), error=str(exc))
+        else:
+            log.error("task_failed", task=task.get_name(), error=repr(exc))
+
+    # -- several replicas (the state backend's hooks) -------------------------------
+
+    async def adopt(self, held: list[dict[str, Any]], remediations: list[dict[str, Any]]) -> None:
+        """A dead replica's held alerts and remediations are this replica's now."""
+        count = self.held.adopt(self.index.by_name, held)
+        self.metrics.held.set(len(self.held))
+        resumed = self.loop.adopt(remediations)
+        log.info("work_adopted", held=count, remediations=resumed)
+
+    def abandon(self) -> None:
+        """This replica's lease lapsed: another replica adopts what it held."""
+        self.held.abandon()
+        self.metrics.held.set(0)
+        self.loop.abandon()
 
     def cancel_timers(self) -> None:
         self.held.cancel_timers()

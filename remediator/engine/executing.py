@@ -55,6 +55,8 @@ class Prepared:
     action: Action
     values: dict[str, Any]
     target: str
+    token: int = 0
+    """The fencing token of the target lock reserved for it (0: none taken)."""
 
 
 def prepare(
@@ -244,10 +246,22 @@ class Executor:
                     decision_id=decision_id,
                 )  # fmt: skip
                 ctx = self.context(rule, alert, decision_id=decision_id)
-                result, failure = await self.call(p.action, p.values, ctx, dry=False)
+                if await self._state.holds_lock(p.target, p.token):
+                    result, failure = await self.call(p.action, p.values, ctx, dry=False)
+                else:
+                    # The lock lapsed while this replica stalled (waiting for a slot, or
+                    # stopped): a new holder may be acting on the target right now.
+                    result, failure = (
+                        None,
+                        Failure(
+                            Reason.LOCKED,
+                            f"not run: the lock on {p.target} lapsed before the action started "
+                            "and another replica may hold it (backend.redis.lock_ttl)",
+                        ),
+                    )
         finally:
             self._metrics.inflight_actions.dec()
-            await self._state.release(p.target)
+            await self._state.release(p.target, p.token)
         self._metrics.action_duration.labels(action=p.action.type).observe(
             time.monotonic() - started
         )
@@ -260,15 +274,18 @@ class Executor:
                 result.detail,
                 result.data,
             )
-        elif failure.reason is Reason.NOT_ALLOWED:
+        elif failure.reason in (Reason.NOT_ALLOWED, Reason.LOCKED):
             outcome, reason, detail = Outcome.SKIPPED, failure.reason, failure.detail
         else:
             outcome, reason, detail = Outcome.FAILED, failure.reason, failure.detail
             data = failure.data  # what it had done and read back before it failed
+        # Fenced before the audit write: a replica whose claim was taken over stops here.
+        await self._state.set_occurrence(
+            w.key, f"{outcome}/{reason}", self._clock.now(), token=w.token
+        )
         await self._recorder.audit.update(
             decision_id, outcome=outcome, reason=reason, detail=detail, result=data
         )
-        await self._state.set_occurrence(w.key, f"{outcome}/{reason}", self._clock.now())
         self._recorder.count(rule, outcome, reason)
         self._metrics.actions.labels(
             rule=rule.name, action=p.action.type, result=_action_result(outcome)

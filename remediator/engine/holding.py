@@ -34,6 +34,8 @@ class Held:
     request_id: str
     due: float
     timer: Timer
+    token: int = 0
+    """The fencing token it is held under: deciding it claims with this token."""
 
 
 class HeldAlerts:
@@ -62,9 +64,10 @@ class HeldAlerts:
         key = w.key
         record = {
             "key": key, "rule": w.rule.name, "alert": w.alert.to_json(),
-            "request_id": w.request_id, "due": due,
+            "request_id": w.request_id, "due": due, "token": w.token,
         }  # fmt: skip
-        self._add(Held(key, w.alert, w.rule, w.request_id, due, self._timer(key, due)))
+        timer = self._timer(key, due)
+        self._add(Held(key, w.alert, w.rule, w.request_id, due, timer, w.token))
         log.info(
             "alert_held", rule=w.rule.name, fingerprint=w.alert.fingerprint,
             request_id=w.request_id, decided_at=iso_ts(due),
@@ -96,8 +99,18 @@ class HeldAlerts:
 
     async def restore(self, rules: dict[str, Rule]) -> int:
         """Hold again what an earlier run held (due ones are decided at once)."""
+        return self.adopt(rules, await self._state.held())
+
+    def abandon(self) -> None:
+        """Forget every held alert (this replica lost its lease: another adopts them)."""
+        self.cancel_timers()
+        self._held.clear()
+        self._by_occurrence.clear()
+
+    def adopt(self, rules: dict[str, Rule], records: list[dict[str, Any]]) -> int:
+        """Hold alerts from their records (an earlier run's, or a dead replica's)."""
         count = 0
-        for record in await self._state.held():
+        for record in records:
             key = record["key"]
             rule = rules.get(record["rule"])
             if rule is None:
@@ -106,7 +119,9 @@ class HeldAlerts:
                 continue
             alert = Alert.from_json(record["alert"])
             due = float(record["due"])
-            self._add(Held(key, alert, rule, record["request_id"], due, self._timer(key, due)))
+            timer = self._timer(key, due)
+            token = record.get("token", 0)
+            self._add(Held(key, alert, rule, record["request_id"], due, timer, token))
             count += 1
         return count
 

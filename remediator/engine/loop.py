@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from remediator import errors
 from remediator.backends.state import State
 from remediator.engine.approvals import Approvals
 from remediator.engine.clock import Clock, Timer
@@ -117,6 +118,11 @@ class Remediation:
     """AWAITING: the Slack message asking for it (`channel:ts`), updated once decided."""
     evidence: dict[str, Any] = dataclasses.field(default_factory=dict)
     """What the action saw before it acted, shown to approvers and in the escalation."""
+    token: int = 0
+    """The fencing token it owns its occurrence under (a replica that adopts it gets a
+    new one: the old owner's writes are refused from then on)."""
+    lock_token: int = 0
+    """AWAITING: the token of the target lock its attempt holds while a human decides."""
     timer: Timer | None = None
 
     @property
@@ -132,6 +138,7 @@ class Remediation:
             "resolved": self.resolved, "tried": self.tried, "last_skip": self.last_skip,
             "why": self.why, "silence": self.silence, "dry": self.dry,
             "approval_message": self.approval_message, "evidence": self.evidence,
+            "token": self.token, "lock_token": self.lock_token,
         }  # fmt: skip
 
     @classmethod
@@ -144,6 +151,7 @@ class Remediation:
             resolved=r.get("resolved", False), tried=r["tried"], last_skip=r["last_skip"],
             why=r["why"], silence=r["silence"], dry=r.get("dry", False),
             approval_message=r.get("approval_message", ""), evidence=r.get("evidence") or {},
+            token=r.get("token", 0), lock_token=r.get("lock_token", 0),
         )  # fmt: skip
 
     def view(self) -> dict[str, Any]:
@@ -214,6 +222,7 @@ class Loop:
         """Occurrences seen resolved (bounded): an action that finishes, or a decision
         made, after its alert resolved must not act or wait for a resolution."""
         self._closing = False
+        self._loaded: list[Remediation] = []
 
     # -- what the decider calls ----------------------------------------------------
 
@@ -228,7 +237,7 @@ class Loop:
     ) -> Remediation:
         """A step's row is written: remember (durably) that its action is about to run."""
         if rem is None:
-            rem = Remediation(w.rule, w.alert, w.request_id)
+            rem = Remediation(w.rule, w.alert, w.request_id, token=w.token)
         rem.phase, rem.step, rem.target = Phase.ACTING, w.step, p.target
         rem.decision_id, rem.started, rem.last_skip = decision_id, w.now, ""
         self._track(rem)
@@ -257,7 +266,7 @@ class Loop:
     ) -> None:
         """A first decision refused by a cooldown or lock: its attempt comes when that ends."""
         rem = Remediation(w.rule, w.alert, w.request_id, step=w.step, decision_id=decision_id,
-                          target=target)  # fmt: skip
+                          target=target, token=w.token)  # fmt: skip
         await self.wait(rem, due, why)
 
     async def give_up(
@@ -271,7 +280,7 @@ class Loop:
         the refused attempt that ends it, if that is what does (decision `decision_id`).
         """
         if rem is None:
-            rem = Remediation(w.rule, w.alert, w.request_id, step=w.step)
+            rem = Remediation(w.rule, w.alert, w.request_id, step=w.step, token=w.token)
         rem.decision_id = decision_id or rem.decision_id
         if outcome:
             rem.target = target or rem.target
@@ -297,9 +306,9 @@ class Loop:
         """The step passed the guards: ask a human, and wait for the answer until due."""
         assert w.rule.approval is not None  # only rules with `approval` wait
         if rem is None:
-            rem = Remediation(w.rule, w.alert, w.request_id)
+            rem = Remediation(w.rule, w.alert, w.request_id, token=w.token)
         rem.phase, rem.step, rem.target = Phase.AWAITING, w.step, p.target
-        rem.decision_id, rem.dry, rem.last_skip = decision_id, dry, ""
+        rem.decision_id, rem.dry, rem.last_skip, rem.lock_token = decision_id, dry, "", p.token
         rem.due = w.now + w.rule.approval.timeout
         self._track(rem)
         self._arm(rem, self._approval_due)
@@ -376,7 +385,7 @@ class Loop:
     async def _unreserve(self, rem: Remediation) -> None:
         """The awaited attempt will not run: its target's lock goes."""
         if not rem.dry:
-            await self._state.release(rem.target)
+            await self._state.release(rem.target, rem.lock_token)
 
     # -- the action and its verification ----------------------------------------------
 
@@ -441,6 +450,8 @@ class Loop:
         if self.resolved_lately(rem.alert):  # seen before this remediation was (a restart)
             await self._effective(rem, self._clock.now())
             return
+        if await self._resolved_elsewhere(rem):
+            return
         limit = "limits.cooldown" if rem.rule.limits.retry_while_firing else "verify.resolve_within"
         why = f"ineffective: still firing {rem.verify_for:.0f}s after step {rem.step + 1} ({limit})"
         self._ineffective(rem, why)
@@ -492,6 +503,8 @@ class Loop:
         asked) Alertmanager still lists it."""
         if rem.resolved or self.resolved_lately(rem.alert):
             return "the alert resolved"
+        if await self._state.resolved_at(rem.alert.occurrence) is not None:
+            return "the alert resolved (seen by another replica)"
         if self._alerts is None or rem.alert.source != "alertmanager":
             return None
         alert = rem.alert
@@ -525,7 +538,17 @@ class Loop:
         return False
 
     def _work(self, rem: Remediation) -> Work:
-        return Work(rem.alert, rem.rule, self._clock.now(), rem.request_id, step=rem.step)
+        return Work(
+            rem.alert, rem.rule, self._clock.now(), rem.request_id, step=rem.step, token=rem.token
+        )
+
+    async def _resolved_elsewhere(self, rem: Remediation) -> bool:
+        """A resolve another replica saw, whose message this one missed: handled now."""
+        at = await self._state.resolved_at(rem.alert.occurrence)
+        if at is None:
+            return False
+        await self.resolved(rem.alert, at=at)
+        return True
 
     async def _escalate(self, rem: Remediation) -> None:
         rule, alert, settings = rem.rule, rem.alert, self._settings()
@@ -594,9 +617,9 @@ class Loop:
 
     # -- resolve -----------------------------------------------------------------------
 
-    async def resolved(self, alert: Alert) -> None:
+    async def resolved(self, alert: Alert, *, at: float | None = None) -> None:
         """A resolved notification: whatever waits on this occurrence, by any rule, ends."""
-        occ, now = alert.occurrence, self._clock.now()
+        occ, now = alert.occurrence, self._clock.now() if at is None else at
         self._resolved[occ] = now
         self._resolved.move_to_end(occ)
         while len(self._resolved) > RESOLVED_MEMORY:
@@ -663,6 +686,10 @@ class Loop:
         (a human is called), never silently, and never loops on a failing escalation."""
         try:
             await step()
+        except errors.Superseded as exc:
+            # Another replica owns this occurrence now (it adopted it): hands off, quietly.
+            log.warning("remediation_superseded", rule=rem.rule.name, what=what, error=str(exc))
+            self._forget(rem)
         except Exception as exc:
             log.exception("remediation_failed", rule=rem.rule.name, what=what,
                           decision_id=rem.decision_id)  # fmt: skip
@@ -697,7 +724,7 @@ class Loop:
                 if not keys:
                     del self._by_occurrence[rem.alert.occurrence]
         self._metrics.remediations.set(len(self._active))
-        return self._state.drop_remediation(key)
+        return self._state.drop_remediation(key, rem.token)
 
     async def _forget_durably(self, rem: Remediation) -> None:
         """Forget it, and wait until that is durable (an escalation must not repeat)."""
@@ -737,20 +764,43 @@ class Loop:
     async def load(self) -> int:
         """Take back the remediations an earlier run left under way, without acting yet:
         re-deliveries and resolves left in the journal are routed to them first."""
-        rules, count = self._rules(), 0
-        for record in await self._state.remediations():
+        self._loaded = self.take(await self._state.remediations())
+        return len(self._loaded)
+
+    def adopt(self, records: list[dict[str, Any]]) -> int:
+        """Take over a dead replica's remediations and resume them at once."""
+        taken = self.take(records)
+        self.resume(taken)
+        return len(taken)
+
+    def abandon(self) -> None:
+        """Forget every remediation (this replica lost its lease: another adopts them)."""
+        for rem in self._active.values():
+            if rem.timer is not None:
+                rem.timer.cancel()
+        self._active.clear()
+        self._by_occurrence.clear()
+        self._metrics.remediations.set(0)
+
+    def take(self, records: list[dict[str, Any]]) -> list[Remediation]:
+        """Track remediations from their records, without acting yet."""
+        rules, taken = self._rules(), []
+        for record in records:
             rule = rules.get(record["rule"])
             rem = Remediation.from_json(rule or _gone(record["rule"]), record)
             self._track(rem)
-            count += 1
+            taken.append(rem)
             if rem.silence is not None and self._silences is not None:
                 self._silences.adopt(rem.alert, rem.silence)
-        return count
+        return taken
 
-    def resume(self) -> None:
-        """Arm the timers of what `load` took back, and resume what fell due meanwhile."""
+    def resume(self, rems: list[Remediation] | None = None) -> None:
+        """Arm the timers of what `load` (or `take`) took back, and resume what fell due
+        meanwhile."""
         now = self._clock.now()
-        for rem in list(self._active.values()):
+        for rem in self._loaded if rems is None else rems:
+            if self._active.get(rem.key) is not rem:
+                continue  # ended meanwhile (a resolve left in the journal)
             self._spawn(self._safely(rem, "resuming", functools.partial(self._resume, rem, now)),
                         "resume")  # fmt: skip
 
@@ -762,7 +812,7 @@ class Loop:
             return
         if rem.phase is Phase.AWAITING:
             if not rem.dry:
-                await self._state.relock(rem.target)
+                await self._state.relock(rem.target, rem.lock_token)
             self._arm(rem, self._approval_due)  # one that expired meanwhile expires now
             return
         if rem.phase is Phase.DECIDING:

@@ -45,6 +45,10 @@ class Work:
     for a retry or a ladder's next step, whose remediation record is the durable state."""
     step: int = 0
     """Index into `rule.steps`."""
+    token: int = 0
+    """The fencing token of the claim on this occurrence (its first decision's, or the
+    remediation's that owns it): every status and audit write is made under it, so a
+    replica whose claim was taken over records nothing (`errors.Superseded`)."""
 
     @property
     def key(self) -> str:
@@ -96,7 +100,8 @@ class Recorder:
             step=w.step + 1, result=result or {}, labels=alert.labels,
             annotations=alert.annotations,
         )  # fmt: skip
-        await self._state.set_occurrence(w.key, f"{outcome}/{reason}", w.now)
+        # Before the audit write: a claim taken over by another replica stops here.
+        await self._state.set_occurrence(w.key, f"{outcome}/{reason}", w.now, token=w.token)
         decision_id = 0
         receipt = self.audit.record(decision)
         if durable:

@@ -1,0 +1,1073 @@
+"""The shared backend of several replicas: journal and limit state in Redis.
+
+Every check-and-change is one short Lua script (the model is redis-py's `Lock`: a
+token per holder, checked by the script that changes what it guards), so replicas
+racing on one occurrence or one target cannot both pass a guard. Every key expires.
+
+    {P}:journal                 stream of acknowledged requests; consumer group `engine`
+    {P}:journal:alerts          alerts journaled and not yet decided (the 503 bound)
+    {P}:occ:RULE␀FP␀STARTS      hash: status, at, owner, token (fencing), rem (a
+                                remediation owns it)
+    {P}:last:TARGET             last attempt on a target (cooldown)
+    {P}:att:RULE␀TARGET         zset of attempts in the rule's window
+    {P}:ract:RULE, {P}:rtargets:RULE   a rule's actions in its window; its targets
+    {P}:budget, {P}:btargets    global budgets: actions, distinct targets per window
+    {P}:circ:RULE␀TARGET        hash: failures, opened_at, trial; {P}:circopen (zset)
+    {P}:lock:TARGET             the target lock: its fencing token, PX lock_ttl
+    {P}:esc                     escalations sent in the window
+    {P}:pauses                  hash: key → pause JSON
+    {P}:live:REPLICA            a replica's lease (PX claim_idle, renewed while it runs)
+    {P}:replicas                zset of replicas that may own records
+    {P}:held:REPLICA, {P}:rem:REPLICA   hash: key → "TOKEN|record JSON" (held alerts,
+                                remediations under way), owned by that replica
+    {P}:resolved:OCCURRENCE     a resolve seen by any replica (and published)
+    {P}:fence                   the fencing token counter
+
+All keys share the hash tag `{P}`, so the scripts also work on a Redis Cluster (on one
+slot). Held alerts and remediations keep their timers in the replica that owns them
+(the engine's in-process timers, as embedded); when a replica's lease lapses another
+takes its records over atomically (`adopt`), with fresh fencing tokens, and arms them:
+whatever the stalled replica does after it wakes is refused by the token it still holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from remediator import errors
+from remediator.backends.journal import JournalEntry, Replay
+from remediator.backends.state import GLOBAL, Claim, Pause
+from remediator.clients.redis import Redis
+from remediator.engine import guards
+from remediator.engine.guards import Circuit, Verdict
+from remediator.models.alert import Alert, iso, parse_time
+from remediator.models.decision import Reason
+from remediator.models.rule import Rule
+from remediator.settings import Budgets, RedisBackend
+
+log = structlog.get_logger(__name__)
+
+GROUP = "engine"
+OCCURRENCE_TTL = 7 * 86400.0
+"""Seconds an occurrence is remembered after its last delivery (a re-send renews it)."""
+RESOLVED_TTL = 86400.0
+RECORDS_TTL = 30 * 86400.0
+"""A replica's held/remediation hashes outlive it this long at most (adopted long before)."""
+READ_COUNT = 100
+"""Stream entries read (or claimed) per call."""
+IDLE_POLL = 0.01
+"""Seconds between reads of an idle stream (an append by this replica reads at once)."""
+LOCAL_LIMIT = 2000
+"""Alerts this replica takes from the stream and has not finished: the rest wait there
+for whichever replica has room (bounded memory per replica)."""
+
+
+def new_replica_id() -> str:
+    """Host (the pod's name), process and a random part: unique per process start."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+# --------------------------------------------------------------------------- scripts
+
+_CLAIM = """
+local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'token', 'rem')
+local status, owner, token, rem = h[1], h[2], h[3], h[4]
+local decide = false
+if rem == '1' then
+  decide = false
+elseif not status then
+  decide = true
+elseif status == 'held' then
+  decide = ARGV[2] == '1' and (ARGV[6] == '0' or token == ARGV[6])
+elseif status == 'deciding' then
+  -- another replica's claim: stale once that replica's lease is gone (it died)
+  decide = owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[7] .. 'live:' .. owner) == 0
+else
+  local slash = string.find(status, '/', 1, true)
+  if slash and string.sub(status, 1, slash - 1) == 'skipped' then
+    local reason = string.sub(status, slash + 1)
+    if string.find(ARGV[8], ',' .. reason .. ',', 1, true) then
+      decide = ARGV[1] == '' or ARGV[1] ~= reason
+    end
+  end
+end
+if not decide then
+  if status then redis.call('PEXPIRE', KEYS[1], ARGV[5]) end
+  return {0, status or ''}
+end
+local t = redis.call('INCR', ARGV[7] .. 'fence')
+redis.call('HSET', KEYS[1], 'status', 'deciding', 'at', ARGV[3], 'owner', ARGV[4], 'token', t)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return {1, status or '', t}
+"""
+
+_SET_OCCURRENCE = """
+if ARGV[3] ~= '0' then
+  local t = redis.call('HGET', KEYS[1], 'token')
+  if t and t ~= ARGV[3] then return 0 end
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'at', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+_FORGET_OCCURRENCE = """
+if ARGV[1] ~= '0' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local last = redis.call('GET', KEYS[1])
+if last and now - tonumber(last) < tonumber(ARGV[2]) then return {'cooldown', last} end
+local since = now - tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', since)
+local n = redis.call('ZCARD', KEYS[2])
+if n >= tonumber(ARGV[4]) then return {'max_attempts', n} end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', since)
+local ra = redis.call('ZCARD', KEYS[3])
+if tonumber(ARGV[5]) >= 0 and ra >= tonumber(ARGV[5]) then return {'rate_limited', ra} end
+local bsince = now - tonumber(ARGV[6])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', bsince)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', bsince)
+local ba = redis.call('ZCARD', KEYS[4])
+if ba >= tonumber(ARGV[7]) then return {'budget_actions', ba} end
+local bt = redis.call('ZCARD', KEYS[5])
+if not redis.call('ZSCORE', KEYS[5], ARGV[13]) and bt >= tonumber(ARGV[8]) then
+  return {'budget_targets', bt}
+end
+local c = redis.call('HMGET', KEYS[6], 'failures', 'opened_at', 'trial')
+local opened = nil
+if c[2] and c[2] ~= '' then opened = tonumber(c[2]) end
+if opened and (c[3] == '1' or now - opened < tonumber(ARGV[9])) then
+  return {'circuit_open', c[1] or '0', c[2], c[3] or '0'}
+end
+if redis.call('EXISTS', KEYS[7]) == 1 then return {'locked'} end
+if opened and ARGV[10] ~= '1' then redis.call('HSET', KEYS[6], 'trial', '1') end
+local ex = ARGV[12]
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ex)
+local seq = redis.call('INCR', KEYS[8])
+redis.call('ZADD', KEYS[2], now, seq)
+redis.call('PEXPIRE', KEYS[2], ex)
+redis.call('ZADD', KEYS[3], now, seq)
+redis.call('PEXPIRE', KEYS[3], ex)
+if ARGV[15] ~= '1' then
+  redis.call('ZADD', KEYS[4], now, seq .. ' ' .. ARGV[13])
+  redis.call('PEXPIRE', KEYS[4], ARGV[14])
+  redis.call('ZADD', KEYS[5], now, ARGV[13])
+  redis.call('PEXPIRE', KEYS[5], ARGV[14])
+end
+redis.call('ZADD', KEYS[9], now, ARGV[13])
+redis.call('PEXPIRE', KEYS[9], ex)
+if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('PEXPIRE', KEYS[6], ex) end
+local token = 0
+if ARGV[10] ~= '1' then
+  token = seq
+  redis.call('SET', KEYS[7], token, 'PX', ARGV[11])
+end
+return {'ok', n + 1, token}
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_RENEW_LOCKS = """
+local kept = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    kept = kept + 1
+  end
+end
+return kept
+"""
+
+_RECORD_RESULT = """
+if ARGV[1] == '1' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[6])
+  return 0
+end
+local f = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+if f >= tonumber(ARGV[3]) then
+  local now = tonumber(ARGV[2])
+  local o = redis.call('HGET', KEYS[1], 'opened_at')
+  local was = o and o ~= '' and now - tonumber(o) < tonumber(ARGV[4])
+  redis.call('HSET', KEYS[1], 'opened_at', ARGV[2], 'trial', '0')
+  redis.call('ZADD', KEYS[2], now, ARGV[6])
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  if was then return 0 end
+  return 1
+end
+return 0
+"""
+
+_END_TRIAL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'trial', '0') end
+return 0
+"""
+
+_ESCALATION = """
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], now, redis.call('INCR', KEYS[2]))
+redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[2]) * 1000) + 1000)
+return 1
+"""
+
+_LEASE = """
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+elseif redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
+return 1
+"""
+
+# Saving a record needs the replica's lease: a replica whose lease lapsed (and whose
+# records another replica may have taken) must not write as their owner.
+_SAVE_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if KEYS[3] then
+  if redis.call('HGET', KEYS[3], 'token') ~= ARGV[4] then return -1 end
+  redis.call('HSET', KEYS[3], 'rem', '1')
+end
+return 1
+"""
+
+_DROP_RECORD = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+if KEYS[2] and redis.call('HGET', KEYS[2], 'token') == ARGV[2] then
+  redis.call('HDEL', KEYS[2], 'rem')
+end
+return 0
+"""
+
+# A dead replica's held alerts and remediations become this replica's, each with a
+# fresh fencing token written on its occurrence too: one replica adopts each record.
+_ADOPT = """
+local p, me = ARGV[1], ARGV[2]
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', p .. 'replicas', 0, -1)) do
+  if id ~= me and redis.call('EXISTS', p .. 'live:' .. id) == 0 then
+    for _, kind in ipairs({'held', 'rem'}) do
+      local from = p .. kind .. ':' .. id
+      local into = p .. kind .. ':' .. me
+      local flat = redis.call('HGETALL', from)
+      for i = 1, #flat, 2 do
+        local key, value = flat[i], flat[i + 1]
+        local bar = string.find(value, '|', 1, true)
+        local record = string.sub(value, bar + 1)
+        local t = redis.call('INCR', p .. 'fence')
+        redis.call('HSET', into, key, t .. '|' .. record)
+        local occ = p .. 'occ:' .. key
+        if redis.call('EXISTS', occ) == 1 then
+          redis.call('HSET', occ, 'token', t, 'owner', me)
+        end
+        table.insert(out, kind)
+        table.insert(out, t)
+        table.insert(out, record)
+      end
+      if #flat > 0 then redis.call('PEXPIRE', into, ARGV[3]) end
+      redis.call('DEL', from)
+    end
+    redis.call('ZREM', p .. 'replicas', id)
+  end
+end
+return out
+"""
+
+_APPEND = """
+local n = tonumber(ARGV[1])
+local count = tonumber(redis.call('GET', KEYS[2]) or '0')
+if count + n > tonumber(ARGV[2]) then return {0, count} end
+local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[1], 'source', ARGV[3],
+  'request_id', ARGV[4], 'received_at', ARGV[5], 'payload', ARGV[6])
+return {id, redis.call('INCRBY', KEYS[2], n)}
+"""
+
+_ACK = """
+local done = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('XACK', KEYS[1], 'engine', ARGV[i]) == 1 then
+    redis.call('DECRBY', KEYS[2], ARGV[i + 1])
+    done = done + 1
+  end
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < 0 then redis.call('SET', KEYS[2], 0) end
+return done
+"""
+
+# Resets the idle time of entries this consumer still works on (and only those: one
+# another replica claimed meanwhile is not taken back).
+_TOUCH = """
+local kept = 0
+for i = 1, #ARGV - 1 do
+  local p = redis.call('XPENDING', KEYS[1], 'engine', ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[#ARGV] then
+    redis.call('XCLAIM', KEYS[1], 'engine', ARGV[#ARGV], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"""
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _fields(raw: Any) -> dict[str, Any]:
+    """A stream entry's fields (redis-py answers a dict; RESP itself a flat list)."""
+    if isinstance(raw, dict):
+        return {_s(k): v for k, v in raw.items()}
+    return {_s(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
+
+
+def checkpoint() -> None:
+    """Raise CancelledError if this task was asked to stop: asyncio.wait_for (3.11) and
+    redis-py's own timeouts can swallow a cancellation that races with their timeout,
+    and a loop that went on after that would never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class Hooks(Protocol):
+    """What the shared state calls back into the engine."""
+
+    async def adopt(self, held: list[dict[str, Any]], remediations: list[dict[str, Any]]) -> None:
+        """Records of a dead replica, now this replica's: hold them, resume them."""
+
+    def abandon(self) -> None:
+        """This replica's lease lapsed: drop what it held in memory (others adopt it)."""
+
+    async def resolved_elsewhere(self, alert: Alert) -> None:
+        """Another replica saw this alert resolve."""
+
+
+class RedisState:
+    """The limit state and work records of every replica, in one Redis."""
+
+    needs_replay = False
+    """Redis keeps the limits across restarts: replaying the audit would count twice."""
+
+    def __init__(
+        self, client: Redis, config: RedisBackend, *, replica: str, lease: Redis | None = None
+    ) -> None:
+        """`lease`: a client of its own for the lease, so that a storm filling `client`'s
+        pool never delays the heartbeat past `claim_idle` (a busy replica is not dead)."""
+        self._r = client
+        self._config = config
+        self.replica = replica
+        self._p = f"{{{config.key_prefix}}}:"
+        self._pauses: dict[str, Pause] = {}
+        self._open: dict[str, int] = {}
+        self._locks: dict[str, int] = {}
+        """Target → fencing token of the locks this replica holds (renewed while held)."""
+        self._claim = client.script(_CLAIM, "claim")
+        self._set_occ = client.script(_SET_OCCURRENCE, "set_occurrence")
+        self._forget = client.script(_FORGET_OCCURRENCE, "forget_occurrence")
+        self._reserve = client.script(_RESERVE, "reserve")
+        self._release = client.script(_RELEASE, "release")
+        self._renew = client.script(_RENEW_LOCKS, "renew_locks")
+        self._result = client.script(_RECORD_RESULT, "record_result")
+        self._end_trial = client.script(_END_TRIAL, "end_trial")
+        self._escalation = client.script(_ESCALATION, "escalation_allowed")
+        self._lease = (lease or client).script(_LEASE, "lease")
+        self._save = client.script(_SAVE_RECORD, "save_record")
+        self._drop = client.script(_DROP_RECORD, "drop_record")
+        self._adopt = client.script(_ADOPT, "adopt")
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def key(self, *parts: str) -> str:
+        return self._p + ":".join(parts)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self, now: float) -> None:
+        """Take this replica's lease and read the pauses."""
+        await self._take_lease(now, first=True)
+        await self._refresh()
+
+    async def _take_lease(self, now: float, *, first: bool) -> bool:
+        ok = await self._lease(
+            [self.key("live", self.replica), self.key("replicas")],
+            [_ms(self._config.claim_idle), now, "1" if first else "0", self.replica],
+        )
+        return bool(ok)
+
+    async def run(self, hooks: Hooks, clock: Callable[[], float]) -> None:
+        """Until cancelled: renew the lease and locks, adopt what dead replicas left,
+        read the pauses and open circuits again, follow resolves seen elsewhere."""
+        watcher = asyncio.create_task(self._watch(hooks), name="redis-resolves")
+        keeper = asyncio.create_task(self._keep_lease(hooks, clock), name="redis-lease")
+        try:
+            beat = self._config.claim_idle / 3
+            poll = min(self._config.poll_interval, beat)
+            next_beat = 0.0
+            loop = asyncio.get_running_loop()
+            while True:
+                checkpoint()
+                try:
+                    if loop.time() >= next_beat:
+                        next_beat = loop.time() + beat
+                        await self._work(hooks)
+                    await self._refresh()
+                except errors.BackendUnavailable as exc:
+                    log.warning("redis_unavailable", error=str(exc))
+                await asyncio.sleep(poll)
+        finally:
+            for task in (watcher, keeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _keep_lease(self, hooks: Hooks, clock: Callable[[], float]) -> None:
+        """The lease alone, on its own connection: renewed every third of claim_idle."""
+        while True:
+            checkpoint()
+            await asyncio.sleep(self._config.claim_idle / 3)
+            try:
+                await self._renew_lease(hooks, clock())
+            except errors.BackendUnavailable as exc:
+                log.warning("redis_unavailable", error=str(exc), what="lease")
+
+    async def _beat(self, hooks: Hooks, now: float) -> None:
+        await self._renew_lease(hooks, now)
+        await self._work(hooks)
+
+    async def _renew_lease(self, hooks: Hooks, now: float) -> None:
+        if not await self._take_lease(now, first=False):
+            # Stalled past claim_idle (a pause, a partition): others may have adopted
+            # our records. Drop them here and go on as a new replica.
+            old = self.replica
+            self.replica = new_replica_id()
+            self._locks.clear()
+            hooks.abandon()
+            log.error("replica_lease_lost", replica=old, new_replica=self.replica)
+            await self._take_lease(now, first=True)
+
+    async def _work(self, hooks: Hooks) -> None:
+        """Renew the target locks held; adopt what dead replicas left."""
+        if self._locks:
+            targets = list(self._locks)
+            await self._renew(
+                [self.key("lock", t) for t in targets],
+                [_ms(self._config.lock_ttl), *(self._locks[t] for t in targets)],
+            )
+        flat = await self._adopt([], [self._p, self.replica, _ms(RECORDS_TTL)])
+        if flat:
+            held: list[dict[str, Any]] = []
+            rems: list[dict[str, Any]] = []
+            for i in range(0, len(flat), 3):
+                record = json.loads(flat[i + 2])
+                record["token"] = int(flat[i + 1])
+                (held if _s(flat[i]) == "held" else rems).append(record)
+            log.warning("records_adopted", held=len(held), remediations=len(rems))
+            await hooks.adopt(held, rems)
+
+    async def _refresh(self) -> None:
+        raw, circuits = await self._r.pipeline(
+            [("HGETALL", self.key("pauses")), ("ZRANGE", self.key("circopen"), 0, -1)],
+            transaction=False,
+        )
+        pauses = {}
+        for i in range(0, len(raw), 2):
+            d = json.loads(raw[i + 1])
+            pauses[_s(raw[i])] = Pause(d["by"], d["reason"], d["since"], d.get("until"))
+        self._pauses = pauses
+        counts: dict[str, int] = {}
+        for member in circuits:
+            rule = _s(member).partition("\x00")[0]
+            counts[rule] = counts.get(rule, 0) + 1
+        self._open = counts
+
+    async def _watch(self, hooks: Hooks) -> None:
+        channel = self.key("resolves")
+        while True:
+            checkpoint()
+            try:
+                pubsub = await self._r.subscribe(channel)
+                try:
+                    while True:
+                        checkpoint()
+                        data = await self._r.message(pubsub, timeout=1.0)
+                        if data is None:
+                            continue
+                        message = json.loads(data)
+                        if message.get("replica") == self.replica:
+                            continue
+                        await hooks.resolved_elsewhere(Alert.from_json(message["alert"]))
+                finally:
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+            except errors.BackendUnavailable as exc:
+                log.warning("redis_unavailable", error=str(exc), what="resolve channel")
+                await asyncio.sleep(self._config.poll_interval)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 2.0)
+
+    # -- pauses ---------------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return GLOBAL in self._pauses
+
+    def pause_of(self, rule: str, now: float) -> Pause | None:
+        if not self._pauses:
+            return None
+        for key in (GLOBAL, rule):
+            p = self._pauses.get(key)
+            if p is not None and p.active(now):
+                return p
+        return None
+
+    def pauses(self) -> dict[str, Pause]:
+        return dict(self._pauses)
+
+    async def set_pause(self, key: str, pause: Pause | None) -> None:
+        if pause is None:
+            await self._r.call("HDEL", self.key("pauses"), key)
+            self._pauses.pop(key, None)
+        else:
+            await self._r.call("HSET", self.key("pauses"), key, json.dumps(pause.to_json()))
+            self._pauses[key] = pause
+
+    # -- occurrences ------------------------------------------------------------------
+
+    def _occ(self, key: str) -> str:
+        return self.key("occ", key)
+
+    async def claim(
+        self, key: str, *, skip: Reason | None, aged: bool, now: float, token: int = 0
+    ) -> Claim | None:
+        transient = "," + ",".join(str(r) for r in guards.TRANSIENT) + ","
+        out = await self._claim(
+            [self._occ(key)],
+            [str(skip or ""), "1" if aged else "0", now, self.replica, _ms(OCCURRENCE_TTL),
+             token, self._p, transient],
+        )  # fmt: skip
+        if int(out[0]) == 0:
+            return None
+        return Claim(_s(out[1]) or None, int(out[2]))
+
+    async def occurrence(self, key: str) -> str | None:
+        status = await self._r.call("HGET", self._occ(key), "status")
+        return None if status is None else _s(status)
+
+    async def set_occurrence(self, key: str, status: str, now: float, *, token: int = 0) -> None:
+        ok = await self._set_occ([self._occ(key)], [status, now, token, _ms(OCCURRENCE_TTL)])
+        if not ok:
+            raise errors.Superseded(
+                f"occurrence {key!r} was taken over by another replica: not recorded here"
+            )
+
+    async def forget_occurrence(self, key: str, *, token: int = 0) -> None:
+        await self._forget([self._occ(key)], [token])
+
+    # -- limits -------------------------------------------------------------------------
+
+    async def reserve(
+        self, *, rule: Rule, target: str, budgets: Budgets, now: float, dry_run: bool,
+        shadow: bool = False,
+    ) -> Verdict:  # fmt: skip
+        lim = rule.limits
+        pair = f"{rule.name}\x00{target}"
+        expiry = max(lim.cooldown, lim.window, rule.circuit_breaker.reset_after) + 60
+        # A shadow rule keeps its own cooldown and spends none of the shared budgets.
+        last = self.key("last", f"{target}\x00shadow:{rule.name}" if shadow else target)
+        keys = [
+            last, self.key("att", pair), self.key("ract", rule.name),
+            self.key("budget"), self.key("btargets"), self.key("circ", pair),
+            self.key("lock", target), self.key("fence"), self.key("rtargets", rule.name),
+        ]  # fmt: skip
+        args = [
+            now, lim.cooldown, lim.window, lim.max_attempts,
+            -1 if lim.max_actions is None else lim.max_actions, budgets.window,
+            budgets.max_actions_per_window, budgets.max_targets_per_window,
+            rule.circuit_breaker.reset_after, "1" if dry_run else "0",
+            _ms(self._config.lock_ttl), _ms(expiry), target, _ms(budgets.window + 60),
+            "1" if shadow else "0",
+        ]  # fmt: skip
+        out = [_s(v) for v in await self._reserve(keys, args)]
+        kind = out[0]
+        if kind == "ok":
+            token = int(out[2])
+            if token:
+                self._locks[target] = token
+            return Verdict(None, attempt=int(out[1]), token=token)
+        if kind == "cooldown":
+            return guards.cooldown(target, float(out[1]), now, lim)
+        if kind == "max_attempts":
+            return guards.max_attempts(target, int(out[1]), lim)
+        if kind == "rate_limited":
+            return guards.rate_limited(int(out[1]), lim)
+        if kind == "budget_actions":
+            return Verdict(Reason.BUDGET_EXHAUSTED, guards.budget_actions(int(out[1]), budgets))
+        if kind == "budget_targets":
+            return Verdict(Reason.BUDGET_EXHAUSTED, guards.budget_targets(int(out[1]), budgets))
+        if kind == "circuit_open":
+            c = Circuit(int(out[1]), float(out[2]), out[3] == "1")
+            return guards.circuit_open(target, c, rule, now)
+        return guards.locked(target, now)
+
+    async def release(self, target: str, token: int = 0) -> None:
+        if self._locks.get(target) == token:
+            del self._locks[target]
+        if token:
+            await self._release([self.key("lock", target)], [token])
+
+    async def holds_lock(self, target: str, token: int) -> bool:
+        if not token:
+            return True
+        return _s(await self._r.call("GET", self.key("lock", target)) or b"") == str(token)
+
+    async def end_trial(self, *, rule: Rule, target: str) -> None:
+        await self._end_trial([self.key("circ", f"{rule.name}\x00{target}")], [])
+
+    async def record_result(self, *, rule: Rule, target: str, ok: bool, now: float) -> bool:
+        pair = f"{rule.name}\x00{target}"
+        cb = rule.circuit_breaker
+        ttl = _ms(max(rule.limits.window, cb.reset_after) * 2 + 60)
+        opened = await self._result(
+            [self.key("circ", pair), self.key("circopen")],
+            ["1" if ok else "0", now, cb.open_after, cb.reset_after, ttl, pair],
+        )
+        return bool(opened)
+
+    async def escalation_allowed(self, *, now: float, window: float, limit: int) -> bool:
+        ok = await self._escalation([self.key("esc"), self.key("fence")], [now, window, limit])
+        return bool(ok)
+
+    async def snapshot(self, rule: Rule, now: float) -> dict[str, object]:
+        since = now - max(
+            rule.limits.window, rule.limits.cooldown, rule.circuit_breaker.reset_after
+        )
+        targets = [
+            _s(t)
+            for t in await self._r.call(
+                "ZRANGEBYSCORE", self.key("rtargets", rule.name), since, "+inf", "LIMIT", 0, 1000
+            )
+        ]
+        out: dict[str, object] = {}
+        for t in sorted(targets):
+            pair = f"{rule.name}\x00{t}"
+            last, attempts, circ, lock = await self._r.pipeline(
+                [
+                    ("GET", self.key("last", t)),
+                    ("ZCOUNT", self.key("att", pair), f"({now - rule.limits.window}", "+inf"),
+                    ("HMGET", self.key("circ", pair), "failures", "opened_at", "trial"),
+                    ("EXISTS", self.key("lock", t)),
+                ],
+                transaction=False,
+            )
+            c = None
+            if circ[1] not in (None, b""):
+                c = Circuit(int(circ[0] or 0), float(circ[1]), _s(circ[2] or b"0") == "1")
+            out[t] = {
+                "cooldown_remaining_seconds": max(0.0, rule.limits.cooldown - (now - float(last)))
+                if last is not None
+                else 0.0,
+                "attempts_in_window": int(attempts),
+                "consecutive_failures": int(circ[0] or 0),
+                "circuit_open": guards.circuit_blocks(c, rule, now),
+                "locked": bool(lock),
+            }
+        return {"targets": out}
+
+    def open_circuits(self, rules: Mapping[str, Rule], now: float) -> dict[str, int]:
+        """From the last poll (`backend.redis.poll_interval`): a circuit opened or
+        half-opened since shows on the next one."""
+        return {name: self._open.get(name, 0) for name in rules}
+
+    def restore_attempt(self, *, rule: str, target: str, at: float, shadow: bool = False) -> None:
+        return None  # never replayed: Redis keeps the attempts themselves
+
+    def restore_escalation(self, at: float) -> None:
+        return None  # never replayed: Redis keeps the escalations sent itself
+
+    async def relock(self, target: str, token: int = 0) -> None:
+        if not token:
+            return
+        ok = await self._r.call(
+            "SET", self.key("lock", target), str(token), "PX", _ms(self._config.lock_ttl), "NX"
+        )
+        if ok:
+            self._locks[target] = token  # renewed from now on, as a lock it took
+
+    async def over_budget(self, budgets: Budgets, now: float) -> str | None:
+        key = self.key("budget")
+        await self._r.call("ZREMRANGEBYSCORE", key, "-inf", now - budgets.window)
+        spent = int(await self._r.call("ZCARD", key) or 0)
+        if spent > budgets.max_actions_per_window:
+            return guards.budget_actions(spent, budgets)
+        return None
+
+    # -- records of work under way ----------------------------------------------------
+
+    def _spawn_write(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._write_done)
+        return task
+
+    def _write_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("redis_write_failed", error=str(task.exception()))
+
+    async def _save_record(self, kind: str, key: str, record: Mapping[str, Any]) -> None:
+        token = int(record.get("token") or 0)
+        keys = [self.key("live", self.replica), self.key(kind, self.replica)]
+        if kind == "rem":
+            keys.append(self._occ(key))
+        value = f"{token}|{json.dumps(record)}"
+        ok = await self._save(keys, [key, value, _ms(RECORDS_TTL), token])
+        if ok == 0:
+            raise errors.Superseded(f"replica {self.replica} lost its lease: {key!r} not saved")
+        if ok == -1:
+            raise errors.Superseded(f"{key!r} is another replica's now: not saved here")
+
+    async def _drop_record(self, kind: str, key: str, token: int) -> None:
+        keys = [self.key(kind, self.replica)]
+        if kind == "rem":
+            keys.append(self._occ(key))
+        await self._drop(keys, [key, token])
+
+    def save_held(self, key: str, record: Mapping[str, Any]) -> asyncio.Future[Any] | None:
+        return self._spawn_write(self._save_record("held", key, record))
+
+    def drop_held(self, key: str) -> None:
+        self._spawn_write(self._drop_record("held", key, 0))
+
+    async def held(self) -> list[dict[str, Any]]:
+        return []  # a new replica owns nothing; what an old one held is adopted
+
+    async def save_remediation(self, key: str, record: Mapping[str, Any]) -> None:
+        await self._save_record("rem", key, record)
+
+    def drop_remediation(self, key: str, token: int = 0) -> asyncio.Future[Any] | None:
+        return self._spawn_write(self._drop_record("rem", key, token))
+
+    async def remediations(self) -> list[dict[str, Any]]:
+        return []
+
+    # -- resolves ---------------------------------------------------------------------
+
+    async def announce_resolved(self, alert: Alert, now: float) -> None:
+        message = json.dumps({"replica": self.replica, "alert": alert.to_json()})
+        await self._r.pipeline(
+            [
+                ("SET", self.key("resolved", alert.occurrence), now, "PX", _ms(RESOLVED_TTL)),
+                ("PUBLISH", self.key("resolves"), message),
+            ],
+            transaction=False,
+        )
+
+    async def resolved_at(self, occurrence: str) -> float | None:
+        at = await self._r.call("GET", self.key("resolved", occurrence))
+        return None if at is None else float(at)
+
+
+# --------------------------------------------------------------------------- journal
+
+
+class RedisJournal:
+    """Acknowledged requests in a Redis Stream, decided by whichever replica reads them.
+
+    `append` adds the request (one entry, the payload as received) and returns nothing
+    for this replica to decide at once: every replica reads the stream with XREADGROUP
+    (`run`), so the alerts go to whichever has room. An entry stays pending on its
+    reader until every alert in it is decided and durable; then it is acknowledged and
+    deleted (XACK + XDEL), so the stream holds only unfinished work, bounded by
+    `intake.backlog_limit` alerts across replicas. A reader renews its entries while it
+    works on them; a replica that stops (crash, kill -9, a stall past
+    `backend.redis.claim_idle`) leaves them idle, and another claims them (XAUTOCLAIM).
+    """
+
+    def __init__(
+        self, client: Redis, config: RedisBackend, *, limit: int, state: RedisState
+    ) -> None:
+        self._r = client
+        self._config = config
+        self._limit = limit
+        self._state = state
+        self._stream = state.key("journal")
+        self._count = state.key("journal", "alerts")
+        self._append = client.script(_APPEND, "journal_append")
+        self._ack = client.script(_ACK, "journal_ack")
+        self._touch = client.script(_TOUCH, "journal_touch")
+        self._backlog = 0
+        self._open: dict[str, list[int]] = {}
+        """Entry id → [alerts not finished, alerts in it] of the entries this replica holds."""
+        self._acks: dict[str, int] = {}
+        self._ack_task: asyncio.Task[None] | None = None
+        self._local = 0
+        self._appended = asyncio.Event()
+
+    @property
+    def backlog(self) -> int:
+        """Alerts journaled by all replicas and not yet decided, as last seen."""
+        return self._backlog
+
+    async def start(self) -> None:
+        try:
+            await self._r.call("XGROUP", "CREATE", self._stream, GROUP, "0", "MKSTREAM")
+        except errors.BackendUnavailable as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def append(
+        self, *, source: str, payload: bytes, alerts: Sequence[Alert], request_id: str,
+        received_at: dt.datetime,
+    ) -> list[JournalEntry]:  # fmt: skip
+        if not alerts:
+            return []
+        out = await self._append(
+            [self._stream, self._count],
+            [len(alerts), self._limit, source, request_id, iso(received_at), payload],
+        )
+        self._backlog = int(out[1])
+        self._appended.set()
+        if out[0] == 0:
+            raise errors.Backpressure(
+                f"journal backlog at {self._backlog} of {self._limit} "
+                "(intake.backlog_limit, all replicas); retry later"
+            )
+        if self._config.wait_replicas:
+            copies = await self._r.call(
+                "WAIT", self._config.wait_replicas, _ms(self._config.timeout / 2)
+            )
+            if int(copies) < self._config.wait_replicas:
+                # In the stream, so it will be decided; but not yet on enough copies for
+                # the guarantee configured: the sender's retry is a duplicate, not a loss.
+                raise errors.BackendUnavailable(
+                    f"journal write reached {copies} of {self._config.wait_replicas} Redis "
+                    "replicas in time (backend.redis.wait_replicas)"
+                )
+        return []
+
+    def finish(self, entry: JournalEntry) -> None:
+        row = str(entry.row)
+        left = self._open.get(row)
+        self._local -= 1
+        if left is None:
+            return
+        left[0] -= 1
+        if left[0] > 0:
+            return
+        del self._open[row]
+        self._acks[row] = left[1]
+        if self._ack_task is None or self._ack_task.done():
+            self._ack_task = asyncio.ensure_future(self._flush_acks())
+
+    async def _flush_acks(self) -> None:
+        await asyncio.sleep(0)  # gather what finished in this loop turn
+        while self._acks:
+            batch, self._acks = self._acks, {}
+            args: list[Any] = []
+            for row, n in batch.items():
+                args += [row, n]
+            try:
+                await self._ack([self._stream, self._count], args)
+            except errors.BackendUnavailable as exc:
+                # Left pending: acknowledged on the next try, or claimed and found decided.
+                log.warning("journal_ack_failed", entries=len(batch), error=str(exc))
+                for row, n in batch.items():
+                    self._acks.setdefault(row, n)
+                await asyncio.sleep(self._config.poll_interval)
+
+    async def pending(self, replay: Replay) -> list[JournalEntry]:
+        return []  # a new consumer owns nothing; entries of a dead one are claimed in run()
+
+    async def run(self, submit: Callable[[list[JournalEntry]], None], replay: Replay) -> None:
+        """Until cancelled: read new entries, claim idle ones, renew those held."""
+        loop = asyncio.get_running_loop()
+        every = self._config.claim_idle / 3
+        next_claim = 0.0
+        while True:
+            checkpoint()
+            try:
+                if loop.time() >= next_claim:
+                    next_claim = loop.time() + every
+                    await self._renew()
+                    await self._claim_idle(submit, replay)
+                if self._local >= LOCAL_LIMIT:
+                    await asyncio.sleep(0.01)
+                    continue
+                answer = await self._r.call(
+                    "XREADGROUP", "GROUP", GROUP, self._state.replica,
+                    "COUNT", READ_COUNT, "STREAMS", self._stream, ">",
+                )  # fmt: skip
+                if answer and answer[0][1]:
+                    self._hand_out(answer[0][1], submit, replay)
+                    continue
+                # Nothing new: wait for this replica's next append, or look again soon
+                # for the others' (no BLOCKing read: a blocked connection held across a
+                # cancellation at shutdown is not given back reliably).
+                self._appended.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._appended.wait(), IDLE_POLL)
+            except errors.BackendUnavailable as exc:
+                if "NOGROUP" in str(exc):
+                    with contextlib.suppress(errors.BackendUnavailable):
+                        await self.start()  # Redis lost the stream (restarted empty)
+                log.warning("redis_unavailable", error=str(exc), what="journal")
+                await asyncio.sleep(self._config.poll_interval)
+
+    async def _renew(self) -> None:
+        count = await self._r.call("GET", self._count)
+        self._backlog = int(count or 0)
+        rows = list(self._open)
+        for i in range(0, len(rows), 500):
+            await self._touch([self._stream], [*rows[i : i + 500], self._state.replica])
+
+    async def _claim_idle(
+        self, submit: Callable[[list[JournalEntry]], None], replay: Replay
+    ) -> None:
+        cursor = "0-0"
+        for _ in range(100):  # bounded per round; the rest on the next one
+            answer = await self._r.call(
+                "XAUTOCLAIM", self._stream, GROUP, self._state.replica,
+                _ms(self._config.claim_idle), cursor, "COUNT", READ_COUNT,
+            )  # fmt: skip
+            cursor = _s(answer[0])
+            entries = [e for e in answer[1] if e is not None and _s(e[0]) not in self._open]
+            if entries:
+                log.warning("journal_entries_claimed", entries=len(entries))
+                self._hand_out(entries, submit, replay)
+            if cursor == "0-0":
+                return
+
+    def _hand_out(
+        self, entries: list[Any], submit: Callable[[list[JournalEntry]], None], replay: Replay
+    ) -> None:
+        out: list[JournalEntry] = []
+        for raw_id, raw_fields in entries:
+            row = _s(raw_id)
+            if raw_fields is None:
+                continue
+            fields = _fields(raw_fields)
+            n = int(fields.get("n", b"0"))
+            try:
+                alerts = replay(
+                    _s(fields["source"]), bytes(fields["payload"]),
+                    parse_time(_s(fields["received_at"])),
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - an unreadable entry must not stop the reader
+                log.error("journal_entry_unreadable", row=row, error=str(exc))
+                alerts = []
+            if not alerts:
+                self._acks[row] = n
+                continue
+            self._open[row] = [len(alerts), n]
+            self._local += len(alerts)
+            request_id = _s(fields.get("request_id", b""))
+            out.extend(JournalEntry(row, a, request_id) for a in alerts)
+        if self._acks and (self._ack_task is None or self._ack_task.done()):
+            self._ack_task = asyncio.ensure_future(self._flush_acks())
+        if out:
+            submit(out)
+
+
+# --------------------------------------------------------------------------- audit spool
+
+_SPOOL_PUSH = """
+local base = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[1]))
+local ids = {}
+for i = 2, #ARGV, 3 do
+  local id = ARGV[i + 1]
+  if ARGV[i] == 'insert' then
+    base = base + 1
+    id = string.format('%.0f', base)
+    table.insert(ids, id)
+  end
+  redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'id', id, 'b', ARGV[i + 2])
+end
+redis.call('SET', KEYS[2], string.format('%.0f', base))
+return ids
+"""
+
+_FLUSH_LEASE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class Spool:
+    """The audit's writes, spooled in a Redis stream until PostgreSQL has them
+    (`backends.postgres`); ids from one counter shared by the replicas."""
+
+    def __init__(self, client: Redis, config: RedisBackend, *, state: RedisState) -> None:
+        self._r = client
+        self._config = config
+        self._state = state
+        self._stream = state.key("audit", "spool")
+        self._ids = state.key("audit", "ids")
+        self._lease_key = state.key("audit", "flusher")
+        self._push = client.script(_SPOOL_PUSH, "spool_push")
+        self._lease = client.script(_FLUSH_LEASE, "flusher_lease")
+
+    async def push(self, ops: list[tuple[str, int, str]], *, now: float | None = None) -> list[int]:
+        floor = int((dt.datetime.now(dt.UTC).timestamp() if now is None else now) * 1000) * 1000
+        args: list[Any] = [floor]
+        for kind, id_, body in ops:
+            args += [kind, id_, body]
+        ids = await self._push([self._stream, self._ids], args)
+        return [int(i) for i in ids]
+
+    async def take(self, count: int, *, block: float) -> list[tuple[str, str, int, str]]:
+        answer = await self._r.call(
+            "XREAD", "COUNT", count, "BLOCK", _ms(block), "STREAMS", self._stream, "0-0"
+        )
+        if not answer:
+            return []
+        out = []
+        for raw_id, raw_fields in answer[0][1]:
+            f = _fields(raw_fields)
+            out.append((_s(raw_id), _s(f["k"]), int(f["id"]), _s(f["b"])))
+        return out
+
+    async def remove(self, entries: list[str]) -> None:
+        if entries:
+            await self._r.call("XDEL", self._stream, *entries)
+
+    async def lease(self) -> bool:
+        ok = await self._lease(
+            [self._lease_key], [self._state.replica, _ms(self._config.claim_idle)]
+        )
+        return bool(ok)
+
+    async def length(self) -> int:
+        return int(await self._r.call("XLEN", self._stream))

@@ -1,0 +1,287 @@
+"""The Redis backend against a real redis-server: the same answers as the memory backend,
+atomic under races between replicas, fenced when a holder lapses, nothing lost in the
+stream when a replica dies.
+
+Two `RedisState`s on one server stand for two replicas. Times are passed in (`now`), as
+the engine passes its clock's; only the leases and lock TTLs are Redis's own time, kept
+to a fraction of a second here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import random
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from remediator import errors, intake
+from remediator.backends import redis as redis_backend
+from remediator.backends.state import MemoryState
+from remediator.clients.redis import Redis
+from remediator.engine import guards
+from remediator.models.decision import Reason
+from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule, Step
+from remediator.settings import Budgets, RedisBackend
+from tests import servers
+from tests.harness import am_alert, payload
+
+NOW = 1_800_000_000.0
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[servers.RedisServer]:
+    with servers.RedisServer() as server:
+        yield server
+
+
+def config(**changes: Any) -> RedisBackend:
+    base = {"url": "", "key_prefix": f"t{next(_prefixes)}", "claim_idle": 0.3, "lock_ttl": 0.3}
+    return RedisBackend(**{**base, **changes})
+
+
+@pytest.fixture
+async def client(redis_server: servers.RedisServer) -> AsyncIterator[Redis]:
+    r = Redis(redis_server.url, timeout=2.0)
+    yield r
+    await r.close()
+
+
+async def replica(client: Redis, cfg: RedisBackend, name: str) -> redis_backend.RedisState:
+    state = redis_backend.RedisState(client, cfg, replica=name)
+    await state.start(NOW)
+    return state
+
+
+def rule(name: str = "r", **limits: Any) -> Rule:
+    cb = CircuitBreaker(open_after=limits.pop("open_after", 2), reset_after=600)
+    return Rule(
+        name=name, matchers=(), steps=(Step(ActionSpec("log", {})),),
+        limits=Limits(**{"cooldown": 0, "max_attempts": 5, "window": 300, **limits}),
+        circuit_breaker=cb,
+    )  # fmt: skip
+
+
+STATUSES = [None, "held", "deciding", "executed/", "skipped/paused", "skipped/silenced",
+            "skipped/cooldown", "failed/interrupted", "skipped/held_full"]  # fmt: skip
+SKIPS = [None, Reason.PAUSED, Reason.SILENCED, Reason.BLACKOUT]
+
+
+async def test_the_duplicate_guard_answers_as_the_memory_backend_for_every_status(
+    client: Redis,
+) -> None:
+    state = await replica(client, config(), "a")
+    for i, (prev, skip, aged) in enumerate(itertools.product(STATUSES, SKIPS, (False, True))):
+        key = f"occ-{i}"
+        if prev is not None:
+            await state.set_occurrence(key, prev, NOW)
+        got = await state.claim(key, skip=skip, aged=aged, now=NOW)
+        expected = guards.should_decide(prev, skip, aged=aged)
+        assert (got is not None) == expected, (prev, skip, aged)
+
+
+async def test_limits_give_the_same_verdicts_as_the_memory_backend(client: Redis) -> None:
+    """A random run of reservations, results and releases over a few targets and rules:
+    every verdict (reason, detail, attempt) is the memory backend's."""
+    shared = await replica(client, config(lock_ttl=60), "a")
+    memory = MemoryState()
+    rules = [rule("a", cooldown=30, max_attempts=3), rule("b", max_actions=4), rule("c")]
+    budgets = Budgets(window=200, max_actions_per_window=12, max_targets_per_window=3)
+    rng = random.Random(7)
+    now = NOW
+    held: list[tuple[str, int]] = []
+    for _ in range(300):
+        now += rng.choice([0, 1, 5, 20, 90])
+        op = rng.random()
+        r, target = rng.choice(rules), f"log t{rng.randrange(5)}"
+        if op < 0.6:
+            dry = rng.random() < 0.2
+            a = await memory.reserve(rule=r, target=target, budgets=budgets, now=now, dry_run=dry)
+            b = await shared.reserve(rule=r, target=target, budgets=budgets, now=now, dry_run=dry)
+            assert (a.reason, a.detail, a.attempt) == (b.reason, b.detail, b.attempt)
+            if a.reason is None and not dry:
+                held.append((target, b.token))
+        elif op < 0.8 and held:
+            target, token = held.pop(rng.randrange(len(held)))
+            await memory.release(target)
+            await shared.release(target, token)
+        else:
+            ok = rng.random() < 0.4
+            a_open = await memory.record_result(rule=r, target=target, ok=ok, now=now)
+            b_open = await shared.record_result(rule=r, target=target, ok=ok, now=now)
+            assert a_open == b_open
+
+
+async def test_two_replicas_racing_for_one_occurrence_claim_it_once(client: Redis) -> None:
+    cfg = config(claim_idle=30)  # both stay alive throughout
+    a, b = await replica(client, cfg, "a"), await replica(client, cfg, "b")
+    claims = await asyncio.gather(
+        *(s.claim(f"occ-{i}", skip=None, aged=False, now=NOW) for i in range(100) for s in (a, b))
+    )
+    assert sum(c is not None for c in claims) == 100
+
+
+async def test_two_replicas_racing_for_one_target_reserve_it_once(client: Redis) -> None:
+    cfg = config(lock_ttl=60)
+    a, b = await replica(client, cfg, "a"), await replica(client, cfg, "b")
+    r = rule(cooldown=600)
+    verdicts = await asyncio.gather(
+        *(s.reserve(rule=r, target="log api", budgets=Budgets(), now=NOW, dry_run=False)
+          for _ in range(20) for s in (a, b))
+    )  # fmt: skip
+    assert [v.reason for v in verdicts].count(None) == 1
+
+
+async def test_a_lapsed_lock_has_a_new_holder_and_the_old_token_is_refused(client: Redis) -> None:
+    cfg = config(lock_ttl=0.2)
+    a, b = await replica(client, cfg, "a"), await replica(client, cfg, "b")
+    r = rule()
+    first = await a.reserve(rule=r, target="log api", budgets=Budgets(), now=NOW, dry_run=False)
+    locked = await b.reserve(rule=r, target="log api", budgets=Budgets(), now=NOW, dry_run=False)
+    assert first.reason is None and locked.reason is Reason.LOCKED
+    await asyncio.sleep(0.3)  # a stalls; nobody renews its lock
+    second = await b.reserve(rule=r, target="log api", budgets=Budgets(), now=NOW, dry_run=False)
+    assert second.reason is None and second.token > first.token
+    assert not await a.holds_lock("log api", first.token)
+    assert await b.holds_lock("log api", second.token)
+    await a.release("log api", first.token)  # the old holder's release leaves b's lock
+    assert await b.holds_lock("log api", second.token)
+
+
+async def test_a_dead_replicas_work_is_adopted_once_and_its_old_token_is_refused(
+    client: Redis,
+) -> None:
+    cfg = config(claim_idle=0.2)
+    a = await replica(client, cfg, "a")
+    claim = await a.claim("rule\x00fp\x00t0", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    await a.set_occurrence("rule\x00fp\x00t0", "held", NOW, token=claim.token)
+    await a.save_held("rule\x00fp\x00t0", {"key": "rule\x00fp\x00t0", "token": claim.token})  # type: ignore[misc]
+    await asyncio.sleep(0.3)  # a's lease lapses
+    b, c = await replica(client, cfg, "b"), await replica(client, cfg, "c")
+
+    class Hooks:
+        def __init__(self) -> None:
+            self.held: list[dict[str, Any]] = []
+
+        async def adopt(self, held: list[dict[str, Any]], rems: list[dict[str, Any]]) -> None:
+            self.held += held
+
+        def abandon(self) -> None: ...
+
+        async def resolved_elsewhere(self, alert: Any) -> None: ...
+
+    hb, hc = Hooks(), Hooks()
+    await asyncio.gather(b._beat(hb, NOW), c._beat(hc, NOW))
+    adopted = hb.held + hc.held
+    assert len(adopted) == 1 and adopted[0]["token"] != claim.token
+    # The stalled replica wakes: its held alert comes of age under its old token.
+    assert (
+        await a.claim("rule\x00fp\x00t0", skip=None, aged=True, now=NOW, token=claim.token) is None
+    )
+    with pytest.raises(errors.Superseded):
+        await a.set_occurrence("rule\x00fp\x00t0", "executed/", NOW, token=claim.token)
+    owner = b if hb.held else c
+    got = await owner.claim(
+        "rule\x00fp\x00t0", skip=None, aged=True, now=NOW, token=adopted[0]["token"]
+    )
+    assert got is not None
+
+
+async def test_a_replica_that_stalled_past_its_lease_abandons_its_work(client: Redis) -> None:
+    cfg = config(claim_idle=0.2)
+    a = await replica(client, cfg, "a")
+    abandoned = []
+
+    class Hooks:
+        async def adopt(self, held: Any, rems: Any) -> None: ...
+
+        def abandon(self) -> None:
+            abandoned.append(True)
+
+        async def resolved_elsewhere(self, alert: Any) -> None: ...
+
+    await asyncio.sleep(0.3)
+    await a._beat(Hooks(), NOW)
+    assert abandoned and a.replica != "a"
+    with pytest.raises(errors.Superseded):
+        await redis_backend.RedisState(client, cfg, replica="a").save_remediation("k", {"token": 1})
+
+
+async def stop(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.wait([task], timeout=2)
+    if not task.done():
+        task.print_stack()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def received() -> dt.datetime:
+    return dt.datetime.fromtimestamp(NOW, dt.UTC)
+
+
+async def test_a_dead_readers_journal_entries_are_claimed_by_another_and_none_twice(
+    client: Redis,
+) -> None:
+    cfg = config(claim_idle=0.3)
+    sa, sb = await replica(client, cfg, "a"), await replica(client, cfg, "b")
+    ja = redis_backend.RedisJournal(client, cfg, limit=1000, state=sa)
+    jb = redis_backend.RedisJournal(client, cfg, limit=1000, state=sb)
+    await ja.start()
+    for i in range(30):
+        body = payload(am_alert("X", fingerprint=f"{i:016x}"))
+        raw = json.dumps(body).encode()
+        alerts = intake.replay("alertmanager", raw, received())
+        await ja.append(
+            source="alertmanager", payload=raw, alerts=alerts, request_id=f"r{i}",
+            received_at=received(),
+        )  # fmt: skip
+    got_a: list[Any] = []
+    reader = asyncio.create_task(ja.run(got_a.extend, intake.replay))
+    while len(got_a) < 30:
+        await asyncio.sleep(0.01)
+    await stop(reader)  # a dies holding 30 entries, 10 of them finished
+    for entry in got_a[:10]:
+        ja.finish(entry)
+    await asyncio.sleep(0.05)
+    got_b: list[Any] = []
+    claimer = asyncio.create_task(jb.run(got_b.extend, intake.replay))
+    try:
+        async with asyncio.timeout(5):
+            while len(got_b) < 20:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # and nothing more comes
+    finally:
+        await stop(claimer)
+    fingerprints = sorted(e.alert.fingerprint for e in got_b)
+    assert fingerprints == sorted(e.alert.fingerprint for e in got_a[10:])
+    for entry in got_b:
+        jb.finish(entry)
+    await asyncio.sleep(0.05)
+    assert int(await client.call("XLEN", sa.key("journal"))) == 0
+    assert int(await client.call("GET", sa.key("journal", "alerts"))) == 0
+
+
+async def test_the_journal_refuses_past_the_backlog_bound_of_all_replicas(client: Redis) -> None:
+    cfg = config()
+    state = await replica(client, cfg, "a")
+    journal = redis_backend.RedisJournal(client, cfg, limit=3, state=state)
+    await journal.start()
+    raw = b"{}"
+    alerts = intake.replay("alertmanager", json_body(am_alert("X"), am_alert("Y")), received())
+    await journal.append(source="alertmanager", payload=raw, alerts=alerts, request_id="1",
+                         received_at=received())  # fmt: skip
+    with pytest.raises(errors.Backpressure):
+        await journal.append(source="alertmanager", payload=raw, alerts=alerts, request_id="2",
+                             received_at=received())  # fmt: skip
+
+
+def json_body(*alerts: dict[str, Any]) -> bytes:
+    return json.dumps(payload(*alerts)).encode()

@@ -1,0 +1,285 @@
+"""Three replicas behind one address, on Redis and PostgreSQL: exactly one action per
+occurrence and target, whatever is delivered twice and whichever replica dies.
+
+The replicas are real daemon processes (`backend.kind: redis`, `audit.kind: postgres`)
+behind a small round-robin proxy on loopback (each request to the next replica, as a
+Kubernetes Service spreads them). The side effect is counted where it happens: the
+Kubernetes emulator counts the rollout-restart PATCHes per deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests import servers
+from tests.daemon_process import DaemonProcess, eventually
+from tests.harness import am_alert, payload
+from tests.kube_emulator import KubeEmulator, deployment
+
+RULES = """
+rules:
+  - name: restart
+    matchers: ['alertname = "APIDown"']
+    action:
+      type: kubernetes.rollout_restart
+      params: {namespace: prod, name: "{{ labels.deployment }}"}
+    limits: {cooldown: 0s, max_attempts: 1000}
+    verify: {resolve_within: never}
+"""
+
+CONFIG = """
+kubernetes:
+  kubeconfig: {kubeconfig}
+  context: emulator
+  allowed_namespaces: [prod]
+limits:
+  max_actions_per_window: 1000000
+  max_targets_per_window: 1000000
+  max_concurrent_actions: 16
+backend:
+  kind: redis
+  redis: {{key_prefix: {prefix}, claim_idle: 5s, lock_ttl: 10s, poll_interval: 200ms}}
+audit:
+  kind: postgres
+workers: 8
+"""
+
+
+class RoundRobin:
+    """A loopback HTTP proxy handing each request to the next upstream that answers;
+    a dead one is skipped (a Service's endpoints drop a dead pod the same way)."""
+
+    def __init__(self, upstreams: list[str]) -> None:
+        self.upstreams = upstreams
+        self._next = itertools.count()
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{servers.LOOPBACK}:{self.port}"
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        assert self._session is not None
+        for _ in range(len(self.upstreams)):
+            upstream = self.upstreams[next(self._next) % len(self.upstreams)]
+            try:
+                async with self._session.request(
+                    request.method, upstream + request.path_qs, data=body,
+                    headers={"Content-Type": request.content_type},
+                ) as resp:  # fmt: skip
+                    return web.Response(status=resp.status, body=await resp.read())
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+        return web.Response(status=502)
+
+    async def __aenter__(self) -> RoundRobin:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True),
+            timeout=aiohttp.ClientTimeout(total=10),
+        )
+        app = web.Application(client_max_size=4 << 20)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, servers.LOOPBACK, 0).start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Any:
+    # The documented setting: every journal write is on disk before the 2xx.
+    with servers.RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def postgres_server() -> Any:
+    with servers.PostgresServer() as pg:
+        yield pg
+
+
+_prefixes = itertools.count()
+
+
+class Cluster:
+    def __init__(self, base: Path, emu: KubeEmulator, redis: Any, pg: Any, n: int) -> None:
+        prefix = f"it{next(_prefixes)}"
+        config = CONFIG.format(kubeconfig=emu.kubeconfig(base / "kubeconfig"), prefix=prefix)
+        env = {"REMEDIATOR_REDIS_URL": redis.url, "REMEDIATOR_AUDIT_DSN": pg.dsn}
+        self.replicas = [
+            DaemonProcess(base / f"r{i}", rules=RULES, config=config, env=env) for i in range(n)
+        ]
+
+    async def __aenter__(self) -> Cluster:
+        await asyncio.gather(*(r.start() for r in self.replicas))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.gather(*(r.close() for r in self.replicas), return_exceptions=True)
+
+
+def restarts(emu: KubeEmulator) -> Counter[str]:
+    """Rollout-restart PATCHes that changed something, per deployment."""
+    return Counter(
+        s.name for s in emu.requests if s.verb == "patch" and not s.dry_run and s.status < 300
+    )
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[KubeEmulator]:
+    async with KubeEmulator() as e:
+        yield e
+
+
+_batches = itertools.count()
+
+
+def alerts(n: int) -> list[dict[str, Any]]:
+    """n alerts on deployments api-0… whose fingerprints no other test uses (the
+    PostgreSQL audit is shared by the tests of this module)."""
+    batch = next(_batches) << 32
+    return [
+        am_alert("APIDown", deployment=f"api-{i}", fingerprint=f"{batch + i:016x}")
+        for i in range(n)
+    ]
+
+
+def of(rows: list[dict[str, Any]], sent: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    fingerprints = {a["fingerprint"] for a in sent}
+    return [r for r in rows if r["fingerprint"] in fingerprints]
+
+
+async def post_all(
+    url: str, bodies: list[dict[str, Any]], *, connections: int = 16
+) -> tuple[set[str], Counter[int]]:
+    """POST every body (retrying a 5xx a few times, as Alertmanager does); the
+    fingerprints acknowledged with a 2xx, and the status codes seen."""
+    acked: set[str] = set()
+    codes: Counter[int] = Counter()
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for b in bodies:
+        queue.put_nowait(b)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                for _ in range(20):
+                    try:
+                        async with session.post(url + "/webhook/alertmanager", json=body) as r:
+                            codes[r.status] += 1
+                            if r.status == 200:
+                                acked.update(a["fingerprint"] for a in body["alerts"])
+                                break
+                    except (aiohttp.ClientError, TimeoutError):
+                        codes[0] += 1
+                    await asyncio.sleep(0.2)
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    return acked, codes
+
+
+async def audit_rows(daemon: DaemonProcess) -> list[dict[str, Any]]:
+    return await daemon.decisions()
+
+
+@pytest.mark.timeout(150)
+async def test_three_replicas_act_once_per_occurrence_though_every_alert_comes_twice(
+    tmp_path: Path, emu: KubeEmulator, redis_server: Any, postgres_server: Any
+) -> None:
+    n = 300
+    for i in range(n):
+        emu.add(deployment(f"api-{i}"))
+    async with Cluster(tmp_path, emu, redis_server, postgres_server, 3) as cluster:
+        upstreams = [r.url for r in cluster.replicas]
+        async with RoundRobin(upstreams) as proxy:
+            # An HA pair: each notification sent by both Alertmanagers, in any order.
+            sent = alerts(n)
+            bodies = [payload(a) for a in sent] * 2
+            acked, codes = await post_all(proxy.url, bodies)
+            assert len(acked) == n, codes
+
+            async def all_restarted() -> bool:
+                return len(restarts(emu)) == n
+
+            await eventually(all_restarted, timeout=60, what=f"{n} deployments restarted")
+            await asyncio.sleep(1.0)  # late doubles would show now
+            assert set(restarts(emu).values()) == {1}
+
+            async def audited() -> bool:
+                return len(of(await audit_rows(cluster.replicas[0]), sent)) >= n
+
+            await eventually(audited, timeout=30, what="every decision in PostgreSQL")
+            rows = of(await audit_rows(cluster.replicas[1]), sent)
+            assert Counter((r["outcome"], r["fingerprint"]) for r in rows).most_common(1)[0][1] == 1
+            assert {r["outcome"] for r in rows} == {"executed"}
+            duplicates = sum(
+                [await r.metric("remediator_duplicates_total") for r in cluster.replicas]
+            )
+            assert duplicates == n
+
+
+@pytest.mark.timeout(150)
+async def test_a_killed_replicas_alerts_are_decided_by_another_none_lost_none_twice(
+    tmp_path: Path, emu: KubeEmulator, redis_server: Any, postgres_server: Any
+) -> None:
+    n = 300
+    for i in range(n):
+        emu.add(deployment(f"api-{i}"))
+    async with Cluster(tmp_path, emu, redis_server, postgres_server, 3) as cluster:
+        victim = cluster.replicas[0]
+        async with RoundRobin([r.url for r in cluster.replicas]) as proxy:
+            sent = alerts(n)
+            bodies = [payload(a) for a in sent]
+            burst = asyncio.create_task(post_all(proxy.url, bodies))
+
+            async def some_done() -> bool:
+                return len(restarts(emu)) >= n // 5
+
+            await eventually(some_done, timeout=60, what="the burst under way")
+            victim.kill()  # kill -9, mid-burst: what it held is pending in the stream
+            await victim.wait_exit()
+            acked, codes = await burst
+            assert len(acked) == n, codes
+
+            survivor = cluster.replicas[1]
+
+            async def all_audited() -> bool:
+                rows = of(await audit_rows(survivor), sent)
+                return len({r["fingerprint"] for r in rows}) == n
+
+            await eventually(all_audited, timeout=60, what=f"a decision for each of {n} alerts")
+            await asyncio.sleep(1.5)  # past claim_idle: a late double would show now
+            counts = restarts(emu)
+            assert max(counts.values()) == 1
+            rows = of(await audit_rows(survivor), sent)
+            per_occurrence = Counter(r["fingerprint"] for r in rows)
+            assert len(per_occurrence) == n and set(per_occurrence.values()) == {1}, json.dumps(
+                per_occurrence.most_common(3)
+            )
+            # What the victim was running when it died says so, and is never run again;
+            # everything else was restarted exactly once.
+            unknown = [r for r in rows if (r["outcome"], r["reason"]) == ("failed", "interrupted")]
+            assert len(unknown) <= 16  # at most its action slots
+            assert len(counts) >= n - len(unknown)
+            assert {r["outcome"] for r in rows} <= {"executed", "failed"}
