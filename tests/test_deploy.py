@@ -161,14 +161,15 @@ def test_the_daemon_lives_in_one_namespace_and_acts_only_where_it_is_bound(
     } == granted
 
 
-def test_moving_the_daemon_to_another_namespace_is_one_edit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_moving_the_daemon_to_another_namespace_is_one_edit(overlay: str, tmp_path: Path) -> None:
     copied = tmp_path / "kubernetes"
     shutil.copytree(KUBE, copied)
-    edit = copied / "overlays" / "single" / "set-namespace.yaml"
+    edit = copied / "overlays" / overlay / "set-namespace.yaml"
     text = edit.read_text()
     assert text.count("namespace: remediator") == 1
     edit.write_text(text.replace("namespace: remediator", "namespace: ops"))
-    docs = kustomize(copied / "overlays" / "single")
+    docs = kustomize(copied / "overlays" / overlay)
     for d in docs:
         ns = d["metadata"].get("namespace")
         if d["kind"] == "RoleBinding":
