@@ -25,12 +25,16 @@ $(STAMP): $(RUN_STAMP)
 run: $(RUN_STAMP)
 	$(VENV)/bin/remediator serve $(ARGS)
 
-## system-deps: Debian servers the integration tests start (installed when missing and root)
+## system-deps: Debian servers and tools the tests run (installed when missing and root).
+##      kubectl renders the Kustomize bundle; the bundle needs its kustomize v5 (kubectl
+##      >= 1.27): Debian 12's kubernetes-client (1.20, kustomize v2) is too old for it, and
+##      the deploy tests say so — install a current kubectl then.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v prometheus-alertmanager >/dev/null 2>&1 || missing="$$missing prometheus-alertmanager"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15"; \
 	[ -x /usr/sbin/dockerd ] || missing="$$missing docker.io"; \
 	dpkg-query -W -f='$${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' \

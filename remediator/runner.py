@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from remediator import errors, intake, preflight
+from remediator import errors, intake, preflight, reloading
 from remediator import settings as settings_mod
 from remediator.backends import Backends
 from remediator.backends import journal as journal_mod
@@ -90,11 +90,14 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._pause_timers: dict[str, Timer] = {}
         self._config_loader = config_loader
+        self.watcher: reloading.RulesWatcher | None = None
+        self._watch_task: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self) -> None:
         """Load rules (fail hard on errors at start), open backends, resume the journal."""
+        read = self._signature()  # before reading: an edit meanwhile is seen as a change
         rules = load_rules(self.settings)
         await self.backends.start(self.clock.now())
         self.clients = await Clients.open()
@@ -134,6 +137,7 @@ class Daemon:
         await self.engine.wait_idle()
         self.engine.resume()
         self.backends.run(self.engine, intake.replay, self.clock.now)
+        self._watch(read)
         self._pause_gauges()
         for key, p in self.state.pauses().items():
             log.warning(
@@ -153,6 +157,14 @@ class Daemon:
     async def shutdown(self) -> None:
         self.stopping = True
         log.info("shutdown_started")
+        if self.watcher is not None and self._watch_task is not None:
+            self.watcher.stop()
+            _, stuck_look = await asyncio.wait({self._watch_task}, timeout=1.0)
+            if stuck_look:  # a stat on a hung volume must not hold the shutdown
+                log.warning("rules_watch_cancelled", reason="a look did not finish within 1s")
+                self._watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch_task
         await self.backends.stop_tasks()  # no new work from a shared journal
         if self._engine_task is not None:
             self._engine_task.cancel()
@@ -256,6 +268,9 @@ class Daemon:
         keeps its running value and the answer says a restart is needed.
         """
         async with self._reload_lock:
+            read = await asyncio.to_thread(self._signature)
+            if self.watcher is not None:  # what this reload reads, right or wrong, is not news
+                self.watcher.loaded = read
             try:
                 fresh, rules = await asyncio.to_thread(self._load_config_and_rules)
             except (errors.ConfigError, errors.RuleFileErrors) as exc:
@@ -278,6 +293,20 @@ class Daemon:
     def _load_config_and_rules(self) -> tuple[Settings, list[Rule]]:
         fresh = self._config_loader() if self._config_loader is not None else self.settings
         return fresh, load_rules(fresh)
+
+    def _signature(self) -> reloading.Signature:
+        return reloading.signature(self.settings.rules_dir, self.settings.config_file)
+
+    def _watch(self, read: reloading.Signature) -> None:
+        """Start the rules watcher (`rules_watch_interval`; 0: none)."""
+        interval = self.settings.rules_watch_interval
+        if interval <= 0:
+            return
+        self.watcher = reloading.RulesWatcher(
+            interval=interval, clock=self.clock, look=self._signature, reload=self.reload,
+            loaded=read,
+        )  # fmt: skip
+        self._watch_task = self.watcher.start()
 
     def _reloaded(self, count: int) -> None:
         self.metrics.rules_loaded.set(count)

@@ -177,6 +177,15 @@ class Harness:
         await asyncio.sleep(0)
         await self.settle()
 
+    async def look_at_rules(self) -> None:
+        """Move the clock on by `rules_watch_interval` and wait until the rules watcher has
+        looked at the files (and finished the reload it may have started)."""
+        watcher = self.daemon.watcher
+        assert watcher is not None, "the rules watcher is off (rules_watch_interval: 0)"
+        looked = watcher.polls
+        self.clock.advance(watcher.interval)
+        await asyncio.wait_for(watcher.wait_polls(looked + 1), timeout=30)
+
     async def decisions(self, **query: str) -> list[dict[str, Any]]:
         """Audit rows, oldest first (the API serves newest first)."""
         resp = await self.client.get(

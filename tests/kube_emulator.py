@@ -5,7 +5,7 @@ API server does — and refuses what the real one refuses, so a test passing her
 the request had the right shape:
 
 - a Bearer token is required (401 without it);
-- RBAC: given the rules of deploy/kubernetes/rbac.yaml, anything outside them is a 403
+- RBAC: given the rules of deploy/kubernetes/base/rbac.yaml, anything outside them is a 403
   with the API server's own message;
 - PATCH needs a patch media type: strategic-merge, merge or JSON patch (application/json
   is a 415, as on the real server; apply is not emulated: 415). A JSON patch (RFC 6902:

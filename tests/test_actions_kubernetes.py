@@ -3,7 +3,7 @@
 Alerts go through the in-process daemon (tests/harness.py) to the real kubernetes_asyncio
 client, which talks HTTP to the emulator on loopback (tests/kube_emulator.py). The
 emulator enforces the request shapes of the real API server and the RBAC of
-deploy/kubernetes/rbac.yaml; every test asserts the objects it holds afterwards.
+deploy/kubernetes/base/rbac.yaml; every test asserts the objects it holds afterwards.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
 from remediator import errors, settings
 from remediator.actions import kubernetes as k8s
@@ -31,7 +30,7 @@ from tests.harness import Harness, am_alert
 from tests.kube_emulator import KubeEmulator, deployment, hpa, pod, replicaset
 
 REPO = Path(__file__).resolve().parent.parent
-RBAC = REPO / "deploy" / "kubernetes" / "rbac.yaml"
+RBAC = REPO / "deploy" / "kubernetes" / "base" / "rbac.yaml"
 
 RESTART = """
 rules:
@@ -1046,7 +1045,9 @@ async def test_the_example_rules_restart_and_scale_with_the_example_alerts(
 def test_the_rbac_manifest_grants_exactly_what_the_code_can_request() -> None:
     granted, namespaces = emu_mod.load_rbac(RBAC)
     assert granted == set(kube_client.PERMISSIONS)
-    assert namespaces == {"prod", "staging"}  # the allowed_namespaces of deploy/kubernetes
+    # The allowed_namespaces of deploy/kubernetes (tests/test_deploy_bundle.py holds the
+    # rendered bundle's RoleBindings, config and service account together).
+    assert namespaces == {"prod", "staging"}
 
 
 async def test_every_request_the_actions_send_is_granted_and_every_grant_is_used(
@@ -1077,40 +1078,6 @@ ROLLBACK_HPA_EVIDENCE_PERMISSIONS = {
     ("", "events", "list"), ("", "pods/log", "get"),
 }  # fmt: skip
 """What rollout_undo, scale_hpa and the evidence need beyond the three actions above."""
-
-
-def test_the_daemons_own_manifests_fit_together(tmp_path: Path) -> None:
-    docs = {
-        (d["kind"], d["metadata"]["name"], d["metadata"].get("namespace", "")): d
-        for f in sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
-        if f.name != "kustomization.yaml"
-        for d in yaml.safe_load_all(f.read_text())
-        if d
-    }
-    # The config the pod mounts is a valid config, allowing what the RBAC binds.
-    cm = docs[("ConfigMap", "remediator-config", "remediator")]
-    (tmp_path / "config.yaml").write_text(cm["data"]["config.yaml"])
-    cfg = settings.load(tmp_path / "config.yaml", environ={}).section("kubernetes")
-    assert cfg.in_cluster and cfg.allowed_namespaces == emu_mod.load_rbac(RBAC)[1]
-    # The pod runs as the bound service account, and protects itself.
-    dep = docs[("Deployment", "remediator", "remediator")]
-    pod_spec = dep["spec"]["template"]["spec"]
-    assert pod_spec["serviceAccountName"] == "remediator"
-    assert ("ServiceAccount", "remediator", "remediator") in docs
-    for (kind, _, _), d in docs.items():
-        if kind == "RoleBinding":
-            assert d["subjects"] == [
-                {"kind": "ServiceAccount", "name": "remediator", "namespace": "remediator"}
-            ]
-            assert d["roleRef"]["name"] == "remediator-actions"
-        assert kind != "ClusterRoleBinding"  # never bound cluster-wide
-    assert dep["metadata"]["labels"][cfg.protected_key] == "true"
-    listed = yaml.safe_load((REPO / "deploy" / "kubernetes" / "kustomization.yaml").read_text())
-    assert sorted(listed["resources"]) == sorted(
-        f.name
-        for f in (REPO / "deploy" / "kubernetes").glob("*.yaml")
-        if f.name != "kustomization.yaml"
-    )
 
 
 def test_the_three_actions_are_registered_and_not_retried_by_the_engine() -> None:

@@ -5,7 +5,7 @@ As in test_actions_kubernetes.py: alerts go through the in-process daemon to the
 kubernetes_asyncio client, which talks HTTP to the emulator (tests/kube_emulator.py)
 enforcing the real API server's request shapes (JSON patch and strategic-merge media
 types, resourceVersion preconditions, dryRun=All) and the RBAC of
-deploy/kubernetes/rbac.yaml. The emulator's `roll()` plays the workload controllers'
+deploy/kubernetes/base/rbac.yaml. The emulator's `roll()` plays the workload controllers'
 part: a ReplicaSet or ControllerRevision per template, renumbered on reuse.
 """
 

@@ -31,7 +31,7 @@ from tests.test_actions_aws import config as aws_config
 from tests.test_actions_aws import saturated, scale_rule
 
 LOOPBACK = "127.0.0.1"
-RBAC = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "rbac.yaml"
+RBAC = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "base" / "rbac.yaml"
 NOTIFY = """
 rules:
   - name: notify-oncall

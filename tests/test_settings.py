@@ -79,6 +79,7 @@ def test_the_readme_example_config_loads(tmp_path: Path) -> None:
         """
         listen: 0.0.0.0:9097
         rules_dir: /etc/remediator/rules
+        rules_watch_interval: 10s
         data_dir: /var/lib/remediator
         dry_run: false
         paused: false
@@ -117,6 +118,8 @@ def test_the_readme_example_config_loads(tmp_path: Path) -> None:
     )
     assert (s.listen_host, s.listen_port, s.dry_run) == ("0.0.0.0", 9097, False)
     assert (s.rules_dir, s.data_dir) == (Path("/etc/remediator/rules"), Path("/var/lib/remediator"))
+    assert s.rules_watch_interval == 10.0
+    assert load_yaml(tmp_path, "rules_watch_interval: 0").rules_watch_interval == 0  # off
     assert (s.auth.webhook_basic_user, s.auth.webhook_basic_password) == ("alertmanager", "pw")
     freeze, batch = s.blackouts
     assert (freeze.start, freeze.end) == (
@@ -183,6 +186,8 @@ def test_the_readme_example_config_loads(tmp_path: Path) -> None:
             "cannot parse matcher",
         ),
         ("matchers_syntax: pcre", "matchers_syntax", "must be one of classic, utf8, fallback"),
+        ("rules_watch_interval: 100ms", "rules_watch_interval", "0 (off) or between 1s and 1d"),
+        ("rules_watch_interval: 2d", "rules_watch_interval", "0 (off) or between 1s and 1d"),
         (
             "matchers_syntax: classic\nblackouts: [{name: x, days: [sun], matchers: ['k8s.ns=a']}]",
             "blackouts[0].matchers[0]",

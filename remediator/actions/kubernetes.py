@@ -59,7 +59,7 @@ class KubernetesConfig:
 
     allowed_namespaces: frozenset[str]
     """Namespaces Kubernetes actions may act in. Required and non-empty: nothing is
-    allowed until listed. Grant the RBAC (deploy/kubernetes/rbac.yaml) in the same ones."""
+    allowed until listed. Grant the RBAC (deploy/kubernetes/base/rbac.yaml) in the same ones."""
     in_cluster: bool = False
     """Use the pod's service account (the daemon runs in the cluster). Excludes kubeconfig."""
     kubeconfig: str = ""

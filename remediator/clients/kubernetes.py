@@ -80,7 +80,7 @@ PERMISSIONS: frozenset[tuple[str, str, str]] = frozenset(
         ("", "pods/log", "get"),
     }
 )
-"""Every (API group, resource, verb) this module can request: deploy/kubernetes/rbac.yaml
+"""Every (API group, resource, verb) this module can request: deploy/kubernetes/base/rbac.yaml
 grants exactly these, and a test holds the two (and what the code sends) equal."""
 
 log = structlog.get_logger(__name__)
@@ -521,7 +521,7 @@ def _mapped(
         api = f"API group {group!r}" if group else "the core API group"
         return errors.PermanentError(
             f"{what}: forbidden (HTTP 403): the service account may not {verb} {resource} "
-            f"in {api} in namespace {namespace}; grant it (deploy/kubernetes/rbac.yaml) "
+            f"in {api} in namespace {namespace}; grant it (deploy/kubernetes/base/rbac.yaml) "
             f"with a RoleBinding in that namespace{said}"
         )
     if status == 401:
