@@ -768,6 +768,8 @@ def test_the_aws_section_parses_with_documented_defaults(tmp_path: Path) -> None
         ("aws: {region: eu-west-1, read_timeout: 0s}", "aws.read_timeout: must be more than 0s"),
         ("aws: {region: eu-west-1, ecs: {clusters: ['arn:aws:ecs:x']}}",
          "aws.ecs.clusters[0]: not a name (names here, not ARNs)"),
+        ("aws: {region: eu-west-1, appconfig: {applications: [0123456]}}",
+         "aws.appconfig.applications[0]: 42798 was read as a number: quote it"),  # octal!
         ("aws: {region: eu-west-1, lambda: {function: [w]}}", "aws.lambda.function: unknown key"),
         ("aws: {region: eu-west-1, secret_key: x}", "aws.secret_key: unknown key"),
         ("aws: {region: \"eu-west-\\u0661\"}", "aws.region: not an AWS region"),

@@ -52,8 +52,8 @@ def config(aws: Aws, *, extra: str = "", app: str = "abc1234", dist: str = "E2EX
           lambda: {{functions: [{FUNCTION}]}}
           sqs: {{queues: [plooral-jobs]}}
           events: {{rules: [{RULE_NAME}, ons-bus/ons-ingest]}}
-          appconfig: {{applications: [{app}]}}
-          cloudfront: {{distributions: [{dist}]}}
+          appconfig: {{applications: ["{app}"]}}
+          cloudfront: {{distributions: ["{dist}"]}}
           codedeploy: {{deployment_groups: [{GROUP}]}}
           rds: {{clusters: [{AURORA}]{extra}}}
         """

@@ -9,8 +9,9 @@ when idle a job is committed at once, so latency stays at one commit.
 Reads go to a second connection in a worker thread (WAL lets readers run beside the
 writer), so an audit query never stalls intake.
 
-Write health is tracked for readiness: a transaction in which every job failed (a
-full disk, an unwritable file) counts as a failed write until one commits again;
+Write health is tracked for readiness: a transaction in which a job failed and none
+committed a change (a full disk, an unwritable file) counts as a failed write until a
+change commits again;
 `probe` writes one small row so a daemon that receives nothing still finds out when
 the disk has room again.
 """
@@ -180,8 +181,9 @@ class Database:
                 self.failed_writes = 0
             return [(fut, value, None) for (_, fut), value in zip(batch, values, strict=True)]
         results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        committed = False
+        wrote = failed = False
         for job, fut in batch:
+            before = conn.total_changes
             try:
                 conn.execute("BEGIN")
                 value = job(conn)
@@ -192,15 +194,18 @@ class Database:
                     conn.execute("ROLLBACK")
                 results.append((fut, None, exc))
                 self.last_error = str(exc)[:200]
+                failed = True
             else:
                 results.append((fut, value, None))
-                committed = True
+                wrote = wrote or conn.total_changes > before
+        # A job that changed nothing (a no-op, a read) says nothing about the disk: only a
+        # committed change clears the failure, and a failed job beside no-ops counts.
         # Written from this thread, read on the loop: an int swap, and a late read only
         # delays readiness by one probe.
-        if not committed:
-            self.failed_writes += 1
-        elif conn.total_changes > changes:
+        if wrote:
             self.failed_writes = 0
+        elif failed:
+            self.failed_writes += 1
         return results
 
 

@@ -313,6 +313,11 @@ def _names(
 ) -> frozenset[str]:
     out = set()
     for i, name in enumerate(r.raw_list(key)):
+        if isinstance(name, int | float) and not isinstance(name, bool):
+            raise errors.ConfigError(
+                f"{r.prefix}{key}[{i}]",
+                f'{name!r} was read as a number: quote it ("{name}") so YAML keeps it text',
+            )
         if not isinstance(name, str) or not pattern.fullmatch(name):
             raise errors.ConfigError(f"{r.prefix}{key}[{i}]", f"not {what}: {name!r}")
         out.add(name)
