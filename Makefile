@@ -28,7 +28,8 @@ run: $(RUN_STAMP)
 ## system-deps: Debian servers and tools the tests run (installed when missing and root).
 ##      kubectl renders the Kustomize bundle; the bundle needs its kustomize v5 (kubectl
 ##      >= 1.27): Debian 12's kubernetes-client (1.20, kustomize v2) is too old for it, and
-##      the deploy tests say so — install a current kubectl then.
+##      the deploy tests say so — install a current kubectl then. chromium: the console's
+##      browser tests drive Debian's build through Playwright (no browser download).
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
@@ -37,6 +38,7 @@ system-deps:
 	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
 	[ -x /usr/lib/postgresql/15/bin/initdb ] || missing="$$missing postgresql-15"; \
 	[ -x /usr/sbin/dockerd ] || missing="$$missing docker.io"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	dpkg-query -W -f='$${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' \
 	  || missing="$$missing busybox-static"; \
 	if [ -n "$$missing" ]; then \

@@ -196,9 +196,9 @@ async def test_the_page_links_to_the_decision_and_resolve_sends_the_same_dedup_k
         "routing_key": ROUTING_KEY, "event_action": "resolve", "dedup_key": trigger["dedup_key"]
     }  # fmt: skip
     assert pagerduty.open == {}  # the alert is resolved
-    assert {"href": "https://remediator.example/api/v1/decisions/42",
+    assert {"href": "https://remediator.example/ui/decisions/42",
             "text": "remediator decision 42"} in trigger["links"]  # fmt: skip
-    assert trigger["client_url"] == "https://remediator.example/api/v1/decisions/42"
+    assert trigger["client_url"] == "https://remediator.example/ui/decisions/42"
     assert result.detail.startswith("resolved the page through $PAGERDUTY_ROUTING_KEY")
 
 

@@ -121,12 +121,15 @@ async def call(
     data: bytes | None = None,
     headers: dict[str, str] | None = None,
     before: Callable[[Harness], Any] | None = None,
+    follow: bool = True,
     **query: str,
 ) -> int:
     async with Harness(tmp_path / "h", rules=RULES, env=env, config=config) as h:
         if before is not None:
             await before(h)
-        resp = await h.client.request(method, path, data=data, headers=headers, params=query)
+        resp = await h.client.request(
+            method, path, data=data, headers=headers, params=query, allow_redirects=follow
+        )
         await resp.read()
         return resp.status
 
@@ -203,7 +206,72 @@ ADMIN_AUTH = {"Authorization": "Bearer adm1n-token"}
 WRONG_AUTH = {"Authorization": "Bearer wrong"}
 TOO_LARGE = b"[" + b" " * (2 << 20) + b"]"
 
+OTHER_HOST = Elsewhere(
+    "tests/test_read_access.py::test_without_tokens_another_host_may_not_read_even_claiming_to_be_loopback"
+)
+READER = {**ADMIN, "REMEDIATOR_READ_TOKEN": "r3ad-token"}
+READ_AUTH = {"Authorization": "Bearer r3ad-token"}
+
+
+def ui(method: str, path: str, **kwargs: Any) -> Reach:
+    """A console request; a form (bytes `data`) is sent by a Bearer admin unless told."""
+    if method == "POST":
+        kwargs = {"env": ADMIN, "headers": ADMIN_AUTH, "follow": False, **kwargs}
+    return req(method, path, **kwargs)
+
+
+UI_READS: dict[tuple[str, str, int], Reach] = {
+    **{
+        ("GET", path, status): reach
+        for path, concrete in [
+            ("/ui", "/ui"),
+            ("/ui/rules", "/ui/rules"),
+            ("/ui/approvals", "/ui/approvals"),
+            ("/ui/rules/{name}", "/ui/rules/api-restart"),
+            ("/ui/decisions/{id}", "/ui/decisions/1"),
+        ]
+        for status, reach in {
+            200: ui("GET", concrete, before=one_decision),
+            401: ui("GET", concrete, env=ADMIN),
+            403: OTHER_HOST,
+        }.items()
+    },
+    ("GET", "/ui", 400): ui("GET", "/ui", outcome="nonsense"),
+    ("GET", "/ui/", 302): ui("GET", "/ui/", follow=False),
+    ("GET", "/ui/decisions/{id}", 400): ui("GET", "/ui/decisions/x"),
+    ("GET", "/ui/decisions/{id}", 404): ui("GET", "/ui/decisions/7"),
+    ("GET", "/ui/rules/{name}", 404): ui("GET", "/ui/rules/nope"),
+    ("POST", "/ui/approvals/{id}", 303): Elsewhere(
+        "tests/test_console.py::test_an_approver_approves_through_the_page_and_it_runs_once"
+    ),
+    ("POST", "/ui/approvals/{id}", 400): ui("POST", "/ui/approvals/1", data=b"decision=maybe"),
+    ("POST", "/ui/approvals/{id}", 401): ui("POST", "/ui/approvals/1", headers={}),
+    ("POST", "/ui/approvals/{id}", 403): ui(
+        "POST", "/ui/approvals/1", env=READER, headers=READ_AUTH, data=b"decision=approve"
+    ),
+    ("POST", "/ui/approvals/{id}", 409): ui("POST", "/ui/approvals/1", data=b"decision=approve"),
+    **{
+        ("POST", f"/ui/{verb}", status): reach
+        for verb in ("pause", "resume")
+        for status, reach in {
+            303: ui("POST", f"/ui/{verb}", data=b"reason=deploy"),
+            400: ui("POST", f"/ui/{verb}", data=b"rule=a&rule=b"),
+            401: ui("POST", f"/ui/{verb}", headers=WRONG_AUTH, data=b""),
+            403: ui("POST", f"/ui/{verb}", env=READER, headers=READ_AUTH, data=b""),
+            404: ui("POST", f"/ui/{verb}", data=b"rule=nope"),
+        }.items()
+    },
+    ("GET", "/ui/login", 200): ui("GET", "/ui/login"),
+    ("POST", "/ui/login", 303): ui("POST", "/ui/login", headers={}, data=b"token=adm1n-token"),
+    ("POST", "/ui/login", 400): ui("POST", "/ui/login", headers={}, data=b"token=a&token=b"),
+    ("POST", "/ui/login", 401): ui("POST", "/ui/login", headers={}, data=b"token=wrong"),
+    ("POST", "/ui/logout", 303): ui("POST", "/ui/logout", headers={}, data=b""),
+    ("GET", "/ui/static/console.css", 200): ui("GET", "/ui/static/console.css"),
+}
+"""The console's statuses (its pages answer refusals with a page, not JSON)."""
+
 REACH: dict[tuple[str, str, int], Reach] = {
+    **UI_READS,
     ("POST", "/webhook/alertmanager", 200): am(),
     ("POST", "/webhook/alertmanager", 400): am(data=b"{not json"),
     ("POST", "/webhook/alertmanager", 401): am(env={"REMEDIATOR_WEBHOOK_TOKEN": "t0ken"}),

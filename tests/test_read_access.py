@@ -33,7 +33,16 @@ rules:
     matchers: ['alertname = "APIDown"']
     action: {type: log, params: {message: "restart {{ labels.deployment }}"}}
 """
-READS = ["/api/v1/decisions", "/api/v1/rules"]
+READS = ["/api/v1/decisions", "/api/v1/rules", "/ui", "/ui/rules", "/ui/rules/api-restart",
+         "/ui/approvals"]  # fmt: skip
+"""Every read of the API and the console (which answers a refusal with a page)."""
+
+
+def source(path: str) -> str:
+    """The `source` label its refusals are counted under."""
+    return "ui" if path.startswith("/ui") else "api"
+
+
 _nets = itertools.count(1)
 
 
@@ -66,7 +75,9 @@ async def test_once_a_token_is_configured_every_read_needs_one(
         assert await get(h, path, Authorization=f"Basic {token}") == 401
         assert await get(h, path, Authorization=f"Bearer {token}") == 200
         assert (
-            await h.metric("remediator_rejected_inputs_total", source="api", kind="unauthorized")
+            await h.metric(
+                "remediator_rejected_inputs_total", source=source(path), kind="unauthorized"
+            )
             == 3
         )
 
@@ -199,7 +210,10 @@ async def test_without_tokens_another_host_may_not_read_even_claiming_to_be_loop
     assert await get_from(ns, url + path) == 403
     assert await get_from(ns, url + path, **{"X-Forwarded-For": "127.0.0.1"}) == 403
     assert await get_from(ns, url + "/healthz") == 200  # probes stay open
-    assert await h.metric("remediator_rejected_inputs_total", source="api", kind="forbidden") == 2
+    refused = await h.metric(
+        "remediator_rejected_inputs_total", source=source(path), kind="forbidden"
+    )
+    assert refused == 2
 
 
 @pytest.mark.parametrize("path", READS)

@@ -88,7 +88,7 @@ async def test_a_fix_that_does_not_take_calls_a_human_once_with_what_was_tried(
         assert text == (
             "pool-terminate gave up on crm: ineffective: still firing 300s after step 1 "
             "(verify.resolve_within) "
-            f"https://remediator.example/api/v1/decisions/{row['id']}"
+            f"https://remediator.example/ui/decisions/{row['id']}"
         )
         assert row["verification"].startswith("ineffective")
         assert "posted to $REMEDIATOR_TEST_ESCALATE_URL" in row["escalation"]

@@ -28,6 +28,7 @@ from remediator import errors, settings
 from remediator.actions import params, registry
 from remediator.actions.base import Context, Result
 from remediator.matching import templates
+from remediator.models.decision import decision_url
 from remediator.settings import Settings
 
 MAX_TEXT = 4000
@@ -151,14 +152,6 @@ def _cfg(settings_: Settings) -> NotifyConfig:
     return found or NotifyConfig()
 
 
-def _decision_link(cfg: NotifyConfig, ctx: Context) -> str:
-    """The decision's link under the top-level `external_url` ("" without one)."""
-    base = ctx.settings.external_url
-    if not base or not ctx.decision_id:
-        return ""
-    return f"{base}/api/v1/decisions/{ctx.decision_id}"
-
-
 class NotifyWebhook:
     type: ClassVar[str] = "notify.webhook"
     # A timeout or a 5xx may come after the receiver posted the message: not retried, so
@@ -233,7 +226,7 @@ def default_text(ctx: Context) -> str:
     if e.url:
         lines.append(f"Decision {e.decision_id}: {e.url}")
     elif e.decision_id:
-        lines.append(f"Decision {e.decision_id} (GET /api/v1/decisions/{e.decision_id})")
+        lines.append(f"Decision {e.decision_id} (/ui/decisions/{e.decision_id} on remediator)")
     return "\n".join(lines)[:MAX_TEXT]
 
 
@@ -294,7 +287,6 @@ class NotifyPagerDuty:
         return key
 
     def _event(self, values: Mapping[str, Any], ctx: Context, action: str) -> dict[str, Any]:
-        cfg = _cfg(ctx.settings)
         event: dict[str, Any] = {
             "routing_key": self._key(values),
             "event_action": action,
@@ -328,7 +320,7 @@ class NotifyPagerDuty:
         }
         event["client"] = "remediator"
         links = []
-        link = _decision_link(cfg, ctx)
+        link = decision_url(ctx.settings.external_url, ctx.decision_id)
         if link:
             event["client_url"] = link
             links.append({"href": link, "text": f"remediator decision {ctx.decision_id}"})
@@ -459,7 +451,7 @@ class NotifyEmail:
         msg["Message-ID"] = f"<remediator.{ctx.decision_id}.{digest}@{email.host}>"
         msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to it
         body = values["body"]
-        link = _decision_link(_cfg(ctx.settings), ctx)
+        link = decision_url(ctx.settings.external_url, ctx.decision_id)
         if link:
             body += f"\n\n-- \nremediator decision {ctx.decision_id}: {link}\n"
         msg.set_content(body)

@@ -84,6 +84,10 @@ class Query:
     rule: str | None = None
     alertname: str | None = None
     outcome: str | None = None
+    target: str | None = None
+    fingerprint: str | None = None
+    starts_at: str | None = None
+    """With fingerprint: the decisions of one occurrence (its story)."""
     since: dt.datetime | None = None
     before: int | None = None
     """Only rows with an id below this (pagination cursor, newest first)."""
@@ -125,6 +129,9 @@ class Audit(Protocol):
     async def get(self, id_: int) -> dict[str, Any] | None:
         """One decision by id (columns as in `query`), or None."""
 
+    async def histogram(self, since: dt.datetime) -> list[tuple[str, str, int]]:
+        """(hour as `YYYY-MM-DDTHH`, outcome, count) of the decisions since a time."""
+
     async def recent_occurrences(self, since: dt.datetime, *, limit: int) -> list[dict[str, Any]]:
         """At most `limit` decisions since a time, oldest first (columns as in the API, the
         alert decoded): rebuilds dedup, cooldowns, circuits and verifications on start."""
@@ -150,6 +157,21 @@ def row_of(d: Decision) -> _Row:
         json.dumps({"labels": d.labels, "annotations": d.annotations}), d.step,
         json.dumps(dict(d.evidence), default=str) if d.evidence else "{}",
     )  # fmt: skip
+
+
+def filters(q: Query) -> tuple[tuple[str, str | None], ...]:
+    """The equality filters of a query, by column (every backend reads them the same)."""
+    return (
+        ("rule", q.rule), ("alertname", q.alertname), ("outcome", q.outcome),
+        ("target", q.target), ("fingerprint", q.fingerprint), ("starts_at", q.starts_at),
+    )  # fmt: skip
+
+
+HISTOGRAM = (
+    "SELECT substr(decided_at, 1, 13) AS hour, outcome, COUNT(*) FROM decisions "
+    "WHERE decided_at >= {} GROUP BY hour, outcome ORDER BY hour"
+)
+"""Decisions per hour and outcome since a time (the placeholder is the backend's)."""
 
 
 def decoded(row: _Row) -> dict[str, Any]:
@@ -236,7 +258,7 @@ class SqliteAudit:
     async def query(self, q: Query) -> list[dict[str, Any]]:
         where: list[str] = []
         args: list[str | int] = []
-        for column, value in (("rule", q.rule), ("alertname", q.alertname), ("outcome", q.outcome)):
+        for column, value in filters(q):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -253,6 +275,11 @@ class SqliteAudit:
         args.append(q.limit)
         rows = await self._db.read(lambda c: c.execute(sql, args).fetchall())
         return [decoded(row) for row in rows]
+
+    async def histogram(self, since: dt.datetime) -> list[tuple[str, str, int]]:
+        sql = HISTOGRAM.format("?")
+        rows = await self._db.read(lambda c: c.execute(sql, (iso(since),)).fetchall())
+        return [(str(h), str(o), int(n)) for h, o, n in rows]
 
     async def get(self, id_: int) -> dict[str, Any] | None:
         sql = f"SELECT {', '.join(COLUMNS)} FROM decisions WHERE id = ?"  # noqa: S608 - fixed names

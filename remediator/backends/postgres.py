@@ -283,7 +283,7 @@ class PostgresAudit:
     async def query(self, q: Query) -> list[dict[str, Any]]:
         where: list[str] = []
         args: list[Any] = []
-        for column, value in (("rule", q.rule), ("alertname", q.alertname), ("outcome", q.outcome)):
+        for column, value in audit.filters(q):
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
@@ -300,6 +300,10 @@ class PostgresAudit:
         sql += f" ORDER BY id DESC LIMIT ${len(args)}"
         rows = await self._fetch(sql, args)
         return [audit.decoded(tuple(r[c] for c in COLUMNS)) for r in rows]
+
+    async def histogram(self, since: dt.datetime) -> list[tuple[str, str, int]]:
+        rows = await self._fetch(audit.HISTOGRAM.format("$1"), [iso(since)])
+        return [(str(r["hour"]), str(r["outcome"]), int(r["count"])) for r in rows]
 
     async def get(self, id_: int) -> dict[str, Any] | None:
         sql = f"SELECT {', '.join(COLUMNS)} FROM decisions WHERE id = $1"  # noqa: S608 - fixed

@@ -19,6 +19,7 @@ from remediator.clients.slack import SlackClient
 from remediator.matching.templates import slack_escape
 from remediator.metrics import Metrics
 from remediator.models.alert import iso_ts
+from remediator.models.decision import decision_url
 from remediator.models.rule import Rule
 from remediator.settings import Settings, SlackApp
 
@@ -131,7 +132,7 @@ class Approvals:
         shown = ", ".join(f"{slack_escape(k)}={slack_escape(v)}" for k, v in labels)[:1500]
         summary = slack_escape(alert.annotations.get("summary", ""))[:500]
         url = self._settings().external_url
-        link = f"{url}/api/v1/decisions/{rem.decision_id}" if url else ""
+        link = decision_url(url, rem.decision_id)
         head = ("[DRY RUN — nothing will change] " if dry else "") + "Approval needed"
         out: list[dict[str, Any]] = [
             {"type": "header", "text": {"type": "plain_text", "text": head[:150]}},

@@ -54,7 +54,7 @@ from remediator.engine.recording import Recorder, Work, occurrence_key
 from remediator.engine.silences import Silences
 from remediator.metrics import Metrics
 from remediator.models.alert import Alert, iso_ts
-from remediator.models.decision import Escalation, Outcome, Reason
+from remediator.models.decision import Escalation, Outcome, Reason, decision_url
 from remediator.models.rule import ActionSpec, Rule, Step
 from remediator.settings import Settings
 
@@ -572,7 +572,7 @@ class Loop:
         )  # fmt: skip
         escalation = Escalation(
             why=rem.why, tried=tuple(_line(t) for t in rem.tried),
-            decision_id=rem.decision_id, url=decision_url(settings, rem.decision_id),
+            decision_id=rem.decision_id, url=decision_url(settings.external_url, rem.decision_id),
             evidence=evidence_mod.summary(rem.evidence) if rem.evidence else "",
         )  # fmt: skip
         if not allowed:
@@ -907,13 +907,6 @@ TRANSIENT_RECHECK = 60.0
 def _gone(name: str) -> Rule:
     """A stand-in for a rule no longer loaded, so its record can be ended with a decision."""
     return Rule(name=name, matchers=(), steps=(Step(ActionSpec("log", {})),))
-
-
-def decision_url(settings: Settings, decision_id: int) -> str:
-    """The link of a decision under `external_url` ("" without one)."""
-    if not settings.external_url or not decision_id:
-        return ""
-    return f"{settings.external_url}/api/v1/decisions/{decision_id}"
 
 
 def _line(t: dict[str, Any]) -> str:

@@ -54,6 +54,34 @@ class Reason(enum.StrEnum):
     """The daemon stopped while the action ran; never re-run, to avoid acting twice."""
 
 
+GUARDS: tuple[tuple[str, frozenset[Reason]], ...] = (
+    ("paused", frozenset({Reason.PAUSED})),
+    ("blackout", frozenset({Reason.BLACKOUT})),
+    ("silenced", frozenset({Reason.SILENCED, Reason.SILENCE_CHECK_FAILED})),
+    ("for", frozenset({Reason.TOO_YOUNG, Reason.HELD_FULL})),
+    ("params", frozenset({Reason.TEMPLATE_ERROR, Reason.NOT_ALLOWED})),
+    ("limits", frozenset({
+        Reason.COOLDOWN, Reason.RATE_LIMITED, Reason.MAX_ATTEMPTS, Reason.BUDGET_EXHAUSTED,
+        Reason.CIRCUIT_OPEN, Reason.LOCKED,
+    })),
+    ("still firing", frozenset({Reason.RESOLVED})),
+    ("approval", frozenset({Reason.APPROVAL_REJECTED, Reason.APPROVAL_EXPIRED})),
+    ("dry-run", frozenset({Reason.SHADOW})),
+    ("act", frozenset({Reason.ACTION_ERROR, Reason.TIMEOUT, Reason.INTERRUPTED})),
+)  # fmt: skip
+"""The guard chain as a decision's story tells it (engine/deciding.py runs it), each
+guard with the reasons it refuses with: the guards before the one a decision names passed,
+those after it were not reached. `duplicate` records no decision, so it is not here."""
+
+
+def decision_url(external_url: str, decision_id: int) -> str:
+    """A decision's page in the console under `external_url` ("" without one): the link
+    escalations, pages and approval requests carry."""
+    if not external_url or not decision_id:
+        return ""
+    return f"{external_url}/ui/decisions/{decision_id}"
+
+
 @dataclasses.dataclass(slots=True)
 class Decision:
     """The recorded outcome of one (alert, rule) pair.

@@ -6,6 +6,7 @@ import datetime as dt
 import functools
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +19,11 @@ from remediator.actions import postgres
 from remediator.backends import state as state_mod
 from remediator.backends.audit import Query
 from remediator.models.alert import iso_ts, parse_time
+from remediator.models.decision import Outcome
 from remediator.web import auth, common
 
 if TYPE_CHECKING:
+    from remediator.models.rule import Rule
     from remediator.runner import Daemon
 
 
@@ -94,15 +97,20 @@ async def _pause(request: web.Request, key: str) -> web.Response:
         return common.error(404, f"no rule named {key!r}")
     try:
         body = await _small_json(request)
-        now = d.clock.now()
-        reason = _text(body, "reason", 500)
-        by = _text(body, "by", 100) or request.remote or ""
-        until = _until(body.get("until"), now=now)
+        pause = pause_from(body, now=d.clock.now(), by=request.remote or "")
     except ValueError as exc:
         return common.error(400, f"bad pause request: {exc}")
-    pause = state_mod.Pause(by=by, reason=reason, since=now, until=until)
-    await d.set_pause(key, pause, by=by)
-    return web.json_response({"status": "ok", "paused": True, "pause": _pause_view(pause)})
+    await d.set_pause(key, pause, by=pause.by)
+    return web.json_response({"status": "ok", "paused": True, "pause": pause_view(pause)})
+
+
+def pause_from(body: Mapping[str, Any], *, now: float, by: str) -> state_mod.Pause:
+    """A pause from what a request asked (`reason`, `until`, `by`); ValueError if bad."""
+    reason = _text(body, "reason", 500)
+    who = _text(body, "by", 100) or by
+    return state_mod.Pause(
+        by=who, reason=reason, since=now, until=_until(body.get("until"), now=now)
+    )
 
 
 async def _resume(request: web.Request, key: str) -> web.Response:
@@ -131,7 +139,7 @@ async def _small_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _text(body: dict[str, Any], key: str, max_len: int) -> str:
+def _text(body: Mapping[str, Any], key: str, max_len: int) -> str:
     value = body.get(key, "")
     if not isinstance(value, str) or len(value) > max_len or not value.isprintable():
         raise ValueError(f"{key} must be printable text of at most {max_len} characters")
@@ -156,7 +164,7 @@ def _until(value: Any, *, now: float) -> float | None:
     return until
 
 
-def _pause_view(p: state_mod.Pause | None) -> dict[str, Any] | None:
+def pause_view(p: state_mod.Pause | None) -> dict[str, Any] | None:
     if p is None:
         return None
     return {
@@ -220,51 +228,52 @@ async def rules(request: web.Request) -> web.Response:
         return refused
     now = d.clock.now()
     pauses = d.state.pauses()
-    out: list[dict[str, Any]] = []
-    for rule in d.engine.index.rules:
-        rule_pause = pauses.get(rule.name)
-        out.append(
-            {
-                "name": rule.name,
-                "description": rule.description,
-                "runbook_url": rule.runbook_url,
-                "source": rule.source,
-                "file": f"{rule.file}:{rule.line}",
-                "matchers": [str(m) for m in rule.matchers],
-                "for_seconds": rule.for_,
-                "action": rule.action.type,
-                "steps": [
-                    {"action": s.action.type, "resolve_within_seconds": s.resolve_within}
-                    for s in rule.steps
-                ],
-                "dry_run": rule.dry_run,
-                "paused": _pause_view(
-                    rule_pause if rule_pause and rule_pause.active(now) else None
-                ),
-                "remediations": d.engine.loop.snapshot(rule.name),
-                "escalate": rule.escalate.type if rule.escalate else None,
-                "limits": {
-                    "cooldown_seconds": rule.limits.cooldown,
-                    "max_attempts": rule.limits.max_attempts,
-                    "window_seconds": rule.limits.window,
-                    "max_actions": rule.limits.max_actions,
-                    "retry_while_firing": rule.limits.retry_while_firing,
-                },
-                "circuit_breaker": {
-                    "open_after": rule.circuit_breaker.open_after,
-                    "reset_after_seconds": rule.circuit_breaker.reset_after,
-                },
-                "state": await d.state.snapshot(rule, now),
-            }
-        )
+    out = [await rule_view(d, rule, now, pauses) for rule in d.engine.index.rules]
     main = pauses.get(state_mod.GLOBAL)
     active = main is not None and main.active(now)
     return web.json_response(
         {
             "rules": shown(out, d.settings.secrets), "paused": active,
-            "pause": _pause_view(main if active else None), "dry_run": d.settings.dry_run,
+            "pause": pause_view(main if active else None), "dry_run": d.settings.dry_run,
         }
     )  # fmt: skip
+
+
+async def rule_view(
+    d: Daemon, rule: Rule, now: float, pauses: Mapping[str, state_mod.Pause]
+) -> dict[str, Any]:
+    """A rule and its live state as `/api/v1/rules` and the console show it (not redacted)."""
+    rule_pause = pauses.get(rule.name)
+    return {
+        "name": rule.name,
+        "description": rule.description,
+        "runbook_url": rule.runbook_url,
+        "source": rule.source,
+        "file": f"{rule.file}:{rule.line}",
+        "matchers": [str(m) for m in rule.matchers],
+        "for_seconds": rule.for_,
+        "action": rule.action.type,
+        "steps": [
+            {"action": s.action.type, "resolve_within_seconds": s.resolve_within}
+            for s in rule.steps
+        ],
+        "dry_run": rule.dry_run,
+        "paused": pause_view(rule_pause if rule_pause and rule_pause.active(now) else None),
+        "remediations": d.engine.loop.snapshot(rule.name),
+        "escalate": rule.escalate.type if rule.escalate else None,
+        "limits": {
+            "cooldown_seconds": rule.limits.cooldown,
+            "max_attempts": rule.limits.max_attempts,
+            "window_seconds": rule.limits.window,
+            "max_actions": rule.limits.max_actions,
+            "retry_while_firing": rule.limits.retry_while_firing,
+        },
+        "circuit_breaker": {
+            "open_after": rule.circuit_breaker.open_after,
+            "reset_after_seconds": rule.circuit_breaker.reset_after,
+        },
+        "state": await d.state.snapshot(rule, now),
+    }
 
 
 async def decision(request: web.Request) -> web.Response:
@@ -287,29 +296,40 @@ async def decisions(request: web.Request) -> web.Response:
     refused = _read_refused(request, d)
     if refused is not None:
         return refused
-    q = request.query
     try:
-        limit = int(q.get("limit", "100"))
-        before = int(q["before"]) if "before" in q else None
-        if before is not None and not 0 < before < 2**63:
-            raise ValueError("before must be a decision id (next_before of the previous page)")
-        since = _since(q["since"], now=d.clock.now()) if "since" in q else None
+        query = decisions_query(request.query, now=d.clock.now())
     except ValueError as exc:
         return common.error(400, f"bad query: {exc}")
-    if not 1 <= limit <= 1000:
-        return common.error(400, "limit must be in 1..1000")
-    outcome = q.get("outcome")
-    if outcome is not None and outcome not in ("executed", "dry_run", "failed", "skipped"):
-        return common.error(400, "outcome must be executed, dry_run, failed or skipped")
-    query = Query(
-        rule=q.get("rule"), alertname=q.get("alertname"), outcome=outcome, since=since,
-        before=before, limit=limit,
-    )  # fmt: skip
     rows = await d.audit.query(query)
-    next_before = rows[-1]["id"] if len(rows) == limit else None
+    next_before = rows[-1]["id"] if len(rows) == query.limit else None
     return web.json_response(
         {"decisions": shown(rows, d.settings.secrets), "next_before": next_before}
     )
+
+
+OUTCOMES = tuple(str(o) for o in Outcome)
+
+
+def decisions_query(q: Mapping[str, str], *, now: float, limit: int = 100) -> Query:
+    """The audit query a request's parameters ask for (rule, alertname, outcome, target,
+    since, before, limit); ValueError says what is wrong. Empty values filter nothing."""
+    try:
+        limit = int(q.get("limit") or limit)
+        before = int(q["before"]) if q.get("before") else None
+    except ValueError as exc:
+        raise ValueError("limit and before are integers") from exc
+    if before is not None and not 0 < before < 2**63:
+        raise ValueError("before must be a decision id (next_before of the previous page)")
+    if not 1 <= limit <= 1000:
+        raise ValueError("limit must be in 1..1000")
+    since = _since(q["since"], now=now) if q.get("since") else None
+    outcome = q.get("outcome") or None
+    if outcome is not None and outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
+    return Query(
+        rule=q.get("rule") or None, alertname=q.get("alertname") or None, outcome=outcome,
+        target=q.get("target") or None, since=since, before=before, limit=limit,
+    )  # fmt: skip
 
 
 def _since(text: str, *, now: float) -> dt.datetime:

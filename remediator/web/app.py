@@ -1,7 +1,8 @@
 """The aiohttp application: routes onto one module per concept.
 
 `alertmanager` and `sns` take webhooks in (thin: parse, validate, journal, answer);
-`api` serves probes, metrics, the audit and the controls; `common` holds what they share.
+`api` serves probes, metrics, the audit and the controls; `approvals` the human approvals;
+`ui` the console; `common` holds what they share.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from remediator.web import alertmanager, api, approvals, common, middleware, server
+from remediator.web import alertmanager, api, approvals, common, middleware, server, ui
 from remediator.web import sns as sns_web
 
 if TYPE_CHECKING:
@@ -49,4 +50,5 @@ def make_app(daemon: Daemon, *, limits: server.Limits | None = None) -> web.Appl
     app.router.add_post("/api/v1/rules/{name}/resume", api.resume_rule)
     app.router.add_get("/api/v1/openapi.json", api.openapi)
     approvals.setup(app)
+    ui.setup(app)
     return app

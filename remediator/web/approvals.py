@@ -107,31 +107,40 @@ async def _decide(request: web.Request, *, approve: bool) -> web.Response:
     who = _who(request, d)
     if who is None:
         return _refused(d)
-    name, admin = who
-    text = request.match_info["id"]
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
-        return common.error(400, "an approval id is a positive integer (its decision id)")
     try:
         body = await _small_json(request)
     except ValueError as exc:
         return common.error(400, f"bad request: {exc}")
-    reason = body.get("reason", "")
+    status, what = await decide(
+        d, who, request.match_info["id"], approve=approve, reason=body.get("reason", ""),
+        via="api",
+    )  # fmt: skip
+    if status != 200:
+        return common.error(status, what)
+    return web.json_response({"status": "ok", "id": int(request.match_info["id"]), "result": what})
+
+
+async def decide(
+    d: Daemon, who: tuple[str, bool], text: str, *, approve: bool, reason: Any, via: str
+) -> tuple[int, str]:
+    """Approve or reject decision `text` as `who` (name, is_admin): (200, what happened),
+    or the refusal's HTTP status and why (the API and the console answer alike)."""
+    name, admin = who
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
+        return 400, "an approval id is a positive integer (its decision id)"
     if not isinstance(reason, str) or len(reason) > 500 or not reason.isprintable():
-        return common.error(400, "reason must be printable text of at most 500 characters")
+        return 400, "reason must be printable text of at most 500 characters"
     loop = d.engine.loop
     rem = loop.approval(int(text))
     if rem is None:
-        return common.error(409, f"decision {text} is not awaiting approval (decided, expired "
-                            "or unknown)")  # fmt: skip
+        return 409, f"decision {text} is not awaiting approval (decided, expired or unknown)"
     if not admin and (rem.rule.approval is None or name not in rem.rule.approval.approvers):
         d.metrics.approvals.labels(rule=rem.rule.name, result="refused").inc()
-        return common.error(403, f"{name} is not an approver of rule {rem.rule.name}")
+        return 403, f"{name} is not an approver of rule {rem.rule.name}"
     taken, what = await loop.decide_approval(
-        int(text), approve=approve, by=name, via="api", reason=reason
+        int(text), approve=approve, by=name, via=via, reason=reason
     )
-    if not taken:
-        return common.error(409, what)
-    return web.json_response({"status": "ok", "id": int(text), "result": what})
+    return (200, what) if taken else (409, what)
 
 
 async def _small_json(request: web.Request) -> dict[str, Any]:

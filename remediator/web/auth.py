@@ -91,3 +91,80 @@ def _bytes(text: str) -> bytes:
 
 def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(_bytes(given), expected.encode("utf-8"))
+
+
+# -- the console's sessions ------------------------------------------------------------
+
+READ, ADMIN, APPROVER = "read", "admin", "approver"
+SESSION_COOKIE = "remediator_session"
+SESSION_SECONDS = 12 * 3600
+"""How long a console sign-in lasts: one on-call night, then the token is asked again."""
+
+
+def token_role(given: str, auth: Auth, tokens: Mapping[str, str]) -> tuple[str, str] | None:
+    """(role, name) of the token given — the admin, read or an approver's token — or None.
+    Every configured token is compared, so the time taken does not say which was close."""
+    found = None
+    for role, name, token in _tokens(auth, tokens):
+        if _same(given, token) and found is None:
+            found = role, name
+    return found
+
+
+def bearer_role(
+    request: web.Request, auth: Auth, tokens: Mapping[str, str]
+) -> tuple[str, str] | None:
+    scheme, value = _authorization(request)
+    return token_role(value, auth, tokens) if scheme == "bearer" and value else None
+
+
+def session_cookie(role: str, name: str, token: str, *, now: float) -> str:
+    """A signed sign-in: `role.name.expiry.mac`, the MAC keyed by the token itself.
+
+    Nothing is kept server-side, so every replica knows the session, and changing a
+    token ends every session signed with it. Names are approver names from the config
+    (no dots asked of them: the name is hex-encoded)."""
+    body = f"{role}.{name.encode().hex()}.{int(now) + SESSION_SECONDS}"
+    return f"{body}.{_mac(token, 'session', body)}"
+
+
+def session_role(
+    value: str, auth: Auth, tokens: Mapping[str, str], *, now: float
+) -> tuple[str, str, str] | None:
+    """(role, name, token) of a valid, unexpired session cookie, else None."""
+    parts = value.split(".")
+    if len(parts) != 4 or not parts[2].isdigit() or int(parts[2]) < now:
+        return None
+    role, hexname, _, mac = parts
+    try:
+        name = bytes.fromhex(hexname).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    for known_role, known_name, token in _tokens(auth, tokens):
+        if known_role == role and known_name == name:
+            body = ".".join(parts[:3])
+            return (role, name, token) if _same(mac, _mac(token, "session", body)) else None
+    return None
+
+
+def csrf_token(token: str, cookie: str) -> str:
+    """The value a console form must carry back with a cookie session: bound to the
+    session, unknowable to another site (the cookie is HttpOnly and SameSite=Strict too)."""
+    return _mac(token, "csrf", cookie)
+
+
+def csrf_ok(given: str, token: str, cookie: str) -> bool:
+    return _same(given, csrf_token(token, cookie))
+
+
+def _tokens(auth: Auth, tokens: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    out = [(ADMIN, "admin", auth.admin_token)] if auth.admin_token else []
+    if auth.read_token:
+        out.append((READ, "read", auth.read_token))
+    out.extend((APPROVER, name, token) for name, token in tokens.items() if token)
+    return out
+
+
+def _mac(token: str, purpose: str, body: str) -> str:
+    key = token.encode("utf-8")
+    return hmac.new(key, f"remediator-ui-{purpose}\0{body}".encode(), "sha256").hexdigest()
