@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
+import msgspec
 import structlog
+
+
+def _serialize(event: Any, *, default: Callable[[Any], Any] | None = None, **kwargs: Any) -> str:
+    """One JSON log line, msgspec's: one event is logged per decision, and the standard
+    library's encoder costs several times more per event. What msgspec refuses is written
+    by the standard library."""
+    try:
+        return msgspec.json.encode(event, enc_hook=default).decode()
+    except (TypeError, ValueError):  # msgspec.EncodeError is a ValueError
+        return json.dumps(event, default=default, **kwargs)
 
 
 def configure(*, fmt: str = "auto", level: str = "info") -> None:
@@ -16,7 +30,7 @@ def configure(*, fmt: str = "auto", level: str = "info") -> None:
         # render on a loaded machine, on the event loop.
         structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
         if console
-        else structlog.processors.JSONRenderer()
+        else structlog.processors.JSONRenderer(serializer=_serialize)
     )
     structlog.configure(
         processors=[

@@ -17,6 +17,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
+import msgspec
 import structlog
 
 from remediator import errors
@@ -145,11 +146,25 @@ def row_of(d: Decision) -> _Row:
     return (
         d.decided_at, iso(d.received_at), d.rule, d.alertname, d.fingerprint,
         d.starts_at, d.source, str(d.outcome), str(d.reason), d.target, d.action,
-        json.dumps(dict(d.params), default=str), d.detail, d.request_id, d.attempt,
+        _dumps(d.params) if d.params else "{}", d.detail, d.request_id, d.attempt,
         json.dumps(dict(d.result), default=str) if d.result else "{}",
-        json.dumps({"labels": d.labels, "annotations": d.annotations}), d.step,
+        _dumps({"labels": d.labels, "annotations": d.annotations}), d.step,
         json.dumps(dict(d.evidence), default=str) if d.evidence else "{}",
     )  # fmt: skip
+
+
+_ENCODER = msgspec.json.Encoder(enc_hook=str)
+
+
+def _dumps(value: Mapping[str, Any]) -> str:
+    """JSON text of the labels and params columns, written for every decision: msgspec's
+    (several times cheaper per call than the standard library's); anything it refuses
+    as before. Labels are strings; params are validated values (strings, numbers,
+    booleans, lists of them: no NaN or datetime, which the two would write differently)."""
+    try:
+        return _ENCODER.encode(value).decode()
+    except (TypeError, ValueError):  # msgspec.EncodeError is a ValueError
+        return json.dumps(dict(value), default=str)
 
 
 def decoded(row: _Row) -> dict[str, Any]:

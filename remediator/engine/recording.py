@@ -54,6 +54,11 @@ class Work:
     def key(self) -> str:
         return occurrence_key(self.rule.name, self.alert.fingerprint, self.alert.starts_iso)
 
+    def with_token(self, token: int) -> Work:
+        """The same work under another fencing token (`dataclasses.replace`, without its
+        cost per decision)."""
+        return Work(self.alert, self.rule, self.now, self.request_id, self.owner, self.step, token)
+
 
 class Recorder:
     def __init__(self, *, audit: Audit, state: State, metrics: Metrics, clock: Clock) -> None:
