@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import structlog
+
+from remediator.models.alert import iso_ts
 
 
 def _serialize(event: Any, *, default: Callable[[Any], Any] | None = None, **kwargs: Any) -> str:
@@ -20,6 +23,15 @@ def _serialize(event: Any, *, default: Callable[[Any], Any] | None = None, **kwa
         return msgspec.json.encode(event, enc_hook=default).decode()
     except (TypeError, ValueError):  # msgspec.EncodeError is a ValueError
         return json.dumps(event, default=default, **kwargs)
+
+
+def _timestamp(_logger: Any, _name: str, event: Any) -> Any:
+    """`timestamp`: RFC 3339 UTC with microseconds, as structlog's TimeStamper(fmt="iso",
+    utc=True) writes it (always with the microseconds), at a fraction of its cost: the
+    text of the second is made once per second (`iso_ts`), and one event is logged per
+    decision."""
+    event["timestamp"] = iso_ts(time.time())
+    return event
 
 
 def configure(*, fmt: str = "auto", level: str = "info") -> None:
@@ -36,7 +48,7 @@ def configure(*, fmt: str = "auto", level: str = "info") -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _timestamp,
             structlog.processors.format_exc_info,
             renderer,
         ],

@@ -13,7 +13,7 @@ from typing import Any
 
 from remediator import errors
 from remediator.intake import payload
-from remediator.models.alert import Alert, fingerprint_of, iso, parse_time
+from remediator.models.alert import Alert, fingerprint_of, parse_time
 
 SOURCE = "alertmanager"
 MAX_LABELS = 128
@@ -38,18 +38,16 @@ def parse(body: bytes, *, received_at: dt.datetime, max_alerts: int) -> list[Ale
         raise _schema("`alerts` must be a list")
     if len(alerts) > max_alerts:
         raise errors.PayloadTooLarge(f"{len(alerts)} alerts in one request; at most {max_alerts}")
-    times: dict[str, tuple[dt.datetime, str]] = {}
+    times: dict[str, dt.datetime] = {}
     return [_alert(i, a, received_at, times) for i, a in enumerate(alerts)]
 
 
 _FINGERPRINT = re.compile(r"[0-9a-zA-Z]{1,64}")
 
 
-def _alert(
-    i: int, a: Any, received_at: dt.datetime, times: dict[str, tuple[dt.datetime, str]]
-) -> Alert:
+def _alert(i: int, a: Any, received_at: dt.datetime, times: dict[str, dt.datetime]) -> Alert:
     """One alert; `times` keeps the times already read in this request (the alerts of
-    one group often share them), with their text in our form."""
+    one group often share them)."""
     where = f"alerts[{i}]"
     if not isinstance(a, dict):
         raise _schema(f"{where} must be an object")
@@ -61,9 +59,9 @@ def _alert(
     name = labels.get("alertname")
     if not name:
         raise _schema(f"{where}.labels.alertname is required")
-    starts_at, starts_iso = _time(a.get("startsAt"), times, where, "startsAt")
+    starts_at = _time(a.get("startsAt"), times, where, "startsAt")
     ends_raw = a.get("endsAt")
-    ends_at = _time(ends_raw, times, where, "endsAt")[0] if ends_raw not in (None, "") else None
+    ends_at = _time(ends_raw, times, where, "endsAt") if ends_raw not in (None, "") else None
     if ends_at is not None and ends_at.year == _GO_ZERO_YEAR:
         ends_at = None
     fingerprint = a.get("fingerprint")
@@ -81,7 +79,6 @@ def _alert(
         labels=labels,
         annotations=annotations,
         starts_at=starts_at,
-        starts_iso=starts_iso,
         ends_at=ends_at,
         fingerprint=fingerprint,
         generator_url=generator_url,
@@ -104,9 +101,7 @@ def _str_map(value: Any, where: str, *, names: bool) -> dict[str, str]:
     return value
 
 
-def _time(
-    value: Any, times: dict[str, tuple[dt.datetime, str]], where: str, field: str
-) -> tuple[dt.datetime, str]:
+def _time(value: Any, times: dict[str, dt.datetime], where: str, field: str) -> dt.datetime:
     if isinstance(value, str):
         known = times.get(value)
         if known is not None:
@@ -115,11 +110,10 @@ def _time(
     if not isinstance(value, str):
         raise _schema(f"{where} must be an RFC 3339 time string, got {_show(value)}")
     try:
-        t = parse_time(value)
+        times[value] = t = parse_time(value)
     except ValueError as exc:
         raise _schema(f"{where}: {_show(value)} is not an RFC 3339 time") from exc
-    times[value] = t, iso(t)
-    return times[value]
+    return t
 
 
 def _schema(message: str) -> errors.IntakeError:
