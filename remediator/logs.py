@@ -34,8 +34,20 @@ def _timestamp(_logger: Any, _name: str, event: Any) -> Any:
     return event
 
 
+_level = logging.NOTSET
+"""The lowest level logged (`configure`); NOTSET: not configured, everything is."""
+
+
+def enabled(level: int) -> bool:
+    """Events at `level` are logged: callers that log per alert skip building an event
+    the level filters out (structlog drops it only once its fields are built)."""
+    return level >= _level
+
+
 def configure(*, fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog once for the process. `fmt`: auto, json or console."""
+    global _level  # noqa: PLW0603 - the one process-wide setting, like structlog's own
+    _level = logging.getLevelNamesMapping()[level.upper()]
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         # Plain tracebacks: the rich ones (when rich is installed) take up to a second to
@@ -52,9 +64,7 @@ def configure(*, fmt: str = "auto", level: str = "info") -> None:
             structlog.processors.format_exc_info,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=structlog.WriteLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import structlog
 
+from remediator import logs
 from remediator.backends.audit import Audit
 from remediator.backends.state import State
 from remediator.engine.clock import Clock
@@ -150,6 +152,8 @@ class Recorder:
         detail: str,
         decision_id: int,
     ) -> None:
+        if not logs.enabled(logging.INFO):
+            return
         alert = w.alert
         log.info(
             "decision_recorded",
