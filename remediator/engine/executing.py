@@ -61,6 +61,8 @@ class Prepared:
 
     def with_token(self, token: int) -> Prepared:
         """The same prepared action under the target lock's `token`."""
+        if token == self.token:
+            return self
         return Prepared(self.action, self.values, self.target, token)
 
 

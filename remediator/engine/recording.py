@@ -59,6 +59,8 @@ class Work:
     def with_token(self, token: int) -> Work:
         """The same work under another fencing token (`dataclasses.replace`, without its
         cost per decision)."""
+        if token == self.token:
+            return self
         return Work(self.alert, self.rule, self.now, self.request_id, self.owner, self.step, token)
 
 
