@@ -735,22 +735,19 @@ class Suite:
                 return values[num] / values[den]
             return None
 
-        if self._selected("bare") and self._selected("daemon"):
-            self._figure(
-                S_ONE,
-                "daemon / bare ceiling",
-                value=ratio(self._accepted_1, "daemon", "bare"),
-                unit="x",
-                target=report.at_least(0.5, "≥ 0.50x"),
-            )
-        if self._selected("bare") and self._selected("memory"):
-            self._figure(
-                S_BATCH,
-                "daemon / bare ceiling",
-                value=ratio(self._accepted_50, "daemon", "bare"),
-                unit="x",
-                target=report.at_least(0.15, "≥ 0.15x"),
-            )
+        ceilings = (
+            (S_ONE, "daemon", self._accepted_1, 0.5),
+            (S_BATCH, "memory", self._accepted_50, 0.15),
+        )
+        for section, phase, accepted, floor in ceilings:  # the daemon's phase at that size
+            if self._selected("bare") and self._selected(phase):
+                self._figure(
+                    section,
+                    "daemon / bare ceiling",
+                    value=ratio(accepted, "daemon", "bare"),
+                    unit="x",
+                    target=report.at_least(floor, f"≥ {floor:.2f}x"),
+                )
         self._cpu_figures()
         if self._selected("daemon"):
             cost = report.at_least(0.9, "≥ 0.90x (≤ 10% cost)")
