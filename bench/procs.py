@@ -21,6 +21,9 @@ import aiohttp
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+#: Share of one CPU under which a server counts as idle (done with its backlog).
+IDLE_SHARE = 0.02
 
 
 class BenchError(Exception):
@@ -150,6 +153,33 @@ class ServerProcess:
                         f"{method} {path} did not answer 2xx within {timeout:g} s (last: {last})"
                     )
                 await asyncio.sleep(0.005)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) the process has used so far."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError as exc:
+            raise self._failure(f"cannot read /proc/{self.pid}/stat: {exc}") from exc
+        # Fields after the command name (which may hold spaces), from field 3 on:
+        # utime and stime are fields 14 and 15 (man 5 proc), in clock ticks.
+        fields = stat.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    async def wait_cpu_idle(self, *, timeout: float, interval: float = 0.2) -> float:
+        """Wait until the process uses under 2% of a CPU over ``interval`` (its backlog
+        is worked off), at most ``timeout`` seconds; return its CPU seconds then.
+
+        Nothing is asked of the process meanwhile, so the waiting costs it no CPU.
+        """
+        deadline = time.perf_counter() + timeout
+        last = self.cpu_seconds()
+        while time.perf_counter() < deadline:
+            await asyncio.sleep(interval)
+            now = self.cpu_seconds()
+            if now - last < IDLE_SHARE * interval:
+                return now
+            last = now
+        return last
 
     def memory(self) -> Memory:
         """VmRSS and VmHWM of the process itself (not of any children it may start)."""

@@ -16,6 +16,7 @@ from typing import Any
 SECTIONS = (
     "throughput, 1 alert/request",
     "throughput, 50 alerts/request",
+    "CPU per accepted alert",
     "latency webhook → decision",
     "overload",
     "memory",
@@ -39,6 +40,10 @@ def at_least(threshold: float, text: str) -> Target:
 
 def below(threshold: float, text: str) -> Target:
     return Target(text, lambda value: value < threshold)
+
+
+def at_most(threshold: float, text: str) -> Target:
+    return Target(text, lambda value: value <= threshold)
 
 
 def equals(expected: float, text: str) -> Target:

@@ -41,6 +41,7 @@ OVERLOAD_BACKLOG = 200
 
 S_ONE = "throughput, 1 alert/request"
 S_BATCH = "throughput, 50 alerts/request"
+S_CPU = "CPU per accepted alert"
 S_LATENCY = "latency webhook → decision"
 S_OVERLOAD = "overload"
 S_MEMORY = "memory"
@@ -153,6 +154,9 @@ class Suite:
         self._run_ids = itertools.count(secrets.randbelow(0xF00000))
         self._accepted_1: dict[str, float] = {}
         self._decided_1: dict[str, float] = {}
+        self._accepted_50: dict[str, float] = {}
+        #: CPU seconds and accepted alerts per measured server and batch size.
+        self._cpu: dict[str, tuple[float, int]] = {}
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -220,7 +224,12 @@ class Suite:
         count: int,
         duration: float,
         connections: int = CONNECTIONS,
+        cpu_key: str = "",
     ) -> loadgen.LoadResult:
+        """One load run. With ``cpu_key``, the server's CPU time from the first request
+        until it is idle again (its backlog decided, journal and audit written) is added
+        up under that key, with the alerts it accepted."""
+        cpu_before = server.cpu_seconds() if cpu_key else 0.0
         spec = loadgen.LoadSpec(
             url=server.base_url + daemon.WEBHOOK_PATH,
             rate=rate,
@@ -232,11 +241,21 @@ class Suite:
         )
         result = await loadgen.run_load(spec)
         summary = result.summary()
+        cpu_note = ""
+        if cpu_key:
+            used = await server.wait_cpu_idle(timeout=self.profile.drain_timeout) - cpu_before
+            seconds, alerts = self._cpu.get(cpu_key, (0.0, 0))
+            self._cpu[cpu_key] = (seconds + used, alerts + result.accepted_count)
+            summary["cpu_s"] = round(used, 3)
+            if result.accepted_count:
+                per_alert = used / result.accepted_count * 1e6
+                summary["cpu_per_accepted_alert_us"] = round(per_alert, 1)
+                cpu_note = f"; CPU {used:.2f} s, {per_alert:,.1f} µs per accepted alert"
         self.details[key] = summary
         print(
             f"  {key}: offered {summary['offered_alerts_per_s']:,.0f}/s, accepted "
             f"{summary['accepted_alerts_per_s']:,.0f} alerts/s; "
-            f"{_load_note(result)}",
+            f"{_load_note(result)}{cpu_note}",
             flush=True,
         )
         code = server.exited()
@@ -317,6 +336,7 @@ class Suite:
                 per_request=1,
                 count=p.max_alerts,
                 duration=p.max_seconds,
+                cpu_key="bare 1",
             )
             self._accepted_1["bare"] = one.accepted_per_s
             self._figure(
@@ -334,7 +354,9 @@ class Suite:
                 per_request=50,
                 count=p.batch_alerts,
                 duration=p.batch_seconds,
+                cpu_key="bare 50",
             )
+            self._accepted_50["bare"] = batch.accepted_per_s
             self._figure(
                 S_BATCH,
                 "bare aiohttp ceiling (same run)",
@@ -393,6 +415,7 @@ class Suite:
                     per_request=1,
                     count=p.max_alerts // 2,
                     duration=p.max_seconds / 2,
+                    cpu_key=f"{name} 1",
                 )
                 # Drained before the next turn, so that no backlog steals the other's CPU.
                 await self._drain(reader, key, result.accepted)
@@ -518,8 +541,10 @@ class Suite:
                     per_request=50,
                     count=p.memory_alerts - len(accepted),
                     duration=min(left, p.max_seconds),
+                    cpu_key="daemon 50" if attempt == 0 else "",
                 )
                 if attempt == 0:
+                    self._accepted_50["daemon"] = result.accepted_per_s
                     self._figure(
                         S_BATCH,
                         "daemon, journal on",
@@ -710,14 +735,20 @@ class Suite:
                 return values[num] / values[den]
             return None
 
-        if self._selected("bare") and self._selected("daemon"):
-            self._figure(
-                S_ONE,
-                "daemon / bare ceiling",
-                value=ratio(self._accepted_1, "daemon", "bare"),
-                unit="x",
-                target=report.at_least(0.5, "≥ 0.50x"),
-            )
+        ceilings = (
+            (S_ONE, "daemon", self._accepted_1, 0.5),
+            (S_BATCH, "memory", self._accepted_50, 0.15),
+        )
+        for section, phase, accepted, floor in ceilings:  # the daemon's phase at that size
+            if self._selected("bare") and self._selected(phase):
+                self._figure(
+                    section,
+                    "daemon / bare ceiling",
+                    value=ratio(accepted, "daemon", "bare"),
+                    unit="x",
+                    target=report.at_least(floor, f"≥ {floor:.2f}x"),
+                )
+        self._cpu_figures()
         if self._selected("daemon"):
             cost = report.at_least(0.9, "≥ 0.90x (≤ 10% cost)")
             self._figure(
@@ -734,3 +765,34 @@ class Suite:
                 unit="x",
                 target=cost,
             )
+
+    def _cpu_figures(self) -> None:
+        """CPU time per accepted alert, each server's whole process (every thread) from
+        the first request until it was idle again, and the daemon's over the bare one's."""
+        per_alert = {
+            key: seconds / alerts * 1e6 for key, (seconds, alerts) in self._cpu.items() if alerts
+        }
+        shown = (  # key, label, over which bare key, ratio label, ratio target
+            ("bare 1", "bare aiohttp, 1 alert/request", "", "", report.NO_TARGET),
+            ("daemon 1", "daemon, 1 alert/request (journal + audit)", "bare 1",
+             "daemon / bare, 1 alert/request", report.at_most(1.7, "≤ 1.70x")),
+            ("rules 1", "daemon with 1,000 rules, 1 alert/request", "bare 1",
+             "daemon with 1,000 rules / bare, 1 alert/request", report.NO_TARGET),
+            ("bare 50", "bare aiohttp, 50 alerts/request", "", "", report.NO_TARGET),
+            ("daemon 50", "daemon, 50 alerts/request (journal + audit)", "bare 50",
+             "daemon / bare, 50 alerts/request", report.NO_TARGET),
+        )  # fmt: skip
+        for key, label, bare, ratio_label, target in shown:
+            if key not in self._cpu:
+                continue
+            seconds, alerts = self._cpu[key]
+            self._figure(
+                S_CPU, label, value=per_alert.get(key), unit="µs",
+                note=f"{seconds:.2f} s CPU for {alerts:,} accepted alerts",
+            )  # fmt: skip
+            if bare in self._cpu:
+                mine, theirs = per_alert.get(key), per_alert.get(bare)
+                self._figure(
+                    S_CPU, ratio_label, unit="x", target=target,
+                    value=mine / theirs if mine is not None and theirs else None,
+                )  # fmt: skip

@@ -6,6 +6,8 @@ config and code, never from alert label values or fingerprints.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from remediator import __version__
@@ -16,6 +18,7 @@ PREFIX = "remediator"
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.webhook_requests = Counter(
             f"{PREFIX}_webhook_requests", "Webhook requests by source and HTTP status code.",
@@ -104,6 +107,16 @@ class Metrics:
         self._http(r)
         self._sns(r)
         self._silences(r)
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once per label set: labels() takes a lock
+        and builds tuples on every call, and intake counts per request and per alert.
+        Only for metrics whose children are never removed."""
+        key = (id(metric), values)  # the metric lives as long as this object
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def _http(self, r: CollectorRegistry) -> None:
         """Metrics of the HTTP server itself (web/server.py, web/middleware.py)."""

@@ -209,7 +209,7 @@ class Daemon:
             received_at=received_at, also=also,
         )  # fmt: skip
         for a in alerts:
-            self.metrics.alerts_received.labels(source=a.source, status=a.status).inc()
+            self.metrics.child(self.metrics.alerts_received, a.source, a.status).inc()
         self.engine.submit(entries)
         return entries
 

@@ -56,10 +56,14 @@ class Schema:
     ParamError. It gets the params given in the rule, validated; at load time those set
     by a template are `TEMPLATED`. It runs at load time and again after rendering."""
 
-    @property
-    def escapes(self) -> dict[str, Callable[[str], str]]:
-        """Params whose inserted values are escaped, and how."""
-        return {name: f.escape for name, f in self.fields.items() if f.escape is not None}
+    escapes: Mapping[str, Callable[[str], str]] = dataclasses.field(
+        init=False, repr=False, compare=False
+    )
+    """Params whose inserted values are escaped, and how (made once: asked per render)."""
+
+    def __post_init__(self) -> None:
+        escapes = {name: f.escape for name, f in self.fields.items() if f.escape is not None}
+        object.__setattr__(self, "escapes", escapes)
 
     def check_static(self, params: Mapping[str, Any]) -> None:
         """Load-time check: keys known, required present, literal values valid."""

@@ -1,7 +1,10 @@
 """One SQLite database owned by one writer thread: group commit without blocking the loop.
 
-Callers on the event loop submit small jobs (functions of a connection). The writer
-thread takes every job queued so far, runs them in ONE transaction (a savepoint each,
+Callers on the event loop submit small jobs (functions of a connection). Jobs submitted
+in one turn of the event loop are handed to the writer thread together, at the end of
+that turn (one wake-up of the thread per turn, not one per job: under load every wake-up
+is a system call and a fight for the GIL with the loop). The writer thread takes every
+job handed over so far, runs them in ONE transaction (a savepoint each,
 so one bad job does not undo the others), commits once, then resolves all their
 futures in one loop callback. Under load that is one commit for hundreds of alerts;
 when idle a job is committed at once, so latency stays at one commit.
@@ -9,9 +12,8 @@ when idle a job is committed at once, so latency stays at one commit.
 Reads go to a second connection in a worker thread (WAL lets readers run beside the
 writer), so an audit query never stalls intake.
 
-Write health is tracked for readiness: a transaction in which a job failed and none
-committed a change (a full disk, an unwritable file) counts as a failed write until a
-change commits again;
+Write health is tracked for readiness: a batch in which a job failed and nothing was
+written (a full disk, an unwritable file) counts as a failed write until one commits again;
 `probe` writes one small row so a daemon that receives nothing still finds out when
 the disk has room again.
 """
@@ -54,6 +56,8 @@ class Database:
         self._schema = schema
         self._migrations = tuple(migrations)
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._turn: list[tuple[Job, asyncio.Future[Any]]] = []
+        """Jobs submitted in this turn of the loop, handed over together at its end."""
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: sqlite3.Connection | None = None
@@ -104,6 +108,7 @@ class Database:
     async def close(self) -> None:
         if self._thread is not None:
             self._closing = True  # nothing queued after the stop would ever be written
+            self._hand_over()
             self._jobs.put(_STOP)
             await asyncio.to_thread(self._thread.join, 10.0)
             self._thread = None
@@ -118,8 +123,16 @@ class Database:
         if not self._thread.is_alive():  # it died: a queued job would wait for ever
             raise errors.RemediatorError(f"database writer for {self.path} is not running")
         fut: asyncio.Future[T] = self._loop.create_future()
-        self._jobs.put((job, fut))
+        if not self._turn:
+            self._loop.call_soon(self._hand_over)
+        self._turn.append((job, fut))
         return fut
+
+    def _hand_over(self) -> None:
+        """The jobs of this loop turn to the writer thread, as one item."""
+        if self._turn:
+            jobs, self._turn = self._turn, []
+            self._jobs.put(jobs)
 
     async def read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run a read-only job on the reader connection, off the event loop."""
@@ -147,15 +160,21 @@ class Database:
         loop.call_soon_threadsafe(_resolve_one, ready, None)
         stop = False
         while not stop:
-            batch = [self._jobs.get()]
-            while len(batch) < MAX_BATCH:
+            items = [self._jobs.get()]
+            jobs = 0 if items[0] is _STOP else len(items[0])
+            while jobs < MAX_BATCH:
                 try:
-                    batch.append(self._jobs.get_nowait())
+                    item = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-            if _STOP in batch:
-                stop = True
-                batch = [item for item in batch if item is not _STOP]
+                items.append(item)
+                jobs += 0 if item is _STOP else len(item)
+            batch: list[tuple[Job, asyncio.Future[Any]]] = []
+            for item in items:
+                if item is _STOP:
+                    stop = True
+                else:
+                    batch.extend(item)
             if batch:
                 loop.call_soon_threadsafe(_resolve_all, self._run_batch(conn, batch))
         conn.close()
@@ -197,11 +216,11 @@ class Database:
                 failed = True
             else:
                 results.append((fut, value, None))
-                wrote = wrote or conn.total_changes > before
-        # A job that changed nothing (a no-op, a read) says nothing about the disk: only a
-        # committed change clears the failure, and a failed job beside no-ops counts.
+                wrote |= conn.total_changes > before
         # Written from this thread, read on the loop: an int swap, and a late read only
-        # delays readiness by one probe.
+        # delays readiness by one probe. A batch counts as a failed write when a job
+        # failed and nothing was written: jobs of one loop turn share a batch, and a
+        # no-op job beside a failed write says nothing about the disk.
         if wrote:
             self.failed_writes = 0
         elif failed:

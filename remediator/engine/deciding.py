@@ -24,7 +24,6 @@ that, and any other refusal ends it with an escalation.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Final, Literal
@@ -101,7 +100,7 @@ class Decider:
         )  # fmt: skip
         if claim is None:
             return DUPLICATE
-        w = dataclasses.replace(w, token=claim.token)
+        w = w.with_token(claim.token)
         try:
             return await self._decide(w, skip, aged=aged)
         except errors.Superseded as exc:
@@ -216,7 +215,7 @@ class Decider:
         )  # fmt: skip
         if verdict.reason is not None:
             return await self._refused(w, rem, p, verdict)
-        p = dataclasses.replace(p, token=verdict.token)
+        p = p.with_token(verdict.token)
         if rule.approval is not None:
             # Every guard passed and the target is reserved: a human decides now.
             decision_id = await self._recorder.record(
@@ -286,7 +285,7 @@ class Decider:
             )  # fmt: skip
             self._loop.finish(rem)
             return f"not run: {detail}"
-        p = dataclasses.replace(prepared, token=rem.lock_token)
+        p = prepared.with_token(rem.lock_token)
         if rem.dry:
             ctx = self._executor.context(rule, w.alert, decision_id=decision_id)
             result, failure = await self._executor.call(p.action, p.values, ctx, dry=True)

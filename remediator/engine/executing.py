@@ -59,6 +59,12 @@ class Prepared:
     token: int = 0
     """The fencing token of the target lock reserved for it (0: none taken)."""
 
+    def with_token(self, token: int) -> Prepared:
+        """The same prepared action under the target lock's `token`."""
+        if token == self.token:
+            return self
+        return Prepared(self.action, self.values, self.target, token)
+
 
 def prepare(
     spec: ActionSpec,

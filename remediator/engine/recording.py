@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import structlog
 
+from remediator import logs
 from remediator.backends.audit import Audit
 from remediator.backends.state import State
 from remediator.engine.clock import Clock
@@ -53,6 +55,13 @@ class Work:
     @property
     def key(self) -> str:
         return occurrence_key(self.rule.name, self.alert.fingerprint, self.alert.starts_iso)
+
+    def with_token(self, token: int) -> Work:
+        """The same work under another fencing token (`dataclasses.replace`, without its
+        cost per decision)."""
+        if token == self.token:
+            return self
+        return Work(self.alert, self.rule, self.now, self.request_id, self.owner, self.step, token)
 
 
 class Recorder:
@@ -145,6 +154,8 @@ class Recorder:
         detail: str,
         decision_id: int,
     ) -> None:
+        if not logs.enabled(logging.INFO):
+            return
         alert = w.alert
         log.info(
             "decision_recorded",

@@ -38,10 +38,16 @@ def parse(body: bytes, *, received_at: dt.datetime, max_alerts: int) -> list[Ale
         raise _schema("`alerts` must be a list")
     if len(alerts) > max_alerts:
         raise errors.PayloadTooLarge(f"{len(alerts)} alerts in one request; at most {max_alerts}")
-    return [_alert(i, a, received_at) for i, a in enumerate(alerts)]
+    times: dict[str, dt.datetime] = {}
+    return [_alert(i, a, received_at, times) for i, a in enumerate(alerts)]
 
 
-def _alert(i: int, a: Any, received_at: dt.datetime) -> Alert:
+_FINGERPRINT = re.compile(r"[0-9a-zA-Z]{1,64}")
+
+
+def _alert(i: int, a: Any, received_at: dt.datetime, times: dict[str, dt.datetime]) -> Alert:
+    """One alert; `times` keeps the times already read in this request (the alerts of
+    one group often share them)."""
     where = f"alerts[{i}]"
     if not isinstance(a, dict):
         raise _schema(f"{where} must be an object")
@@ -53,15 +59,15 @@ def _alert(i: int, a: Any, received_at: dt.datetime) -> Alert:
     name = labels.get("alertname")
     if not name:
         raise _schema(f"{where}.labels.alertname is required")
-    starts_at = _time(a.get("startsAt"), f"{where}.startsAt")
+    starts_at = _time(a.get("startsAt"), times, where, "startsAt")
     ends_raw = a.get("endsAt")
-    ends_at = _time(ends_raw, f"{where}.endsAt") if ends_raw not in (None, "") else None
+    ends_at = _time(ends_raw, times, where, "endsAt") if ends_raw not in (None, "") else None
     if ends_at is not None and ends_at.year == _GO_ZERO_YEAR:
         ends_at = None
     fingerprint = a.get("fingerprint")
     if fingerprint is None or fingerprint == "":
         fingerprint = fingerprint_of(labels)
-    elif not isinstance(fingerprint, str) or not re.fullmatch(r"[0-9a-zA-Z]{1,64}", fingerprint):
+    elif not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
         raise _schema(f"{where}.fingerprint must be 1-64 alphanumerics, got {_show(fingerprint)}")
     generator_url = a.get("generatorURL", "")
     if not isinstance(generator_url, str) or len(generator_url) > MAX_VALUE_LEN:
@@ -95,13 +101,19 @@ def _str_map(value: Any, where: str, *, names: bool) -> dict[str, str]:
     return value
 
 
-def _time(value: Any, where: str) -> dt.datetime:
+def _time(value: Any, times: dict[str, dt.datetime], where: str, field: str) -> dt.datetime:
+    if isinstance(value, str):
+        known = times.get(value)
+        if known is not None:
+            return known
+    where = f"{where}.{field}"
     if not isinstance(value, str):
         raise _schema(f"{where} must be an RFC 3339 time string, got {_show(value)}")
     try:
-        return parse_time(value)
+        times[value] = t = parse_time(value)
     except ValueError as exc:
         raise _schema(f"{where}: {_show(value)} is not an RFC 3339 time") from exc
+    return t
 
 
 def _schema(message: str) -> errors.IntakeError:

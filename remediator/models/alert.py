@@ -89,15 +89,16 @@ def fingerprint_of(labels: Mapping[str, str]) -> str:
 
 def iso(t: dt.datetime) -> str:
     """RFC 3339 in UTC with microseconds and a Z, the one time format we write."""
-    global _last_iso  # noqa: PLW0603 - a one-entry cache, see below
-    last_t, last_s = _last_iso
-    if t is last_t:  # every alert of one request shares its received_at
-        return last_s
+    s = _iso_texts.get(t)
+    if s is not None:  # the alerts of one request share received_at, often startsAt
+        return s
     if t.utcoffset() != _ZERO:
         t = t.astimezone(UTC)
     # isoformat is several times faster than strftime; this runs per alert and rule.
     s = t.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
-    _last_iso = (t, s)
+    if len(_iso_texts) >= _ISO_CACHED:
+        _iso_texts.clear()
+    _iso_texts[t] = s
     return s
 
 
@@ -113,7 +114,10 @@ def iso_ts(ts: float) -> str:
 
 
 _ZERO = dt.timedelta(0)
-_last_iso: tuple[dt.datetime | None, str] = (None, "")
+_ISO_CACHED = 256
+_iso_texts: dict[dt.datetime, str] = {}
+"""The text of the times written lately, by time: aware datetimes compare as instants
+(equal instants, equal text), and a naive one never equals an aware one."""
 _last_second: tuple[int, str] = (-1, "")
 
 

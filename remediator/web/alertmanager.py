@@ -19,7 +19,7 @@ async def webhook(request: web.Request) -> web.Response:
     d = request.app[common.DAEMON]
     source = alertmanager.SOURCE
     response = await _intake(request, d)
-    d.metrics.webhook_requests.labels(source=source, code=str(response.status)).inc()
+    d.metrics.child(d.metrics.webhook_requests, source, str(response.status)).inc()
     return response
 
 
