@@ -8,6 +8,7 @@ pin what a browser cannot show: CSRF, forged cookies, redirects, escaping, redac
 
 from __future__ import annotations
 
+import asyncio
 import re
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -64,7 +65,9 @@ async def fix(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[WebhookReceiver]
 
 
 def console(tmp_path: Path, **overrides: Any) -> Harness:
-    return Harness(tmp_path, rules=RULES, config=CONFIG, env=ENV, dry_run=False, **overrides)
+    return Harness(
+        tmp_path, **{"rules": RULES, "config": CONFIG, "env": ENV, "dry_run": False, **overrides}
+    )
 
 
 def url(h: Harness, path: str) -> str:
@@ -337,11 +340,14 @@ async def test_a_forged_expired_or_outdated_session_is_the_sign_in_page(tmp_path
         cookie, _ = await _signed_in(h, READ)
         h.client.session.cookie_jar.clear()
         role, name, expiry, mac = cookie.split(".")
+        now = h.daemon.clock.now()
         forged = [
-            f"admin.{name}.{expiry}.{mac}",  # promoted to admin with the reader's MAC
+            auth.session_cookie(auth.ADMIN, "admin", READ, now=now),  # signed by the reader
+            f"admin.{b'admin'.hex()}.{expiry}.{mac}",  # the reader's MAC, another body
             f"{role}.{name}.{int(expiry) + 10**6}.{mac}",  # made to last longer
             f"{role}.{name}.{expiry}.{'0' * 64}",
-            "garbage", "a.b.c.d", "....",
+            "garbage", "a.b.c.d", "....", f"{role}.{name}.\u00b2.{mac}",
+            f"{role}.{name}.{'9' * 5000}.x",
         ]  # fmt: skip
         for value in forged:
             resp = await h.client.get("/ui", headers={"Cookie": f"{auth.SESSION_COOKIE}={value}"})
@@ -416,6 +422,139 @@ async def test_label_values_are_text_and_secrets_are_redacted_on_every_page(
             assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
         story = await (await h.client.get("/ui/decisions/1", headers=headers)).text()
         assert "&lt;script&gt;alert(1)&lt;/script&gt;[redacted]" in story
+
+
+async def _raw_post(h: Harness, path: str, parts: list[bytes], **headers: str) -> bytes:
+    """POST a form over a raw socket in `parts`, a pause between them; the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.client.server.port)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    size = sum(len(p) for p in parts)
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n{head}"
+        "Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\n\r\n".encode()
+    )
+    for part in parts:
+        writer.write(part)
+        await writer.drain()
+        await asyncio.sleep(0.3)
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return answer
+
+
+async def test_a_form_that_arrives_in_pieces_is_read_whole_and_one_that_never_does_is_refused(
+    tmp_path: Path,
+) -> None:
+    async with console(tmp_path, config=CONFIG + "http: {body_timeout: 0.5s}\n") as h:
+        form = b"reason=deploy%20of%20the%20billing%20API%20in%20progress&until=30m"
+        answer = await _raw_post(
+            h, "/ui/pause", [form[:20], form[20:]], Authorization=f"Bearer {ADMIN}"
+        )
+        assert answer.startswith(b"HTTP/1.1 303"), answer[:200]
+        pause = h.daemon.state.pauses()[""]
+        assert pause.reason == "deploy of the billing API in progress"
+        assert pause.until == h.daemon.clock.now() + 1800
+        # A sign-in whose body never comes is answered once http.body_timeout is over.
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.client.server.port)
+        writer.write(b"POST /ui/login HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\ntoken=")
+        answer = await asyncio.wait_for(reader.read(12), 10)
+        writer.close()
+        assert answer == b"HTTP/1.1 400"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+    ],
+)
+async def test_a_form_posted_from_another_site_changes_nothing_whatever_it_carries(
+    tmp_path: Path, headers: dict[str, str]
+) -> None:
+    """A proxy that injects the Bearer header injects it into another site's POST too."""
+    async with console(tmp_path) as h:
+        cookie, csrf = await _signed_in(h, ADMIN)
+        h.client.session.cookie_jar.clear()
+        for credentials, form in [
+            ({"Authorization": f"Bearer {ADMIN}"}, {"reason": "x"}),
+            ({"Cookie": f"{auth.SESSION_COOKIE}={cookie}"}, {"reason": "x", "csrf": csrf}),
+        ]:
+            resp = await h.client.post("/ui/pause", data=form, headers={**credentials, **headers})
+            assert resp.status == 403, await resp.text()
+        assert not h.daemon.state.paused
+        login = await h.client.post(
+            "/ui/login", data={"token": READ}, headers=headers, allow_redirects=False
+        )
+        assert login.status == 403 and "Set-Cookie" not in login.headers
+        assert await h.metric("remediator_rejected_inputs_total", source="ui", kind="csrf") == 3
+        # The console's own page posts same-origin, and that works.
+        origin = str(h.client.make_url("/")).rstrip("/")
+        ok = await h.client.post(
+            "/ui/pause", data={"reason": "x"}, allow_redirects=False,
+            headers={"Authorization": f"Bearer {ADMIN}", "Origin": origin,
+                     "Sec-Fetch-Site": "same-origin"},
+        )  # fmt: skip
+        assert ok.status == 303 and h.daemon.state.paused
+
+
+async def test_odd_ids_filters_and_pauses_are_a_4xx_never_a_500(tmp_path: Path) -> None:
+    async with console(tmp_path) as h:
+        await h.fire(am_alert("APIDown", deployment="api"))
+        bearer = {"Authorization": f"Bearer {ADMIN}"}
+        huge = "9" * 5000
+        for method, path, status in [
+            ("GET", f"/ui/decisions/{huge}", 400),
+            ("GET", f"/api/v1/decisions/{huge}", 400),
+            ("POST", f"/api/v1/approvals/{huge}/approve", 400),
+            ("GET", "/ui?outcome=executed&outcome=skipped", 400),
+            ("GET", "/api/v1/decisions?rule=a&rule=b", 400),
+        ]:
+            resp = await h.client.request(method, path, headers=bearer)
+            assert resp.status == status, (path, await resp.text())
+        resp = await h.client.post(
+            f"/ui/approvals/{huge}", data={"decision": "approve"}, headers=bearer
+        )
+        assert resp.status == 400
+        listed = await (await h.client.get("/ui?outcome=nonsense", headers=bearer)).text()
+        assert 'table class="decisions"' not in listed  # no unfiltered rows
+        for until in ("99999999999d", "9999-12-31T00:00:00Z"):
+            resp = await h.client.post(
+                "/ui/pause", data={"reason": "x", "until": until}, headers=bearer
+            )
+            assert resp.status == 400, await resp.text()
+            resp = await h.client.post("/api/v1/pause", json={"until": until}, headers=bearer)
+            assert resp.status == 400
+        assert not h.daemon.state.paused
+        assert "more than a year away" in await resp.text()
+
+
+async def test_a_fix_approved_then_refused_on_the_second_look_says_so(tmp_path: Path) -> None:
+    async with console(tmp_path) as h:
+        await h.fire(am_alert("DatabaseConnectionPoolExhausted", database="billing"))
+        (waiting,) = await h.decisions()
+        admin = {"Authorization": f"Bearer {ADMIN}"}
+        resp = await h.client.post("/api/v1/pause", json={"reason": "freeze"}, headers=admin)
+        assert resp.status == 200
+        resp = await h.client.post(
+            f"/ui/approvals/{waiting['id']}", data={"decision": "approve"}, allow_redirects=False,
+            headers={"Authorization": f"Bearer {BRUNO}"},
+        )  # fmt: skip
+        assert resp.status == 303
+        await h.settle()
+        (row,) = await h.decisions()
+        assert (row["outcome"], row["reason"]) == ("skipped", "paused")
+        page = await (await h.client.get(f"/ui/decisions/{row['id']}", headers=admin)).text()
+        guards = re.findall(r"<ol class=\"guards\">(.*?)</ol>", page, flags=re.S)[0]
+        guards = re.findall(r"<li[^>]*>(.*?)</li>", guards, flags=re.S)
+        text = [re.sub(r"<[^>]+>|\s+", " ", g).strip() for g in guards]
+        assert any(t.startswith("approval") and "approved" in t and "bruno" in t for t in text), (
+            text
+        )
+        assert any(t.startswith("paused (again)") and "refused" in t for t in text), text
+        assert text[-1].startswith("act") and "not reached" in text[-1]
 
 
 async def test_without_tokens_loopback_reads_the_console_and_cannot_act(tmp_path: Path) -> None:

@@ -274,8 +274,24 @@ async def test_a_killed_replicas_alerts_are_decided_by_another_none_lost_none_tw
             assert max(counts.values()) == 1
             rows = of(await audit_rows(survivor), sent)
             per_occurrence = Counter(r["fingerprint"] for r in rows)
-            assert len(per_occurrence) == n and set(per_occurrence.values()) == {1}, json.dumps(
-                per_occurrence.most_common(3)
+            doubled = [fp for fp, k in per_occurrence.items() if k > 1]
+            assert len(per_occurrence) == n and not doubled, json.dumps(
+                [
+                    {
+                        k: r[k]
+                        for k in (
+                            "id",
+                            "fingerprint",
+                            "outcome",
+                            "reason",
+                            "detail",
+                            "decided_at",
+                            "request_id",
+                        )
+                    }
+                    for r in rows
+                    if r["fingerprint"] in doubled[:3]
+                ]
             )
             # What the victim had started and not yet recorded when it died (running, or
             # run with its outcome still queued for the audit) says so and is never run

@@ -56,6 +56,7 @@ CREATE INDEX IF NOT EXISTS decisions_rule ON decisions (rule, id);
 CREATE INDEX IF NOT EXISTS decisions_alertname ON decisions (alertname, id);
 CREATE INDEX IF NOT EXISTS decisions_occurrence ON decisions (fingerprint, starts_at);
 CREATE INDEX IF NOT EXISTS decisions_decided_at ON decisions (decided_at);
+CREATE INDEX IF NOT EXISTS decisions_target ON decisions (target, id);
 """
 
 COLUMNS = (

@@ -80,6 +80,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     (2, "ALTER TABLE decisions ADD COLUMN IF NOT EXISTS approval TEXT NOT NULL DEFAULT '';"),
+    (3, "CREATE INDEX IF NOT EXISTS decisions_target ON decisions (target, id DESC);"),
 )
 """(version, SQL) in order; a released migration is never edited, only followed."""
 MIGRATION_LOCK = 727_001_013

@@ -96,7 +96,7 @@ async def _pause(request: web.Request, key: str) -> web.Response:
     if key and key not in d.engine.index.by_name:
         return common.error(404, f"no rule named {key!r}")
     try:
-        body = await _small_json(request)
+        body = await common.small_json(request, d, MAX_PAUSE_BODY)
         pause = pause_from(body, now=d.clock.now(), by=request.remote or "")
     except ValueError as exc:
         return common.error(400, f"bad pause request: {exc}")
@@ -123,27 +123,15 @@ async def _resume(request: web.Request, key: str) -> web.Response:
     return web.json_response({"status": "ok", "paused": False})
 
 
-async def _small_json(request: web.Request) -> dict[str, Any]:
-    """An optional small JSON object body ({} when empty)."""
-    raw = await request.content.read(MAX_PAUSE_BODY + 1)
-    if len(raw) > MAX_PAUSE_BODY:
-        raise ValueError(f"body larger than {MAX_PAUSE_BODY} bytes")
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("body is not JSON") from exc
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    return body
-
-
 def _text(body: Mapping[str, Any], key: str, max_len: int) -> str:
     value = body.get(key, "")
     if not isinstance(value, str) or len(value) > max_len or not value.isprintable():
         raise ValueError(f"{key} must be printable text of at most {max_len} characters")
     return value
+
+
+MAX_PAUSE_SECONDS = 366 * 86400
+"""The furthest `until` a pause takes; beyond it, a pause without `until` says it better."""
 
 
 def _until(value: Any, *, now: float) -> float | None:
@@ -161,6 +149,8 @@ def _until(value: Any, *, now: float) -> float | None:
             raise ValueError(f"until={value!r}: expected RFC 3339 or a duration") from exc
     if until <= now:
         raise ValueError("until lies in the past")
+    if until > now + MAX_PAUSE_SECONDS:
+        raise ValueError("until is more than a year away: leave it out to pause until resumed")
     return until
 
 
@@ -283,9 +273,10 @@ async def decision(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     text = request.match_info["id"]
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
+    found = common.decision_id(text)
+    if found is None:
         return common.error(400, "a decision id is a positive integer")
-    row = await d.audit.get(int(text))
+    row = await d.audit.get(found)
     if row is None:
         return common.error(404, f"no decision {text}")
     return web.json_response(shown(row, d.settings.secrets))
@@ -312,7 +303,13 @@ OUTCOMES = tuple(str(o) for o in Outcome)
 
 def decisions_query(q: Mapping[str, str], *, now: float, limit: int = 100) -> Query:
     """The audit query a request's parameters ask for (rule, alertname, outcome, target,
-    since, before, limit); ValueError says what is wrong. Empty values filter nothing."""
+    since, before, limit); ValueError says what is wrong. Empty values filter nothing; a
+    parameter given twice is refused (which one was meant?)."""
+    getall = getattr(q, "getall", None)
+    if getall is not None:
+        twice = sorted(k for k in set(q) if len(getall(k)) > 1)
+        if twice:
+            raise ValueError(f"{twice[0][:40]!r} given more than once")
     try:
         limit = int(q.get("limit") or limit)
         before = int(q["before"]) if q.get("before") else None
@@ -344,5 +341,5 @@ def _since(text: str, *, now: float) -> dt.datetime:
         pass
     try:
         return dt.datetime.fromtimestamp(now - durations.parse(text), dt.UTC)
-    except (ValueError, OverflowError) as exc:
+    except (ValueError, OverflowError, OSError) as exc:
         raise ValueError(f"since={text!r}: expected RFC 3339, Unix seconds or a duration") from exc

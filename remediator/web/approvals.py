@@ -34,6 +34,8 @@ log = structlog.get_logger("remediator.web.approvals")
 SOURCE = "slack"
 MAX_BODY = 64 << 10
 """Largest interaction payload read (a block_actions payload is a few kB)."""
+MAX_CONTROL_BODY = 4096
+"""Largest approve/reject body read (a reason is at most 500 characters)."""
 REPLAY_MEMORY = 10_000
 _seen: web.AppKey[collections.OrderedDict[str, float]] = web.AppKey("slack_seen")
 
@@ -108,7 +110,7 @@ async def _decide(request: web.Request, *, approve: bool) -> web.Response:
     if who is None:
         return _refused(d)
     try:
-        body = await _small_json(request)
+        body = await common.small_json(request, d, MAX_CONTROL_BODY)
     except ValueError as exc:
         return common.error(400, f"bad request: {exc}")
     status, what = await decide(
@@ -126,36 +128,22 @@ async def decide(
     """Approve or reject decision `text` as `who` (name, is_admin): (200, what happened),
     or the refusal's HTTP status and why (the API and the console answer alike)."""
     name, admin = who
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
+    number = common.decision_id(text)
+    if number is None:
         return 400, "an approval id is a positive integer (its decision id)"
     if not isinstance(reason, str) or len(reason) > 500 or not reason.isprintable():
         return 400, "reason must be printable text of at most 500 characters"
     loop = d.engine.loop
-    rem = loop.approval(int(text))
+    rem = loop.approval(number)
     if rem is None:
         return 409, f"decision {text} is not awaiting approval (decided, expired or unknown)"
     if not admin and (rem.rule.approval is None or name not in rem.rule.approval.approvers):
         d.metrics.approvals.labels(rule=rem.rule.name, result="refused").inc()
         return 403, f"{name} is not an approver of rule {rem.rule.name}"
     taken, what = await loop.decide_approval(
-        int(text), approve=approve, by=name, via=via, reason=reason
+        number, approve=approve, by=name, via=via, reason=reason
     )
     return (200, what) if taken else (409, what)
-
-
-async def _small_json(request: web.Request) -> dict[str, Any]:
-    raw = await request.content.read(4097)
-    if len(raw) > 4096:
-        raise ValueError("body larger than 4096 bytes")
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("body is not JSON") from exc
-    if not isinstance(body, dict):
-        raise ValueError("body must be a JSON object")
-    return body
 
 
 # -- Slack ---------------------------------------------------------------------------
@@ -175,10 +163,12 @@ async def _interaction(request: web.Request, d: Daemon) -> web.Response:
         return common.error(
             401, "Slack interactions are off: set approvals.slack.signing_secret_env"
         )
-    body = await request.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        d.metrics.bad_input.labels(source=SOURCE, kind="too_large").inc()
-        return common.error(413, f"body larger than {MAX_BODY} bytes")
+    try:
+        body = await common.small_body(request, d, MAX_BODY)
+    except common.BodyError as exc:
+        kind = {413: "too_large", 408: "timeout"}.get(exc.status, "truncated")
+        d.metrics.bad_input.labels(source=SOURCE, kind=kind).inc()
+        return common.error(413 if exc.status == 413 else 400, str(exc))
     now = d.clock.now()
     if not slack.signed(secret, body, request.headers, now=now):
         d.metrics.bad_input.labels(source=SOURCE, kind="bad_signature").inc()

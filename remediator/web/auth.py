@@ -133,7 +133,8 @@ def session_role(
 ) -> tuple[str, str, str] | None:
     """(role, name, token) of a valid, unexpired session cookie, else None."""
     parts = value.split(".")
-    if len(parts) != 4 or not parts[2].isdigit() or int(parts[2]) < now:
+    expiry = parts[2] if len(parts) == 4 else ""
+    if not (0 < len(expiry) <= 12 and expiry.isascii() and expiry.isdigit()) or int(expiry) < now:
         return None
     role, hexname, _, mac = parts
     try:

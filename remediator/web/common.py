@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import json
 import os
 import sqlite3
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -32,6 +33,61 @@ _BOOT = os.urandom(3).hex()
 
 def error(status: int, message: str, **headers: str) -> web.Response:
     return web.json_response({"status": "error", "error": message}, status=status, headers=headers)
+
+
+def decision_id(text: str) -> int | None:
+    """A decision id from a URL: ASCII digits, 1 .. 2**63-1; None for anything else
+    (checked before int(), which refuses over 4,300 digits with an error of its own)."""
+    if not (0 < len(text) <= 19 and text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if 0 < value < 2**63 else None
+
+
+class BodyError(ValueError):
+    """A small body that was too large (413), too slow (408) or cut short (400)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def small_body(request: web.Request, d: Daemon, limit: int) -> bytes:
+    """The whole of a small body (a form, a control's JSON): every byte up to the end,
+    at most `limit` of them, within http.body_timeout — never the part that happened to
+    have arrived."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyError(413, f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(d.settings.http.body_timeout):
+            while chunk := await request.content.read(limit + 1 - size):
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise BodyError(413, f"body larger than {limit} bytes")
+    except TimeoutError:
+        raise BodyError(
+            408, f"body not received within {d.settings.http.body_timeout:g}s"
+        ) from None
+    except (web.RequestPayloadError, ConnectionError) as exc:
+        raise BodyError(400, f"body incomplete: {exc}") from exc
+    return b"".join(chunks)
+
+
+async def small_json(request: web.Request, d: Daemon, limit: int) -> dict[str, Any]:
+    """An optional small JSON object body ({} when empty), read whole (small_body)."""
+    raw = await small_body(request, d, limit)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError("body is not JSON") from exc
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body
 
 
 def stopping() -> web.Response:

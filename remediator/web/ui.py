@@ -73,12 +73,16 @@ NOTICES = {
 }  # fmt: skip
 """What a page says after a form it redirected from (a fixed set: no text from the URL)."""
 
+CHART_REFRESH = 60.0
+"""Seconds the chart's counts are reused: it reads a day of the audit."""
 _ENV: web.AppKey[jinja2.Environment] = web.AppKey("ui_templates")
+_CHART: web.AppKey[dict[str, Any]] = web.AppKey("ui_chart")
 _Handler = Callable[[web.Request, "Daemon", "Viewer"], Awaitable[web.Response]]
 
 
 def setup(app: web.Application) -> None:
     app[_ENV] = environment()
+    app[_CHART] = {}
     app.router.add_get("/ui", decisions)
     app.router.add_get("/ui/", _to_ui)
     app.router.add_get("/ui/decisions/{id}", decision)
@@ -98,6 +102,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
+        auto_reload=False,  # templates ship with the package: no stat() per render
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -200,13 +205,14 @@ def _page(handler: _Handler) -> Callable[[web.Request], Awaitable[web.Response]]
 async def decisions(request: web.Request, d: Daemon, viewer: Viewer) -> web.Response:
     q = request.query
     now = d.clock.now()
-    problem = ""
+    problem, rows = "", []
     try:
         query = api.decisions_query(q, now=now, limit=PAGE)
-    except ValueError as exc:
+    except ValueError as exc:  # no rows: unfiltered ones would pass for the filtered
         problem, query = str(exc), Query(limit=PAGE)
-    rows = api.shown(await d.audit.query(query), d.settings.secrets)
-    hist = await d.audit.histogram(dt.datetime.fromtimestamp(now - CHART_HOURS * 3600, dt.UTC))
+    else:
+        rows = api.shown(await d.audit.query(query), d.settings.secrets)
+    hist = await _histogram(request, d, now)
     filters = {k: q.get(k, "") for k in ("rule", "alertname", "outcome", "target", "since")}
     older = ""
     if len(rows) == query.limit:
@@ -217,7 +223,8 @@ async def decisions(request: web.Request, d: Daemon, viewer: Viewer) -> web.Resp
         request, d, viewer, "decisions.html", status=400 if problem else 200, nav="decisions",
         rows=rows, filters=filters, problem=problem, older=older,
         newest="/ui?" + urllib.parse.urlencode({k: v for k, v in filters.items() if v}),
-        paging=bool(q.get("before")), rule_names=sorted(d.engine.index.by_name),
+        paging=bool(q.get("before")),
+        rule_names=sorted({*d.engine.index.by_name, filters["rule"]} - {""}),
         outcomes=OUTCOME_ORDER, chart=chart(hist, now),
     )  # fmt: skip
 
@@ -225,9 +232,10 @@ async def decisions(request: web.Request, d: Daemon, viewer: Viewer) -> web.Resp
 @_page
 async def decision(request: web.Request, d: Daemon, viewer: Viewer) -> web.Response:
     text = request.match_info["id"]
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**63:
+    number = common.decision_id(text)
+    if number is None:
         return _error(request, d, viewer, 400, "a decision id is a positive integer")
-    found = await d.audit.get(int(text))
+    found = await d.audit.get(number)
     if found is None:
         return _error(request, d, viewer, 404, f"no decision {text}")
     row = api.shown(found, d.settings.secrets)
@@ -243,7 +251,7 @@ async def decision(request: web.Request, d: Daemon, viewer: Viewer) -> web.Respo
         request, d, viewer, "decision.html", nav="decisions", row=row, rule=rule,
         guards=story(found), occurrence=api.shown(list(reversed(others)), d.settings.secrets),
         live=api.shown(live, d.settings.secrets),
-        awaiting=rule is not None and d.engine.loop.approval(int(text)) is not None,
+        awaiting=rule is not None and d.engine.loop.approval(number) is not None,
         approves=rule is not None and viewer.approves(rule),
     )  # fmt: skip
 
@@ -367,8 +375,10 @@ async def _posted(request: web.Request) -> tuple[Daemon, Viewer, dict[str, str]]
     if isinstance(who, web.Response):
         return who
     d, viewer = who
+    if not _same_site(request, d):
+        return _cross_site(request, d, viewer)
     try:
-        form = await _form(request)
+        form = await _form(request, d)
     except ValueError as exc:
         return _error(request, d, viewer, 400, str(exc))
     if viewer.cookie and not auth.csrf_ok(form.get("csrf", ""), viewer.token, viewer.cookie):
@@ -378,11 +388,33 @@ async def _posted(request: web.Request) -> tuple[Daemon, Viewer, dict[str, str]]
     return d, viewer, form
 
 
-async def _form(request: web.Request) -> dict[str, str]:
-    """A small urlencoded form: each field once, printable UTF-8."""
-    raw = await request.content.read(MAX_FORM + 1)
-    if len(raw) > MAX_FORM:
-        raise ValueError(f"form larger than {MAX_FORM} bytes")
+def _same_site(request: web.Request, d: Daemon) -> bool:
+    """A console POST comes from a console page, whatever credential it carries (a proxy
+    may inject a Bearer header into another site's POST too): a browser's
+    Sec-Fetch-Site is same-origin (or none: typed by the user), and its Origin, when
+    sent, is this host or external_url's. A client that is not a browser sends neither."""
+    site = request.headers.get("Sec-Fetch-Site", "")
+    if site and site not in ("same-origin", "none"):
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    ours = {f"{request.scheme}://{request.host}"}
+    if d.settings.external_url:
+        parts = urllib.parse.urlsplit(d.settings.external_url)
+        ours.add(f"{parts.scheme}://{parts.netloc}")
+    return origin in ours
+
+
+def _cross_site(request: web.Request, d: Daemon, viewer: Viewer | None) -> web.Response:
+    d.metrics.bad_input.labels(source=SOURCE, kind="csrf").inc()
+    return _error(request, d, viewer, 403, "this form was posted from another site: use the "
+                  "console's own pages")  # fmt: skip
+
+
+async def _form(request: web.Request, d: Daemon) -> dict[str, str]:
+    """A small urlencoded form, read whole: each field once, UTF-8."""
+    raw = await common.small_body(request, d, MAX_FORM)
     try:
         pairs = urllib.parse.parse_qsl(raw.decode("utf-8"), keep_blank_values=True)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -409,8 +441,10 @@ async def login_page(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     d = request.app[common.DAEMON]
+    if not _same_site(request, d):
+        return _cross_site(request, d, None)
     try:
-        form = await _form(request)
+        form = await _form(request, d)
     except ValueError as exc:
         return _login(request, d, status=400, next_="/ui", problem=str(exc))
     next_ = form.get("next", "/ui")
@@ -432,6 +466,9 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def logout(request: web.Request) -> web.Response:
+    d = request.app[common.DAEMON]
+    if not _same_site(request, d):
+        return _cross_site(request, d, None)
     response = web.HTTPSeeOther("/ui/login?notice=signed_out", headers=HEADERS)
     response.del_cookie(auth.SESSION_COOKIE, path="/ui")
     raise response
@@ -503,6 +540,17 @@ def _error(
 # -- what the pages compute -------------------------------------------------------------
 
 
+async def _histogram(request: web.Request, d: Daemon, now: float) -> list[tuple[str, str, int]]:
+    """The last CHART_HOURS of decisions per hour and outcome, read at most once per
+    CHART_REFRESH (many viewers, or one reloading, cost one scan of the day)."""
+    cache = request.app[_CHART]
+    if cache.get("at") is None or not 0 <= now - cache["at"] < CHART_REFRESH:
+        since = dt.datetime.fromtimestamp(now - CHART_HOURS * 3600, dt.UTC)
+        cache["hist"], cache["at"] = await d.audit.histogram(since), now
+    hist: list[tuple[str, str, int]] = cache["hist"]
+    return hist
+
+
 def story(row: dict[str, Any]) -> list[dict[str, str]]:
     """Each guard of the chain and what it said of this decision, in order.
 
@@ -510,6 +558,13 @@ def story(row: dict[str, Any]) -> list[dict[str, str]]:
     passed, those after it were not reached."""
     outcome, reason = row["outcome"], row["reason"]
     refused_at = next((i for i, (_, rs) in enumerate(GUARDS) if reason in rs), None)
+    asked = next(i for i, (name, _) in enumerate(GUARDS) if name == "approval")
+    if (
+        refused_at is not None
+        and refused_at < asked
+        and str(row.get("approval")).startswith("approved")
+    ):
+        return _refused_after_approval(row, refused_at, asked)
     out = []
     for i, (name, _) in enumerate(GUARDS):
         verdict, detail = "passed", ""
@@ -541,6 +596,21 @@ def story(row: dict[str, Any]) -> list[dict[str, str]]:
             if outcome == str(Outcome.FAILED):
                 verdict, detail = "failed", row["detail"]
         out.append({"guard": name, "verdict": verdict, "detail": detail})
+    return out
+
+
+def _refused_after_approval(
+    row: dict[str, Any], refused_at: int, asked: int
+) -> list[dict[str, str]]:
+    """A human approved, and the guards run again at approval refused: every guard
+    passed up to the approval, then the one that refused on its second look."""
+    out = [{"guard": name, "verdict": "passed", "detail": ""} for name, _ in GUARDS[:asked]]
+    out.append({"guard": "approval", "verdict": "approved", "detail": row["approval"]})
+    again = GUARDS[refused_at][0]
+    out.append({"guard": f"{again} (again)", "verdict": "refused", "detail": row["detail"]})
+    out += [
+        {"guard": name, "verdict": "not reached", "detail": ""} for name, _ in GUARDS[asked + 1 :]
+    ]
     return out
 
 
