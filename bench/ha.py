@@ -30,21 +30,14 @@ SECTION = "Redis + PostgreSQL"
 LATENCY_RATE = 50
 """Alerts/s offered (in all) for the webhook → decision figure: the embedded one's rate."""
 
-_CONFIG = """\
-# Written by bench/ha.py: the shared backends, budgets too high to skip a bench alert.
-limits:
-  max_actions_per_window: 100000000
-  max_targets_per_window: 100000000
-  window: 1h
-  max_concurrent_actions: 64
-intake:
-  backlog_limit: {backlog_limit}
+_BACKENDS = """\
 backend:
   kind: redis
   redis: {{key_prefix: {prefix}}}
 audit:
   kind: postgres
 """
+"""Appended to the bench config of daemon.py (budgets too high to skip a bench alert)."""
 
 
 @contextlib.contextmanager
@@ -63,7 +56,8 @@ def _servers() -> Iterator[tuple[Any, Any]]:
 def _replica(suite: Suite, name: str, prefix: str, env: dict[str, str]) -> procs.ServerProcess:
     server = daemon.daemon_process(name=name, workdir=suite.workdir, python=suite.python)
     config = Path(server.argv[server.argv.index("--config") + 1])
-    config.write_text(_CONFIG.format(backlog_limit=daemon.BACKLOG_LIMIT, prefix=prefix))
+    daemon.write_config(config)
+    config.write_text(config.read_text() + _BACKENDS.format(prefix=prefix))
     server.env = {**(server.env or {}), **env}
     return server
 

@@ -48,6 +48,7 @@ from remediator import errors
 from remediator.backends.journal import Also, JournalEntry, Replay
 from remediator.backends.sqlite import Database
 from remediator.backends.state import GLOBAL, Claim, Pause
+from remediator.clients import redis as redis_client
 from remediator.clients.redis import Redis
 from remediator.engine import guards
 from remediator.engine.guards import Circuit, Verdict
@@ -68,6 +69,8 @@ READ_COUNT = 100
 """Stream entries read (or claimed) per call."""
 IDLE_POLL = 0.01
 """Seconds between reads of an idle stream (an append by this replica reads at once)."""
+SPOOL_RETRY_SECONDS = 30.0
+"""How long an audit write refused by a restarting Redis is tried again."""
 KEEP_RETRIES = 5
 """Times an alert whose decision failed is handed to the engine again (once Redis
 answers, at most every `poll_interval`) before it is left for the next start."""
@@ -1107,8 +1110,17 @@ class Spool:
         args: list[Any] = [floor]
         for kind, id_, body in ops:
             args += [kind, id_, body]
-        ids = await self._push([self._stream, self._ids], args)
-        return [int(i) for i in ids]
+        # A write that never reached Redis (refused while it restarts) is tried again
+        # for a bounded time: an audit row lost here would be lost for good.
+        deadline = asyncio.get_running_loop().time() + SPOOL_RETRY_SECONDS
+        while True:
+            try:
+                ids = await self._push([self._stream, self._ids], args)
+                return [int(i) for i in ids]
+            except redis_client.Unsent:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def take(self, count: int, *, block: float) -> list[tuple[str, str, int, str]]:
         answer = await self._r.call(

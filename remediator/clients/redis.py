@@ -34,6 +34,11 @@ def describe_url(url: str) -> str:
         return "(unparsable URL)"
 
 
+class Unsent(errors.BackendUnavailable):
+    """The command never reached a Redis that could run it (the connection was refused,
+    or the server was still loading its data): running it again cannot double it."""
+
+
 class Script:
     """A Lua script registered on the server: atomic check-and-change in one call."""
 
@@ -74,7 +79,11 @@ class Redis:
         self.raw = redis.asyncio.Redis(connection_pool=pool)
 
     def unavailable(self, what: str, exc: BaseException) -> errors.BackendUnavailable:
-        return errors.BackendUnavailable(
+        unsent = isinstance(exc, redis.exceptions.BusyLoadingError) or (
+            isinstance(exc, redis.exceptions.ConnectionError) and "connecting to" in str(exc)
+        )
+        kind = Unsent if unsent else errors.BackendUnavailable
+        return kind(
             f"redis {what} on {self.server}: {type(exc).__name__}: {exc}; is the server up "
             "and the URL in backend.redis.url_env right?"
         )
