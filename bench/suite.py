@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime
+import functools
 import itertools
 import secrets
 import time
@@ -31,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from bench import daemon, decisions, loadgen, matching, procs, report
+from bench import daemon, decisions, ha, loadgen, matching, procs, report
 from bench.report import Figure
 
 STARTUP_TIMEOUT = 30.0
@@ -117,7 +118,7 @@ QUICK = Profile(
     matching_repeats=1,
 )
 
-PHASES = ("bare", "daemon", "latency", "memory", "overload", "matching")
+PHASES = ("bare", "daemon", "latency", "memory", "overload", "matching", "ha")
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -310,6 +311,7 @@ class Suite:
             "memory": self.memory,
             "overload": self.overload,
             "matching": self.matching,
+            "ha": functools.partial(ha.run, self),  # Redis + PostgreSQL, 1 and 3 replicas
         }
         for name, phase in phases.items():
             if self.only and name not in self.only:

@@ -147,7 +147,10 @@ class DaemonProcess:
         with self.log_path.open("ab") as log:
             log.write(f"$ {' '.join(command)}\n".encode())
             log.flush()
-            self.process = subprocess.Popen(
+            # In a thread: forking a large test process can hold the loop for a second
+            # on a loaded machine, which the blocked-loop guard rightly counts.
+            self.process = await asyncio.to_thread(
+                subprocess.Popen,
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -358,6 +358,23 @@ class _Server:
         if self._directory is not None:
             shutil.rmtree(self._directory, ignore_errors=True)
 
+    def halt(self, *, kill: bool = False) -> int | None:
+        """Stop the process (its own PID: the stop signal, or SIGKILL — a crash — with
+        ``kill``) but keep its directory and port, so :meth:`resume` restarts it on what
+        it persisted; return its exit code."""
+        if kill and self.running:
+            assert self._process is not None
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+        return self._terminate()
+
+    def resume(self) -> Self:
+        """Start the server again after :meth:`halt`, on the same port and directory."""
+        if self.running:
+            raise ServerError(f"{self.name} is still running ({self!r}); halt() it first")
+        self._spawn_and_wait()
+        return self
+
     def stop(self) -> int | None:
         """Stop the server (idempotent), remove its directory; return its exit code."""
         code = self._terminate()
@@ -393,8 +410,10 @@ class AlertmanagerServer(_Server):
     in alertmanager.yml) and ``extra_routes`` (child routes that may name them) are added
     as given. Durations are Alertmanager duration strings; the binary rejects a zero
     ``group_interval`` or ``repeat_interval`` but accepts ``group_wait: 0s`` and
-    millisecond intervals. HA gossip is disabled (``--cluster.listen-address=``): an HA
-    pair is simulated by posting the same payload twice.
+    millisecond intervals. HA gossip is disabled (``--cluster.listen-address=``) unless
+    ``cluster_port`` is given: then it gossips on that loopback port with ``peers``
+    (``host:port`` of the others' cluster ports), waiting ``peer_timeout`` per position
+    before it notifies (Alertmanager's own de-duplication between peers).
     """
 
     name = "alertmanager"
@@ -413,12 +432,18 @@ class AlertmanagerServer(_Server):
         extra_receivers: Sequence[Mapping[str, Any]] = (),
         extra_routes: Sequence[Mapping[str, Any]] = (),
         log_level: str = "debug",
+        cluster_port: int | None = None,
+        peers: Sequence[str] = (),
+        peer_timeout: str = "15s",
         binary: str = ALERTMANAGER_BIN,
         start_timeout: float = 20.0,
         stop_timeout: float = 10.0,
     ) -> None:
         super().__init__(start_timeout=start_timeout, stop_timeout=stop_timeout)
         self.webhook_url = webhook_url
+        self.cluster_port = cluster_port
+        self.peers = list(peers)
+        self.peer_timeout = peer_timeout
         self.binary = binary
         self.log_level = log_level
         webhook: dict[str, Any] = {
@@ -459,9 +484,25 @@ class AlertmanagerServer(_Server):
             f"--web.listen-address={LOOPBACK}:{self.port}",
             # Otherwise externalURL (in every webhook payload) is derived from the hostname.
             f"--web.external-url={self.url}",
-            # Empty disables HA gossip, which would otherwise bind 0.0.0.0:9094.
-            "--cluster.listen-address=",
+            *self._cluster_args(),
             f"--log.level={self.log_level}",
+        ]
+
+    def _cluster_args(self) -> list[str]:
+        if self.cluster_port is None:
+            # Empty disables HA gossip, which would otherwise bind 0.0.0.0:9094.
+            return ["--cluster.listen-address="]
+        address = f"{LOOPBACK}:{self.cluster_port}"
+        return [
+            f"--cluster.listen-address={address}",
+            f"--cluster.advertise-address={address}",
+            *(f"--cluster.peer={peer}" for peer in self.peers),
+            f"--cluster.peer-timeout={self.peer_timeout}",
+            # Loopback peers: gossip and settle in a second, not a minute.
+            "--cluster.gossip-interval=50ms",
+            "--cluster.pushpull-interval=1s",
+            "--cluster.settle-timeout=2s",
+            "--cluster.reconnect-interval=500ms",
         ]
 
     def _ready(self) -> bool:

@@ -61,6 +61,8 @@ class RoundRobin:
 
     def __init__(self, upstreams: list[str]) -> None:
         self.upstreams = upstreams
+        self.bodies: list[bytes] = []
+        """Every request body relayed, in order."""
         self._next = itertools.count()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -72,6 +74,7 @@ class RoundRobin:
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.bodies.append(body)
         assert self._session is not None
         for _ in range(len(self.upstreams)):
             upstream = self.upstreams[next(self._next) % len(self.upstreams)]
@@ -122,16 +125,27 @@ _prefixes = itertools.count()
 
 
 class Cluster:
-    def __init__(self, base: Path, emu: KubeEmulator, redis: Any, pg: Any, n: int) -> None:
+    """`n` replicas on one Redis key prefix and one PostgreSQL; `config` is a template
+    with `{kubeconfig}` and `{prefix}`; `start` of them are started on entering."""
+
+    def __init__(
+        self, base: Path, emu: KubeEmulator, redis: Any, pg: Any, n: int, *,
+        rules: str = RULES, config: str = CONFIG, start: int | None = None,
+    ) -> None:  # fmt: skip
         prefix = f"it{next(_prefixes)}"
-        config = CONFIG.format(kubeconfig=emu.kubeconfig(base / "kubeconfig"), prefix=prefix)
+        text = config.format(kubeconfig=emu.kubeconfig(base / "kubeconfig"), prefix=prefix)
         env = {"REMEDIATOR_REDIS_URL": redis.url, "REMEDIATOR_AUDIT_DSN": pg.dsn}
         self.replicas = [
-            DaemonProcess(base / f"r{i}", rules=RULES, config=config, env=env) for i in range(n)
+            DaemonProcess(base / f"r{i}", rules=rules, config=text, env=env) for i in range(n)
         ]
+        self._start = n if start is None else start
 
     async def __aenter__(self) -> Cluster:
-        await asyncio.gather(*(r.start() for r in self.replicas))
+        try:
+            await asyncio.gather(*(r.start() for r in self.replicas[: self._start]))
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
 import structlog
@@ -16,6 +16,10 @@ from remediator.models.decision import Escalation
 from remediator.settings import Settings
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger("remediator.actions")
+
+
+async def _unfenced() -> bool:
+    return True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,6 +46,19 @@ class Context:
     now: Callable[[], float] = time.time
     """Unix time in seconds: the engine's clock, so time-based limits of a family (one
     RDS failover per window) follow the injected clock in tests."""
+    holds_lock: Callable[[], Awaitable[bool]] = _unfenced
+    """Whether this run still holds its target lock (its fencing token, checked in Redis;
+    always true on the embedded backend, where no other replica can take it)."""
+
+    async def fence(self, what: str) -> None:
+        """Call right before a side effect that follows reads: raises `errors.Superseded`
+        when the target lock lapsed meanwhile (this replica stalled past
+        `backend.redis.lock_ttl`), since another replica may have acted on the target."""
+        if not await self.holds_lock():
+            raise errors.Superseded(
+                f"not done: {what}: the lock on {self.target} lapsed while this run was "
+                "under way and another replica may hold it (backend.redis.lock_ttl)"
+            )
 
     @property
     def log(self) -> structlog.typing.FilteringBoundLogger:

@@ -416,6 +416,8 @@ class RolloutRestart(_OnWorkload):
             )
         restarted_at = _now_rfc3339()
         patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: restarted_at}}}}}
+        if not dry:
+            await ctx.fence(f"restart {what}")  # the read may have been long ago (a stall)
         try:
             after = await kube.patch(kind, ns, name, patch, dry_run=dry, deadline=deadline)
         except Conflict:  # a strategic-merge patch rarely conflicts; once more, then give up

@@ -48,6 +48,7 @@ from remediator import errors
 from remediator.backends.journal import Also, JournalEntry, Replay
 from remediator.backends.sqlite import Database
 from remediator.backends.state import GLOBAL, Claim, Pause
+from remediator.clients import redis as redis_client
 from remediator.clients.redis import Redis
 from remediator.engine import guards
 from remediator.engine.guards import Circuit, Verdict
@@ -68,6 +69,11 @@ READ_COUNT = 100
 """Stream entries read (or claimed) per call."""
 IDLE_POLL = 0.01
 """Seconds between reads of an idle stream (an append by this replica reads at once)."""
+SPOOL_RETRY_SECONDS = 30.0
+"""How long an audit write refused by a restarting Redis is tried again."""
+KEEP_RETRIES = 5
+"""Times an alert whose decision failed is handed to the engine again (once Redis
+answers, at most every `poll_interval`) before it is left for the next start."""
 LOCAL_LIMIT = 2000
 """Alerts this replica takes from the stream and has not finished: the rest wait there
 for whichever replica has room (bounded memory per replica)."""
@@ -392,6 +398,8 @@ class RedisState:
         self._claim = client.script(_CLAIM, "claim")
         self._set_occ = client.script(_SET_OCCURRENCE, "set_occurrence")
         self._forget = client.script(_FORGET_OCCURRENCE, "forget_occurrence")
+        self._unforgotten: dict[str, int] = {}
+        """Occurrence key → claim token this replica failed to forget (Redis away)."""
         self._reserve = client.script(_RESERVE, "reserve")
         self._release = client.script(_RELEASE, "release")
         self._renew = client.script(_RENEW_LOCKS, "renew_locks")
@@ -591,7 +599,23 @@ class RedisState:
             )
 
     async def forget_occurrence(self, key: str, *, token: int = 0) -> None:
-        await self._forget([self._occ(key)], [token])
+        try:
+            await self._forget([self._occ(key)], [token])
+        except errors.BackendUnavailable:
+            # Redis is away (the reason the decision failed, mostly): the claim stays
+            # with this live replica, so no other decides the occurrence; forgotten
+            # once Redis answers, before the journal hands the alert out again.
+            self._unforgotten[key] = token
+            raise
+
+    async def forget_pending(self) -> bool:
+        """Forget the claims a failed decision could not (`forget_occurrence`); whether
+        none is left. Raises `errors.BackendUnavailable` while Redis does not answer."""
+        await self._r.call("PING")
+        for key, token in list(self._unforgotten.items()):
+            await self._forget([self._occ(key)], [token])
+            del self._unforgotten[key]
+        return not self._unforgotten
 
     # -- limits -------------------------------------------------------------------------
 
@@ -836,6 +860,9 @@ class RedisJournal:
         self._ack_task: asyncio.Task[None] | None = None
         self._local = 0
         self._appended = asyncio.Event()
+        self._retry: list[JournalEntry] = []
+        """Alerts whose decision failed, handed to the engine again (`keep`)."""
+        self._kept_tries: dict[int, int] = {}
 
     @property
     def backlog(self) -> int:
@@ -885,16 +912,28 @@ class RedisJournal:
         return []
 
     def keep(self, entry: JournalEntry) -> None:
-        """Left pending (unacknowledged): another replica, or this one's next start,
-        claims and decides it again."""
+        """Its decision failed (Redis or the audit spool away, a bug): still pending on
+        this replica, which hands the alert to the engine again once the claim it left
+        is forgotten (`run`); after `KEEP_RETRIES` attempts it is left pending for the
+        next start (a bug, not an outage). Should this replica die meanwhile, another
+        claims the entry and decides it."""
         if entry.kept:
             return
         entry.kept = True
-        self._backlog = max(0, self._backlog - 1)
+        tries = self._kept_tries.pop(id(entry), 0) + 1
+        if tries > KEEP_RETRIES:
+            log.error("journal_entry_kept", entry=repr(entry), attempts=tries - 1)
+            self._backlog = max(0, self._backlog - 1)
+            self._local -= 1
+            return
+        again = JournalEntry(entry.row, entry.alert, entry.request_id)
+        self._kept_tries[id(again)] = tries
+        self._retry.append(again)
 
     def finish(self, entry: JournalEntry) -> None:
         if entry.kept:
             return
+        self._kept_tries.pop(id(entry), None)
         row = str(entry.row)
         left = self._open.get(row)
         self._local -= 1
@@ -932,6 +971,7 @@ class RedisJournal:
         loop = asyncio.get_running_loop()
         every = self._config.claim_idle / 3
         next_claim = 0.0
+        next_retry = loop.time() + self._config.poll_interval
         while True:
             checkpoint()
             try:
@@ -939,6 +979,12 @@ class RedisJournal:
                     next_claim = loop.time() + every
                     await self._renew()
                     await self._claim_idle(submit, replay)
+                if self._retry and loop.time() >= next_retry:
+                    next_retry = loop.time() + self._config.poll_interval
+                    if await self._state.forget_pending():
+                        again, self._retry = self._retry, []
+                        log.info("journal_entries_retried", alerts=len(again))
+                        submit(again)
                 if self._local >= LOCAL_LIMIT:
                     await asyncio.sleep(0.01)
                     continue
@@ -1064,8 +1110,17 @@ class Spool:
         args: list[Any] = [floor]
         for kind, id_, body in ops:
             args += [kind, id_, body]
-        ids = await self._push([self._stream, self._ids], args)
-        return [int(i) for i in ids]
+        # A write that never reached Redis (refused while it restarts) is tried again
+        # for a bounded time: an audit row lost here would be lost for good.
+        deadline = asyncio.get_running_loop().time() + SPOOL_RETRY_SECONDS
+        while True:
+            try:
+                ids = await self._push([self._stream, self._ids], args)
+                return [int(i) for i in ids]
+            except redis_client.Unsent:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
     async def take(self, count: int, *, block: float) -> list[tuple[str, str, int, str]]:
         answer = await self._r.call(

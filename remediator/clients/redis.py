@@ -5,10 +5,14 @@ The only module that imports `redis`. Every call is bounded by `backend.redis.ti
 `errors.BackendUnavailable` naming the server (never the URL, which may carry the
 password) and what to check. Scripts are registered once (`script`) and run by SHA
 (`EVALSHA`, reloaded by redis-py after a server restart flushed its script cache).
+No command is retried (a script run twice could act twice); instead, the first
+connection error drops every idle pooled connection, so after a Redis restart only
+the calls in flight at that moment fail, not one call per stale connection later on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +34,11 @@ def describe_url(url: str) -> str:
         return "(unparsable URL)"
 
 
+class Unsent(errors.BackendUnavailable):
+    """The command never reached a Redis that could run it (the connection was refused,
+    or the server was still loading its data): running it again cannot double it."""
+
+
 class Script:
     """A Lua script registered on the server: atomic check-and-change in one call."""
 
@@ -46,6 +55,7 @@ class Script:
                 f"redis script {self.name} failed on {self._client.server}: {exc}"
             ) from exc
         except (redis.exceptions.RedisError, OSError) as exc:
+            await self._client.dropped(exc)
             raise self._client.unavailable(f"script {self.name}", exc) from exc
 
 
@@ -69,10 +79,21 @@ class Redis:
         self.raw = redis.asyncio.Redis(connection_pool=pool)
 
     def unavailable(self, what: str, exc: BaseException) -> errors.BackendUnavailable:
-        return errors.BackendUnavailable(
+        unsent = isinstance(exc, redis.exceptions.BusyLoadingError) or (
+            isinstance(exc, redis.exceptions.ConnectionError) and "connecting to" in str(exc)
+        )
+        kind = Unsent if unsent else errors.BackendUnavailable
+        return kind(
             f"redis {what} on {self.server}: {type(exc).__name__}: {exc}; is the server up "
             "and the URL in backend.redis.url_env right?"
         )
+
+    async def dropped(self, exc: BaseException) -> None:
+        """After a connection error, close the idle pooled connections: the server may
+        have restarted, and each of them would fail its next call once."""
+        if isinstance(exc, redis.exceptions.ConnectionError | OSError):
+            with contextlib.suppress(Exception):  # best effort: the error is raised anyway
+                await self.raw.connection_pool.disconnect(inuse_connections=False)
 
     def script(self, source: str, name: str) -> Script:
         return Script(self, source, name)
@@ -82,6 +103,7 @@ class Redis:
         try:
             return await self.raw.execute_command(*args)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
         except (redis.exceptions.RedisError, OSError) as exc:
+            await self.dropped(exc)
             raise self.unavailable(str(args[0]), exc) from exc
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]], *, transaction: bool) -> list[Any]:
@@ -91,6 +113,7 @@ class Redis:
                     pipe.execute_command(*command)
                 return list(await pipe.execute())
         except (redis.exceptions.RedisError, OSError) as exc:
+            await self.dropped(exc)
             raise self.unavailable("pipeline", exc) from exc
 
     async def subscribe(self, channel: str) -> Any:

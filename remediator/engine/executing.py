@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import time
 import types
 from collections.abc import Callable, Mapping
@@ -188,6 +189,8 @@ class Executor:
                     return None, _failure(exc)
                 ctx.log.info("action_retry", action=action.type, error=str(exc), delay=exc.delay)
                 await asyncio.sleep(exc.delay)
+            except errors.Superseded as exc:
+                return None, _failure(exc, Reason.LOCKED)  # fenced: not done, not failed
             except errors.NotAllowed as exc:
                 # Only known once the target is read (a protected label, an HPA owning
                 # the replicas): a refusal, not a failure of the fix.
@@ -267,7 +270,10 @@ class Executor:
                     fingerprint=alert.fingerprint, request_id=w.request_id,
                     decision_id=decision_id,
                 )  # fmt: skip
-                ctx = self.context(rule, alert, decision_id=decision_id, target=p.target)
+                ctx = dataclasses.replace(
+                    self.context(rule, alert, decision_id=decision_id, target=p.target),
+                    holds_lock=functools.partial(self._state.holds_lock, p.target, p.token),
+                )
                 seen = await self.evidence(rule, p, ctx)
                 if seen:
                     self._recorder.audit.annotate(decision_id, evidence=seen)

@@ -3,7 +3,9 @@
 A handler's own refusals are 4xx answers, counted where they are made. An exception
 that escapes a handler is a bug: it is answered 500 with the request id, counted in
 `remediator_http_errors_total{route}` and logged once, with its traceback and the same
-request id, so the operator can find the line the client reports.
+request id, so the operator can find the line the client reports. A shared backend
+that does not answer (Redis, PostgreSQL: `errors.BackendUnavailable`) is no bug: 503
+with what is down and a Retry-After, logged as a warning.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from remediator import errors
 from remediator.web import common, server
 
 LIMITS: web.AppKey[server.Limits] = web.AppKey("limits", server.Limits)
@@ -41,6 +44,12 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except (web.HTTPException, asyncio.CancelledError):
         raise  # aiohttp's own answers (404, 405, ...) and a client that went away
+    except errors.BackendUnavailable as exc:
+        log.warning(
+            "request_backend_unavailable", request_id=common.request_id(request),
+            route=route_of(request), error=str(exc),
+        )  # fmt: skip
+        return common.error(503, f"{exc}; retry later", **{"Retry-After": "5"})
     except Exception:
         request_id = common.request_id(request)
         route = route_of(request)
