@@ -9,7 +9,6 @@ and the occurrence is never acted on a second time.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import time
 import types
@@ -18,7 +17,7 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from remediator import errors
+from remediator import errors, models
 from remediator.actions import evidence as evidence_mod
 from remediator.actions import registry
 from remediator.actions.base import Action, Context, Result
@@ -49,7 +48,7 @@ def _failure(exc: errors.RemediatorError, reason: Reason = Reason.ACTION_ERROR) 
     return Failure(reason, str(exc), data)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@models.value
 class Prepared:
     """An action with its params rendered and validated, and the target they name."""
 
