@@ -18,6 +18,7 @@ action never stalls intake.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Hashable, Iterable
 from typing import Any
 
@@ -244,7 +245,15 @@ class Engine:
     def _finish(self, owner: Hashable) -> None:
         """Let go of a journal entry (or a held alert's record) once every write made for
         it is durable. If one failed, it stays: decided again on the next start, not lost."""
-        writes = set(self.recorder.writes_of(owner))
+        writes = self.recorder.writes_of(owner)
+        if len(writes) == 1:  # the common case: one row, in its loop turn's batch
+            write = writes[0]
+            if write.done():
+                self._finish_saved(owner, writes)
+            else:
+                write.add_done_callback(functools.partial(self._finish_one, owner))
+            return
+        writes = list(set(writes))
         pending = [f for f in writes if not f.done()]
         if not pending:
             self._finish_saved(owner, writes)
@@ -259,6 +268,9 @@ class Engine:
 
         for f in pending:
             f.add_done_callback(one_done)
+
+    def _finish_one(self, owner: Hashable, write: asyncio.Future[Any]) -> None:
+        self._finish_saved(owner, (write,))
 
     def _finish_saved(self, owner: Hashable, writes: Iterable[asyncio.Future[Any]]) -> None:
         if any(f.cancelled() or f.exception() is not None for f in writes):
