@@ -21,5 +21,6 @@ else:
         equal and hashable by its fields like a frozen one, and read-only to mypy --strict
         (an assignment to a field is a type error). Not frozen at run time: a frozen
         dataclass's __init__ pays an `object.__setattr__` per field, which made these
-        values' constructors 9% of the CPU time per alert under load (bench/README.md)."""
+        values' constructors 9% of the CPU time per alert under load (README.md,
+        Performance)."""
         return dataclasses.dataclass(slots=True, unsafe_hash=True)(cls)
