@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Protocol
 
 import structlog
 
-from remediator import errors
+from remediator import errors, models
 from remediator.actions import params
 from remediator.models.alert import Alert
 from remediator.models.decision import Escalation
@@ -22,7 +22,7 @@ async def _unfenced() -> bool:
     return True
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@models.value
 class Context:
     """What an action may use while it runs; the engine builds one per run."""
 
@@ -66,7 +66,7 @@ class Context:
         return _log.bind(rule=self.rule, fingerprint=self.alert.fingerprint)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@models.value
 class Result:
     """What an action did (or, in dry-run, would do): shown in the audit `detail`."""
 

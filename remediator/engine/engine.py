@@ -77,6 +77,8 @@ class Engine:
         """Decisions still under way (dry runs in their own task) per journal entry or
         held alert: it is let go once they are all recorded."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waiting: dict[asyncio.Future[Any], list[Hashable]] = {}
+        """Owners let go of once a write (a batch of rows) is done, by write."""
         self.recorder = Recorder(audit=audit, state=state, metrics=metrics, clock=clock)
         self.executor = Executor(
             settings=lambda: self.settings, clients=clients, state=state,
@@ -244,7 +246,15 @@ class Engine:
     def _finish(self, owner: Hashable) -> None:
         """Let go of a journal entry (or a held alert's record) once every write made for
         it is durable. If one failed, it stays: decided again on the next start, not lost."""
-        writes = set(self.recorder.writes_of(owner))
+        writes = self.recorder.writes_of(owner)
+        if len(writes) == 1:  # the common case: one row, in its loop turn's batch
+            write = writes[0]
+            if write.done():
+                self._finish_saved(owner, writes)
+            else:
+                self._after(write, owner)
+            return
+        writes = list(set(writes))
         pending = [f for f in writes if not f.done()]
         if not pending:
             self._finish_saved(owner, writes)
@@ -259,6 +269,21 @@ class Engine:
 
         for f in pending:
             f.add_done_callback(one_done)
+
+    def _after(self, write: asyncio.Future[Any], owner: Hashable) -> None:
+        """Let go of `owner` once `write` is done: the owners waiting for one batch (the
+        alerts of a request, whose rows share it) share one callback."""
+        owners = self._waiting.get(write)
+        if owners is None:
+            self._waiting[write] = [owner]
+            write.add_done_callback(self._written)
+        else:
+            owners.append(owner)
+
+    def _written(self, write: asyncio.Future[Any]) -> None:
+        writes = (write,)
+        for owner in self._waiting.pop(write, ()):
+            self._finish_saved(owner, writes)
 
     def _finish_saved(self, owner: Hashable, writes: Iterable[asyncio.Future[Any]]) -> None:
         if any(f.cancelled() or f.exception() is not None for f in writes):

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 import structlog
 
-from remediator import errors
+from remediator import errors, models
 from remediator.actions import evidence as evidence_mod
 from remediator.actions import registry
 from remediator.actions.base import Action, Context, Result
@@ -50,7 +50,7 @@ def _failure(exc: errors.RemediatorError, reason: Reason = Reason.ACTION_ERROR) 
     return Failure(reason, str(exc), data)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@models.value
 class Prepared:
     """An action with its params rendered and validated, and the target they name."""
 

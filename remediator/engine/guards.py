@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 from collections import Counter, deque
 
+from remediator import models
 from remediator.matching import matchers
 from remediator.models.alert import Alert
 from remediator.models.decision import Outcome, Reason
@@ -58,7 +59,7 @@ class Circuit:
     """Half-open: the one attempt let through after `reset_after` has not reported yet."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@models.value
 class Verdict:
     reason: Reason | None
     """None: go ahead (the attempt is reserved); else why to skip."""

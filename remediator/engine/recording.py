@@ -9,14 +9,13 @@ An action's row is awaited before the action runs (`durable=True`).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import structlog
 
-from remediator import logs
+from remediator import logs, models
 from remediator.backends.audit import Audit
 from remediator.backends.state import State
 from remediator.engine.clock import Clock
@@ -33,7 +32,7 @@ def occurrence_key(rule: str, fingerprint: str, starts_at: str) -> str:
     return f"{rule}\x00{fingerprint}\x00{starts_at}"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@models.value
 class Work:
     """One rule deciding about one firing alert, at one moment, for one step."""
 

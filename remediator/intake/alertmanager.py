@@ -38,16 +38,14 @@ def parse(body: bytes, *, received_at: dt.datetime, max_alerts: int) -> list[Ale
         raise _schema("`alerts` must be a list")
     if len(alerts) > max_alerts:
         raise errors.PayloadTooLarge(f"{len(alerts)} alerts in one request; at most {max_alerts}")
-    times: dict[str, dt.datetime] = {}
-    return [_alert(i, a, received_at, times) for i, a in enumerate(alerts)]
+    return [_alert(i, a, received_at, _TIMES) for i, a in enumerate(alerts)]
 
 
 _FINGERPRINT = re.compile(r"[0-9a-zA-Z]{1,64}")
 
 
 def _alert(i: int, a: Any, received_at: dt.datetime, times: dict[str, dt.datetime]) -> Alert:
-    """One alert; `times` keeps the times already read in this request (the alerts of
-    one group often share them)."""
+    """One alert; `times` keeps the times already read (see `_TIMES`)."""
     where = f"alerts[{i}]"
     if not isinstance(a, dict):
         raise _schema(f"{where} must be an object")
@@ -101,6 +99,13 @@ def _str_map(value: Any, where: str, *, names: bool) -> dict[str, str]:
     return value
 
 
+_TIMES_CACHED = 1024
+_TIMES: dict[str, dt.datetime] = {}
+"""Time texts read lately and their value, across requests: the alerts of one group
+share them, Alertmanager sends the same startsAt again on every repeat, and endsAt is
+most often Go's zero time. Only texts that parsed are kept (a bad one raises anew)."""
+
+
 def _time(value: Any, times: dict[str, dt.datetime], where: str, field: str) -> dt.datetime:
     if isinstance(value, str):
         known = times.get(value)
@@ -110,7 +115,10 @@ def _time(value: Any, times: dict[str, dt.datetime], where: str, field: str) -> 
     if not isinstance(value, str):
         raise _schema(f"{where} must be an RFC 3339 time string, got {_show(value)}")
     try:
-        times[value] = t = parse_time(value)
+        t = parse_time(value)
+        if len(times) >= _TIMES_CACHED:
+            times.clear()
+        times[value] = t
     except ValueError as exc:
         raise _schema(f"{where}: {_show(value)} is not an RFC 3339 time") from exc
     return t

@@ -24,7 +24,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from remediator import errors
+from remediator import errors, models
 from remediator.models.alert import Alert, iso
 
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
@@ -39,7 +39,7 @@ _FIELDS = {"alert": ALERT_FIELDS, "rule": RULE_FIELDS, **ESCALATION_FIELDS}
 Escape = Callable[[str], str]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@models.value
 class Scope:
     """What a template is rendered against: the alert, and the values beside it."""
 

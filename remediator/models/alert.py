@@ -10,11 +10,13 @@ import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from remediator import models
+
 Status = Literal["firing", "resolved"]
 UTC = dt.UTC
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@models.value
 class Alert:
     """One alert as remediator sees it, whatever sent it.
 
