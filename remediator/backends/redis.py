@@ -48,6 +48,7 @@ from remediator import errors
 from remediator.backends.journal import Also, JournalEntry, Replay
 from remediator.backends.sqlite import Database
 from remediator.backends.state import GLOBAL, Claim, Pause
+from remediator.clients import redis as redis_client
 from remediator.clients.redis import Redis
 from remediator.engine import guards
 from remediator.engine.guards import Circuit, Verdict
@@ -69,9 +70,7 @@ READ_COUNT = 100
 IDLE_POLL = 0.01
 """Seconds between reads of an idle stream (an append by this replica reads at once)."""
 SPOOL_RETRY_SECONDS = 30.0
-"""How long an audit write Redis refused or did not answer is tried again."""
-SPOOL_PUSH_MEMORY = 600
-"""Seconds Redis remembers a push's ids, so that its retries are not applied again."""
+"""How long an audit write refused by a restarting Redis is tried again."""
 KEEP_RETRIES = 5
 """Times an alert whose decision failed is handed to the engine again (once Redis
 answers, at most every `poll_interval`) before it is left for the next start."""
@@ -1067,11 +1066,9 @@ class RedisJournal:
 # --------------------------------------------------------------------------- audit spool
 
 _SPOOL_PUSH = """
-local done = redis.call('GET', KEYS[3])
-if done then return cjson.decode(done) end
 local base = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[1]))
 local ids = {}
-for i = 2, #ARGV - 1, 3 do
+for i = 2, #ARGV, 3 do
   local id = ARGV[i + 1]
   if ARGV[i] == 'insert' then
     base = base + 1
@@ -1081,7 +1078,6 @@ for i = 2, #ARGV - 1, 3 do
   redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'id', id, 'b', ARGV[i + 2])
 end
 redis.call('SET', KEYS[2], string.format('%.0f', base))
-redis.call('SET', KEYS[3], cjson.encode(ids), 'EX', ARGV[#ARGV])
 return ids
 """
 
@@ -1114,20 +1110,14 @@ class Spool:
         args: list[Any] = [floor]
         for kind, id_, body in ops:
             args += [kind, id_, body]
-        args.append(int(SPOOL_PUSH_MEMORY))
-        # Each push has a key of its own, which the script sets with the ids it handed
-        # out: a push whose answer was lost (a timeout after Redis ran it) and is sent
-        # again returns those ids and appends nothing, so a write is retried whatever
-        # failed — refused while Redis restarts, or run without our hearing of it —
-        # for a bounded time, and never doubled: an audit row lost here would be lost
-        # for good, and one written twice would be an action the audit shows twice.
-        done = self._state.key("audit", "pushed", uuid.uuid4().hex)
+        # A write that never reached Redis (refused while it restarts) is tried again
+        # for a bounded time: an audit row lost here would be lost for good.
         deadline = asyncio.get_running_loop().time() + SPOOL_RETRY_SECONDS
         while True:
             try:
-                ids = await self._push([self._stream, self._ids, done], args)
+                ids = await self._push([self._stream, self._ids], args)
                 return [int(i) for i in ids]
-            except errors.BackendUnavailable:
+            except redis_client.Unsent:
                 if asyncio.get_running_loop().time() >= deadline:
                     raise
                 await asyncio.sleep(0.2)
