@@ -77,12 +77,14 @@ CHART_REFRESH = 60.0
 """Seconds the chart's counts are reused: it reads a day of the audit."""
 _ENV: web.AppKey[jinja2.Environment] = web.AppKey("ui_templates")
 _CHART: web.AppKey[dict[str, Any]] = web.AppKey("ui_chart")
+_CSS: web.AppKey[bytes] = web.AppKey("ui_css")
 _Handler = Callable[[web.Request, "Daemon", "Viewer"], Awaitable[web.Response]]
 
 
 def setup(app: web.Application) -> None:
     app[_ENV] = environment()
     app[_CHART] = {}
+    app[_CSS] = CSS.read_bytes()  # at start, not on the loop at the first request
     app.router.add_get("/ui", decisions)
     app.router.add_get("/ui/", _to_ui)
     app.router.add_get("/ui/decisions/{id}", decision)
@@ -297,18 +299,8 @@ async def approvals(request: web.Request, d: Daemon, viewer: Viewer) -> web.Resp
 
 async def css(request: web.Request) -> web.Response:
     return web.Response(
-        body=_css(), content_type="text/css", headers={"Cache-Control": "max-age=3600"}
+        body=request.app[_CSS], content_type="text/css", headers={"Cache-Control": "max-age=3600"}
     )
-
-
-def _css() -> bytes:
-    global _CSS  # noqa: PLW0603 - read once, on first use
-    if _CSS is None:
-        _CSS = CSS.read_bytes()
-    return _CSS
-
-
-_CSS: bytes | None = None
 
 
 async def _to_ui(request: web.Request) -> web.Response:
