@@ -15,7 +15,7 @@ from aiohttp import web
 from remediator import durations, errors
 from remediator.actions import params, registry
 from remediator.actions.base import Context, Result
-from remediator.backends.state import MemoryState
+from remediator.backends.state import Dedup, MemoryState
 from remediator.matching import loader
 from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule, Step
 from remediator.settings import Budgets, Settings
@@ -215,6 +215,26 @@ async def test_a_start_time_in_the_future_is_held_no_longer_than_for_after_arriv
         await h.advance(5 * MINUTE)
         assert await h.outcomes() == [("dry_run", "")]
         assert h.daemon.journal.backlog == 0
+
+
+def test_dedup_keeps_what_is_still_re_sent_and_stays_within_its_bound() -> None:
+    """A storm of distinct occurrences passes the bound: one re-sent all along is still
+    a duplicate; one never seen again is forgotten; the records never pass the bound."""
+    dedup = Dedup(bound=1000)
+    dedup.set("re-sent", "executed/")
+    dedup.set("once", "dry_run/")
+    sizes = []
+    for i in range(5000):
+        dedup.set(f"storm-{i}", "dry_run/")
+        if i % 100 == 0:
+            assert dedup.get("re-sent") == "executed/"
+        sizes.append(len(dedup))
+    assert dedup.get("re-sent") == "executed/"
+    assert dedup.get("once") is None
+    assert dedup.get("storm-4999") == "dry_run/" and dedup.get("storm-4500") == "dry_run/"
+    assert max(sizes) <= 1000
+    dedup.pop("re-sent")
+    assert dedup.get("re-sent") is None
 
 
 def test_a_refused_trial_does_not_keep_a_half_open_circuit_shut() -> None:
