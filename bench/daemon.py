@@ -25,7 +25,7 @@ _CONFIG = """\
 limits:
   max_actions_per_window: 100000000
   max_targets_per_window: 100000000
-  window: 1h
+  window: {window}
   max_concurrent_actions: 64
 intake:
   backlog_limit: {backlog_limit}
@@ -39,9 +39,10 @@ _UNRELATED_RULE = """\
 """
 
 
-def write_config(path: Path, *, backlog_limit: int = BACKLOG_LIMIT) -> Path:
-    """The daemon config file for a bench run with the given intake backlog bound."""
-    path.write_text(_CONFIG.format(backlog_limit=backlog_limit))
+def write_config(path: Path, *, backlog_limit: int = BACKLOG_LIMIT, window: str = "1h") -> Path:
+    """The daemon config file for a bench run with the given intake backlog bound and
+    global budget window."""
+    path.write_text(_CONFIG.format(backlog_limit=backlog_limit, window=window))
     return path
 
 
@@ -64,6 +65,7 @@ def daemon_process(
     workdir: Path,
     rules: Path = BENCH_RULES,
     backlog_limit: int = BACKLOG_LIMIT,
+    window: str = "1h",
     python: str = sys.executable,
 ) -> procs.ServerProcess:
     """A not yet started daemon with its own port, data dir, config file and log file."""
@@ -71,7 +73,7 @@ def daemon_process(
     home.mkdir(parents=True)
     data_dir = home / "data"
     data_dir.mkdir()
-    config = write_config(home / "config.yaml", backlog_limit=backlog_limit)
+    config = write_config(home / "config.yaml", backlog_limit=backlog_limit, window=window)
     port = procs.free_port()
     argv = [
         python,

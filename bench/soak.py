@@ -8,8 +8,17 @@ and at the end whether each stayed flat (the last minute against the second, the
 being warm-up) within ``--noise``, a relative band. Nothing is asserted: the exit status
 is 1 only when the daemon could not be started or died.
 
+A soak looks for leaks, so every table the daemon bounds by design is at its steady
+state before the first line: every alert is a new occurrence on a new target, so
+- the rule's and the global windows (attempts, budgets, circuits per target) are one
+  minute long (``WINDOW``): they are full after the warm-up minute;
+- the occurrence dedup table is filled to its bound first (``--prefill``, by default
+  ``MAX_OCCURRENCES`` alerts sent 50 per request), so the soak runs where each new
+  occurrence replaces an old one, as a daemon that has run for days does.
+Growth after that is memory the daemon keeps and should not.
+
     python -m bench soak --minutes 10 --rate 200
-    python -m bench soak --minutes 2 --rate 100 --interval 15   # a quick look
+    python -m bench soak --minutes 2 --rate 100 --interval 15 --prefill 0   # a quick look
 """
 
 from __future__ import annotations
@@ -26,9 +35,21 @@ from pathlib import Path
 import aiohttp
 
 from bench import daemon, loadgen, procs
+from remediator.backends.state import MAX_OCCURRENCES
 
 MAX_MINUTES = 120
 MAX_RATE = 5000.0
+WINDOW = "1m"
+"""The soak's rule and budget windows: short, so their tables are full after warm-up."""
+_RULES = """\
+# Written by bench/soak.py: the bench rule with one-minute windows.
+rules:
+  - name: bench-log
+    matchers: ['alertname = "BenchAlert"']
+    action: {type: log, params: {message: "bench {{ labels.instance }}"}}
+    limits: {cooldown: 0s, max_attempts: 1000000, window: WINDOW}
+    circuit_breaker: {reset_after: WINDOW}
+""".replace("WINDOW", WINDOW)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +68,16 @@ class Sample:
 def open_fds(pid: int) -> int:
     """File descriptors the process holds now (Linux /proc)."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def settled_fds(pid: int, *, seconds: float = 1.0) -> int:
+    """The fewest fds the process held over `seconds` after a minute's load: connections
+    still closing come and go, a leaked descriptor is in every sample."""
+    fewest = open_fds(pid)
+    for _ in range(int(seconds / 0.1)):
+        await asyncio.sleep(0.1)
+        fewest = min(fewest, open_fds(pid))
+    return fewest
 
 
 async def backlog(url: str) -> float:
@@ -105,8 +136,33 @@ def drift(samples: list[Sample], noise: float) -> list[str]:
     return out
 
 
-async def soak(*, minutes: int, rate: float, interval: float, noise: float, workdir: Path) -> int:
-    proc = daemon.daemon_process(name="soak", workdir=workdir)
+async def prefill(base_url: str, count: int) -> None:
+    """Send `count` distinct alerts, 50 per request, as fast as they are taken, and wait
+    until all are decided."""
+    url = base_url + daemon.WEBHOOK_PATH
+    spec = loadgen.LoadSpec(
+        url=url, rate=None, per_request=50, count=count, duration=600.0, connections=8,
+        timeout=30.0,
+    )  # fmt: skip
+    result = await loadgen.run_load(spec)
+    waited = 0
+    while await backlog(base_url) != 0 and waited < 300:
+        await asyncio.sleep(1)
+        waited += 1
+    print(
+        f"prefill: {result.accepted_count} of {count} distinct alerts accepted in "
+        f"{result.elapsed:.0f}s, decided {waited}s later (the dedup table keeps up to "
+        f"{MAX_OCCURRENCES})"
+    )
+
+
+async def soak(
+    *, minutes: int, rate: float, interval: float, noise: float, workdir: Path, fill: int
+) -> int:
+    rules = workdir / "soak-rules"
+    rules.mkdir()
+    (rules / "soak.yaml").write_text(_RULES)
+    proc = daemon.daemon_process(name="soak", workdir=workdir, rules=rules, window=WINDOW)
     await proc.start()
     try:
         await proc.wait_http(method="GET", path="/healthz", timeout=30)
@@ -115,6 +171,8 @@ async def soak(*, minutes: int, rate: float, interval: float, noise: float, work
             f"soak: {minutes} x {interval:g}s at {rate:g} alerts/s, 1 alert/request; "
             f"daemon pid {proc.pid}, log {proc.log_path}"
         )
+        if fill:
+            await prefill(proc.base_url, fill)
         print(HEADER)
         samples: list[Sample] = []
         for minute in range(1, minutes + 1):
@@ -136,7 +194,7 @@ async def soak(*, minutes: int, rate: float, interval: float, noise: float, work
                 p50_ms=None if p50 is None else p50 * 1000,
                 p99_ms=None if p99 is None else p99 * 1000,
                 rss_mib=proc.memory().rss_mib,
-                fds=open_fds(proc.pid),
+                fds=await settled_fds(proc.pid),
                 backlog=await backlog(proc.base_url),
             )
             samples.append(sample)
@@ -160,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--noise", type=float, default=0.15, help="relative band called flat (default 15%%)"
     )
+    parser.add_argument(
+        "--prefill", type=int, default=MAX_OCCURRENCES,
+        help=f"distinct alerts sent first, to fill the dedup table (default {MAX_OCCURRENCES})",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if not 1 <= args.minutes <= MAX_MINUTES:
         parser.error(f"--minutes must be in 1..{MAX_MINUTES}")
@@ -167,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--rate must be in (0, {MAX_RATE:g}]")
     if not 1 <= args.interval <= 600:
         parser.error("--interval must be in 1..600 seconds")
+    if not 0 <= args.prefill <= 10 * MAX_OCCURRENCES:
+        parser.error(f"--prefill must be in 0..{10 * MAX_OCCURRENCES}")
     with tempfile.TemporaryDirectory(prefix="remediator-soak-") as tmp:
 
         async def run() -> int:
@@ -175,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
             return await soak(
                 minutes=args.minutes, rate=args.rate, interval=args.interval,
-                noise=args.noise, workdir=Path(tmp),
+                noise=args.noise, workdir=Path(tmp), fill=args.prefill,
             )  # fmt: skip
 
         try:
