@@ -62,6 +62,24 @@ GC_GEN0_THRESHOLD = 50_000
 """Allocations between young-generation collections (CPython's default is 700)."""
 
 
+RESOLVE_HEADROOM = 2
+"""A notification that carries a resolve is admitted until the backlog is this many
+times `intake.backlog_limit` (Alertmanager sends a group's resolved alerts with its
+firing ones): the resolve releases held alerts and remediations, so it is let in while
+the journal can write, and the overshoot stays bounded."""
+
+
+def admission_limit(alerts: Sequence[Alert], backlog_limit: int) -> int:
+    """The journal backlog up to which a request with these alerts is accepted: the
+    bound for firing alerts, twice that for a notification that carries a resolve, and
+    none (`journal.UNBOUNDED`) for one of resolves only — they decide at once and free
+    what waits."""
+    resolves = sum(1 for a in alerts if a.status == "resolved")
+    if resolves == len(alerts):
+        return journal_mod.UNBOUNDED
+    return backlog_limit * RESOLVE_HEADROOM if resolves else backlog_limit
+
+
 class Daemon:
     def __init__(
         self,
@@ -198,15 +216,15 @@ class Daemon:
     ) -> list[journal_mod.JournalEntry]:
         """Journal alerts (durably, with `also` in the same transaction) and hand them to
         the engine; Backpressure past the bound."""
-        limit = self.settings.intake.backlog_limit
+        limit = admission_limit(alerts, self.settings.intake.backlog_limit)
         if self.journal.backlog + len(alerts) > limit:
             raise errors.Backpressure(
-                f"journal backlog at {self.journal.backlog} of {limit} "
-                "(intake.backlog_limit); retry later"
+                f"journal backlog at {self.journal.backlog} of "
+                f"{self.settings.intake.backlog_limit} (intake.backlog_limit); retry later"
             )
         entries = await self.journal.append(
             source=source, payload=payload, alerts=alerts, request_id=request_id,
-            received_at=received_at, also=also,
+            received_at=received_at, also=also, limit=limit,
         )  # fmt: skip
         for a in alerts:
             self.metrics.child(self.metrics.alerts_received, a.source, a.status).inc()

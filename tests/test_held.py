@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import time
 from pathlib import Path
 
 from tests.harness import START, Harness, am_alert, payload, resolved
@@ -46,6 +48,31 @@ async def test_a_storm_held_by_for_leaves_room_for_other_alerts_and_resolves(
         await h.advance(60 * MINUTE)  # the rest come of age, without a re-send
         assert len(await h.decisions()) == 2 + 299
         assert len(h.daemon.engine.held) == 0
+
+
+async def test_resolves_are_accepted_while_a_concurrent_storm_fills_the_backlog(
+    tmp_path: Path,
+) -> None:
+    """The storm arrives faster than it is decided (the database writer stalls, as on a
+    slow disk): firing alerts past the bound get 503, a resolve is still taken."""
+    config = "intake: {backlog_limit: 100}\n"
+    async with Harness(tmp_path, rules=HELD_HOUR, config=config) as h:
+        first, second = young(0), young(1)
+        await h.fire(first, second)  # held, waiting for their `for`
+        stall = asyncio.ensure_future(h.daemon.db.submit(lambda c: time.sleep(1.0)))
+        storm = asyncio.ensure_future(h.post(payload(*[young(i) for i in range(2, 102)])))
+        while h.daemon.journal.backlog < 100:
+            await asyncio.sleep(0.005)
+        more = await h.post(payload(am_alert("APIDown")))  # firing: past the bound
+        only_resolve = asyncio.ensure_future(h.post(payload(resolved(first))))
+        mixed = asyncio.ensure_future(h.post(payload(resolved(second), young(500))))
+        statuses = [r.status for r in await asyncio.gather(storm, only_resolve, mixed)]
+        await stall
+        assert more.status == 503
+        assert statuses == [200, 200, 200]
+        await h.settle()
+        assert await h.outcomes() == [("skipped", "too_young"), ("skipped", "too_young")]
+        assert len(h.daemon.engine.held) == 101  # the storm and the mixed one's young alert
 
 
 async def test_past_max_held_a_young_alert_is_refused_visibly_and_decided_when_resent(

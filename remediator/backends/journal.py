@@ -38,6 +38,10 @@ Replay = Callable[[str, bytes, dt.datetime], list[Alert]]
 """(source, payload, received_at) → the alerts of a journaled request, parsed again."""
 
 
+UNBOUNDED = 2**53
+"""An `append` limit that never refuses (a request of resolves only)."""
+
+
 class JournalEntry:
     """One alert of one journaled request: the unit the engine decides and finishes."""
 
@@ -62,13 +66,15 @@ class Journal(Protocol):
 
     async def append(
         self, *, source: str, payload: bytes, alerts: Sequence[Alert], request_id: str,
-        received_at: dt.datetime, also: Also | None = None,
+        received_at: dt.datetime, also: Also | None = None, limit: int | None = None,
     ) -> list[JournalEntry]:  # fmt: skip
         """Durably store one request's alerts; returns the entries this replica decides
         now (the embedded journal: one per alert; a shared journal hands them out to the
         replicas through `run` instead, and returns none). `also` is a write committed with
         them (in the same transaction, for the embedded journal): what the intake must
-        remember with the alerts."""
+        remember with the alerts. `limit`: the backlog past which a shared journal refuses
+        them atomically (`errors.Backpressure`; None: `intake.backlog_limit`; the caller
+        checked it for this replica)."""
 
     async def run(self, submit: Callable[[list[JournalEntry]], None], replay: Replay) -> None:
         """Hand entries to the engine until cancelled (a shared journal: read, claim from
@@ -111,6 +117,7 @@ class SqliteJournal:
         request_id: str,
         received_at: dt.datetime,
         also: Also | None = None,
+        limit: int | None = None,
     ) -> list[JournalEntry]:
         if not alerts:
             return []

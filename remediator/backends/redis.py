@@ -878,7 +878,7 @@ class RedisJournal:
 
     async def append(
         self, *, source: str, payload: bytes, alerts: Sequence[Alert], request_id: str,
-        received_at: dt.datetime, also: Also | None = None,
+        received_at: dt.datetime, also: Also | None = None, limit: int | None = None,
     ) -> list[JournalEntry]:  # fmt: skip
         if not alerts:
             return []
@@ -889,7 +889,14 @@ class RedisJournal:
             await self._local_db.submit(also)
         out = await self._append(
             [self._stream, self._count],
-            [len(alerts), self._limit, source, request_id, iso(received_at), payload],
+            [
+                len(alerts),
+                self._limit if limit is None else limit,
+                source,
+                request_id,
+                iso(received_at),
+                payload,
+            ],
         )
         self._backlog = int(out[1])
         self._appended.set()
