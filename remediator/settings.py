@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -86,6 +87,12 @@ class Http:
     room for a storm of a thousand alarms delivered at once from one SNS host."""
     max_tracked_clients: int = 10_000
     """Client addresses whose SNS request budget is remembered (least recent forgotten)."""
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """Networks of the reverse proxies (an ingress, a load balancer) in front of the
+    daemon. A request from one of them is counted against the client `X-Forwarded-For`
+    names (its rightmost address outside these networks) for the SNS rate, and their
+    connections skip `max_connections_per_client` (one proxy carries every client).
+    Empty: the TCP peer is the client and the header is ignored (it can be forged)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -570,6 +577,18 @@ def _sns(r: Reader, env: Mapping[str, str]) -> Sns:
     return out
 
 
+def _networks(r: Reader, key: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    out = []
+    for i, item in enumerate(r.raw_list(key)):
+        try:
+            out.append(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise errors.ConfigError(
+                f"{r.prefix}{key}[{i}]", f"{item!r} is not an address or network (10.0.0.0/8)"
+            ) from None
+    return tuple(out)
+
+
 def _http(r: Reader) -> Http:
     out = Http(
         header_timeout=r.duration("header_timeout", 10.0),
@@ -580,6 +599,7 @@ def _http(r: Reader) -> Http:
         sns_rate_per_client=r.number("sns_rate_per_client", 100.0, lo=0.01, hi=1e6),
         sns_burst_per_client=r.integer("sns_burst_per_client", 1000, lo=1, hi=1_000_000),
         max_tracked_clients=r.integer("max_tracked_clients", 10_000, lo=10, hi=10_000_000),
+        trusted_proxies=_networks(r, "trusted_proxies"),
     )
     r.finish()
     for key in ("header_timeout", "body_timeout", "keepalive_timeout"):

@@ -137,6 +137,41 @@ async def _one_client_cannot_take_every_connection(daemon: DaemonProcess) -> Non
     assert await daemon.metric(refused, reason="max_connections_per_client") >= 1
 
 
+async def test_past_max_connections_a_new_connection_gets_503_and_is_closed(
+    tmp_path: Path,
+) -> None:
+    """The global cap, whoever connects (the per-client cap is far above it here)."""
+    config = (
+        CONFIG.replace("header_timeout: 0.5s", "header_timeout: 1m")
+        .replace("keepalive_timeout: 2s", "keepalive_timeout: 1m")
+        .replace("max_connections_per_client: 20", "max_connections_per_client: 100")
+    ) + "  max_connections: 3\n"
+    async with DaemonProcess(tmp_path, rules=RULES, config=config) as daemon:
+        # The test's own client may hold one kept-alive connection: 3 may be refused.
+        opened = [await connect(daemon) for _ in range(4)]
+        try:
+            refused = [await _refused(reader) for reader, _ in opened]
+        finally:
+            for _, w in opened:
+                w.close()
+        assert refused[-1] and refused[:2] == [False, False], refused
+        await eventually(
+            lambda: _accepted(daemon), timeout=GIVE_UP, what="a webhook accepted after the flood"
+        )
+        refused = "remediator_http_connections_closed_total"
+        assert await daemon.metric(refused, reason="max_connections") >= 1
+
+
+async def _refused(reader: asyncio.StreamReader) -> bool:
+    """Whether the daemon answered this connection 503 and closed it (an admitted one,
+    with no request sent, gets nothing until its header timeout)."""
+    try:
+        answer = await asyncio.wait_for(reader.read(), 1.0)
+    except TimeoutError:
+        return False
+    return answer.startswith(b"HTTP/1.1 503 ")
+
+
 async def _accepted(daemon: DaemonProcess) -> bool:
     try:
         status, _ = await daemon.post(payload(am_alert("APIDown", namespace="prod")))

@@ -1016,3 +1016,47 @@ def test_the_example_notification_is_a_cloudwatch_alarm_as_sns_posts_it() -> Non
     assert alert.name == "PlooralAPIHighErrorRate"
     assert alert.status == "firing"
     assert alert.labels["ServiceName"] == "plooral-api"
+
+
+async def _sns_statuses(h: Harness, forwarded: list[str | None]) -> list[int]:
+    """Post one unsigned message per entry (with that X-Forwarded-For, or none)."""
+    out = []
+    for value in forwarded:
+        headers = {"Content-Type": "text/plain", "x-amz-sns-message-type": "Notification"}
+        if value is not None:
+            headers["X-Forwarded-For"] = value
+        resp = await h.client.post("/webhook/sns", data=b"{}", headers=headers)
+        if resp.status == 503:
+            assert resp.headers["Retry-After"] == "1"
+        out.append(resp.status)
+    return out
+
+
+async def test_one_address_past_its_sns_budget_gets_503_whatever_it_forwards(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """No proxy is trusted: X-Forwarded-For is the client's own word, and ignored."""
+    extra = "http: {sns_rate_per_client: 0.01, sns_burst_per_client: 3}\n"
+    async with daemon(tmp_path, pki, extra=extra) as h:
+        forged = ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4", None]
+        assert await _sns_statuses(h, forged) == [422, 422, 422, 503, 503]
+        kind = {"source": "sns", "kind": "rate_limited"}
+        assert await h.metric("remediator_rejected_inputs_total", **kind) == 2
+
+
+async def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_sns_budget(
+    tmp_path: Path, pki: Pki
+) -> None:
+    extra = (
+        "http: {sns_rate_per_client: 0.01, sns_burst_per_client: 2,"
+        " trusted_proxies: ['127.0.0.0/8', '10.0.0.0/8']}\n"
+    )
+    async with daemon(tmp_path, pki, extra=extra) as h:
+        one, other = "203.0.113.7", "198.51.100.9"
+        # Through two proxies (10.1.2.3 appended the address it saw): the client is `one`.
+        assert await _sns_statuses(h, [one, f"{one}, 10.1.2.3", one]) == [422, 422, 503]
+        assert await _sns_statuses(h, [other]) == [422]  # another client is served
+        # What a client writes left of what the proxy appended does not make it another.
+        assert await _sns_statuses(h, [f"{other}, {one}"]) == [503]
+        # A header that cannot be read counts against the proxy's own address.
+        assert await _sns_statuses(h, ["not-an-address", "x", "y"]) == [422, 422, 503]

@@ -64,11 +64,12 @@ TIMED_OUT = _response("408 Request Timeout", "request headers too slow (http.hea
 
 
 def connection_cap(configured: int) -> int:
-    """`http.max_connections`, lowered to what the file-descriptor limit leaves."""
+    """`http.max_connections`, lowered to what the file-descriptor limit leaves (but
+    never below MIN_CONNECTIONS for that: a tiny limit still serves a few)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return configured
-    return max(MIN_CONNECTIONS, min(configured, soft - FD_RESERVE))
+    return min(configured, max(MIN_CONNECTIONS, soft - FD_RESERVE))
 
 
 def client_of(transport: asyncio.BaseTransport | None) -> str:
@@ -79,6 +80,38 @@ def client_of(transport: asyncio.BaseTransport | None) -> str:
     if isinstance(peer, tuple | list) and peer:
         return str(peer[0])
     return ""
+
+
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def trusted(address: str, proxies: Networks) -> bool:
+    """Whether `address` is in one of the trusted proxy networks."""
+    if not proxies:
+        return False
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return any(ip in net for net in proxies)
+
+
+def forwarded_client(peer: str, forwarded_for: str | None, proxies: Networks) -> str:
+    """The client a request counts against: the TCP peer, or when that is a trusted
+    proxy, the rightmost `X-Forwarded-For` address that is not one (each proxy appends
+    the address it saw; what the client wrote itself is left of that). A header that
+    cannot be read counts against the proxy itself."""
+    if not forwarded_for or not trusted(peer, proxies):
+        return peer
+    for part in reversed(forwarded_for.split(",")[-32:]):
+        hop = part.strip()
+        try:
+            ipaddress.ip_address(hop)
+        except ValueError:
+            return peer
+        if not trusted(hop, proxies):
+            return hop
+    return peer
 
 
 def is_loopback(address: str) -> bool:
@@ -134,7 +167,10 @@ class Limits:
         """ "" when a new connection from `client` may open, else why not."""
         if self.open >= self.cap:
             return "max_connections"
-        if self.per_client.get(client, 0) >= self.settings.max_connections_per_client:
+        per_client = self.per_client.get(client, 0)
+        if per_client >= self.settings.max_connections_per_client and not trusted(
+            client, self.settings.trusted_proxies
+        ):
             return "max_connections_per_client"
         self.open += 1
         self.per_client[client] = self.per_client.get(client, 0) + 1

@@ -126,7 +126,11 @@ def _rate_limited(request: web.Request, d: Daemon, claimed: str) -> web.Response
     """The 503 for a client past its SNS request budget, else None. The endpoint is
     unauthenticated: one address must not keep it busy (every message costs a signature
     check). 503 because SNS retries it later."""
-    client = server.client_of(request.transport)
+    client = server.forwarded_client(
+        server.client_of(request.transport),
+        request.headers.get("X-Forwarded-For"),
+        d.settings.http.trusted_proxies,
+    )
     if request.app[SNS_CLIENTS].allow(client, now=d.clock.now()):
         return None
     d.metrics.sns_messages.labels(type=claimed, result="rate_limited").inc()
