@@ -291,10 +291,12 @@ end
 return 1
 """
 
+# A remediation that ended leaves no action in progress on its occurrence: nothing of
+# it is taken over later, whatever its last row says.
 _DROP_RECORD = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 if KEYS[2] and redis.call('HGET', KEYS[2], 'token') == ARGV[2] then
-  redis.call('HDEL', KEYS[2], 'rem')
+  redis.call('HDEL', KEYS[2], 'rem', 'act')
 end
 return 0
 """
