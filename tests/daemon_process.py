@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests import servers
 
 START_TIMEOUT = 15.0
+REPO = Path(__file__).resolve().parents[1]
 POLL_INTERVAL = 0.05
 
 _RUNNING: set[subprocess.Popen[bytes]] = set()
@@ -80,6 +81,11 @@ class DaemonProcess:
         # file: the caller's environment must not switch auth on by accident.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATOR_")}
         self.env |= {"REMEDIATOR_LOG_LEVEL": "info", **(env or {})}
+        # The code of this checkout, not whatever `remediator` the interpreter would
+        # find from the daemon's own working directory (an editable install elsewhere).
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO), self.env.get("PYTHONPATH", "")) if p
+        )
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None

@@ -22,7 +22,7 @@ import pytest
 
 from remediator import errors, intake
 from remediator.backends import redis as redis_backend
-from remediator.backends.state import MemoryState
+from remediator.backends.state import Mark, MemoryState
 from remediator.clients.redis import Redis
 from remediator.engine import guards
 from remediator.models.decision import Reason
@@ -285,3 +285,89 @@ async def test_the_journal_refuses_past_the_backlog_bound_of_all_replicas(client
 
 def json_body(*alerts: dict[str, Any]) -> bytes:
     return json.dumps(payload(*alerts)).encode()
+
+
+async def test_an_audit_push_whose_answer_was_lost_is_sent_again_and_written_once(
+    client: Redis,
+) -> None:
+    """Redis ran the push, and the answer never came back (a read timeout on a loaded
+    box): the retry must return the same ids and append nothing, or the audit shows one
+    decision twice."""
+    cfg = config()
+    spool = redis_backend.Spool(client, cfg, state=await replica(client, cfg, "a"))
+    real = spool._push
+    answers: list[Any] = []
+
+    async def answer_lost_once(keys: list[str], args: list[Any]) -> Any:
+        answer = await real(keys, args)  # run by the real Redis...
+        answers.append(answer)
+        if len(answers) == 1:  # ...and its answer lost on the way back
+            raise errors.BackendUnavailable("Timeout reading from redis")
+        return answer
+
+    spool._push = answer_lost_once  # type: ignore[assignment] # the lost answer, nothing else
+    ids = await spool.push([("insert", 0, "[1]", None), ("insert", 0, "[2]", None)], now=NOW)
+    assert len(answers) == 2 and answers[0] == answers[1]
+    assert len(set(ids)) == 2
+    assert await spool.length() == 2
+    (more,) = await spool.push([("insert", 0, "[3]", None)], now=NOW)  # its own ids
+    assert more > max(ids)
+    assert await spool.length() == 3
+
+
+async def test_an_audit_row_and_its_occurrences_status_are_written_together_or_not_at_all(
+    client: Redis,
+) -> None:
+    """The status that makes a re-delivery a duplicate is set by the script that spools
+    the row, fenced by the claim: a decided occurrence always has its row, and a claim
+    taken over writes neither."""
+    cfg = config()
+    a = await replica(client, cfg, "a")
+    spool = redis_backend.Spool(client, cfg, state=a)
+    claim = await a.claim("occ", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    stale = Mark("occ", "skipped/cooldown", claim.token + 1000)
+    assert await spool.push([("insert", 0, "[1]", stale)], now=NOW) == [0]
+    assert await spool.length() == 0
+    assert await a.occurrence("occ") == "deciding"
+    (row,) = await spool.push([("insert", 0, "[1]", Mark("occ", "executed/", claim.token))])
+    assert row and await spool.length() == 1
+    assert await a.occurrence("occ") == "executed/"
+
+
+async def test_a_dead_replicas_reservation_and_row_go_to_the_replica_taking_its_claim_over(
+    client: Redis,
+) -> None:
+    """A replica reserved a target for an occurrence and wrote the action's row, then
+    died before its action started: the replica that takes the claim over inherits that
+    lock (no `locked` refusal until it lapses) and that row (no second one). Once the
+    action has started, the occurrence is never taken over."""
+    cfg = config(lock_ttl=60)
+    a, b, c = [await replica(client, cfg, name) for name in "abc"]
+    spool = redis_backend.Spool(client, cfg, state=a)
+    for key, started in (("occ-1", False), ("occ-2", True)):
+        target = f"log {key}"
+        claim = await a.claim(key, skip=None, aged=False, now=NOW)
+        assert claim is not None
+        verdict = await a.reserve(
+            rule=rule(), target=target, budgets=Budgets(), now=NOW, dry_run=False,
+            occurrence=key, claim=claim.token,
+        )  # fmt: skip
+        assert verdict.reason is None and verdict.token
+        mark = Mark(key, "failed/interrupted", claim.token, "=")
+        (row,) = await spool.push([("insert", 0, "[1]", mark)], now=NOW)
+        if started:
+            await spool.push([("update", row, "[]", Mark(key, "", claim.token, "started"))])
+        await client.call("DEL", a.key("live", "a"))  # a dies (its lease lapses)
+        taken = await b.claim(key, skip=None, aged=False, now=NOW + 1)
+        if started:
+            assert taken is None  # its side effect may have happened: never again
+            continue
+        assert taken is not None and (taken.lock, taken.row) == (verdict.token, row)
+        token = await b.take_lock(target, taken.lock, occurrence=key, claim=taken.token)
+        assert token and await b.holds_lock(target, token)
+        assert await c.take_lock(target, taken.lock) == 0  # b's now, not anyone's
+        refused = await c.reserve(
+            rule=rule(), target=target, budgets=Budgets(), now=NOW + 1, dry_run=False
+        )
+        assert refused.reason is Reason.LOCKED

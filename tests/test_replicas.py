@@ -311,15 +311,21 @@ async def test_a_killed_replicas_alerts_are_decided_by_another_none_lost_none_tw
             # run with its outcome still queued for the audit) says so and is never run
             # again; every alert recorded as acted on was restarted exactly once.
             unknown = [r for r in rows if (r["outcome"], r["reason"]) == ("failed", "interrupted")]
-            assert unknown == [] or all("outcome unknown" in r["detail"] for r in unknown)
+            assert all("outcome unknown" in r["detail"] for r in unknown), [
+                (r["outcome"], r["reason"], r["detail"][:90]) for r in unknown
+            ]
             acted = [r["target"].rsplit("/", 1)[-1] for r in rows if r["outcome"] == "executed"]
             assert all(counts[name] == 1 for name in acted)
-            assert len(counts) >= n - len(unknown)
-            # A target the victim had locked and not yet acted on is refused to the
-            # survivor until that lock lapses (backend.redis.lock_ttl > claim_idle here):
-            # recorded as skipped/locked, at most one per action slot of the victim.
-            # Known gap (issue #13): such an alert is not tried again once the lock lapses.
-            locked = [r for r in rows if r["outcome"] == "skipped"]
-            assert {r["reason"] for r in locked} <= {"locked"}, locked[:3]
-            assert len(locked) <= 16
-            assert {r["outcome"] for r in rows} <= {"executed", "failed", "skipped"}
+            assert len(counts) >= n - len(unknown), [
+                (r["outcome"], r["reason"], r["detail"][:200])
+                for r in rows
+                if r["outcome"] != "executed" and r not in unknown
+            ]
+            # Nothing the victim held is skipped: what it had reserved, written or queued
+            # for a slot and not yet started is run by the replica that takes it over, on
+            # the victim's reservation (its target's lock inherited, not waited for).
+            assert {r["outcome"] for r in rows} <= {"executed", "failed"}, [
+                (r["outcome"], r["reason"], r["detail"][:90])
+                for r in rows
+                if r["outcome"] not in ("executed", "failed")
+            ]

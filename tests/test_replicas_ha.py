@@ -235,12 +235,6 @@ async def burst_with(
     return sent, acked
 
 
-@pytest.mark.xfail(
-    reason="known bug, not fixed yet: after kill -9 of Redis mid-burst, an acknowledged "
-    "alert is now and then left without an audit row (about one run in two on a loaded "
-    "2-core box); no action is ever doubled",
-    strict=False,
-)
 @pytest.mark.timeout(120)
 async def test_redis_crashing_mid_burst_loses_no_acknowledged_alert_and_doubles_none(
     tmp_path: Path,

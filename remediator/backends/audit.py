@@ -22,6 +22,7 @@ import structlog
 
 from remediator import errors
 from remediator.backends.sqlite import Batcher, Database
+from remediator.backends.state import Mark
 from remediator.models.alert import iso
 from remediator.models.decision import Decision, Outcome, Reason
 
@@ -107,16 +108,22 @@ class Receipt(NamedTuple):
 
 
 class Audit(Protocol):
-    def record(self, decision: Decision) -> Receipt:
-        """Queue a decision row now; its receipt resolves once the row is durable.
+    marks_occurrences: bool
+    """Whether a write's `mark` sets its occurrence's status with the row, atomically
+    (the PostgreSQL audit's spool, beside the Redis state); else the caller sets it."""
+
+    def record(self, decision: Decision, mark: Mark | None = None) -> Receipt:
+        """Queue a decision row now; its receipt resolves once the row is durable (with
+        id 0 if `mark`'s token was refused: no row, `errors.Superseded` for the caller).
 
         Rows written in one loop turn share one batch (one future, one commit)."""
 
     async def update(
         self, id_: int, *, outcome: Outcome, reason: Reason, detail: str,
-        result: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None, mark: Mark | None = None,
     ) -> None:  # fmt: skip
-        """Set a row's outcome; `result` is what the action reports (e.g. what it changed)."""
+        """Set a row's outcome; `result` is what the action reports (e.g. what it changed).
+        Raises `errors.Superseded` if `mark`'s token was refused (nothing written)."""
 
     def annotate(
         self, id_: int, *, verification: str | None = None, escalation: str | None = None,
@@ -227,11 +234,14 @@ def _insert(conn: sqlite3.Connection, rows: list[_Row]) -> list[int]:
 
 
 class SqliteAudit:
+    marks_occurrences = False
+    """Another store than the state's: the caller sets the occurrence's status."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
         self._rows: Batcher[_Row] = Batcher(db, _insert)
 
-    def record(self, decision: Decision) -> Receipt:
+    def record(self, decision: Decision, mark: Mark | None = None) -> Receipt:
         return Receipt(*self._rows.add(row_of(decision)))
 
     async def update(
@@ -242,6 +252,7 @@ class SqliteAudit:
         reason: Reason,
         detail: str,
         result: Mapping[str, Any] | None = None,
+        mark: Mark | None = None,
     ) -> None:
         data = json.dumps(dict(result or {}), default=str)
         await self._db.submit(

@@ -34,6 +34,7 @@ from remediator import errors
 from remediator.backends import audit
 from remediator.backends import redis as redis_backend
 from remediator.backends.audit import COLUMNS, INSERTED, REPLAYED, Query, Receipt
+from remediator.backends.state import Mark
 from remediator.clients import postgres
 from remediator.models.alert import iso
 from remediator.models.decision import Decision, Outcome, Reason
@@ -119,12 +120,19 @@ _ANNOTATE = (
 )
 
 
+Op = tuple[str, int, str, Mark | None]
+"""A spooled write: kind (`insert`, `update`, `annotate`), row id, body JSON, and what it
+sets on its occurrence with it (atomically, fenced by the mark's token)."""
+
+
 class Spool(Protocol):
     """A durable, ordered queue of audit writes shared by the replicas."""
 
-    async def push(self, ops: list[tuple[str, int, str]]) -> list[int]:
-        """Append (kind, id, body JSON) writes in order; kind `insert` gets a new id (its
-        given id is ignored). Returns the new ids, in order. Durable once it returns."""
+    async def push(self, ops: list[Op]) -> list[int]:
+        """Append writes in order; kind `insert` gets a new id (its given id is ignored).
+        Returns one id per write, in order: the row's, or 0 where the mark's token was
+        refused (that write is not appended). Durable once it returns; a push retried
+        after an answer was lost is appended once."""
 
     async def take(self, count: int, *, block: float) -> list[tuple[str, str, int, str]]:
         """The oldest writes, (entry, kind, id, body), waiting up to `block` seconds."""
@@ -143,7 +151,7 @@ class PostgresAudit:
         self._config = config
         self._pool: postgres.Pool | None = None
         self._migrated = False
-        self._pending: list[tuple[str, int, str]] = []
+        self._pending: list[Op] = []
         self._batch: asyncio.Future[list[int]] | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self.spooled = 0
@@ -175,12 +183,15 @@ class PostgresAudit:
 
     # -- writes (through the spool) -------------------------------------------------
 
-    def record(self, decision: Decision) -> Receipt:
+    marks_occurrences = True
+    """The spool is in the state's Redis: a row and its occurrence's status in one script."""
+
+    def record(self, decision: Decision, mark: Mark | None = None) -> Receipt:
         loop = asyncio.get_running_loop()
         if self._batch is None:
             self._batch = loop.create_future()
             loop.call_soon(self._push_batch)
-        self._pending.append(("insert", 0, json.dumps(audit.row_of(decision))))
+        self._pending.append(("insert", 0, json.dumps(audit.row_of(decision)), mark))
         return Receipt(self._batch, len(self._pending) - 1)
 
     def _push_batch(self) -> None:
@@ -205,9 +216,14 @@ class PostgresAudit:
         reason: Reason,
         detail: str,
         result: Mapping[str, Any] | None = None,
+        mark: Mark | None = None,
     ) -> None:
         body = [str(outcome), str(reason), detail, json.dumps(dict(result or {}), default=str)]
-        await self._spool.push([("update", id_, json.dumps(body))])
+        (done,) = await self._spool.push([("update", id_, json.dumps(body), mark)])
+        if not done:
+            raise errors.Superseded(
+                f"decision {id_}: its occurrence was taken over by another replica"
+            )
 
     def annotate(
         self,
@@ -224,7 +240,7 @@ class PostgresAudit:
         if all(n is None for n in notes):
             return
         body = json.dumps(notes)
-        self._track(asyncio.ensure_future(self._spool.push([("annotate", id_, body)])))
+        self._track(asyncio.ensure_future(self._spool.push([("annotate", id_, body, None)])))
 
     def _track(self, fut: asyncio.Future[Any]) -> None:
         self._tasks.add(fut)

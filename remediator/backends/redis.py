@@ -47,8 +47,7 @@ import structlog
 from remediator import errors
 from remediator.backends.journal import Also, JournalEntry, Replay
 from remediator.backends.sqlite import Database
-from remediator.backends.state import GLOBAL, Claim, Pause
-from remediator.clients import redis as redis_client
+from remediator.backends.state import GLOBAL, Claim, Mark, Pause
 from remediator.clients.redis import Redis
 from remediator.engine import guards
 from remediator.engine.guards import Circuit, Verdict
@@ -70,7 +69,9 @@ READ_COUNT = 100
 IDLE_POLL = 0.01
 """Seconds between reads of an idle stream (an append by this replica reads at once)."""
 SPOOL_RETRY_SECONDS = 30.0
-"""How long an audit write refused by a restarting Redis is tried again."""
+"""How long an audit write Redis refused or did not answer is tried again."""
+SPOOL_PUSH_MEMORY = 600
+"""Seconds Redis remembers a push's ids, so that its retries are not appended again."""
 KEEP_RETRIES = 5
 """Times an alert whose decision failed is handed to the engine again (once Redis
 answers, at most every `poll_interval`) before it is left for the next start."""
@@ -87,9 +88,13 @@ def new_replica_id() -> str:
 # --------------------------------------------------------------------------- scripts
 
 _CLAIM = """
-local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'token', 'rem')
-local status, owner, token, rem = h[1], h[2], h[3], h[4]
+local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'token', 'rem', 'res', 'act')
+local status, owner, token, rem, res, act = h[1], h[2], h[3], h[4], h[5], h[6]
 local decide = false
+local function dead()
+  return owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[7] .. 'live:' .. owner) == 0
+end
+local row = 0
 if rem == '1' then
   decide = false
 elseif not status then
@@ -98,7 +103,13 @@ elseif status == 'held' then
   decide = ARGV[2] == '1' and (ARGV[6] == '0' or token == ARGV[6])
 elseif status == 'deciding' then
   -- another replica's claim: stale once that replica's lease is gone (it died)
-  decide = owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[7] .. 'live:' .. owner) == 0
+  decide = dead()
+  if decide and act and act ~= 'started' then row = act end
+elseif status == 'failed/interrupted' and act and act ~= 'started' then
+  -- a dead replica wrote the action's row and died before it kept a remediation
+  -- record (so before the action ran): taken over, that row used again
+  decide = dead()
+  if decide then row = act end
 else
   local slash = string.find(status, '/', 1, true)
   if slash and string.sub(status, 1, slash - 1) == 'skipped' then
@@ -115,7 +126,11 @@ end
 local t = redis.call('INCR', ARGV[7] .. 'fence')
 redis.call('HSET', KEYS[1], 'status', 'deciding', 'at', ARGV[3], 'owner', ARGV[4], 'token', t)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return {1, status or '', t}
+if status ~= 'deciding' and row == 0 then
+  res = nil  -- an earlier decision's reservation, not one of a claim cut off
+  redis.call('HDEL', KEYS[1], 'res', 'act')
+end
+return {1, status or '', t, res or 0, row}
 """
 
 _SET_OCCURRENCE = """
@@ -130,6 +145,7 @@ return 1
 
 _FORGET_OCCURRENCE = """
 if ARGV[1] ~= '0' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'status') ~= 'deciding' then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -182,8 +198,23 @@ local token = 0
 if ARGV[10] ~= '1' then
   token = seq
   redis.call('SET', KEYS[7], token, 'PX', ARGV[11])
+  -- on the occurrence claimed: a replica taking the claim over inherits the reservation
+  if KEYS[10] and redis.call('HGET', KEYS[10], 'token') == ARGV[16] then
+    redis.call('HSET', KEYS[10], 'res', token)
+  end
 end
 return {'ok', n + 1, token}
+"""
+
+_TAKE_LOCK = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+local t = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], t, 'PX', ARGV[2])
+if KEYS[3] and redis.call('HGET', KEYS[3], 'token') == ARGV[3] then
+  redis.call('HSET', KEYS[3], 'res', t)
+end
+return t
 """
 
 _RELEASE = """
@@ -260,10 +291,12 @@ end
 return 1
 """
 
+# A remediation that ended leaves no action in progress on its occurrence: nothing of
+# it is taken over later, whatever its last row says.
 _DROP_RECORD = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 if KEYS[2] and redis.call('HGET', KEYS[2], 'token') == ARGV[2] then
-  redis.call('HDEL', KEYS[2], 'rem')
+  redis.call('HDEL', KEYS[2], 'rem', 'act')
 end
 return 0
 """
@@ -398,10 +431,12 @@ class RedisState:
         self._claim = client.script(_CLAIM, "claim")
         self._set_occ = client.script(_SET_OCCURRENCE, "set_occurrence")
         self._forget = client.script(_FORGET_OCCURRENCE, "forget_occurrence")
-        self._unforgotten: dict[str, int] = {}
-        """Occurrence key → claim token this replica failed to forget (Redis away)."""
+        self._unforgotten: dict[str, tuple[int, bool]] = {}
+        """Occurrence key → (claim token, only while still `deciding`) of the claims this
+        replica failed to forget (Redis away)."""
         self._reserve = client.script(_RESERVE, "reserve")
         self._release = client.script(_RELEASE, "release")
+        self._take_lock = client.script(_TAKE_LOCK, "take_lock")
         self._renew = client.script(_RENEW_LOCKS, "renew_locks")
         self._result = client.script(_RECORD_RESULT, "record_result")
         self._end_trial = client.script(_END_TRIAL, "end_trial")
@@ -585,7 +620,7 @@ class RedisState:
         )  # fmt: skip
         if int(out[0]) == 0:
             return None
-        return Claim(_s(out[1]) or None, int(out[2]))
+        return Claim(_s(out[1]) or None, int(out[2]), int(out[3]), int(out[4]))
 
     async def occurrence(self, key: str) -> str | None:
         status = await self._r.call("HGET", self._occ(key), "status")
@@ -600,20 +635,26 @@ class RedisState:
 
     async def forget_occurrence(self, key: str, *, token: int = 0) -> None:
         try:
-            await self._forget([self._occ(key)], [token])
+            await self._forget([self._occ(key)], [token, "0"])
         except errors.BackendUnavailable:
             # Redis is away (the reason the decision failed, mostly): the claim stays
             # with this live replica, so no other decides the occurrence; forgotten
             # once Redis answers, before the journal hands the alert out again.
-            self._unforgotten[key] = token
+            self._unforgotten[key] = (token, False)
             raise
+
+    def forget_later(self, key: str, token: int) -> None:
+        """A row of this claim may not have reached the spool (Redis did not answer):
+        forget the claim before the alert is decided again, if it is still `deciding`
+        (a row that made it set the occurrence's status with it)."""
+        self._unforgotten.setdefault(key, (token, True))
 
     async def forget_pending(self) -> bool:
         """Forget the claims a failed decision could not (`forget_occurrence`); whether
         none is left. Raises `errors.BackendUnavailable` while Redis does not answer."""
         await self._r.call("PING")
-        for key, token in list(self._unforgotten.items()):
-            await self._forget([self._occ(key)], [token])
+        for key, (token, deciding) in list(self._unforgotten.items()):
+            await self._forget([self._occ(key)], [token, "1" if deciding else "0"])
             del self._unforgotten[key]
         return not self._unforgotten
 
@@ -621,7 +662,7 @@ class RedisState:
 
     async def reserve(
         self, *, rule: Rule, target: str, budgets: Budgets, now: float, dry_run: bool,
-        shadow: bool = False,
+        shadow: bool = False, occurrence: str = "", claim: int = 0,
     ) -> Verdict:  # fmt: skip
         lim = rule.limits
         pair = f"{rule.name}\x00{target}"
@@ -639,8 +680,10 @@ class RedisState:
             budgets.max_actions_per_window, budgets.max_targets_per_window,
             rule.circuit_breaker.reset_after, "1" if dry_run else "0",
             _ms(self._config.lock_ttl), _ms(expiry), target, _ms(budgets.window + 60),
-            "1" if shadow else "0",
+            "1" if shadow else "0", claim,
         ]  # fmt: skip
+        if occurrence and claim:
+            keys.append(self._occ(occurrence))
         out = [_s(v) for v in await self._reserve(keys, args)]
         kind = out[0]
         if kind == "ok":
@@ -668,6 +711,23 @@ class RedisState:
             del self._locks[target]
         if token:
             await self._release([self.key("lock", target)], [token])
+
+    async def take_lock(
+        self, target: str, token: int, *, occurrence: str = "", claim: int = 0
+    ) -> int:
+        keys = [self.key("lock", target), self.key("fence")]
+        if occurrence and claim:
+            keys.append(self._occ(occurrence))
+        new = int(await self._take_lock(keys, [token, _ms(self._config.lock_ttl), claim]))
+        if new:
+            self._locks[target] = new  # renewed from now on, as a lock it took
+        return new
+
+    async def action_started(self, key: str) -> bool | None:
+        act = await self._r.call("HGET", self._occ(key), "act")
+        if act is None:
+            return None
+        return _s(act) == "started"
 
     async def holds_lock(self, target: str, token: int) -> bool:
         if not token:
@@ -1072,20 +1132,45 @@ class RedisJournal:
 
 # --------------------------------------------------------------------------- audit spool
 
+# One push: its writes, each fenced by its occurrence's claim token and setting that
+# occurrence's status (and the action's progress) with the row — both or neither, also
+# across a crash of Redis (a script is one unit in the AOF). The ids it handed out are
+# kept under the push's own key: the same push sent again (its answer was lost) returns
+# them and appends nothing.
 _SPOOL_PUSH = """
+local done = redis.call('GET', KEYS[3])
+if done then return cjson.decode(done) end
 local base = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[1]))
-local ids = {}
-for i = 2, #ARGV, 3 do
-  local id = ARGV[i + 1]
-  if ARGV[i] == 'insert' then
-    base = base + 1
-    id = string.format('%.0f', base)
-    table.insert(ids, id)
+local out = {}
+for i = 5, #ARGV, 7 do
+  local kind, id, occ, token = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 5]
+  local ok = true
+  if occ ~= '' and token ~= '0' then
+    local t = redis.call('HGET', occ, 'token')
+    ok = (not t) or t == token
   end
-  redis.call('XADD', KEYS[1], '*', 'k', ARGV[i], 'id', id, 'b', ARGV[i + 2])
+  if not ok then
+    table.insert(out, '0')
+  else
+    if kind == 'insert' then
+      base = base + 1
+      id = string.format('%.0f', base)
+    end
+    table.insert(out, id)
+    redis.call('XADD', KEYS[1], '*', 'k', kind, 'id', id, 'b', ARGV[i + 2])
+    if occ ~= '' then
+      if ARGV[i + 4] ~= '' then redis.call('HSET', occ, 'status', ARGV[i + 4], 'at', ARGV[2]) end
+      local act = ARGV[i + 6]
+      if act == '-' then redis.call('HDEL', occ, 'act')
+      elseif act == '=' then redis.call('HSET', occ, 'act', id)
+      elseif act ~= '' then redis.call('HSET', occ, 'act', act) end
+      redis.call('PEXPIRE', occ, ARGV[3])
+    end
+  end
 end
 redis.call('SET', KEYS[2], string.format('%.0f', base))
-return ids
+redis.call('SET', KEYS[3], cjson.encode(out), 'EX', ARGV[4])
+return out
 """
 
 _FLUSH_LEASE = """
@@ -1112,20 +1197,36 @@ class Spool:
         self._push = client.script(_SPOOL_PUSH, "spool_push")
         self._lease = client.script(_FLUSH_LEASE, "flusher_lease")
 
-    async def push(self, ops: list[tuple[str, int, str]], *, now: float | None = None) -> list[int]:
-        floor = int((dt.datetime.now(dt.UTC).timestamp() if now is None else now) * 1000) * 1000
-        args: list[Any] = [floor]
-        for kind, id_, body in ops:
-            args += [kind, id_, body]
-        # A write that never reached Redis (refused while it restarts) is tried again
-        # for a bounded time: an audit row lost here would be lost for good.
+    async def push(
+        self, ops: list[tuple[str, int, str, Mark | None]], *, now: float | None = None
+    ) -> list[int]:
+        at = dt.datetime.now(dt.UTC).timestamp() if now is None else now
+        args: list[Any] = [int(at * 1000) * 1000, at, _ms(OCCURRENCE_TTL), SPOOL_PUSH_MEMORY]
+        for kind, id_, body, mark in ops:
+            if mark is None:
+                args += [kind, id_, body, "", "", 0, ""]
+            else:
+                occ = self._state.key("occ", mark.key)
+                args += [kind, id_, body, occ, mark.status, mark.token, mark.act]
+        # Any failure (refused while Redis restarts, or run without our hearing of it: a
+        # timeout on a loaded box) is tried again for a bounded time under the push's own
+        # key, so it is appended once: a row lost here would be lost for good, and one
+        # written twice would show one decision twice.
+        done = self._state.key("audit", "pushed", uuid.uuid4().hex)
         deadline = asyncio.get_running_loop().time() + SPOOL_RETRY_SECONDS
         while True:
             try:
-                ids = await self._push([self._stream, self._ids], args)
+                ids = await self._push([self._stream, self._ids, done], args)
                 return [int(i) for i in ids]
-            except redis_client.Unsent:
+            except errors.BackendUnavailable:
                 if asyncio.get_running_loop().time() >= deadline:
+                    # Given up: a claim whose row is not in the spool is let go of once
+                    # Redis answers (before the alert is decided again); one whose row
+                    # made it after all keeps its status (a duplicate, not a second row).
+                    for op in ops:
+                        mark = op[3]
+                        if op[0] == "insert" and mark is not None and mark.token:
+                            self._state.forget_later(mark.key, mark.token)
                     raise
                 await asyncio.sleep(0.2)
 

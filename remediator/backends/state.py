@@ -129,6 +129,28 @@ class Claim(NamedTuple):
     """Its status before the claim (None: never seen)."""
     token: int
     """The fencing token of the claim (0: the embedded backend, never taken over)."""
+    lock: int = 0
+    """Taken over from a dead replica that had reserved the target for it: the token
+    of that reservation's lock (`take_lock` inherits it instead of reserving again)."""
+    row: int = 0
+    """Taken over from a dead replica that had written the action's row (`failed/
+    interrupted`, never started) and died before it ran: that row, used again."""
+
+
+class Mark(NamedTuple):
+    """What an audit write sets on its occurrence in the same atomic step, where the
+    audit can (`Audit.marks_occurrences`): the row and the status are durable together,
+    or neither is (a decided occurrence always has its row)."""
+
+    key: str
+    """The occurrence key."""
+    status: str
+    """Its new status (`outcome/reason`), or "" to leave it."""
+    token: int
+    """The claim's fencing token: the write is refused (no row) if it is not current."""
+    act: str = ""
+    """The action's progress on the occurrence: `=` the row's own id (written, not yet
+    started), `started`, `-` done (cleared); "" leaves it."""
 
 
 class State(Protocol):
@@ -168,14 +190,28 @@ class State(Protocol):
         """Drop a claim left by a decision that failed half-way (decided afresh later)."""
 
     async def reserve(self, *, rule: Rule, target: str, budgets: Budgets, now: float,
-                      dry_run: bool, shadow: bool = False) -> Verdict:  # fmt: skip
+                      dry_run: bool, shadow: bool = False, occurrence: str = "",
+                      claim: int = 0) -> Verdict:  # fmt: skip
         """Check cooldown, attempts, rule rate, budgets, circuit, lock; reserve if all
         pass (atomically), taking the target lock (unless dry-run) with the verdict's
         fencing token. `shadow`: a rule in shadow mode among acting ones — its cooldown
-        and counts are its own, and it spends none of the shared budgets."""
+        and counts are its own, and it spends none of the shared budgets. `occurrence`,
+        `claim`: the occurrence reserved for and its claim's token; a shared backend
+        notes the lock on it, for a replica that takes the claim over (`Claim.lock`)."""
 
     async def release(self, target: str, token: int = 0) -> None:
         """Let go of the target lock taken with `token` (not one taken since by another)."""
+
+    async def take_lock(
+        self, target: str, token: int, *, occurrence: str = "", claim: int = 0
+    ) -> int:
+        """Inherit a dead replica's reservation of a target: its lock (taken with `token`)
+        gets a new token, held by this replica, if it is still that one's or lapsed
+        unclaimed; 0 if another holder has it now (reserve again)."""
+
+    async def action_started(self, key: str) -> bool | None:
+        """Whether the action of the occurrence's row had started (its side effect may
+        have happened); None where the backend cannot tell (embedded: a restart)."""
 
     async def holds_lock(self, target: str, token: int) -> bool:
         """Whether the lock taken with `token` is still held: checked right before an
@@ -314,7 +350,7 @@ class MemoryState:
 
     async def reserve(
         self, *, rule: Rule, target: str, budgets: Budgets, now: float, dry_run: bool,
-        shadow: bool = False,
+        shadow: bool = False, occurrence: str = "", claim: int = 0,
     ) -> Verdict:  # fmt: skip
         self._reserves += 1
         if self._reserves % GC_EVERY == 0:
@@ -384,6 +420,14 @@ class MemoryState:
 
     async def relock(self, target: str, token: int = 0) -> None:
         self._locks.add(target)
+
+    async def take_lock(
+        self, target: str, token: int, *, occurrence: str = "", claim: int = 0
+    ) -> int:
+        return 0  # one process: nothing to inherit
+
+    async def action_started(self, key: str) -> bool | None:
+        return None  # an interrupted action's progress is not kept (the row tells)
 
     async def over_budget(self, budgets: Budgets, now: float) -> str | None:
         self._budget.prune(now, budgets.window)

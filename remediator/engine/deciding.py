@@ -31,7 +31,7 @@ from typing import Final, Literal
 import structlog
 
 from remediator import errors
-from remediator.backends.state import GLOBAL, State
+from remediator.backends.state import GLOBAL, Claim, Mark, State
 from remediator.engine import guards
 from remediator.engine.clock import Clock
 from remediator.engine.executing import Executor, Prepared, prepare
@@ -45,6 +45,9 @@ from remediator.models.decision import Outcome, Reason
 from remediator.settings import Settings
 
 TRANSIENT = guards.TRANSIENT
+NEVER_STARTED: Final = "never started: the daemon stopped while the action waited for a slot"
+"""What an action's row says until the action holds a slot (executing.py then says more)."""
+INTERRUPTED: Final = f"{Outcome.FAILED}/{Reason.INTERRUPTED}"
 WAITS: Final = frozenset({Reason.COOLDOWN, Reason.LOCKED})
 """Refusals that lift by themselves: a remediation (or `retry_while_firing`) waits."""
 TRANSIENT_RECHECK = 60.0
@@ -102,7 +105,7 @@ class Decider:
             return DUPLICATE
         w = w.with_token(claim.token)
         try:
-            return await self._decide(w, skip, aged=aged)
+            return await self._decide(w, skip, aged=aged, claim=claim)
         except errors.Superseded as exc:
             # Another replica took the occurrence over while this one stalled: it decides.
             log.warning("decision_superseded", rule=w.rule.name, error=str(exc))
@@ -112,7 +115,9 @@ class Decider:
             await self._state.forget_occurrence(w.key, token=w.token)
             raise
 
-    async def _decide(self, w: Work, skip: tuple[Reason, str] | None, *, aged: bool) -> Verdict:
+    async def _decide(
+        self, w: Work, skip: tuple[Reason, str] | None, *, aged: bool, claim: Claim
+    ) -> Verdict:
         alert, rule, now = w.alert, w.rule, w.now
         if skip is not None:
             await self._recorder.record(w, Outcome.SKIPPED, skip[0], detail=skip[1])
@@ -140,7 +145,7 @@ class Decider:
             self._recorder.durable(w.owner, self._held.hold(w, started + rule.for_))
             self._metrics.held.set(len(self._held))
             return HELD
-        return await self._attempt(w, None)
+        return await self._attempt(w, None, taken_over=claim)
 
     async def step(self, w: Work, rem: Remediation) -> None:
         """A remediation's next attempt: the same guards but `duplicate` and `for`."""
@@ -183,8 +188,12 @@ class Decider:
             return await self._silences.check(w.alert)
         return skip
 
-    async def _attempt(self, w: Work, rem: Remediation | None) -> Verdict:
-        """params · limits · dry-run · act, for step `w.step`."""
+    async def _attempt(
+        self, w: Work, rem: Remediation | None, *, taken_over: Claim | None = None
+    ) -> Verdict:
+        """params · limits · dry-run · act, for step `w.step`. `taken_over`: the claim
+        this replica took from a dead one, with what that one had reserved and written
+        for this attempt (inherited, not taken or written twice)."""
         rule, settings = w.rule, self._settings()
         spec = rule.steps[w.step].action
         prepared = prepare(spec, rule, w.alert, settings)
@@ -209,10 +218,24 @@ class Decider:
             return DECIDED
         dry = settings.dry_run or rule.dry_run
         shadow = rule.dry_run and not settings.dry_run
-        verdict = await self._state.reserve(
-            rule=rule, target=p.target, budgets=settings.budgets, now=w.now, dry_run=dry,
-            shadow=shadow,
-        )  # fmt: skip
+        verdict = None
+        if taken_over is not None and taken_over.lock and not dry:
+            # The dead replica reserved this very attempt (its cooldown, counts and lock):
+            # its lock is this replica's now, unless another holder took it since.
+            token = await self._state.take_lock(
+                p.target, taken_over.lock, occurrence=w.key, claim=w.token
+            )
+            if token:
+                verdict = guards.Verdict(None, attempt=1, token=token)
+                log.warning(
+                    "reservation_inherited", rule=rule.name, target=p.target,
+                    fingerprint=w.alert.fingerprint,
+                )  # fmt: skip
+        if verdict is None:
+            verdict = await self._state.reserve(
+                rule=rule, target=p.target, budgets=settings.budgets, now=w.now, dry_run=dry,
+                shadow=shadow, occurrence=w.key, claim=w.token,
+            )  # fmt: skip
         if verdict.reason is not None:
             return await self._refused(w, rem, p, verdict)
         p = p.with_token(verdict.token)
@@ -244,19 +267,57 @@ class Decider:
             return PENDING
         try:
             # Written before the action runs: if the process dies now, the row already
-            # says so and the occurrence is never acted on again after a restart.
-            decision_id = await self._recorder.record(
-                w, Outcome.FAILED, Reason.INTERRUPTED,
-                detail="never started: the daemon stopped while the action waited for a slot",
-                target=p.target, action=p.action.type, params=p.values,
-                attempt=verdict.attempt, durable=True, final=False,
-            )  # fmt: skip
+            # says so and the occurrence is never acted on again after a restart. A row
+            # a dead replica wrote for it and never acted on is this one's now.
+            row = taken_over.row if taken_over is not None else 0
+            if row:
+                await self._recorder.audit.update(
+                    row, outcome=Outcome.FAILED, reason=Reason.INTERRUPTED,
+                    detail=NEVER_STARTED, mark=Mark(w.key, INTERRUPTED, w.token, "="),
+                )  # fmt: skip
+                decision_id = row
+            else:
+                decision_id = await self._recorder.record(
+                    w, Outcome.FAILED, Reason.INTERRUPTED, detail=NEVER_STARTED,
+                    target=p.target, action=p.action.type, params=p.values,
+                    attempt=verdict.attempt, durable=True, final=False, act="=",
+                )  # fmt: skip
             rem = await self._loop.acting(w, p, decision_id=decision_id, rem=rem)
         except BaseException:
             await self._state.release(p.target, p.token)  # reserved above; nothing will run
             raise
         self._loop.start(rem, w, p)
         return DECIDED
+
+    async def act_again(self, w: Work, rem: Remediation) -> bool:
+        """A remediation taken over from a dead replica whose step's action had not
+        started (its row written, its target reserved, waiting for a slot): run it now,
+        on that row and that reservation (its lock, inherited). False if it cannot be:
+        another holder has the target's lock, the rule now names another target, or it
+        would be a dry run — then it is decided again like any next attempt."""
+        rule, settings = w.rule, self._settings()
+        if settings.dry_run or rule.dry_run or not rem.lock_token or not rem.decision_id:
+            return False
+        prepared = prepare(rule.steps[w.step].action, rule, w.alert, settings)
+        if not isinstance(prepared, Prepared) or prepared.target != rem.target:
+            return False
+        token = await self._state.take_lock(
+            rem.target, rem.lock_token, occurrence=w.key, claim=w.token
+        )
+        if not token:
+            return False
+        p = prepared.with_token(token)
+        log.warning(
+            "action_taken_over", rule=rule.name, target=p.target, decision_id=rem.decision_id,
+            fingerprint=w.alert.fingerprint,
+        )  # fmt: skip
+        try:
+            await self._loop.acting(w, p, decision_id=rem.decision_id, rem=rem)
+        except BaseException:
+            await self._state.release(p.target, p.token)
+            raise
+        self._loop.start(rem, w, p)
+        return True
 
     async def approved(self, w: Work, rem: Remediation, said: str) -> str:
         """A human approved the attempt awaiting in `rem`: the guards again, then act.
@@ -303,8 +364,7 @@ class Decider:
             return f"dry run: {detail}"
         await self._recorder.audit.update(
             decision_id, outcome=Outcome.FAILED, reason=Reason.INTERRUPTED,
-            detail=f"{said}; never started: the daemon stopped while the action waited for "
-            "a slot",
+            detail=f"{said}; {NEVER_STARTED}", mark=Mark(w.key, INTERRUPTED, w.token, "="),
         )  # fmt: skip
         await self._loop.acting(w, p, decision_id=decision_id, rem=rem)
         self._loop.start(rem, w, p)

@@ -23,7 +23,7 @@ from remediator import errors, models
 from remediator.actions import evidence as evidence_mod
 from remediator.actions import registry
 from remediator.actions.base import Action, Context, Result
-from remediator.backends.state import State
+from remediator.backends.state import Mark, State
 from remediator.engine.clock import Clock
 from remediator.engine.recording import Recorder, Work
 from remediator.matching import templates
@@ -258,12 +258,15 @@ class Executor:
                     await self._state.end_trial(rule=rule, target=p.target)
                     return await self._not_started(w, p, decision_id, refused)
                 started_at = iso(dt.datetime.fromtimestamp(self._clock.now(), dt.UTC))
+                # Marked on the occurrence too (where the audit can, in one step): a
+                # replica taking this over knows the side effect may have happened.
                 await self._recorder.audit.update(
                     decision_id,
                     outcome=Outcome.FAILED,
                     reason=Reason.INTERRUPTED,
                     detail=f"outcome unknown: started at {started_at}, the daemon stopped "
                     "before it finished; check the target by hand",
+                    mark=Mark(w.key, "", w.token, "started"),
                 )
                 log.info(
                     "action_started", rule=rule.name, target=p.target, step=w.step + 1,
@@ -310,13 +313,14 @@ class Executor:
         else:
             outcome, reason, detail = Outcome.FAILED, failure.reason, failure.detail
             data = failure.data  # what it had done and read back before it failed
-        # Fenced before the audit write: a replica whose claim was taken over stops here.
-        await self._state.set_occurrence(
-            w.key, f"{outcome}/{reason}", self._clock.now(), token=w.token
-        )
+        status = f"{outcome}/{reason}"
+        if not self._recorder.audit.marks_occurrences:
+            # Fenced before the audit write: a replica whose claim was taken over stops here.
+            await self._state.set_occurrence(w.key, status, self._clock.now(), token=w.token)
         await self._recorder.audit.update(
-            decision_id, outcome=outcome, reason=reason, detail=detail, result=data
-        )
+            decision_id, outcome=outcome, reason=reason, detail=detail, result=data,
+            mark=Mark(w.key, status, w.token, "-"),
+        )  # fmt: skip
         self._recorder.count(rule, outcome, reason)
         self._metrics.actions.labels(
             rule=rule.name, action=p.action.type, result=_action_result(outcome)

@@ -126,7 +126,8 @@ class Remediation:
     """The fencing token it owns its occurrence under (a replica that adopts it gets a
     new one: the old owner's writes are refused from then on)."""
     lock_token: int = 0
-    """AWAITING: the token of the target lock its attempt holds while a human decides."""
+    """AWAITING, ACTING: the token of the target lock its attempt holds (while a human
+    decides, or until the action ends)."""
     page: dict[str, Any] | None = None
     """PAGED: the escalation's rendered params, for its `resolve`."""
     timer: Timer | None = None
@@ -246,6 +247,7 @@ class Loop:
             rem = Remediation(w.rule, w.alert, w.request_id, token=w.token)
         rem.phase, rem.step, rem.target = Phase.ACTING, w.step, p.target
         rem.decision_id, rem.started, rem.last_skip = decision_id, w.now, ""
+        rem.lock_token = p.token  # a replica taking it over before it starts inherits it
         self._track(rem)
         await self._save(rem)
         return rem
@@ -870,6 +872,13 @@ class Loop:
             return
         if rem.phase is Phase.DECIDING:
             await self._next_attempt(rem)  # cut off while deciding: decide again
+            return
+        if rem.phase is Phase.ACTING and await self._state.action_started(rem.key) is False:
+            # Taken over from a dead replica before the step's action started (it waited
+            # for a slot): nothing was done, so it runs now, on the reservation it had;
+            # if another holder has the target meanwhile, it is decided again.
+            if not await self.decider.act_again(self._work(rem), rem):
+                await self.wait(rem, now, "its action never started on a replica that died")
             return
         if rem.phase is Phase.ACTING:
             # The daemon stopped while the step's action ran: whether it acted is unknown

@@ -15,9 +15,9 @@ from typing import Any
 
 import structlog
 
-from remediator import logs, models
+from remediator import errors, logs, models
 from remediator.backends.audit import Audit
-from remediator.backends.state import State
+from remediator.backends.state import Mark, State
 from remediator.engine.clock import Clock
 from remediator.metrics import Metrics
 from remediator.models.alert import Alert, iso_ts
@@ -97,8 +97,10 @@ class Recorder:
         evidence: Mapping[str, Any] | None = None,
         durable: bool = False,
         final: bool = True,
+        act: str = "",
     ) -> int:
-        """Record a decision; returns its id when `durable` (else 0: not awaited)."""
+        """Record a decision; returns its id when `durable` (else 0: not awaited). `act`:
+        the action's progress marked with it (`Mark.act`: `=` for an action's own row)."""
         alert = w.alert
         decision = Decision(
             rule=w.rule.name, alertname=alert.name, fingerprint=alert.fingerprint,
@@ -109,12 +111,22 @@ class Recorder:
             step=w.step + 1, result=result or {}, labels=alert.labels,
             annotations=alert.annotations, evidence=evidence or {},
         )  # fmt: skip
-        # Before the audit write: a claim taken over by another replica stops here.
-        await self._state.set_occurrence(w.key, f"{outcome}/{reason}", w.now, token=w.token)
+        status = f"{outcome}/{reason}"
+        if self.audit.marks_occurrences:
+            # The status with the row, in one step fenced by the claim: an occurrence
+            # marked decided always has its row, and a claim taken over writes neither.
+            receipt = self.audit.record(decision, Mark(w.key, status, w.token, act))
+        else:
+            # Before the audit write: a claim taken over by another replica stops here.
+            await self._state.set_occurrence(w.key, status, w.now, token=w.token)
+            receipt = self.audit.record(decision)
         decision_id = 0
-        receipt = self.audit.record(decision)
         if durable:
             decision_id = await receipt.id()
+            if not decision_id:
+                raise errors.Superseded(
+                    f"occurrence {w.key!r} was taken over by another replica: not recorded"
+                )
         else:
             self.durable(w.owner, receipt.batch)
         if final:
