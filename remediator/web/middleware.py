@@ -35,8 +35,12 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     limits = request.app.get(LIMITS)
     if limits is None:
         return await _answer(request, handler)
-    with limits.request(request.transport):
+    guard = limits.request(request.transport)
+    try:
         return await _answer(request, handler)
+    finally:
+        if guard is not None:
+            guard.answered()
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import errno
 import functools
 import ipaddress
@@ -29,7 +28,7 @@ import logging as log_module
 import resource
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -186,20 +185,16 @@ class Limits:
             self.per_client.pop(client, None)
         self.metrics.http_connections.set(self.open)
 
-    @contextlib.contextmanager
-    def request(self, transport: asyncio.BaseTransport | None) -> Iterator[None]:
-        """Around one request in the app: its headers are in, so no header timeout runs
-        until it is answered."""
+    def request(self, transport: asyncio.BaseTransport | None) -> Guard | None:
+        """A request in the app: its headers are in, so no header timeout runs until it
+        is answered and its caller calls `Guard.answered` (no generator-based context
+        manager: this runs for every request). None for a connection this module did not
+        open (tests' TestServer)."""
         guard = self.guards.get(transport) if transport is not None else None
-        if guard is None:  # a connection this module did not open (tests' TestServer)
-            yield
-            return
-        guard.busy += 1
-        guard.stop_timer()
-        try:
-            yield
-        finally:
-            guard.busy -= 1
+        if guard is not None:
+            guard.busy += 1
+            guard.stop_timer()
+        return guard
 
 
 class Guard(asyncio.Protocol):
@@ -211,7 +206,12 @@ class Guard(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._client = ""
         self._admitted = False
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        """When the headers waited for must be in; None when none are waited for. The
+        timer is not cancelled and armed again per request (a heap entry each): when it
+        fires before a moved deadline, it is armed again for that deadline."""
         self.busy = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -225,6 +225,7 @@ class Guard(asyncio.Protocol):
             transport.close()
             return
         self._admitted = True
+        self._loop = asyncio.get_running_loop()
         self._limits.guards[transport] = self
         self._inner.connection_made(transport)
         self._start_timer()
@@ -234,6 +235,9 @@ class Guard(asyncio.Protocol):
             return
         self._admitted = False
         self.stop_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._transport is not None:
             self._limits.guards.pop(self._transport, None)
         self._limits.release(self._client)
@@ -243,7 +247,7 @@ class Guard(asyncio.Protocol):
         if not self._admitted:
             return
         self._inner.data_received(data)
-        if not self.busy and self._timer is None and self._admitted:
+        if not self.busy and self._deadline is None and self._admitted:
             self._start_timer()  # the first bytes of a next request on a kept-alive connection
 
     def eof_received(self) -> bool | None:
@@ -255,17 +259,29 @@ class Guard(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._inner.resume_writing()
 
+    def answered(self) -> None:
+        """The request `Limits.request` saw is answered (or given up)."""
+        self.busy -= 1
+
     def _start_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._limits.settings.header_timeout, self._timed_out)
+        loop = self._loop
+        assert loop is not None  # set when the connection was admitted
+        self._deadline = loop.time() + self._limits.settings.header_timeout
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._timed_out)
 
     def stop_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
 
     def _timed_out(self) -> None:
         self._timer = None
+        deadline, loop = self._deadline, self._loop
+        if deadline is None or loop is None:
+            return  # nothing waited for now; the next request's bytes arm it again
+        if loop.time() < deadline:  # a later request's deadline: wait for that one
+            self._timer = loop.call_at(deadline, self._timed_out)
+            return
+        self._deadline = None
         if self.busy or self._transport is None or self._transport.is_closing():
             return
         self._limits.metrics.http_connections_closed.labels(reason="header_timeout").inc()
