@@ -201,7 +201,7 @@ async def served_on(other_host: tuple[str, str], tmp_path: Path) -> AsyncIterato
             await h.stop()
 
 
-@pytest.mark.parametrize("path", READS)
+@pytest.mark.parametrize("path", [*READS, "/api/v1/decisions/1", "/ui/decisions/1"])
 async def test_without_tokens_another_host_may_not_read_even_claiming_to_be_loopback(
     served_on: Any, path: str
 ) -> None:
@@ -222,3 +222,15 @@ async def test_another_host_with_the_read_token_reads(served_on: Any, path: str)
     _, url = await start({"REMEDIATOR_READ_TOKEN": "r3ad-token"})
     assert await get_from(ns, url + path) == 401
     assert await get_from(ns, url + path, Authorization="Bearer r3ad-token") == 200
+
+
+async def test_one_decision_read_by_its_id_needs_a_token_too(tmp_path: Path) -> None:
+    """The detail of one decision (API and console) is a read like the list."""
+    env = {"REMEDIATOR_READ_TOKEN": "r3ad-token"}
+    async with Harness(tmp_path, rules=RULES, env=env) as h:
+        await h.fire(am_alert("APIDown", deployment="api", namespace="prod"))
+        [row] = await h.decisions()
+        for path in (f"/api/v1/decisions/{row['id']}", f"/ui/decisions/{row['id']}"):
+            assert await get(h, path) == 401, path
+            assert await get(h, path, Authorization="Bearer not-it") == 401, path
+            assert await get(h, path, Authorization="Bearer r3ad-token") == 200, path
