@@ -90,7 +90,7 @@ async def test_two_clustered_alertmanagers_sending_everything_make_one_action_pe
     redis_server: servers.RedisServer,
     postgres_server: servers.PostgresServer,
 ) -> None:
-    n, shards = 1000, 10
+    n, shards = 2000, 20
     for i in range(n):
         emu.add(deployment(f"api-{i}"))
     started = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
