@@ -22,12 +22,17 @@ import pytest
 
 from remediator import errors, intake
 from remediator.backends import redis as redis_backend
+from remediator.backends.postgres import PostgresAudit
 from remediator.backends.state import Mark, MemoryState
 from remediator.clients.redis import Redis
 from remediator.engine import guards
-from remediator.models.decision import Reason
+from remediator.engine.clock import FakeClock
+from remediator.engine.recording import Recorder, Work
+from remediator.metrics import Metrics
+from remediator.models.decision import Outcome, Reason
 from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule, Step
 from remediator.settings import Budgets, RedisBackend
+from remediator.settings import PostgresAudit as PostgresAuditConfig
 from tests import servers
 from tests.harness import am_alert, payload
 
@@ -371,3 +376,40 @@ async def test_a_dead_replicas_reservation_and_row_go_to_the_replica_taking_its_
             rule=rule(), target=target, budgets=Budgets(), now=NOW + 1, dry_run=False
         )
         assert refused.reason is Reason.LOCKED
+
+
+async def recorder_of(
+    client: Redis, cfg: RedisBackend, state: redis_backend.RedisState
+) -> tuple[Recorder, redis_backend.Spool]:
+    spool = redis_backend.Spool(client, cfg, state=state)
+    audit = PostgresAudit(spool, PostgresAuditConfig())
+    return Recorder(audit=audit, state=state, metrics=Metrics(), clock=FakeClock(NOW)), spool
+
+
+async def test_a_stale_replicas_update_of_a_row_taken_over_is_refused_and_writes_nothing(
+    client: Redis,
+) -> None:
+    """A's action waited for a slot; A stalled past its lease, B took the occurrence over
+    and ran the action on the same row. A wakes, its action gets its slot and is refused
+    (a pause A still believes in): its `skipped` must not overwrite B's row or status."""
+    cfg = config(lock_ttl=60)
+    a, b = await replica(client, cfg, "a"), await replica(client, cfg, "b")
+    alert = intake.replay("alertmanager", json_body(am_alert("X")), received())[0]
+    w = Work(alert, rule(), NOW, "req")
+    recorder_a, spool = await recorder_of(client, cfg, a)
+    claim = await a.claim(w.key, skip=None, aged=False, now=NOW)
+    assert claim is not None
+    w_a = w.with_token(claim.token)
+    (row,) = await spool.push(
+        [("insert", 0, "[1]", Mark(w.key, "failed/interrupted", claim.token, "="))]
+    )
+    await client.call("DEL", a.key("live", "a"))  # a stalls past its lease
+    taken = await b.claim(w.key, skip=None, aged=False, now=NOW + 1)
+    assert taken is not None and taken.row == row
+    await spool.push([("update", row, "[]", Mark(w.key, "", taken.token, "started"))])
+    await spool.push([("update", row, "[]", Mark(w.key, "executed/", taken.token, "-"))])
+    before = await spool.length()
+    with pytest.raises(errors.Superseded):
+        await recorder_a.update(w_a, row, Outcome.SKIPPED, Reason.PAUSED, detail="paused")
+    assert await spool.length() == before  # row R keeps B's outcome
+    assert await a.occurrence(w.key) == "executed/"
