@@ -413,3 +413,37 @@ async def test_a_stale_replicas_update_of_a_row_taken_over_is_refused_and_writes
         await recorder_a.update(w_a, row, Outcome.SKIPPED, Reason.PAUSED, detail="paused")
     assert await spool.length() == before  # row R keeps B's outcome
     assert await a.occurrence(w.key) == "executed/"
+
+
+async def test_a_reservation_used_up_is_not_inherited_by_a_replica_taking_the_claim_over(
+    client: Redis,
+) -> None:
+    """A reservation is inherited only while its attempt has not happened: once the
+    remediation that used it ended (its record dropped), or its action ended, a replica
+    taking the occurrence over reserves afresh (cooldown, attempts and budgets checked)."""
+    cfg = config(lock_ttl=0.1)
+    b = await replica(client, cfg, "b")
+    for n, how in enumerate(("record dropped", "action ended")):
+        a = await replica(client, cfg, f"a{n}")
+        spool = redis_backend.Spool(client, cfg, state=a)
+        key, target = f"occ-{n}", f"log occ-{n}"
+        claim = await a.claim(key, skip=None, aged=False, now=NOW)
+        assert claim is not None
+        verdict = await a.reserve(
+            rule=rule(), target=target, budgets=Budgets(), now=NOW, dry_run=False,
+            occurrence=key, claim=claim.token,
+        )  # fmt: skip
+        assert verdict.reason is None and verdict.token
+        if how == "record dropped":
+            await a.save_remediation(key, {"token": claim.token})
+            await a.set_occurrence(key, guards.DECIDING, NOW, token=claim.token)
+            await a.drop_remediation(key, claim.token)
+        else:
+            mark = Mark(key, "failed/interrupted", claim.token, "=")
+            (row,) = await spool.push([("insert", 0, "[1]", mark)], now=NOW)
+            await spool.push([("update", row, "[]", Mark(key, guards.DECIDING, claim.token, "-"))])
+        await asyncio.sleep(0.15)  # the lock lapses
+        await client.call("DEL", a.key("live", a.replica))  # a dies
+        taken = await b.claim(key, skip=None, aged=False, now=NOW + 1)
+        assert taken is not None
+        assert taken.lock == 0, how

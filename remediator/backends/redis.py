@@ -291,12 +291,12 @@ end
 return 1
 """
 
-# A remediation that ended leaves no action in progress on its occurrence: nothing of
-# it is taken over later, whatever its last row says.
+# A remediation that ended leaves no action in progress on its occurrence, and no
+# reservation: nothing of it is taken over later, whatever its last row says.
 _DROP_RECORD = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 if KEYS[2] and redis.call('HGET', KEYS[2], 'token') == ARGV[2] then
-  redis.call('HDEL', KEYS[2], 'rem', 'act')
+  redis.call('HDEL', KEYS[2], 'rem', 'act', 'res')
 end
 return 0
 """
@@ -1161,7 +1161,8 @@ for i = 5, #ARGV, 7 do
     if occ ~= '' then
       if ARGV[i + 4] ~= '' then redis.call('HSET', occ, 'status', ARGV[i + 4], 'at', ARGV[2]) end
       local act = ARGV[i + 6]
-      if act == '-' then redis.call('HDEL', occ, 'act')
+      -- an action that ended used its reservation up: none is inherited after it
+      if act == '-' then redis.call('HDEL', occ, 'act', 'res')
       elseif act == '=' then redis.call('HSET', occ, 'act', id)
       elseif act ~= '' then redis.call('HSET', occ, 'act', act) end
       redis.call('PEXPIRE', occ, ARGV[3])
