@@ -293,13 +293,25 @@ class Decider:
         """A remediation taken over from a dead replica whose step's action had not
         started (its row written, its target reserved, waiting for a slot): run it now,
         on that row and that reservation (its lock, inherited). False if it cannot be:
-        another holder has the target's lock, the rule now names another target, or it
-        would be a dry run — then it is decided again like any next attempt."""
+        a pause, blackout or silence holds it back, the alert stopped firing, the
+        reservation is older than a lock lives (`backend.redis.lock_ttl`: not the same
+        attempt any more), another holder has the target's lock, the rule now names
+        another target, or it would be a dry run — then it is decided again like any next
+        attempt (which records the skip, or reserves afresh)."""
         rule, settings = w.rule, self._settings()
         if settings.dry_run or rule.dry_run or not rem.lock_token or not rem.decision_id:
             return False
         prepared = prepare(rule.steps[w.step].action, rule, w.alert, settings)
-        if not isinstance(prepared, Prepared) or prepared.target != rem.target:
+        stale = w.now - rem.started > settings.backend.redis.lock_ttl
+        if (
+            not isinstance(prepared, Prepared)
+            or prepared.target != rem.target
+            or stale
+            or await self._transient(w) is not None
+            or await self._loop.stopped_firing(rem) is not None
+        ):
+            # Not this reservation's attempt: its lock (if it still stands) goes.
+            await self._state.release(rem.target, rem.lock_token)
             return False
         token = await self._state.take_lock(
             rem.target, rem.lock_token, occurrence=w.key, claim=w.token
