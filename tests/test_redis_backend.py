@@ -447,3 +447,28 @@ async def test_a_reservation_used_up_is_not_inherited_by_a_replica_taking_the_cl
         taken = await b.claim(key, skip=None, aged=False, now=NOW + 1)
         assert taken is not None
         assert taken.lock == 0, how
+
+
+async def test_a_claim_taken_over_says_which_target_its_inherited_reservation_is_on(
+    client: Redis,
+) -> None:
+    """The replica taking a claim over inherits the lock only for the target it was
+    reserved on (the rule may name another now): the claim says which, from the
+    reservation and from a lock taken over before."""
+    cfg = config(lock_ttl=60)
+    a, b, c = [await replica(client, cfg, name) for name in "abc"]
+    claim = await a.claim("occ", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    verdict = await a.reserve(
+        rule=rule(), target="log x", budgets=Budgets(), now=NOW, dry_run=False,
+        occurrence="occ", claim=claim.token,
+    )  # fmt: skip
+    assert verdict.token
+    await client.call("DEL", a.key("live", "a"))  # a dies
+    taken = await b.claim("occ", skip=None, aged=False, now=NOW + 1)
+    assert taken is not None and (taken.lock, taken.target) == (verdict.token, "log x")
+    token = await b.take_lock("log x", taken.lock, occurrence="occ", claim=taken.token)
+    assert token
+    await client.call("DEL", b.key("live", "b"))  # b dies too
+    again = await c.claim("occ", skip=None, aged=False, now=NOW + 2)
+    assert again is not None and (again.lock, again.target) == (token, "log x")

@@ -7,7 +7,9 @@ racing on one occurrence or one target cannot both pass a guard. Every key expir
     {P}:journal                 stream of acknowledged requests; consumer group `engine`
     {P}:journal:alerts          alerts journaled and not yet decided (the 503 bound)
     {P}:occ:RULE␀FP␀STARTS      hash: status, at, owner, token (fencing), rem (a
-                                remediation owns it)
+                                remediation owns it), res and rtarget (the lock token
+                                and target its attempt reserved), act (its row, or
+                                `started`)
     {P}:last:TARGET             last attempt on a target (cooldown)
     {P}:att:RULE␀TARGET         zset of attempts in the rule's window
     {P}:ract:RULE, {P}:rtargets:RULE   a rule's actions in its window; its targets
@@ -88,8 +90,8 @@ def new_replica_id() -> str:
 # --------------------------------------------------------------------------- scripts
 
 _CLAIM = """
-local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'token', 'rem', 'res', 'act')
-local status, owner, token, rem, res, act = h[1], h[2], h[3], h[4], h[5], h[6]
+local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'token', 'rem', 'res', 'act', 'rtarget')
+local status, owner, token, rem, res, act, rtarget = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
 local decide = false
 local function dead()
   return owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[7] .. 'live:' .. owner) == 0
@@ -128,9 +130,10 @@ redis.call('HSET', KEYS[1], 'status', 'deciding', 'at', ARGV[3], 'owner', ARGV[4
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if status ~= 'deciding' and row == 0 then
   res = nil  -- an earlier decision's reservation, not one of a claim cut off
-  redis.call('HDEL', KEYS[1], 'res', 'act')
+  redis.call('HDEL', KEYS[1], 'res', 'rtarget', 'act')
 end
-return {1, status or '', t, res or 0, row}
+if not res then rtarget = nil end
+return {1, status or '', t, res or 0, row, rtarget or ''}
 """
 
 _SET_OCCURRENCE = """
@@ -200,7 +203,7 @@ if ARGV[10] ~= '1' then
   redis.call('SET', KEYS[7], token, 'PX', ARGV[11])
   -- on the occurrence claimed: a replica taking the claim over inherits the reservation
   if KEYS[10] and redis.call('HGET', KEYS[10], 'token') == ARGV[16] then
-    redis.call('HSET', KEYS[10], 'res', token)
+    redis.call('HSET', KEYS[10], 'res', token, 'rtarget', ARGV[13])
   end
 end
 return {'ok', n + 1, token}
@@ -212,7 +215,7 @@ if held and held ~= ARGV[1] then return 0 end
 local t = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], t, 'PX', ARGV[2])
 if KEYS[3] and redis.call('HGET', KEYS[3], 'token') == ARGV[3] then
-  redis.call('HSET', KEYS[3], 'res', t)
+  redis.call('HSET', KEYS[3], 'res', t, 'rtarget', ARGV[4])
 end
 return t
 """
@@ -296,7 +299,7 @@ return 1
 _DROP_RECORD = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 if KEYS[2] and redis.call('HGET', KEYS[2], 'token') == ARGV[2] then
-  redis.call('HDEL', KEYS[2], 'rem', 'act', 'res')
+  redis.call('HDEL', KEYS[2], 'rem', 'act', 'res', 'rtarget')
 end
 return 0
 """
@@ -620,7 +623,7 @@ class RedisState:
         )  # fmt: skip
         if int(out[0]) == 0:
             return None
-        return Claim(_s(out[1]) or None, int(out[2]), int(out[3]), int(out[4]))
+        return Claim(_s(out[1]) or None, int(out[2]), int(out[3]), int(out[4]), _s(out[5]))
 
     async def occurrence(self, key: str) -> str | None:
         status = await self._r.call("HGET", self._occ(key), "status")
@@ -718,7 +721,8 @@ class RedisState:
         keys = [self.key("lock", target), self.key("fence")]
         if occurrence and claim:
             keys.append(self._occ(occurrence))
-        new = int(await self._take_lock(keys, [token, _ms(self._config.lock_ttl), claim]))
+        args: list[Any] = [token, _ms(self._config.lock_ttl), claim, target]
+        new = int(await self._take_lock(keys, args))
         if new:
             self._locks[target] = new  # renewed from now on, as a lock it took
         return new
@@ -1162,7 +1166,7 @@ for i = 5, #ARGV, 7 do
       if ARGV[i + 4] ~= '' then redis.call('HSET', occ, 'status', ARGV[i + 4], 'at', ARGV[2]) end
       local act = ARGV[i + 6]
       -- an action that ended used its reservation up: none is inherited after it
-      if act == '-' then redis.call('HDEL', occ, 'act', 'res')
+      if act == '-' then redis.call('HDEL', occ, 'act', 'res', 'rtarget')
       elseif act == '=' then redis.call('HSET', occ, 'act', id)
       elseif act ~= '' then redis.call('HSET', occ, 'act', act) end
       redis.call('PEXPIRE', occ, ARGV[3])
