@@ -472,3 +472,22 @@ async def test_a_claim_taken_over_says_which_target_its_inherited_reservation_is
     await client.call("DEL", b.key("live", "b"))  # b dies too
     again = await c.claim("occ", skip=None, aged=False, now=NOW + 2)
     assert again is not None and (again.lock, again.target) == (token, "log x")
+
+
+async def test_a_claim_given_up_is_not_forgotten_under_a_remediation_that_owns_it(
+    client: Redis,
+) -> None:
+    """An audit push given up (Redis did not answer) forgets its claim later, if the
+    occurrence is still `deciding`; a remediation's step rows are pushed under its token
+    too, and `deciding` lasts through its next attempt: the occurrence a remediation owns
+    is never forgotten from under it."""
+    cfg = config()
+    a = await replica(client, cfg, "a")
+    claim = await a.claim("occ", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    await a.save_remediation("occ", {"token": claim.token})
+    await a.set_occurrence("occ", guards.DECIDING, NOW, token=claim.token)
+    a.forget_later("occ", claim.token)
+    assert await a.forget_pending()
+    assert await a.occurrence("occ") == guards.DECIDING
+    assert await client.call("HGET", a.key("occ", "occ"), "rem") == b"1"

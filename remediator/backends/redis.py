@@ -146,9 +146,15 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
+# Conditional (ARGV[2] = 1: a row given up on may not have reached the spool): only a
+# claim still `deciding` and owned by no remediation (whose next attempt decides with
+# `deciding` too, and whose record is the durable state) is let go of.
 _FORGET_OCCURRENCE = """
 if ARGV[1] ~= '0' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'status') ~= 'deciding' then return 0 end
+if ARGV[2] == '1' then
+  if redis.call('HGET', KEYS[1], 'status') ~= 'deciding' then return 0 end
+  if redis.call('HEXISTS', KEYS[1], 'rem') == 1 then return 0 end
+end
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -649,7 +655,8 @@ class RedisState:
     def forget_later(self, key: str, token: int) -> None:
         """A row of this claim may not have reached the spool (Redis did not answer):
         forget the claim before the alert is decided again, if it is still `deciding`
-        (a row that made it set the occurrence's status with it)."""
+        (a row that made it set the occurrence's status with it) and no remediation owns
+        it (its step rows are pushed under its token too: its record is what counts)."""
         self._unforgotten.setdefault(key, (token, True))
 
     async def forget_pending(self) -> bool:
