@@ -491,3 +491,23 @@ async def test_a_claim_given_up_is_not_forgotten_under_a_remediation_that_owns_i
     assert await a.forget_pending()
     assert await a.occurrence("occ") == guards.DECIDING
     assert await client.call("HGET", a.key("occ", "occ"), "rem") == b"1"
+
+
+async def test_a_fenced_write_on_an_occurrence_gone_is_refused_not_written_ownerless(
+    client: Redis,
+) -> None:
+    """A write under a claim's token finds the occurrence gone (it expired, or was
+    forgotten and re-claimed nowhere yet): refused, not recreated without an owner."""
+    cfg = config()
+    a = await replica(client, cfg, "a")
+    spool = redis_backend.Spool(client, cfg, state=a)
+    claim = await a.claim("occ", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    await client.call("DEL", a.key("occ", "occ"))
+    assert await spool.push([("insert", 0, "[1]", Mark("occ", "executed/", claim.token))]) == [0]
+    assert await spool.length() == 0
+    with pytest.raises(errors.Superseded):
+        await a.set_occurrence("occ", "executed/", NOW, token=claim.token)
+    assert await client.call("EXISTS", a.key("occ", "occ")) == 0
+    await a.set_occurrence("occ", "held", NOW)  # unfenced (the embedded way): written
+    assert await a.occurrence("occ") == "held"

@@ -136,11 +136,10 @@ if not res then rtarget = nil end
 return {1, status or '', t, res or 0, row, rtarget or ''}
 """
 
+# Fenced (a token): refused unless the occurrence is still claimed under it — also when
+# it is gone (forgotten, expired), so a stale writer never recreates it without an owner.
 _SET_OCCURRENCE = """
-if ARGV[3] ~= '0' then
-  local t = redis.call('HGET', KEYS[1], 'token')
-  if t and t ~= ARGV[3] then return 0 end
-end
+if ARGV[3] ~= '0' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'at', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
@@ -1157,8 +1156,8 @@ for i = 5, #ARGV, 7 do
   local kind, id, occ, token = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 5]
   local ok = true
   if occ ~= '' and token ~= '0' then
-    local t = redis.call('HGET', occ, 'token')
-    ok = (not t) or t == token
+    -- an occurrence gone (forgotten, expired) is no longer this claim's either
+    ok = redis.call('HGET', occ, 'token') == token
   end
   if not ok then
     table.insert(out, '0')
