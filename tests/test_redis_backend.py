@@ -511,3 +511,16 @@ async def test_a_fenced_write_on_an_occurrence_gone_is_refused_not_written_owner
     assert await client.call("EXISTS", a.key("occ", "occ")) == 0
     await a.set_occurrence("occ", "held", NOW)  # unfenced (the embedded way): written
     assert await a.occurrence("occ") == "held"
+
+
+async def test_a_remediation_record_refused_for_a_stale_token_is_not_kept(client: Redis) -> None:
+    """A replica whose claim on an occurrence was taken over saves its remediation
+    record: refused, and nothing of it is left in its hash for a replica adopting it."""
+    cfg = config()
+    a = await replica(client, cfg, "a")
+    claim = await a.claim("occ", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    await client.call("HSET", a.key("occ", "occ"), "token", claim.token + 1000)  # taken over
+    with pytest.raises(errors.Superseded):
+        await a.save_remediation("occ", {"token": claim.token})
+    assert await client.call("HEXISTS", a.key("rem", "a"), "occ") == 0

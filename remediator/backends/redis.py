@@ -287,15 +287,15 @@ return 1
 """
 
 # Saving a record needs the replica's lease: a replica whose lease lapsed (and whose
-# records another replica may have taken) must not write as their owner.
+# records another replica may have taken) must not write as their owner. A remediation's
+# needs its claim too, checked before anything is written: a refused save leaves no
+# record for a replica adopting this one's later.
 _SAVE_RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if KEYS[3] and redis.call('HGET', KEYS[3], 'token') ~= ARGV[4] then return -1 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-if KEYS[3] then
-  if redis.call('HGET', KEYS[3], 'token') ~= ARGV[4] then return -1 end
-  redis.call('HSET', KEYS[3], 'rem', '1')
-end
+if KEYS[3] then redis.call('HSET', KEYS[3], 'rem', '1') end
 return 1
 """
 
