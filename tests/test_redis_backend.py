@@ -4,7 +4,9 @@ stream when a replica dies.
 
 Two `RedisState`s on one server stand for two replicas. Times are passed in (`now`), as
 the engine passes its clock's; only the leases and lock TTLs are Redis's own time, kept
-to a fraction of a second here.
+to a fraction of a second here. What the engine makes of a takeover is tested on one
+daemon (in process, on the Redis backend) finding what a dead replica left, written into
+Redis by the test.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import itertools
 import json
 import random
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,14 +30,17 @@ from remediator.backends.state import Mark, MemoryState
 from remediator.clients.redis import Redis
 from remediator.engine import guards
 from remediator.engine.clock import FakeClock
-from remediator.engine.recording import Recorder, Work
+from remediator.engine.executing import Prepared, prepare
+from remediator.engine.loop import Phase, Remediation
+from remediator.engine.recording import Recorder, Work, occurrence_key
 from remediator.metrics import Metrics
 from remediator.models.decision import Outcome, Reason
 from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule, Step
+from remediator.runner import load_rules
 from remediator.settings import Budgets, RedisBackend
 from remediator.settings import PostgresAudit as PostgresAuditConfig
 from tests import servers
-from tests.harness import am_alert, payload
+from tests.harness import Harness, am_alert, payload
 
 NOW = 1_800_000_000.0
 _prefixes = itertools.count()
@@ -524,3 +530,106 @@ async def test_a_remediation_record_refused_for_a_stale_token_is_not_kept(client
     with pytest.raises(errors.Superseded):
         await a.save_remediation("occ", {"token": claim.token})
     assert await client.call("HEXISTS", a.key("rem", "a"), "occ") == 0
+
+
+ADOPTED_RULE = """
+rules:
+  - name: adopted
+    matchers: ['alertname = "X"']
+    action: {type: log, params: {message: "restart"}}
+    limits: {cooldown: 1h, max_attempts: 5}
+    verify: {resolve_within: never}
+"""
+
+
+def adopting_harness(redis_server: servers.RedisServer, tmp_path: Path) -> tuple[Harness, str]:
+    """A daemon on the Redis backend (acting for real), and its keys' prefix."""
+    prefix = f"t{next(_prefixes)}"
+    h = Harness(
+        tmp_path, rules=ADOPTED_RULE,
+        config="dry_run: false\n"
+        f"backend: {{kind: redis, redis: {{key_prefix: {prefix}, claim_idle: 300ms, "
+        "lock_ttl: 30s, poll_interval: 100ms}}\n",
+        env={"REMEDIATOR_REDIS_URL": redis_server.url},
+    )  # fmt: skip
+    return h, f"{{{prefix}}}:"
+
+
+async def test_an_adopted_action_that_never_started_is_not_run_once_the_alert_resolved(
+    redis_server: servers.RedisServer, tmp_path: Path
+) -> None:
+    """A dead replica's remediation had reserved its target and written the action's row,
+    and waited for a slot; meanwhile another replica saw the alert resolve. The replica
+    adopting it must not run that action (`act_again` asks whether the alert still fires,
+    as any next attempt does): the step is recorded `skipped/resolved`, nothing runs."""
+    h, p = adopting_harness(redis_server, tmp_path)
+    (rule_,) = load_rules(h.settings)
+    alert = intake.replay("alertmanager", json_body(am_alert("X")), received())[0]
+    prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
+    assert isinstance(prepared, Prepared)
+    now = h.clock.now()
+    rem = Remediation(
+        rule_, alert, "req", phase=Phase.ACTING, target=prepared.target, decision_id=4242,
+        started=now, token=5, lock_token=7,
+    )  # fmt: skip
+    r = Redis(redis_server.url, timeout=2.0)
+    try:  # what the dead replica left: its record, its claim, its lock; a resolve seen
+        await r.call("ZADD", p + "replicas", 0, "dead")
+        await r.call("HSET", p + "rem:dead", rem.key, "5|" + json.dumps(rem.to_json()))
+        await r.call(
+            "HSET", p + "occ:" + rem.key, "status", "failed/interrupted", "at", now,
+            "owner", "dead", "token", 5, "rem", "1", "act", 4242, "res", 7,
+            "rtarget", prepared.target,
+        )  # fmt: skip
+        await r.call("SET", p + "lock:" + prepared.target, 7, "PX", 30000)
+        await r.call("SET", p + "resolved:" + alert.occurrence, now)
+    finally:
+        await r.close()
+    async with h:
+        for _ in range(100):  # adopted within claim_idle/3 of the start
+            await asyncio.sleep(0.1)
+            await h.advance(1)  # fires what the adoption armed
+            if await h.outcomes() or await h.metric(
+                "remediator_actions_total", rule="adopted", action="log", result="ok"
+            ):
+                break
+        ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
+        assert ran == 0
+        assert await h.outcomes() == [("skipped", "resolved")]
+
+
+async def test_a_claim_taken_over_inherits_no_lock_for_another_target_than_it_reserved(
+    redis_server: servers.RedisServer, tmp_path: Path
+) -> None:
+    """A dead replica claimed an occurrence and reserved a target the rule no longer
+    names (a reload since): the replica taking the claim over reserves the rule's target
+    through the limits (here its cooldown refuses) instead of inheriting that lock."""
+    h, p = adopting_harness(redis_server, tmp_path)
+    (rule_,) = load_rules(h.settings)
+    sent = am_alert("X")
+    alert = intake.replay("alertmanager", json_body(sent), received())[0]
+    prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
+    assert isinstance(prepared, Prepared)
+    key = occurrence_key(rule_.name, alert.fingerprint, alert.starts_iso)
+    now = h.clock.now()
+    r = Redis(redis_server.url, timeout=2.0)
+    try:  # the dead replica's claim and reservation (its lock lapsed); a cooldown running
+        await r.call("ZADD", p + "replicas", 0, "dead")
+        await r.call(
+            "HSET", p + "occ:" + key, "status", "deciding", "at", now, "owner", "dead",
+            "token", 5, "res", 7, "rtarget", "log elsewhere",
+        )  # fmt: skip
+        await r.call("SET", p + "last:" + prepared.target, now - 10, "PX", 3_600_000)
+    finally:
+        await r.close()
+    async with h:
+        resp = await h.post(payload(sent))
+        assert resp.status < 300
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            await h.settle()
+            if await h.outcomes():
+                break
+        ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
+        assert ran == 0
+        assert await h.outcomes() == [("skipped", "cooldown")]
