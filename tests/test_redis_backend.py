@@ -4,7 +4,9 @@ stream when a replica dies.
 
 Two `RedisState`s on one server stand for two replicas. Times are passed in (`now`), as
 the engine passes its clock's; only the leases and lock TTLs are Redis's own time, kept
-to a fraction of a second here.
+to a fraction of a second here. What the engine makes of a takeover is tested on one
+daemon (in process, on the Redis backend) finding what a dead replica left, written into
+Redis by the test.
 """
 
 from __future__ import annotations
@@ -16,20 +18,29 @@ import itertools
 import json
 import random
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from remediator import errors, intake
 from remediator.backends import redis as redis_backend
+from remediator.backends.postgres import PostgresAudit
 from remediator.backends.state import Mark, MemoryState
 from remediator.clients.redis import Redis
 from remediator.engine import guards
-from remediator.models.decision import Reason
+from remediator.engine.clock import FakeClock
+from remediator.engine.executing import Prepared, prepare
+from remediator.engine.loop import Phase, Remediation
+from remediator.engine.recording import Recorder, Work, occurrence_key
+from remediator.metrics import Metrics
+from remediator.models.decision import Outcome, Reason
 from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule, Step
+from remediator.runner import load_rules
 from remediator.settings import Budgets, RedisBackend
+from remediator.settings import PostgresAudit as PostgresAuditConfig
 from tests import servers
-from tests.harness import am_alert, payload
+from tests.harness import Harness, am_alert, payload
 
 NOW = 1_800_000_000.0
 _prefixes = itertools.count()
@@ -371,3 +382,254 @@ async def test_a_dead_replicas_reservation_and_row_go_to_the_replica_taking_its_
             rule=rule(), target=target, budgets=Budgets(), now=NOW + 1, dry_run=False
         )
         assert refused.reason is Reason.LOCKED
+
+
+async def recorder_of(
+    client: Redis, cfg: RedisBackend, state: redis_backend.RedisState
+) -> tuple[Recorder, redis_backend.Spool]:
+    spool = redis_backend.Spool(client, cfg, state=state)
+    audit = PostgresAudit(spool, PostgresAuditConfig())
+    return Recorder(audit=audit, state=state, metrics=Metrics(), clock=FakeClock(NOW)), spool
+
+
+async def test_a_stale_replicas_update_of_a_row_taken_over_is_refused_and_writes_nothing(
+    client: Redis,
+) -> None:
+    """A's action waited for a slot; A stalled past its lease, B took the occurrence over
+    and ran the action on the same row. A wakes, its action gets its slot and is refused
+    (a pause A still believes in): its `skipped` must not overwrite B's row or status."""
+    cfg = config(lock_ttl=60)
+    a, b = await replica(client, cfg, "a"), await replica(client, cfg, "b")
+    alert = intake.replay("alertmanager", json_body(am_alert("X")), received())[0]
+    w = Work(alert, rule(), NOW, "req")
+    recorder_a, spool = await recorder_of(client, cfg, a)
+    claim = await a.claim(w.key, skip=None, aged=False, now=NOW)
+    assert claim is not None
+    w_a = w.with_token(claim.token)
+    (row,) = await spool.push(
+        [("insert", 0, "[1]", Mark(w.key, "failed/interrupted", claim.token, "="))]
+    )
+    await client.call("DEL", a.key("live", "a"))  # a stalls past its lease
+    taken = await b.claim(w.key, skip=None, aged=False, now=NOW + 1)
+    assert taken is not None and taken.row == row
+    await spool.push([("update", row, "[]", Mark(w.key, "", taken.token, "started"))])
+    await spool.push([("update", row, "[]", Mark(w.key, "executed/", taken.token, "-"))])
+    before = await spool.length()
+    with pytest.raises(errors.Superseded):
+        await recorder_a.update(w_a, row, Outcome.SKIPPED, Reason.PAUSED, detail="paused")
+    assert await spool.length() == before  # row R keeps B's outcome
+    assert await a.occurrence(w.key) == "executed/"
+
+
+async def test_a_reservation_used_up_is_not_inherited_by_a_replica_taking_the_claim_over(
+    client: Redis,
+) -> None:
+    """A reservation is inherited only while its attempt has not happened: once the
+    remediation that used it ended (its record dropped), or its action ended, a replica
+    taking the occurrence over reserves afresh (cooldown, attempts and budgets checked)."""
+    cfg = config(lock_ttl=0.1)
+    b = await replica(client, cfg, "b")
+    for n, how in enumerate(("record dropped", "action ended")):
+        a = await replica(client, cfg, f"a{n}")
+        spool = redis_backend.Spool(client, cfg, state=a)
+        key, target = f"occ-{n}", f"log occ-{n}"
+        claim = await a.claim(key, skip=None, aged=False, now=NOW)
+        assert claim is not None
+        verdict = await a.reserve(
+            rule=rule(), target=target, budgets=Budgets(), now=NOW, dry_run=False,
+            occurrence=key, claim=claim.token,
+        )  # fmt: skip
+        assert verdict.reason is None and verdict.token
+        if how == "record dropped":
+            await a.save_remediation(key, {"token": claim.token})
+            await a.set_occurrence(key, guards.DECIDING, NOW, token=claim.token)
+            await a.drop_remediation(key, claim.token)
+        else:
+            mark = Mark(key, "failed/interrupted", claim.token, "=")
+            (row,) = await spool.push([("insert", 0, "[1]", mark)], now=NOW)
+            await spool.push([("update", row, "[]", Mark(key, guards.DECIDING, claim.token, "-"))])
+        await asyncio.sleep(0.15)  # the lock lapses
+        await client.call("DEL", a.key("live", a.replica))  # a dies
+        taken = await b.claim(key, skip=None, aged=False, now=NOW + 1)
+        assert taken is not None
+        assert taken.lock == 0, how
+
+
+async def test_a_claim_taken_over_says_which_target_its_inherited_reservation_is_on(
+    client: Redis,
+) -> None:
+    """The replica taking a claim over inherits the lock only for the target it was
+    reserved on (the rule may name another now): the claim says which, from the
+    reservation and from a lock taken over before."""
+    cfg = config(lock_ttl=60)
+    a, b, c = [await replica(client, cfg, name) for name in "abc"]
+    claim = await a.claim("occ", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    verdict = await a.reserve(
+        rule=rule(), target="log x", budgets=Budgets(), now=NOW, dry_run=False,
+        occurrence="occ", claim=claim.token,
+    )  # fmt: skip
+    assert verdict.token
+    await client.call("DEL", a.key("live", "a"))  # a dies
+    taken = await b.claim("occ", skip=None, aged=False, now=NOW + 1)
+    assert taken is not None and (taken.lock, taken.target) == (verdict.token, "log x")
+    token = await b.take_lock("log x", taken.lock, occurrence="occ", claim=taken.token)
+    assert token
+    await client.call("DEL", b.key("live", "b"))  # b dies too
+    again = await c.claim("occ", skip=None, aged=False, now=NOW + 2)
+    assert again is not None and (again.lock, again.target) == (token, "log x")
+
+
+async def test_a_claim_given_up_is_not_forgotten_under_a_remediation_that_owns_it(
+    client: Redis,
+) -> None:
+    """An audit push given up (Redis did not answer) forgets its claim later, if the
+    occurrence is still `deciding`; a remediation's step rows are pushed under its token
+    too, and `deciding` lasts through its next attempt: the occurrence a remediation owns
+    is never forgotten from under it."""
+    cfg = config()
+    a = await replica(client, cfg, "a")
+    claim = await a.claim("occ", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    await a.save_remediation("occ", {"token": claim.token})
+    await a.set_occurrence("occ", guards.DECIDING, NOW, token=claim.token)
+    a.forget_later("occ", claim.token)
+    assert await a.forget_pending()
+    assert await a.occurrence("occ") == guards.DECIDING
+    assert await client.call("HGET", a.key("occ", "occ"), "rem") == b"1"
+
+
+async def test_a_fenced_write_on_an_occurrence_gone_is_refused_not_written_ownerless(
+    client: Redis,
+) -> None:
+    """A write under a claim's token finds the occurrence gone (it expired, or was
+    forgotten and re-claimed nowhere yet): refused, not recreated without an owner."""
+    cfg = config()
+    a = await replica(client, cfg, "a")
+    spool = redis_backend.Spool(client, cfg, state=a)
+    claim = await a.claim("occ", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    await client.call("DEL", a.key("occ", "occ"))
+    assert await spool.push([("insert", 0, "[1]", Mark("occ", "executed/", claim.token))]) == [0]
+    assert await spool.length() == 0
+    with pytest.raises(errors.Superseded):
+        await a.set_occurrence("occ", "executed/", NOW, token=claim.token)
+    assert await client.call("EXISTS", a.key("occ", "occ")) == 0
+    await a.set_occurrence("occ", "held", NOW)  # unfenced (the embedded way): written
+    assert await a.occurrence("occ") == "held"
+
+
+async def test_a_remediation_record_refused_for_a_stale_token_is_not_kept(client: Redis) -> None:
+    """A replica whose claim on an occurrence was taken over saves its remediation
+    record: refused, and nothing of it is left in its hash for a replica adopting it."""
+    cfg = config()
+    a = await replica(client, cfg, "a")
+    claim = await a.claim("occ", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    await client.call("HSET", a.key("occ", "occ"), "token", claim.token + 1000)  # taken over
+    with pytest.raises(errors.Superseded):
+        await a.save_remediation("occ", {"token": claim.token})
+    assert await client.call("HEXISTS", a.key("rem", "a"), "occ") == 0
+
+
+ADOPTED_RULE = """
+rules:
+  - name: adopted
+    matchers: ['alertname = "X"']
+    action: {type: log, params: {message: "restart"}}
+    limits: {cooldown: 1h, max_attempts: 5}
+    verify: {resolve_within: never}
+"""
+
+
+def adopting_harness(redis_server: servers.RedisServer, tmp_path: Path) -> tuple[Harness, str]:
+    """A daemon on the Redis backend (acting for real), and its keys' prefix."""
+    prefix = f"t{next(_prefixes)}"
+    h = Harness(
+        tmp_path, rules=ADOPTED_RULE,
+        config="dry_run: false\n"
+        f"backend: {{kind: redis, redis: {{key_prefix: {prefix}, claim_idle: 300ms, "
+        "lock_ttl: 30s, poll_interval: 100ms}}\n",
+        env={"REMEDIATOR_REDIS_URL": redis_server.url},
+    )  # fmt: skip
+    return h, f"{{{prefix}}}:"
+
+
+async def test_an_adopted_action_that_never_started_is_not_run_once_the_alert_resolved(
+    redis_server: servers.RedisServer, tmp_path: Path
+) -> None:
+    """A dead replica's remediation had reserved its target and written the action's row,
+    and waited for a slot; meanwhile another replica saw the alert resolve. The replica
+    adopting it must not run that action (`act_again` asks whether the alert still fires,
+    as any next attempt does): the step is recorded `skipped/resolved`, nothing runs."""
+    h, p = adopting_harness(redis_server, tmp_path)
+    (rule_,) = load_rules(h.settings)
+    alert = intake.replay("alertmanager", json_body(am_alert("X")), received())[0]
+    prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
+    assert isinstance(prepared, Prepared)
+    now = h.clock.now()
+    rem = Remediation(
+        rule_, alert, "req", phase=Phase.ACTING, target=prepared.target, decision_id=4242,
+        started=now, token=5, lock_token=7,
+    )  # fmt: skip
+    r = Redis(redis_server.url, timeout=2.0)
+    try:  # what the dead replica left: its record, its claim, its lock; a resolve seen
+        await r.call("ZADD", p + "replicas", 0, "dead")
+        await r.call("HSET", p + "rem:dead", rem.key, "5|" + json.dumps(rem.to_json()))
+        await r.call(
+            "HSET", p + "occ:" + rem.key, "status", "failed/interrupted", "at", now,
+            "owner", "dead", "token", 5, "rem", "1", "act", 4242, "res", 7,
+            "rtarget", prepared.target,
+        )  # fmt: skip
+        await r.call("SET", p + "lock:" + prepared.target, 7, "PX", 30000)
+        await r.call("SET", p + "resolved:" + alert.occurrence, now)
+    finally:
+        await r.close()
+    async with h:
+        for _ in range(100):  # adopted within claim_idle/3 of the start
+            await asyncio.sleep(0.1)
+            await h.advance(1)  # fires what the adoption armed
+            if await h.outcomes() or await h.metric(
+                "remediator_actions_total", rule="adopted", action="log", result="ok"
+            ):
+                break
+        ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
+        assert ran == 0
+        assert await h.outcomes() == [("skipped", "resolved")]
+
+
+async def test_a_claim_taken_over_inherits_no_lock_for_another_target_than_it_reserved(
+    redis_server: servers.RedisServer, tmp_path: Path
+) -> None:
+    """A dead replica claimed an occurrence and reserved a target the rule no longer
+    names (a reload since): the replica taking the claim over reserves the rule's target
+    through the limits (here its cooldown refuses) instead of inheriting that lock."""
+    h, p = adopting_harness(redis_server, tmp_path)
+    (rule_,) = load_rules(h.settings)
+    sent = am_alert("X")
+    alert = intake.replay("alertmanager", json_body(sent), received())[0]
+    prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
+    assert isinstance(prepared, Prepared)
+    key = occurrence_key(rule_.name, alert.fingerprint, alert.starts_iso)
+    now = h.clock.now()
+    r = Redis(redis_server.url, timeout=2.0)
+    try:  # the dead replica's claim and reservation (its lock lapsed); a cooldown running
+        await r.call("ZADD", p + "replicas", 0, "dead")
+        await r.call(
+            "HSET", p + "occ:" + key, "status", "deciding", "at", now, "owner", "dead",
+            "token", 5, "res", 7, "rtarget", "log elsewhere",
+        )  # fmt: skip
+        await r.call("SET", p + "last:" + prepared.target, now - 10, "PX", 3_600_000)
+    finally:
+        await r.close()
+    async with h:
+        resp = await h.post(payload(sent))
+        assert resp.status < 300
+        for _ in range(100):
+            await asyncio.sleep(0.1)
+            await h.settle()
+            if await h.outcomes():
+                break
+        ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
+        assert ran == 0
+        assert await h.outcomes() == [("skipped", "cooldown")]

@@ -7,7 +7,9 @@ racing on one occurrence or one target cannot both pass a guard. Every key expir
     {P}:journal                 stream of acknowledged requests; consumer group `engine`
     {P}:journal:alerts          alerts journaled and not yet decided (the 503 bound)
     {P}:occ:RULE␀FP␀STARTS      hash: status, at, owner, token (fencing), rem (a
-                                remediation owns it)
+                                remediation owns it), res and rtarget (the lock token
+                                and target its attempt reserved), act (its row, or
+                                `started`)
     {P}:last:TARGET             last attempt on a target (cooldown)
     {P}:att:RULE␀TARGET         zset of attempts in the rule's window
     {P}:ract:RULE, {P}:rtargets:RULE   a rule's actions in its window; its targets
@@ -88,8 +90,8 @@ def new_replica_id() -> str:
 # --------------------------------------------------------------------------- scripts
 
 _CLAIM = """
-local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'token', 'rem', 'res', 'act')
-local status, owner, token, rem, res, act = h[1], h[2], h[3], h[4], h[5], h[6]
+local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'token', 'rem', 'res', 'act', 'rtarget')
+local status, owner, token, rem, res, act, rtarget = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
 local decide = false
 local function dead()
   return owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[7] .. 'live:' .. owner) == 0
@@ -128,24 +130,30 @@ redis.call('HSET', KEYS[1], 'status', 'deciding', 'at', ARGV[3], 'owner', ARGV[4
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if status ~= 'deciding' and row == 0 then
   res = nil  -- an earlier decision's reservation, not one of a claim cut off
-  redis.call('HDEL', KEYS[1], 'res', 'act')
+  redis.call('HDEL', KEYS[1], 'res', 'rtarget', 'act')
 end
-return {1, status or '', t, res or 0, row}
+if not res then rtarget = nil end
+return {1, status or '', t, res or 0, row, rtarget or ''}
 """
 
+# Fenced (a token): refused unless the occurrence is still claimed under it — also when
+# it is gone (forgotten, expired), so a stale writer never recreates it without an owner.
 _SET_OCCURRENCE = """
-if ARGV[3] ~= '0' then
-  local t = redis.call('HGET', KEYS[1], 'token')
-  if t and t ~= ARGV[3] then return 0 end
-end
+if ARGV[3] ~= '0' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[3] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'at', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
+# Conditional (ARGV[2] = 1: a row given up on may not have reached the spool): only a
+# claim still `deciding` and owned by no remediation (whose next attempt decides with
+# `deciding` too, and whose record is the durable state) is let go of.
 _FORGET_OCCURRENCE = """
 if ARGV[1] ~= '0' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-if ARGV[2] == '1' and redis.call('HGET', KEYS[1], 'status') ~= 'deciding' then return 0 end
+if ARGV[2] == '1' then
+  if redis.call('HGET', KEYS[1], 'status') ~= 'deciding' then return 0 end
+  if redis.call('HEXISTS', KEYS[1], 'rem') == 1 then return 0 end
+end
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -200,7 +208,7 @@ if ARGV[10] ~= '1' then
   redis.call('SET', KEYS[7], token, 'PX', ARGV[11])
   -- on the occurrence claimed: a replica taking the claim over inherits the reservation
   if KEYS[10] and redis.call('HGET', KEYS[10], 'token') == ARGV[16] then
-    redis.call('HSET', KEYS[10], 'res', token)
+    redis.call('HSET', KEYS[10], 'res', token, 'rtarget', ARGV[13])
   end
 end
 return {'ok', n + 1, token}
@@ -212,7 +220,7 @@ if held and held ~= ARGV[1] then return 0 end
 local t = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], t, 'PX', ARGV[2])
 if KEYS[3] and redis.call('HGET', KEYS[3], 'token') == ARGV[3] then
-  redis.call('HSET', KEYS[3], 'res', t)
+  redis.call('HSET', KEYS[3], 'res', t, 'rtarget', ARGV[4])
 end
 return t
 """
@@ -279,24 +287,24 @@ return 1
 """
 
 # Saving a record needs the replica's lease: a replica whose lease lapsed (and whose
-# records another replica may have taken) must not write as their owner.
+# records another replica may have taken) must not write as their owner. A remediation's
+# needs its claim too, checked before anything is written: a refused save leaves no
+# record for a replica adopting this one's later.
 _SAVE_RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if KEYS[3] and redis.call('HGET', KEYS[3], 'token') ~= ARGV[4] then return -1 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-if KEYS[3] then
-  if redis.call('HGET', KEYS[3], 'token') ~= ARGV[4] then return -1 end
-  redis.call('HSET', KEYS[3], 'rem', '1')
-end
+if KEYS[3] then redis.call('HSET', KEYS[3], 'rem', '1') end
 return 1
 """
 
-# A remediation that ended leaves no action in progress on its occurrence: nothing of
-# it is taken over later, whatever its last row says.
+# A remediation that ended leaves no action in progress on its occurrence, and no
+# reservation: nothing of it is taken over later, whatever its last row says.
 _DROP_RECORD = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 if KEYS[2] and redis.call('HGET', KEYS[2], 'token') == ARGV[2] then
-  redis.call('HDEL', KEYS[2], 'rem', 'act')
+  redis.call('HDEL', KEYS[2], 'rem', 'act', 'res', 'rtarget')
 end
 return 0
 """
@@ -620,7 +628,7 @@ class RedisState:
         )  # fmt: skip
         if int(out[0]) == 0:
             return None
-        return Claim(_s(out[1]) or None, int(out[2]), int(out[3]), int(out[4]))
+        return Claim(_s(out[1]) or None, int(out[2]), int(out[3]), int(out[4]), _s(out[5]))
 
     async def occurrence(self, key: str) -> str | None:
         status = await self._r.call("HGET", self._occ(key), "status")
@@ -646,7 +654,8 @@ class RedisState:
     def forget_later(self, key: str, token: int) -> None:
         """A row of this claim may not have reached the spool (Redis did not answer):
         forget the claim before the alert is decided again, if it is still `deciding`
-        (a row that made it set the occurrence's status with it)."""
+        (a row that made it set the occurrence's status with it) and no remediation owns
+        it (its step rows are pushed under its token too: its record is what counts)."""
         self._unforgotten.setdefault(key, (token, True))
 
     async def forget_pending(self) -> bool:
@@ -718,7 +727,8 @@ class RedisState:
         keys = [self.key("lock", target), self.key("fence")]
         if occurrence and claim:
             keys.append(self._occ(occurrence))
-        new = int(await self._take_lock(keys, [token, _ms(self._config.lock_ttl), claim]))
+        args: list[Any] = [token, _ms(self._config.lock_ttl), claim, target]
+        new = int(await self._take_lock(keys, args))
         if new:
             self._locks[target] = new  # renewed from now on, as a lock it took
         return new
@@ -1146,8 +1156,8 @@ for i = 5, #ARGV, 7 do
   local kind, id, occ, token = ARGV[i], ARGV[i + 1], ARGV[i + 3], ARGV[i + 5]
   local ok = true
   if occ ~= '' and token ~= '0' then
-    local t = redis.call('HGET', occ, 'token')
-    ok = (not t) or t == token
+    -- an occurrence gone (forgotten, expired) is no longer this claim's either
+    ok = redis.call('HGET', occ, 'token') == token
   end
   if not ok then
     table.insert(out, '0')
@@ -1161,7 +1171,8 @@ for i = 5, #ARGV, 7 do
     if occ ~= '' then
       if ARGV[i + 4] ~= '' then redis.call('HSET', occ, 'status', ARGV[i + 4], 'at', ARGV[2]) end
       local act = ARGV[i + 6]
-      if act == '-' then redis.call('HDEL', occ, 'act')
+      -- an action that ended used its reservation up: none is inherited after it
+      if act == '-' then redis.call('HDEL', occ, 'act', 'res', 'rtarget')
       elseif act == '=' then redis.call('HSET', occ, 'act', id)
       elseif act ~= '' then redis.call('HSET', occ, 'act', act) end
       redis.call('PEXPIRE', occ, ARGV[3])

@@ -135,6 +135,8 @@ class Claim(NamedTuple):
     row: int = 0
     """Taken over from a dead replica that had written the action's row (`failed/
     interrupted`, never started) and died before it ran: that row, used again."""
+    target: str = ""
+    """With `lock`: the target that reservation is on (inherited only for that target)."""
 
 
 class Mark(NamedTuple):

@@ -219,18 +219,8 @@ class Decider:
         dry = settings.dry_run or rule.dry_run
         shadow = rule.dry_run and not settings.dry_run
         verdict = None
-        if taken_over is not None and taken_over.lock and not dry:
-            # The dead replica reserved this very attempt (its cooldown, counts and lock):
-            # its lock is this replica's now, unless another holder took it since.
-            token = await self._state.take_lock(
-                p.target, taken_over.lock, occurrence=w.key, claim=w.token
-            )
-            if token:
-                verdict = guards.Verdict(None, attempt=1, token=token)
-                log.warning(
-                    "reservation_inherited", rule=rule.name, target=p.target,
-                    fingerprint=w.alert.fingerprint,
-                )  # fmt: skip
+        if taken_over is not None and taken_over.lock:
+            verdict = await self._inherit(w, p, taken_over, dry=dry)
         if verdict is None:
             verdict = await self._state.reserve(
                 rule=rule, target=p.target, budgets=settings.budgets, now=w.now, dry_run=dry,
@@ -289,17 +279,52 @@ class Decider:
         self._loop.start(rem, w, p)
         return DECIDED
 
+    async def _inherit(
+        self, w: Work, p: Prepared, taken_over: Claim, *, dry: bool
+    ) -> guards.Verdict | None:
+        """The reservation of a claim taken over from a dead replica, as this attempt's
+        (None: this attempt reserves its own)."""
+        if dry or taken_over.target != p.target:
+            # Not the attempt it reserved (the rule names another target now, or it is a
+            # dry run): that lock goes, and this attempt reserves its own.
+            await self._state.release(taken_over.target, taken_over.lock)
+            return None
+        # The dead replica reserved this very attempt (its cooldown, counts and lock):
+        # its lock is this replica's now, unless another holder took it since.
+        token = await self._state.take_lock(
+            p.target, taken_over.lock, occurrence=w.key, claim=w.token
+        )
+        if not token:
+            return None
+        log.warning(
+            "reservation_inherited", rule=w.rule.name, target=p.target,
+            fingerprint=w.alert.fingerprint,
+        )  # fmt: skip
+        return guards.Verdict(None, attempt=1, token=token)
+
     async def act_again(self, w: Work, rem: Remediation) -> bool:
         """A remediation taken over from a dead replica whose step's action had not
         started (its row written, its target reserved, waiting for a slot): run it now,
         on that row and that reservation (its lock, inherited). False if it cannot be:
-        another holder has the target's lock, the rule now names another target, or it
-        would be a dry run — then it is decided again like any next attempt."""
+        a pause, blackout or silence holds it back, the alert stopped firing, the
+        reservation is older than a lock lives (`backend.redis.lock_ttl`: not the same
+        attempt any more), another holder has the target's lock, the rule now names
+        another target, or it would be a dry run — then it is decided again like any next
+        attempt (which records the skip, or reserves afresh)."""
         rule, settings = w.rule, self._settings()
         if settings.dry_run or rule.dry_run or not rem.lock_token or not rem.decision_id:
             return False
         prepared = prepare(rule.steps[w.step].action, rule, w.alert, settings)
-        if not isinstance(prepared, Prepared) or prepared.target != rem.target:
+        stale = w.now - rem.started > settings.backend.redis.lock_ttl
+        if (
+            not isinstance(prepared, Prepared)
+            or prepared.target != rem.target
+            or stale
+            or await self._transient(w) is not None
+            or await self._loop.stopped_firing(rem) is not None
+        ):
+            # Not this reservation's attempt: its lock (if it still stands) goes.
+            await self._state.release(rem.target, rem.lock_token)
             return False
         token = await self._state.take_lock(
             rem.target, rem.lock_token, occurrence=w.key, claim=w.token

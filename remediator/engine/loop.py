@@ -499,7 +499,7 @@ class Loop:
             return
         w = self._work(rem)
         if self.decider.held_back(w) is None:  # paused or blacked out: Alertmanager can wait
-            stopped = await self._stopped_firing(rem)
+            stopped = await self.stopped_firing(rem)
             if stopped is not None:
                 await self._recorder.record(
                     w, Outcome.SKIPPED, Reason.RESOLVED, target=rem.target,
@@ -509,7 +509,7 @@ class Loop:
                 return
         await self.decider.step(w, rem)
 
-    async def _stopped_firing(self, rem: Remediation) -> str | None:
+    async def stopped_firing(self, rem: Remediation) -> str | None:
         """Why the alert no longer fires, or None: no resolve seen and (where it can be
         asked) Alertmanager still lists it."""
         if rem.resolved or self.resolved_lately(rem.alert):

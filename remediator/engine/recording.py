@@ -138,10 +138,19 @@ class Recorder:
         self, w: Work, decision_id: int, outcome: Outcome, reason: Reason, *, detail: str,
         target: str = "", result: Mapping[str, Any] | None = None,
     ) -> None:  # fmt: skip
-        """A decision that waited (for an approval) reaches its outcome: the same row."""
+        """A decision that waited (for an approval, or for a slot it then did not use)
+        reaches its outcome: the same row, and the occurrence's status, fenced by the
+        claim like `record`: a replica whose occurrence was taken over (and whose row the
+        new owner may have acted on) writes neither (`errors.Superseded`)."""
+        status = f"{outcome}/{reason}"
+        mark = None
+        if self.audit.marks_occurrences:
+            # The row and the status in one step; nothing of the action is in progress.
+            mark = Mark(w.key, status, w.token, "-")
+        else:
+            await self._state.set_occurrence(w.key, status, w.now, token=w.token)
         await self.audit.update(decision_id, outcome=outcome, reason=reason, detail=detail,
-                                result=result)  # fmt: skip
-        await self._state.set_occurrence(w.key, f"{outcome}/{reason}", w.now)
+                                result=result, mark=mark)  # fmt: skip
         self.count(w.rule, outcome, reason)
         self.log(w, outcome, reason, target=target, detail=detail, decision_id=decision_id)
 
