@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from remediator import errors, intake
 from remediator.backends import redis as redis_backend
@@ -633,3 +634,34 @@ async def test_a_claim_taken_over_inherits_no_lock_for_another_target_than_it_re
         ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
         assert ran == 0
         assert await h.outcomes() == [("skipped", "cooldown")]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        ([], "appendonly no"),
+        (["--appendonly", "yes", "--appendfsync", "everysec"], "appendfsync everysec"),
+        (["--appendonly", "yes", "--appendfsync", "always"], None),
+    ],
+)
+async def test_a_redis_whose_persistence_is_less_than_documented_is_named_at_start(
+    tmp_path: Path, args: list[str], said: str | None
+) -> None:
+    """An operator who left Redis at its defaults is told at start what a 2xx then
+    survives; the documented setting starts without the warning."""
+    with servers.RedisServer(extra_args=args) as server:
+        h = Harness(
+            tmp_path, rules=ADOPTED_RULE,
+            config=f"backend: {{kind: redis, redis: {{key_prefix: t{next(_prefixes)}}}}}\n",
+            env={"REMEDIATOR_REDIS_URL": server.url},
+        )  # fmt: skip
+        with structlog.testing.capture_logs() as logs:
+            await h.start()
+        await h.stop()
+    warned = [e for e in logs if e["event"] == "redis_persistence_weak"]
+    if said is None:
+        assert warned == []
+    else:
+        [event] = warned
+        assert event["problem"].startswith(said)
+        assert "appendfsync always" in event["hint"]

@@ -93,6 +93,15 @@ class Backends:
         if isinstance(self.state, state_mod.EmbeddedState):
             await self.state.load()
         else:
+            from remediator.backends import redis as redis_backend  # noqa: PLC0415 - only when chosen
+
+            weak = await redis_backend.persistence(self.redis)
+            if weak is not None:
+                log.warning(
+                    "redis_persistence_weak", problem=weak,
+                    hint="run Redis with appendonly yes and appendfsync always "
+                    "(README, 'What a 2xx guarantees')",
+                )  # fmt: skip
             await self.state.start(now)  # type: ignore[attr-defined]  # RedisState
             await self.journal.start()  # type: ignore[attr-defined]  # RedisJournal
         start = getattr(self.audit, "start", None)

@@ -82,6 +82,44 @@ LOCAL_LIMIT = 2000
 for whichever replica has room (bounded memory per replica)."""
 
 
+async def persistence(client: Redis) -> str | None:
+    """What Redis's persistence lets a 2xx survive, when it is less than the documented
+    `appendonly yes` + `appendfsync always` (README, "What a 2xx guarantees"); None when
+    it is that. `CONFIG` refused (a managed Redis renames it) is said too: unknown."""
+    try:
+        appendonly = await client.call("CONFIG", "GET", "appendonly")
+        appendfsync = await client.call("CONFIG", "GET", "appendfsync")
+    except errors.BackendUnavailable as exc:
+        return f"unknown (CONFIG GET refused: {exc}); check appendonly and appendfsync by hand"
+    only = _config_value(appendonly)
+    fsync = _config_value(appendfsync)
+    if only == "yes" and fsync == "always":
+        return None
+    if only != "yes":
+        return (
+            f"appendonly {only or '?'}: a restart of Redis loses every alert acknowledged "
+            "since its last snapshot"
+        )
+    return (
+        f"appendfsync {fsync or '?'}: a crash of the Redis node loses up to a second of "
+        "acknowledged alerts"
+    )
+
+
+def _config_value(answer: Any) -> str:
+    """The value of a one-key `CONFIG GET` answer (a flat list or a map, by protocol)."""
+    if isinstance(answer, dict):
+        values = list(answer.values())
+    elif isinstance(answer, list | tuple):
+        values = list(answer[1::2])
+    else:
+        values = []
+    if not values:
+        return ""
+    v = values[0]
+    return (v.decode() if isinstance(v, bytes) else str(v)).lower()
+
+
 def new_replica_id() -> str:
     """Host (the pod's name), process and a random part: unique per process start."""
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
