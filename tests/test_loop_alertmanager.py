@@ -217,10 +217,13 @@ async def test_kill_9_mid_ladder_repeats_no_step_and_escalates_once(
     async with daemon, alertmanager(f"{daemon.url}/webhook/alertmanager") as am:
         await asyncio.to_thread(am.post_alerts, [pool_alert()])
 
-        async def step_two_under_way() -> bool:
-            return [r["step"] for r in await daemon.decisions()] == [1, 2]
+        async def step_two_verifying() -> bool:
+            # Its row says executed: the action is done and its verification pending (a
+            # kill while the action runs would leave it failed/interrupted, rightly).
+            rows = await daemon.decisions()
+            return [(r["step"], r["outcome"]) for r in rows] == [(1, "executed"), (2, "executed")]
 
-        await eventually(step_two_under_way, timeout=30, what="step 2 under way")
+        await eventually(step_two_verifying, timeout=30, what="step 2 executed")
         daemon.kill()  # mid-ladder: step 2's verification is pending
         await daemon.wait_exit()
         assert slack.requests == []

@@ -203,7 +203,16 @@ async def assert_once(
         idle = [await r.settled() for r in cluster.replicas if r.running]
         return all(idle) and len(per_occurrence(rows)) == n
 
-    await eventually(settled, timeout=60, what=f"a decision for each of {n} alerts")
+    try:
+        await eventually(settled, timeout=60, what=f"a decision for each of {n} alerts")
+    except AssertionError:
+        rows = select(await reader.decisions())
+        seen = Counter((r["outcome"], r["reason"]) for r in rows)
+        idle = [await r.settled() for r in cluster.replicas if r.running]
+        raise AssertionError(
+            f"{len(per_occurrence(final(rows)))} of {n} decided; rows {dict(seen)}; "
+            f"replicas settled {idle}; restarts {len(restarts(emu))}"
+        ) from None
     await asyncio.sleep(1.0)  # a late double, or a late audit write, would show now
     counts = restarts(emu)
     assert max(counts.values()) == 1, counts.most_common(3)
