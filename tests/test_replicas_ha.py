@@ -204,7 +204,7 @@ async def assert_once(
         return all(idle) and len(per_occurrence(rows)) == n
 
     try:
-        await eventually(settled, timeout=60, what=f"a decision for each of {n} alerts")
+        await eventually(settled, timeout=90, what=f"a decision for each of {n} alerts")
     except AssertionError:
         rows = select(await reader.decisions())
         seen = Counter((r["outcome"], r["reason"]) for r in rows)
@@ -246,7 +246,7 @@ async def burst_with(
     return sent, acked
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 async def test_redis_crashing_mid_burst_loses_no_acknowledged_alert_and_doubles_none(
     tmp_path: Path,
     emu: KubeEmulator,
