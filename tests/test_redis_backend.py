@@ -27,7 +27,7 @@ import structlog
 from remediator import errors, intake
 from remediator.backends import redis as redis_backend
 from remediator.backends.postgres import PostgresAudit
-from remediator.backends.state import Mark, MemoryState
+from remediator.backends.state import Claim, Mark, MemoryState
 from remediator.clients.redis import Redis
 from remediator.engine import guards
 from remediator.engine.clock import FakeClock
@@ -56,6 +56,20 @@ def redis_server() -> Iterator[servers.RedisServer]:
 def config(**changes: Any) -> RedisBackend:
     base = {"url": "", "key_prefix": f"t{next(_prefixes)}", "claim_idle": 0.3, "lock_ttl": 0.3}
     return RedisBackend(**{**base, **changes})
+
+
+async def claim_and_reserve(
+    state: redis_backend.RedisState, key: str, target: str
+) -> tuple[Claim, guards.Verdict]:
+    """A replica claims an occurrence and reserves its target, as a decision does."""
+    claim = await state.claim(key, skip=None, aged=False, now=NOW)
+    assert claim is not None
+    verdict = await state.reserve(
+        rule=rule(), target=target, budgets=Budgets(), now=NOW, dry_run=False,
+        occurrence=key, claim=claim.token,
+    )  # fmt: skip
+    assert verdict.reason is None and verdict.token
+    return claim, verdict
 
 
 @pytest.fixture
@@ -359,13 +373,7 @@ async def test_a_dead_replicas_reservation_and_row_go_to_the_replica_taking_its_
     spool = redis_backend.Spool(client, cfg, state=a)
     for key, started in (("occ-1", False), ("occ-2", True)):
         target = f"log {key}"
-        claim = await a.claim(key, skip=None, aged=False, now=NOW)
-        assert claim is not None
-        verdict = await a.reserve(
-            rule=rule(), target=target, budgets=Budgets(), now=NOW, dry_run=False,
-            occurrence=key, claim=claim.token,
-        )  # fmt: skip
-        assert verdict.reason is None and verdict.token
+        claim, verdict = await claim_and_reserve(a, key, target)
         mark = Mark(key, "failed/interrupted", claim.token, "=")
         (row,) = await spool.push([("insert", 0, "[1]", mark)], now=NOW)
         if started:
@@ -434,13 +442,7 @@ async def test_a_reservation_used_up_is_not_inherited_by_a_replica_taking_the_cl
         a = await replica(client, cfg, f"a{n}")
         spool = redis_backend.Spool(client, cfg, state=a)
         key, target = f"occ-{n}", f"log occ-{n}"
-        claim = await a.claim(key, skip=None, aged=False, now=NOW)
-        assert claim is not None
-        verdict = await a.reserve(
-            rule=rule(), target=target, budgets=Budgets(), now=NOW, dry_run=False,
-            occurrence=key, claim=claim.token,
-        )  # fmt: skip
-        assert verdict.reason is None and verdict.token
+        claim, _ = await claim_and_reserve(a, key, target)
         if how == "record dropped":
             await a.save_remediation(key, {"token": claim.token})
             await a.set_occurrence(key, guards.DECIDING, NOW, token=claim.token)

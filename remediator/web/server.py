@@ -172,7 +172,7 @@ class Limits:
         ):
             return "max_connections_per_client"
         self.open += 1
-        self.per_client[client] = self.per_client.get(client, 0) + 1
+        self.per_client[client] = per_client + 1
         self.metrics.http_connections.set(self.open)
         return ""
 
