@@ -545,11 +545,13 @@ rules:
 """
 
 
-def adopting_harness(redis_server: servers.RedisServer, tmp_path: Path) -> tuple[Harness, str]:
+def adopting_harness(
+    redis_server: servers.RedisServer, tmp_path: Path, rules: str = ADOPTED_RULE
+) -> tuple[Harness, str]:
     """A daemon on the Redis backend (acting for real), and its keys' prefix."""
     prefix = f"t{next(_prefixes)}"
     h = Harness(
-        tmp_path, rules=ADOPTED_RULE,
+        tmp_path, rules=rules,
         config="dry_run: false\n"
         f"backend: {{kind: redis, redis: {{key_prefix: {prefix}, claim_idle: 300ms, "
         "lock_ttl: 30s, poll_interval: 100ms}}\n",
@@ -599,6 +601,105 @@ async def test_an_adopted_action_that_never_started_is_not_run_once_the_alert_re
         ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
         assert ran == 0
         assert await h.outcomes() == [("skipped", "resolved")]
+
+
+async def test_an_adopted_action_whose_outcome_is_unknown_and_not_verified_calls_a_human(
+    redis_server: servers.RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead replica's action had started when it died (whether it acted is unknown) and
+    its rule verifies nothing (`resolve_within: never`): nothing will ever tell whether
+    it worked, so the replica adopting it never runs it again and calls a human."""
+    async with servers.WebhookReceiver() as receiver:
+        monkeypatch.setenv("REMEDIATOR_TEST_ESCALATE_URL", f"{receiver.url}/escalate")
+        rules = ADOPTED_RULE + (
+            "    escalate:\n"
+            "      {type: notify.webhook, params: {url_env: REMEDIATOR_TEST_ESCALATE_URL}}\n"
+        )
+        h, p = adopting_harness(redis_server, tmp_path, rules)
+        (rule_,) = load_rules(h.settings)
+        alert = intake.replay("alertmanager", json_body(am_alert("X")), received())[0]
+        prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
+        assert isinstance(prepared, Prepared)
+        now = h.clock.now()
+        rem = Remediation(
+            rule_, alert, "req", phase=Phase.ACTING, target=prepared.target,
+            decision_id=4242, started=now, token=5, lock_token=7,
+        )  # fmt: skip
+        r = Redis(redis_server.url, timeout=2.0)
+        try:  # what the dead replica left: its record, its claim, its action started
+            await r.call("ZADD", p + "replicas", 0, "dead")
+            await r.call("HSET", p + "rem:dead", rem.key, "5|" + json.dumps(rem.to_json()))
+            await r.call(
+                "HSET", p + "occ:" + rem.key, "status", "failed/interrupted", "at", now,
+                "owner", "dead", "token", 5, "rem", "1", "act", "started",
+            )  # fmt: skip
+        finally:
+            await r.close()
+        async with h:
+            for _ in range(100):  # adopted within claim_idle/3 of the start
+                await asyncio.sleep(0.1)
+                await h.advance(1)
+                if receiver.requests:
+                    break
+            await asyncio.sleep(0.3)  # a second page, or the action run, would show now
+            assert len(receiver.requests) == 1
+            assert "outcome unknown" in receiver.requests[0].json()["text"]
+            ran = await h.metric(
+                "remediator_actions_total", rule="adopted", action="log", result="ok"
+            )
+            assert ran == 0
+
+
+async def test_a_reservation_whose_answer_was_lost_is_inherited_by_the_decisions_retry(
+    redis_server: servers.RedisServer, tmp_path: Path
+) -> None:
+    """Redis ran the reservation (the target locked, its cooldown and counts taken), and
+    the answer never came back: the decision fails and its alert is decided again. That
+    retry must act on the reservation already made, not be refused by it (`locked`, or
+    an hour's `cooldown` with nothing done)."""
+    h, _ = adopting_harness(redis_server, tmp_path)
+    async with h:
+        state = h.daemon.state
+        assert isinstance(state, redis_backend.RedisState)
+        real, lost = state._reserve, []
+
+        async def answer_lost_once(keys: list[str], args: list[Any]) -> Any:
+            answer = await real(keys, args)  # run by the real Redis...
+            if not lost:  # ...and its answer lost on the way back
+                lost.append(answer)
+                raise errors.BackendUnavailable("Timeout reading from redis")
+            return answer
+
+        state._reserve = answer_lost_once  # type: ignore[assignment] # the lost answer only
+        await h.fire(am_alert("X"))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if await h.outcomes():
+                break
+        assert lost
+        assert await h.outcomes() == [("executed", "")]
+        ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
+        assert ran == 1
+
+
+async def test_a_lock_let_go_of_while_redis_is_down_lapses_instead_of_failing_the_action(
+    tmp_path: Path,
+) -> None:
+    """An action lets go of its target's lock in a `finally`: with Redis away just then
+    (it restarts), that must not raise over what the action did (its outcome would go
+    unrecorded, and no human called). The lock, no longer renewed, lapses by itself."""
+    with servers.RedisServer() as server:
+        r = Redis(server.url, timeout=2.0)
+        try:
+            state = await replica(r, config(lock_ttl=0.5), "a")
+            _, verdict = await claim_and_reserve(state, "occ", "log x")
+            await asyncio.to_thread(server.halt, kill=True)
+            await state.release("log x", verdict.token)  # does not raise
+            await asyncio.to_thread(server.resume)
+            await asyncio.sleep(0.6)
+            assert not await state.holds_lock("log x", verdict.token)  # lapsed, not renewed
+        finally:
+            await r.close()
 
 
 async def test_a_claim_taken_over_inherits_no_lock_for_another_target_than_it_reserved(

@@ -141,9 +141,10 @@ elseif not status then
   decide = true
 elseif status == 'held' then
   decide = ARGV[2] == '1' and (ARGV[6] == '0' or token == ARGV[6])
-elseif status == 'deciding' then
-  -- another replica's claim: stale once that replica's lease is gone (it died)
-  decide = dead()
+elseif status == 'deciding' or status == 'retry' then
+  -- another replica's claim: stale once that replica's lease is gone (it died), or let
+  -- go of with its reservation by a decision that failed (`retry`)
+  decide = status == 'retry' or dead()
   if decide and act and act ~= 'started' then row = act end
 elseif status == 'failed/interrupted' and act and act ~= 'started' then
   -- a dead replica wrote the action's row and died before it kept a remediation
@@ -166,7 +167,7 @@ end
 local t = redis.call('INCR', ARGV[7] .. 'fence')
 redis.call('HSET', KEYS[1], 'status', 'deciding', 'at', ARGV[3], 'owner', ARGV[4], 'token', t)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
-if status ~= 'deciding' and row == 0 then
+if status ~= 'deciding' and status ~= 'retry' and row == 0 then
   res = nil  -- an earlier decision's reservation, not one of a claim cut off
   redis.call('HDEL', KEYS[1], 'res', 'rtarget', 'act')
 end
@@ -186,11 +187,21 @@ return 1
 # Conditional (ARGV[2] = 1: a row given up on may not have reached the spool): only a
 # claim still `deciding` and owned by no remediation (whose next attempt decides with
 # `deciding` too, and whose record is the durable state) is let go of.
+# A claim still `deciding` that had reserved its target (`res`: a reply that timed out
+# hides whether the reservation was made) is not deleted but left `retry`, without owner
+# or token: the next claim decides it and inherits that reservation, instead of finding
+# the target locked, cooled down and counted by an attempt that never ran.
 _FORGET_OCCURRENCE = """
 if ARGV[1] ~= '0' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
+local h = redis.call('HMGET', KEYS[1], 'status', 'rem', 'res')
 if ARGV[2] == '1' then
-  if redis.call('HGET', KEYS[1], 'status') ~= 'deciding' then return 0 end
-  if redis.call('HEXISTS', KEYS[1], 'rem') == 1 then return 0 end
+  if h[1] ~= 'deciding' then return 0 end
+  if h[2] then return 0 end
+end
+if h[1] == 'deciding' and h[3] and not h[2] then
+  redis.call('HSET', KEYS[1], 'status', 'retry')
+  redis.call('HDEL', KEYS[1], 'owner', 'token')
+  return 1
 end
 redis.call('DEL', KEYS[1])
 return 1
@@ -755,9 +766,16 @@ class RedisState:
 
     async def release(self, target: str, token: int = 0) -> None:
         if self._locks.get(target) == token:
-            del self._locks[target]
-        if token:
+            del self._locks[target]  # not renewed any more: it lapses by itself
+        if not token:
+            return
+        try:
             await self._release([self.key("lock", target)], [token])
+        except errors.BackendUnavailable as exc:
+            # Best effort: a lock not let go of lapses within lock_ttl. Raising here
+            # (mostly from an action's `finally`) would hide what the action did.
+            log.warning("lock_release_failed", target=target, error=str(exc),
+                        lapses_in=self._config.lock_ttl)  # fmt: skip
 
     async def take_lock(
         self, target: str, token: int, *, occurrence: str = "", claim: int = 0

@@ -202,7 +202,8 @@ class State(Protocol):
         notes the lock on it, for a replica that takes the claim over (`Claim.lock`)."""
 
     async def release(self, target: str, token: int = 0) -> None:
-        """Let go of the target lock taken with `token` (not one taken since by another)."""
+        """Let go of the target lock taken with `token` (not one taken since by another).
+        Never raises for an unavailable backend: a lock not let go of lapses by itself."""
 
     async def take_lock(
         self, target: str, token: int, *, occurrence: str = "", claim: int = 0

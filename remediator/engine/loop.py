@@ -888,8 +888,18 @@ class Loop:
                      outcome="failed/interrupted")  # fmt: skip
             rem.changed = False
             seconds = verify_for(rem.rule, rem.step)
-            if seconds is None or rem.resolved:
-                self.finish(rem)  # not verified, or it resolved meanwhile: nothing to wait for
+            if rem.resolved or self.resolved_lately(rem.alert):
+                self.finish(rem)  # it resolved meanwhile: nothing to wait for
+                return
+            if seconds is None:
+                # Not verified (`resolve_within: never`), and whether it acted is unknown:
+                # nothing will tell, so a human is called to check the target.
+                await self.give_up(
+                    self._work(rem), rem, decision_id=rem.decision_id,
+                    why=f"step {rem.step + 1} {rem.rule.steps[rem.step].action.type} "
+                    f"{rem.target.split(' ', 1)[-1]}: outcome unknown (the daemon stopped "
+                    "while it ran) and not verified: check the target by hand",
+                )  # fmt: skip
                 return
             rem.phase, rem.verify_for, rem.due = Phase.VERIFYING, seconds, rem.started + seconds
         if rem.phase is Phase.VERIFYING and (rem.resolved or self.resolved_lately(rem.alert)):
