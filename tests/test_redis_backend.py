@@ -28,7 +28,7 @@ from remediator import errors, intake
 from remediator.backends import redis as redis_backend
 from remediator.backends.postgres import PostgresAudit
 from remediator.backends.state import Claim, Mark, MemoryState
-from remediator.clients.redis import Redis
+from remediator.clients.redis import Redis, Unsent
 from remediator.engine import guards
 from remediator.engine.clock import FakeClock
 from remediator.engine.executing import Prepared, prepare
@@ -650,6 +650,44 @@ async def test_an_adopted_action_whose_outcome_is_unknown_and_not_verified_calls
             assert ran == 0
 
 
+async def test_a_claim_whose_answer_was_lost_is_not_taken_for_another_replicas(
+    client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis ran the claim (the occurrence `deciding`, owned by this replica) and its
+    answer never came back. Sent again, the claim answers the same; given up on, it is
+    let go of before the alert is handed out again. Before, the retry found the
+    occurrence `deciding` by a live replica and skipped it as a duplicate: an
+    acknowledged alert never decided."""
+    monkeypatch.setattr(redis_backend, "RESTART_GRACE", 0.3)
+    a = await replica(client, config(), "a")
+    real, answers = a._claim, []
+
+    async def answers_lost(n: int) -> Any:
+        async def claim(keys: list[str], args: list[Any]) -> Any:
+            answer = await real(keys, args)  # run by the real Redis...
+            answers.append(answer)
+            if len(answers) <= n:  # ...and its answer lost on the way back
+                raise errors.BackendUnavailable("Timeout reading from redis")
+            return answer
+
+        return claim
+
+    a._claim = await answers_lost(1)  # type: ignore[assignment] # the lost answer only
+    claim = await a.claim("occ", skip=None, aged=False, now=NOW)
+    assert claim is not None and len(answers) == 2
+    assert claim.token == int(answers[0][2])  # the same claim, not a second one
+    assert await a.claim("occ", skip=None, aged=False, now=NOW) is None  # decided by it
+
+    answers.clear()
+    a._claim = await answers_lost(1000)  # type: ignore[assignment] # Redis never answers
+    with pytest.raises(errors.BackendUnavailable):
+        await a.claim("occ2", skip=None, aged=False, now=NOW)
+    assert answers and await a.occurrence("occ2") == guards.DECIDING  # it did run
+    a._claim = real  # type: ignore[method-assign]
+    assert await a.forget_pending()  # before the journal hands the alert out again
+    assert await a.claim("occ2", skip=None, aged=False, now=NOW) is not None
+
+
 async def test_a_reservation_whose_answer_was_lost_is_inherited_by_the_decisions_retry(
     redis_server: servers.RedisServer, tmp_path: Path
 ) -> None:
@@ -672,9 +710,9 @@ async def test_a_reservation_whose_answer_was_lost_is_inherited_by_the_decisions
 
         state._reserve = answer_lost_once  # type: ignore[assignment] # the lost answer only
         await h.fire(am_alert("X"))
-        for _ in range(100):
+        for _ in range(100):  # its row says "never started" until the action ran
             await asyncio.sleep(0.05)
-            if await h.outcomes():
+            if await h.outcomes() not in ([], [("failed", "interrupted")]):
                 break
         assert lost
         assert await h.outcomes() == [("executed", "")]
@@ -682,22 +720,75 @@ async def test_a_reservation_whose_answer_was_lost_is_inherited_by_the_decisions
         assert ran == 1
 
 
-async def test_a_lock_let_go_of_while_redis_is_down_lapses_instead_of_failing_the_action(
-    tmp_path: Path,
+async def test_an_action_whose_record_could_not_be_kept_is_decided_again_not_skipped(
+    redis_server: servers.RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An action lets go of its target's lock in a `finally`: with Redis away just then
-    (it restarts), that must not raise over what the action did (its outcome would go
-    unrecorded, and no human called). The lock, no longer renewed, lapses by itself."""
-    with servers.RedisServer() as server:
+    """The action's row is written, and Redis refuses its remediation record (down past
+    `RESTART_GRACE`): the decision fails, nothing runs, and the alert is decided again.
+    That retry must act, not find the record that was never kept still in the replica's
+    memory and take the alert for a duplicate (never acted on, nobody called)."""
+    monkeypatch.setattr(redis_backend, "RESTART_GRACE", 0.2)
+    h, _ = adopting_harness(redis_server, tmp_path)
+    async with h:
+        state = h.daemon.state
+        assert isinstance(state, redis_backend.RedisState)
+        real, refused = state._save, []
+
+        async def refused_at_first(keys: list[str], args: list[Any]) -> Any:
+            if len(refused) < 3:
+                refused.append(args[0])
+                raise Unsent("Error 111 connecting to redis")
+            return await real(keys, args)
+
+        state._save = refused_at_first  # type: ignore[assignment] # Redis away, then back
+        await h.fire(am_alert("X"))
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if ("executed", "") in await h.outcomes():
+                break
+        assert refused
+        assert ("executed", "") in await h.outcomes()
+        ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
+        assert ran == 1
+
+
+async def test_the_calls_around_a_running_action_wait_out_a_redis_restart_or_do_not_act(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between an action's start and its outcome the replica checks its lock (right before
+    the side effect), counts the result for the circuit and lets the lock go. Redis
+    restarting just then (AOF `always`, as documented): the lock check and the count
+    wait it out; a release that fails does not raise over what the action did (the
+    lock lapses by itself); a lock check Redis cannot answer at all says "not held", so
+    nothing is done on a target another replica may hold."""
+    monkeypatch.setattr(redis_backend, "RESTART_GRACE", 2.0)
+    with servers.RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]) as (
+        server
+    ):
         r = Redis(server.url, timeout=2.0)
         try:
-            state = await replica(r, config(lock_ttl=0.5), "a")
+            state = await replica(r, config(lock_ttl=30), "a")
             _, verdict = await claim_and_reserve(state, "occ", "log x")
+
+            async def restart() -> None:
+                await asyncio.to_thread(server.halt, kill=True)
+                await asyncio.sleep(0.5)
+                await asyncio.to_thread(server.resume)
+
+            crash = asyncio.create_task(restart())
+            await asyncio.sleep(0.1)  # Redis is gone now
+            assert await state.holds_lock("log x", verdict.token)  # waited for it
+            await crash
+            crash = asyncio.create_task(restart())
+            await asyncio.sleep(0.1)
+            opened = await state.record_result(rule=rule(), target="log x", ok=True, now=NOW)
+            assert not opened  # waited for it: a success, counted
+            await crash
             await asyncio.to_thread(server.halt, kill=True)
             await state.release("log x", verdict.token)  # does not raise
+            assert not await state.holds_lock("log x", verdict.token)  # cannot say: not held
             await asyncio.to_thread(server.resume)
-            await asyncio.sleep(0.6)
-            assert not await state.holds_lock("log x", verdict.token)  # lapsed, not renewed
+            assert await state.holds_lock("log x", verdict.token)  # never let go of: lapses
         finally:
             await r.close()
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from remediator.engine.deciding import NEVER_STARTED
 from tests import servers
 from tests.daemon_process import eventually
 from tests.harness import payload
@@ -226,6 +227,10 @@ async def assert_once(
     lost = [r for r in unknown if (r["outcome"], r["reason"]) != ("failed", "interrupted")]
     assert not lost, [(r["outcome"], r["reason"], r["detail"][:160]) for r in lost[:3]]
     assert len(counts) >= n - len(unknown)
+    # An action that had not started when the fault hit is run once it passes, never
+    # left "never started" with nobody acting or called.
+    waiting = [r["fingerprint"] for r in rows if r["detail"].endswith(NEVER_STARTED)]
+    assert not waiting, waiting[:5]
 
 
 async def burst_with(

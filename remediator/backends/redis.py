@@ -9,7 +9,10 @@ racing on one occurrence or one target cannot both pass a guard. Every key expir
     {P}:occ:RULE␀FP␀STARTS      hash: status, at, owner, token (fencing), rem (a
                                 remediation owns it), res and rtarget (the lock token
                                 and target its attempt reserved), act (its row, or
-                                `started`)
+                                `started`), cn (the nonce of the claim that set it:
+                                a claim sent again answers the same); status `retry`:
+                                a failed decision's claim, let go of with its
+                                reservation for the next claim to inherit
     {P}:last:TARGET             last attempt on a target (cooldown)
     {P}:att:RULE␀TARGET         zset of attempts in the rule's window
     {P}:ract:RULE, {P}:rtargets:RULE   a rule's actions in its window; its targets
@@ -42,7 +45,7 @@ import os
 import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -50,7 +53,7 @@ from remediator import errors
 from remediator.backends.journal import Also, JournalEntry, Replay
 from remediator.backends.sqlite import Database
 from remediator.backends.state import GLOBAL, Claim, Mark, Pause
-from remediator.clients.redis import Redis
+from remediator.clients.redis import Redis, Unsent
 from remediator.engine import guards
 from remediator.engine.guards import Circuit, Verdict
 from remediator.models.alert import Alert, iso, parse_time
@@ -59,6 +62,7 @@ from remediator.models.rule import Rule
 from remediator.settings import Budgets, RedisBackend
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 GROUP = "engine"
 OCCURRENCE_TTL = 7 * 86400.0
@@ -72,6 +76,9 @@ IDLE_POLL = 0.01
 """Seconds between reads of an idle stream (an append by this replica reads at once)."""
 SPOOL_RETRY_SECONDS = 30.0
 """How long an audit write Redis refused or did not answer is tried again."""
+RESTART_GRACE = 5.0
+"""Seconds a Redis restart is waited out by an action's lock check and its circuit's
+count (the calls between a started action and its outcome), before they give up."""
 SPOOL_PUSH_MEMORY = 600
 """Seconds Redis remembers a push's ids, so that its retries are not appended again."""
 KEEP_RETRIES = 5
@@ -128,8 +135,16 @@ def new_replica_id() -> str:
 # --------------------------------------------------------------------------- scripts
 
 _CLAIM = """
-local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'token', 'rem', 'res', 'act', 'rtarget')
+local h = redis.call('HMGET', KEYS[1], 'status', 'owner', 'token', 'rem', 'res', 'act',
+  'rtarget', 'cn')
 local status, owner, token, rem, res, act, rtarget = h[1], h[2], h[3], h[4], h[5], h[6], h[7]
+if status == 'deciding' and h[8] == ARGV[9] and owner == ARGV[4] then
+  -- this very claim again (its answer was lost): the same answer, nothing changed
+  local again = 0
+  if act and act ~= 'started' then again = act end
+  if not res then rtarget = nil end
+  return {1, '', token, res or 0, again, rtarget or ''}
+end
 local decide = false
 local function dead()
   return owner and owner ~= ARGV[4] and redis.call('EXISTS', ARGV[7] .. 'live:' .. owner) == 0
@@ -165,7 +180,8 @@ if not decide then
   return {0, status or ''}
 end
 local t = redis.call('INCR', ARGV[7] .. 'fence')
-redis.call('HSET', KEYS[1], 'status', 'deciding', 'at', ARGV[3], 'owner', ARGV[4], 'token', t)
+redis.call('HSET', KEYS[1], 'status', 'deciding', 'at', ARGV[3], 'owner', ARGV[4], 'token', t,
+  'cn', ARGV[9])
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 if status ~= 'deciding' and status ~= 'retry' and row == 0 then
   res = nil  -- an earlier decision's reservation, not one of a claim cut off
@@ -187,18 +203,20 @@ return 1
 # Conditional (ARGV[2] = 1: a row given up on may not have reached the spool): only a
 # claim still `deciding` and owned by no remediation (whose next attempt decides with
 # `deciding` too, and whose record is the durable state) is let go of.
-# A claim still `deciding` that had reserved its target (`res`: a reply that timed out
-# hides whether the reservation was made) is not deleted but left `retry`, without owner
-# or token: the next claim decides it and inherits that reservation, instead of finding
-# the target locked, cooled down and counted by an attempt that never ran.
+# A failed decision's claim (unconditional: the decision never started its action) that
+# had reserved its target (`res`: a reply that timed out hides whether the reservation
+# was made) is not deleted but left `retry`, without owner or token: the next claim
+# decides it and inherits that reservation (and the action's row, if written), instead
+# of finding the target locked, cooled down and counted by an attempt that never ran.
 _FORGET_OCCURRENCE = """
 if ARGV[1] ~= '0' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-local h = redis.call('HMGET', KEYS[1], 'status', 'rem', 'res')
+if ARGV[3] and redis.call('HGET', KEYS[1], 'cn') ~= ARGV[3] then return 0 end
+local h = redis.call('HMGET', KEYS[1], 'status', 'rem', 'res', 'act')
 if ARGV[2] == '1' then
   if h[1] ~= 'deciding' then return 0 end
   if h[2] then return 0 end
 end
-if h[1] == 'deciding' and h[3] and not h[2] then
+if h[3] and not h[2] and h[4] ~= 'started' then
   redis.call('HSET', KEYS[1], 'status', 'retry')
   redis.call('HDEL', KEYS[1], 'owner', 'token')
   return 1
@@ -449,6 +467,21 @@ def checkpoint() -> None:
         raise asyncio.CancelledError
 
 
+async def _through_restart(call: Callable[[], Awaitable[T]], *, retry_sent: bool) -> T:
+    """`call`, tried again for up to `RESTART_GRACE` while Redis refuses it (restarting,
+    loading) — or with `retry_sent` (a call that can run twice) also while it does not
+    answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RESTART_GRACE
+    while True:
+        try:
+            return await call()
+        except errors.BackendUnavailable as exc:
+            if not (retry_sent or isinstance(exc, Unsent)) or loop.time() >= deadline:
+                raise
+        await asyncio.sleep(0.2)
+
+
 def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -489,6 +522,8 @@ class RedisState:
         self._set_occ = client.script(_SET_OCCURRENCE, "set_occurrence")
         self._forget = client.script(_FORGET_OCCURRENCE, "forget_occurrence")
         self._unforgotten: dict[str, tuple[int, bool]] = {}
+        self._unclaimed: dict[str, str] = {}
+        """Claims sent without an answer (key → the claim's nonce): let go of later."""
         """Occurrence key → (claim token, only while still `deciding`) of the claims this
         replica failed to forget (Redis away)."""
         self._reserve = client.script(_RESERVE, "reserve")
@@ -670,11 +705,21 @@ class RedisState:
         self, key: str, *, skip: Reason | None, aged: bool, now: float, token: int = 0
     ) -> Claim | None:
         transient = "," + ",".join(str(r) for r in guards.TRANSIENT) + ","
-        out = await self._claim(
-            [self._occ(key)],
-            [str(skip or ""), "1" if aged else "0", now, self.replica, _ms(OCCURRENCE_TTL),
-             token, self._p, transient],
-        )  # fmt: skip
+        nonce = uuid.uuid4().hex[:16]
+        keys = [self._occ(key)]
+        args: list[Any] = [
+            str(skip or ""), "1" if aged else "0", now, self.replica, _ms(OCCURRENCE_TTL),
+            token, self._p, transient, nonce,
+        ]  # fmt: skip
+        try:
+            # The claim's own nonce makes it safe to send again: a claim that ran without
+            # our hearing of it answers the same, instead of "another replica decides".
+            out = await _through_restart(lambda: self._claim(keys, args), retry_sent=True)
+        except errors.BackendUnavailable:
+            # It may have run all the same: let go of it before the alert is handed out
+            # again, or that delivery would find it `deciding` here and skip it.
+            self._unclaimed[key] = nonce
+            raise
         if int(out[0]) == 0:
             return None
         return Claim(_s(out[1]) or None, int(out[2]), int(out[3]), int(out[4]), _s(out[5]))
@@ -714,7 +759,10 @@ class RedisState:
         for key, (token, deciding) in list(self._unforgotten.items()):
             await self._forget([self._occ(key)], [token, "1" if deciding else "0"])
             del self._unforgotten[key]
-        return not self._unforgotten
+        for key, nonce in list(self._unclaimed.items()):
+            await self._forget([self._occ(key)], [0, "1", nonce])
+            del self._unclaimed[key]
+        return not self._unforgotten and not self._unclaimed
 
     # -- limits -------------------------------------------------------------------------
 
@@ -796,21 +844,31 @@ class RedisState:
         return _s(act) == "started"
 
     async def holds_lock(self, target: str, token: int) -> bool:
+        """False also when Redis cannot say, even after `RESTART_GRACE`: a lock that
+        cannot be checked is not held (the action is not run)."""
         if not token:
             return True
-        return _s(await self._r.call("GET", self.key("lock", target)) or b"") == str(token)
+        key = self.key("lock", target)
+        try:
+            held = await _through_restart(lambda: self._r.call("GET", key), retry_sent=True)
+        except errors.BackendUnavailable as exc:
+            log.warning("lock_check_failed", target=target, error=str(exc))
+            return False
+        return _s(held or b"") == str(token)
 
     async def end_trial(self, *, rule: Rule, target: str) -> None:
-        await self._end_trial([self.key("circ", f"{rule.name}\x00{target}")], [])
+        keys = [self.key("circ", f"{rule.name}\x00{target}")]
+        await _through_restart(lambda: self._end_trial(keys, []), retry_sent=True)
 
     async def record_result(self, *, rule: Rule, target: str, ok: bool, now: float) -> bool:
         pair = f"{rule.name}\x00{target}"
         cb = rule.circuit_breaker
         ttl = _ms(max(rule.limits.window, cb.reset_after) * 2 + 60)
-        opened = await self._result(
-            [self.key("circ", pair), self.key("circopen")],
-            ["1" if ok else "0", now, cb.open_after, cb.reset_after, ttl, pair],
-        )
+        keys = [self.key("circ", pair), self.key("circopen")]
+        args: list[Any] = ["1" if ok else "0", now, cb.open_after, cb.reset_after, ttl, pair]
+        # A success (the count reset) can run twice; a failure counted is not repeated
+        # once it may have reached Redis: only a refused call is.
+        opened = await _through_restart(lambda: self._result(keys, args), retry_sent=ok)
         return bool(opened)
 
     async def escalation_allowed(self, *, now: float, window: float, limit: int) -> bool:
@@ -900,7 +958,8 @@ class RedisState:
         if kind == "rem":
             keys.append(self._occ(key))
         value = f"{token}|{json.dumps(record)}"
-        ok = await self._save(keys, [key, value, _ms(RECORDS_TTL), token])
+        args: list[Any] = [key, value, _ms(RECORDS_TTL), token]
+        ok = await _through_restart(lambda: self._save(keys, args), retry_sent=True)
         if ok == 0:
             raise errors.Superseded(f"replica {self.replica} lost its lease: {key!r} not saved")
         if ok == -1:
@@ -910,7 +969,7 @@ class RedisState:
         keys = [self.key(kind, self.replica)]
         if kind == "rem":
             keys.append(self._occ(key))
-        await self._drop(keys, [key, token])
+        await _through_restart(lambda: self._drop(keys, [key, token]), retry_sent=True)
 
     def save_held(self, key: str, record: Mapping[str, Any]) -> asyncio.Future[Any] | None:
         return self._spawn_write(self._save_record("held", key, record))

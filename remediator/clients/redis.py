@@ -34,7 +34,7 @@ def describe_url(url: str) -> str:
         return "(unparsable URL)"
 
 
-class Unsent(errors.BackendUnavailable):
+class Unsent(errors.Refused):
     """The command never reached a Redis that could run it (the connection was refused,
     or the server was still loading its data): running it again cannot double it."""
 

@@ -112,7 +112,12 @@ class Decider:
             return DUPLICATE
         except Exception:
             # A bug or a failed write: forget the claim so a later delivery decides afresh.
-            await self._state.forget_occurrence(w.key, token=w.token)
+            try:
+                await self._state.forget_occurrence(w.key, token=w.token)
+            except errors.BackendUnavailable as exc:
+                # Forgotten once it answers, before the alert is handed out again; the
+                # error that failed the decision is the one worth raising.
+                log.warning("claim_forget_deferred", rule=w.rule.name, error=str(exc))
             raise
 
     async def _decide(

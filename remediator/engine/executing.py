@@ -290,7 +290,8 @@ class Executor:
                         Failure(
                             Reason.LOCKED,
                             f"not run: the lock on {p.target} lapsed before the action started "
-                            "and another replica may hold it (backend.redis.lock_ttl)",
+                            "(or Redis could not say) and another replica may hold it "
+                            "(backend.redis.lock_ttl)",
                         ),
                     )
         finally:

@@ -248,8 +248,20 @@ class Loop:
         rem.phase, rem.step, rem.target = Phase.ACTING, w.step, p.target
         rem.decision_id, rem.started, rem.last_skip = decision_id, w.now, ""
         rem.lock_token = p.token  # a replica taking it over before it starts inherits it
+        new = self._active.get(rem.key) is not rem
         self._track(rem)
-        await self._save(rem)
+        try:
+            await self._save(rem)
+        except Exception as exc:
+            if new:
+                # Not kept: the decision fails and is made again, which this remediation,
+                # left tracked with no task and no timer, would take for a duplicate.
+                self._untrack(rem)
+                if not isinstance(exc, errors.Refused):
+                    # It may have been kept all the same: not one to adopt later. (A
+                    # refused one leaves the reservation for the retry to inherit.)
+                    self._state.drop_remediation(rem.key, rem.token)
+            raise
         return rem
 
     def start(self, rem: Remediation, w: Work, p: Prepared) -> None:
@@ -761,6 +773,11 @@ class Loop:
         self._metrics.remediations.set(len(self._active))
 
     def _forget(self, rem: Remediation) -> Any:
+        self._untrack(rem)
+        return self._state.drop_remediation(rem.key, rem.token)
+
+    def _untrack(self, rem: Remediation) -> None:
+        """Out of this replica's memory (its record, if any, stays)."""
         key = rem.key
         if rem.timer is not None:
             rem.timer.cancel()
@@ -773,7 +790,6 @@ class Loop:
                 if not keys:
                     del self._by_occurrence[rem.alert.occurrence]
         self._metrics.remediations.set(len(self._active))
-        return self._state.drop_remediation(key, rem.token)
 
     async def _forget_durably(self, rem: Remediation) -> None:
         """Forget it, and wait until that is durable (an escalation must not repeat)."""
