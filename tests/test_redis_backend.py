@@ -364,17 +364,22 @@ async def test_an_audit_row_and_its_occurrences_status_are_written_together_or_n
 async def test_a_dead_replicas_reservation_and_row_go_to_the_replica_taking_its_claim_over(
     client: Redis,
 ) -> None:
-    """A replica reserved a target for an occurrence and wrote the action's row, then
-    died before its action started: the replica that takes the claim over inherits that
-    lock (no `locked` refusal until it lapses) and that row (no second one). Once the
+    """A replica reserved a target for an occurrence and wrote the action's row (or the
+    approval request's), then died before its action started (or before it kept the
+    request's record: nobody was asked): the replica that takes the claim over inherits
+    that lock (no `locked` refusal until it lapses) and that row (no second one). Once the
     action has started, the occurrence is never taken over."""
     cfg = config(lock_ttl=60)
     a, b, c = [await replica(client, cfg, name) for name in "abc"]
     spool = redis_backend.Spool(client, cfg, state=a)
-    for key, started in (("occ-1", False), ("occ-2", True)):
+    for key, status, started in (
+        ("occ-1", "failed/interrupted", False),
+        ("occ-2", "failed/interrupted", True),
+        ("occ-3", "awaiting_approval/", False),
+    ):
         target = f"log {key}"
         claim, verdict = await claim_and_reserve(a, key, target)
-        mark = Mark(key, "failed/interrupted", claim.token, "=")
+        mark = Mark(key, status, claim.token, "=")
         (row,) = await spool.push([("insert", 0, "[1]", mark)], now=NOW)
         if started:
             await spool.push([("update", row, "[]", Mark(key, "", claim.token, "started"))])

@@ -161,9 +161,11 @@ elseif status == 'deciding' or status == 'retry' then
   -- go of with its reservation by a decision that failed (`retry`)
   decide = status == 'retry' or dead()
   if decide and act and act ~= 'started' then row = act end
-elseif status == 'failed/interrupted' and act and act ~= 'started' then
-  -- a dead replica wrote the action's row and died before it kept a remediation
-  -- record (so before the action ran): taken over, that row used again
+elseif (status == 'failed/interrupted' or status == 'awaiting_approval/') and act
+    and act ~= 'started' then
+  -- a dead replica wrote the action's (or approval request's) row and died before it
+  -- kept a remediation record (so before the action ran, or anyone was asked): taken
+  -- over, that row used again
   decide = dead()
   if decide then row = act end
 else
