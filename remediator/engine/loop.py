@@ -248,21 +248,25 @@ class Loop:
         rem.phase, rem.step, rem.target = Phase.ACTING, w.step, p.target
         rem.decision_id, rem.started, rem.last_skip = decision_id, w.now, ""
         rem.lock_token = p.token  # a replica taking it over before it starts inherits it
+        await self._track_durably(rem)
+        return rem
+
+    async def _track_durably(self, rem: Remediation) -> None:
+        """Track it and keep its record; a new one whose record could not be kept is not
+        tracked either: the decision fails and is made again, which it would otherwise
+        take for a duplicate (and its timer, if armed, fires for nothing)."""
         new = self._active.get(rem.key) is not rem
         self._track(rem)
         try:
             await self._save(rem)
         except Exception as exc:
             if new:
-                # Not kept: the decision fails and is made again, which this remediation,
-                # left tracked with no task and no timer, would take for a duplicate.
                 self._untrack(rem)
                 if not isinstance(exc, errors.Refused):
                     # It may have been kept all the same: not one to adopt later. (A
                     # refused one leaves the reservation for the retry to inherit.)
                     self._state.drop_remediation(rem.key, rem.token)
             raise
-        return rem
 
     def start(self, rem: Remediation, w: Work, p: Prepared) -> None:
         """Run the step's action in its own task (the decision is recorded)."""
@@ -332,9 +336,8 @@ class Loop:
         rem.decision_id, rem.dry, rem.last_skip, rem.lock_token = decision_id, dry, "", p.token
         rem.due = w.now + w.rule.approval.timeout
         rem.evidence = evidence or rem.evidence
-        self._track(rem)
         self._arm(rem, self._approval_due)
-        await self._save(rem)
+        await self._track_durably(rem)
         log.info(
             "approval_requested", rule=w.rule.name, target=p.target, decision_id=decision_id,
             until=iso_ts(rem.due), dry_run=dry,
