@@ -87,11 +87,6 @@ class BackendUnavailable(RemediatorError):
     """A shared backend (Redis, PostgreSQL) cannot be reached or failed a call."""
 
 
-class Refused(BackendUnavailable):
-    """The backend refused the call before running it (connection refused, still loading):
-    nothing of it happened, so sending it again cannot do anything twice."""
-
-
 class Superseded(RemediatorError):
     """A claim, lock or replica lease this process held has lapsed and was taken over:
     it must not act or record on it (the fencing token no longer matches)."""

@@ -683,6 +683,17 @@ async def test_a_claim_whose_answer_was_lost_is_not_taken_for_another_replicas(
     assert claim.token == int(answers[0][2])  # the same claim, not a second one
     assert await a.claim("occ", skip=None, aged=False, now=NOW) is None  # decided by it
 
+    monkeypatch.setattr(redis_backend, "RESTART_GRACE", 0.0)  # one try each
+    answers.clear()
+    a._claim = await answers_lost(1000)  # type: ignore[assignment] # two deliveries at once
+    for _ in range(2):  # the first claims, the second finds it claimed: both unheard
+        with pytest.raises(errors.BackendUnavailable):
+            await a.claim("occ3", skip=None, aged=False, now=NOW)
+    a._claim = real  # type: ignore[method-assign]
+    assert await a.forget_pending()
+    assert await a.claim("occ3", skip=None, aged=False, now=NOW) is not None
+    monkeypatch.setattr(redis_backend, "RESTART_GRACE", 0.3)
+
     answers.clear()
     a._claim = await answers_lost(1000)  # type: ignore[assignment] # Redis never answers
     with pytest.raises(errors.BackendUnavailable):
@@ -725,36 +736,82 @@ async def test_a_reservation_whose_answer_was_lost_is_inherited_by_the_decisions
         assert ran == 1
 
 
+@pytest.mark.parametrize("lost", ["refused", "answer lost"])
 async def test_an_action_whose_record_could_not_be_kept_is_decided_again_not_skipped(
-    redis_server: servers.RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The action's row is written, and Redis refuses its remediation record (down past
-    `RESTART_GRACE`): the decision fails, nothing runs, and the alert is decided again.
-    That retry must act, not find the record that was never kept still in the replica's
-    memory and take the alert for a duplicate (never acted on, nobody called)."""
+    redis_server: servers.RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    lost: str,
+) -> None:  # fmt: skip
+    """The action's row is written, and its remediation record fails (Redis refuses it,
+    or keeps it without our hearing back, past `RESTART_GRACE`): the decision fails,
+    nothing runs, and the alert is decided again. That retry must act — not take the
+    record for a duplicate (never acted on, nobody called), nor be refused by its own
+    reservation (an hour's cooldown)."""
     monkeypatch.setattr(redis_backend, "RESTART_GRACE", 0.2)
     h, _ = adopting_harness(redis_server, tmp_path)
     async with h:
         state = h.daemon.state
         assert isinstance(state, redis_backend.RedisState)
-        real, refused = state._save, []
+        real, failed = state._save, []
 
-        async def refused_at_first(keys: list[str], args: list[Any]) -> Any:
-            if len(refused) < 3:
-                refused.append(args[0])
-                raise Unsent("Error 111 connecting to redis")
+        async def failing_at_first(keys: list[str], args: list[Any]) -> Any:
+            if len(failed) < 3:
+                failed.append(args[0])
+                if lost == "refused":
+                    raise Unsent("Error 111 connecting to redis")
+                await real(keys, args)  # kept, and its answer lost on the way back
+                raise errors.BackendUnavailable("Timeout reading from redis")
             return await real(keys, args)
 
-        state._save = refused_at_first  # type: ignore[assignment] # Redis away, then back
+        state._save = failing_at_first  # type: ignore[assignment] # Redis away, then back
         await h.fire(am_alert("X"))
         for _ in range(100):
             await asyncio.sleep(0.05)
             if ("executed", "") in await h.outcomes():
                 break
-        assert refused
-        assert ("executed", "") in await h.outcomes()
+        assert failed
+        outcomes = await h.outcomes()
+        assert ("executed", "") in outcomes and ("skipped", "cooldown") not in outcomes
         ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
         assert ran == 1
+
+
+async def test_a_first_attempt_put_off_whose_record_could_not_be_kept_is_put_off_again(
+    redis_server: servers.RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target is locked (another attempt runs): the alert's attempt is put off until
+    the lock lapses, and that waiting remediation's record fails. Decided again, it is
+    put off again and its record kept — not taken for a duplicate of the one that was
+    never kept (whose timer would find its claim forgotten: the alert lost)."""
+    monkeypatch.setattr(redis_backend, "RESTART_GRACE", 0.2)
+    h, p = adopting_harness(redis_server, tmp_path)
+    (rule_,) = load_rules(h.settings)
+    sent = am_alert("X")
+    alert = intake.replay("alertmanager", json_body(sent), received())[0]
+    prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
+    assert isinstance(prepared, Prepared)
+    key = occurrence_key(rule_.name, alert.fingerprint, alert.starts_iso)
+    async with h:
+        state = h.daemon.state
+        assert isinstance(state, redis_backend.RedisState)
+        await state._r.call("SET", p + "lock:" + prepared.target, 99, "PX", 30_000)
+        real, failed = state._save, []
+
+        async def refused_at_first(keys: list[str], args: list[Any]) -> Any:
+            if len(failed) < 3:
+                failed.append(args[0])
+                raise Unsent("Error 111 connecting to redis")
+            return await real(keys, args)
+
+        state._save = refused_at_first  # type: ignore[assignment] # Redis away, then back
+        await h.fire(sent)
+        record = None
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            record = await state._r.call("HGET", p + "rem:" + state.replica, key)
+            if record:
+                break
+        assert failed and record
+        assert json.loads(bytes(record).decode().split("|", 1)[1])["phase"] == "waiting"
 
 
 async def test_the_calls_around_a_running_action_wait_out_a_redis_restart_or_do_not_act(

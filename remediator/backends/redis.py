@@ -210,15 +210,30 @@ return 1
 # was made) is not deleted but left `retry`, without owner or token: the next claim
 # decides it and inherits that reservation (and the action's row, if written), instead
 # of finding the target locked, cooled down and counted by an attempt that never ran.
+# Unconditional, with KEYS[2] (this replica's remediation records) and ARGV[4] (the
+# occurrence key): a remediation record the failed decision kept under its token goes
+# too (the decision begins none it does not own, so one under its token is its own).
+# A remediation record under another token is not this claim's to drop: refused.
 _FORGET_OCCURRENCE = """
 if ARGV[1] ~= '0' and redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then return 0 end
-if ARGV[3] and redis.call('HGET', KEYS[1], 'cn') ~= ARGV[3] then return 0 end
+if ARGV[3] and ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'cn') ~= ARGV[3] then
+  return 0
+end
 local h = redis.call('HMGET', KEYS[1], 'status', 'rem', 'res', 'act')
 if ARGV[2] == '1' then
   if h[1] ~= 'deciding' then return 0 end
   if h[2] then return 0 end
 end
-if h[3] and not h[2] and h[4] ~= 'started' then
+local rem = h[2]
+if rem and KEYS[2] and ARGV[1] ~= '0' then
+  local v = redis.call('HGET', KEYS[2], ARGV[4])
+  if v and string.sub(v, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then return 0 end
+  if v then redis.call('HDEL', KEYS[2], ARGV[4]) end
+  redis.call('HDEL', KEYS[1], 'rem')
+  rem = false
+end
+if rem then return 0 end
+if h[3] and h[4] ~= 'started' then
   redis.call('HSET', KEYS[1], 'status', 'retry')
   redis.call('HDEL', KEYS[1], 'owner', 'token')
   return 1
@@ -524,8 +539,8 @@ class RedisState:
         self._set_occ = client.script(_SET_OCCURRENCE, "set_occurrence")
         self._forget = client.script(_FORGET_OCCURRENCE, "forget_occurrence")
         self._unforgotten: dict[str, tuple[int, bool]] = {}
-        self._unclaimed: dict[str, str] = {}
-        """Claims sent without an answer (key → the claim's nonce): let go of later."""
+        self._unclaimed: dict[str, set[str]] = {}
+        """Claims sent without an answer (key → their nonces): let go of later."""
         """Occurrence key → (claim token, only while still `deciding`) of the claims this
         replica failed to forget (Redis away)."""
         self._reserve = client.script(_RESERVE, "reserve")
@@ -720,7 +735,7 @@ class RedisState:
         except errors.BackendUnavailable:
             # It may have run all the same: let go of it before the alert is handed out
             # again, or that delivery would find it `deciding` here and skip it.
-            self._unclaimed[key] = nonce
+            self._unclaimed.setdefault(key, set()).add(nonce)
             raise
         if int(out[0]) == 0:
             return None
@@ -739,7 +754,9 @@ class RedisState:
 
     async def forget_occurrence(self, key: str, *, token: int = 0) -> None:
         try:
-            await self._forget([self._occ(key)], [token, "0"])
+            await self._forget(
+                [self._occ(key), self.key("rem", self.replica)], [token, "0", "", key]
+            )
         except errors.BackendUnavailable:
             # Redis is away (the reason the decision failed, mostly): the claim stays
             # with this live replica, so no other decides the occurrence; forgotten
@@ -759,10 +776,17 @@ class RedisState:
         none is left. Raises `errors.BackendUnavailable` while Redis does not answer."""
         await self._r.call("PING")
         for key, (token, deciding) in list(self._unforgotten.items()):
-            await self._forget([self._occ(key)], [token, "1" if deciding else "0"])
+            if deciding:
+                await self._forget([self._occ(key)], [token, "1"])
+            else:
+                await self._forget(
+                    [self._occ(key), self.key("rem", self.replica)], [token, "0", "", key]
+                )
             del self._unforgotten[key]
-        for key, nonce in list(self._unclaimed.items()):
-            await self._forget([self._occ(key)], [0, "1", nonce])
+        for key, nonces in list(self._unclaimed.items()):
+            for nonce in list(nonces):
+                await self._forget([self._occ(key)], [0, "1", nonce])
+                nonces.discard(nonce)
             del self._unclaimed[key]
         return not self._unforgotten and not self._unclaimed
 

@@ -5,7 +5,8 @@ The only module that imports `redis`. Every call is bounded by `backend.redis.ti
 `errors.BackendUnavailable` naming the server (never the URL, which may carry the
 password) and what to check. Scripts are registered once (`script`) and run by SHA
 (`EVALSHA`, reloaded by redis-py after a server restart flushed its script cache).
-No command is retried (a script run twice could act twice); instead, the first
+No command is retried here (a script run twice could act twice: the backend retries
+only what can run twice, or what Redis refused unsent, `Unsent`); instead, the first
 connection error drops every idle pooled connection, so after a Redis restart only
 the calls in flight at that moment fail, not one call per stale connection later on.
 """
@@ -34,7 +35,7 @@ def describe_url(url: str) -> str:
         return "(unparsable URL)"
 
 
-class Unsent(errors.Refused):
+class Unsent(errors.BackendUnavailable):
     """The command never reached a Redis that could run it (the connection was refused,
     or the server was still loading its data): running it again cannot double it."""
 

@@ -112,6 +112,8 @@ class Decider:
             return DUPLICATE
         except Exception:
             # A bug or a failed write: forget the claim so a later delivery decides afresh.
+            # (No remediation owned this occurrence when it began: one it started goes.)
+            self._loop.let_go(w)
             try:
                 await self._state.forget_occurrence(w.key, token=w.token)
             except errors.BackendUnavailable as exc:

@@ -252,21 +252,19 @@ class Loop:
         return rem
 
     async def _track_durably(self, rem: Remediation) -> None:
-        """Track it and keep its record; a new one whose record could not be kept is not
-        tracked either: the decision fails and is made again, which it would otherwise
-        take for a duplicate (and its timer, if armed, fires for nothing)."""
-        new = self._active.get(rem.key) is not rem
+        """Track it and keep its record. (A first decision that fails meanwhile lets go
+        of it: `let_go`.)"""
         self._track(rem)
-        try:
-            await self._save(rem)
-        except Exception as exc:
-            if new:
-                self._untrack(rem)
-                if not isinstance(exc, errors.Refused):
-                    # It may have been kept all the same: not one to adopt later. (A
-                    # refused one leaves the reservation for the retry to inherit.)
-                    self._state.drop_remediation(rem.key, rem.token)
-            raise
+        await self._save(rem)
+
+    def let_go(self, w: Work) -> None:
+        """A first decision failed: the remediation it may have begun (acting, awaiting,
+        waiting, escalating) goes out of memory, or the decision made again would take
+        it for a duplicate. Its record, if it was kept, goes with the claim
+        (`State.forget_occurrence`), which keeps the reservation for that retry."""
+        rem = self._active.get(w.key)
+        if rem is not None:
+            self._untrack(rem)
 
     def start(self, rem: Remediation, w: Work, p: Prepared) -> None:
         """Run the step's action in its own task (the decision is recorded)."""
@@ -907,8 +905,11 @@ class Loop:
                      outcome="failed/interrupted")  # fmt: skip
             rem.changed = False
             seconds = verify_for(rem.rule, rem.step)
-            if rem.resolved or self.resolved_lately(rem.alert):
+            if seconds is None and (rem.resolved or self.resolved_lately(rem.alert)):
                 self.finish(rem)  # it resolved meanwhile: nothing to wait for
+                return
+            if rem.resolved:
+                self.finish(rem)
                 return
             if seconds is None:
                 # Not verified (`resolve_within: never`), and whether it acted is unknown:
