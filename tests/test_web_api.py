@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import sqlite3
 import textwrap
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
 from remediator import __version__
+from remediator.backends.audit import Query
 from remediator.engine.clock import FakeClock
 from tests.harness import START, Harness, am_alert, payload, resolved
 
@@ -360,6 +362,52 @@ async def test_decisions_filter_by_rule_alertname_and_outcome(tmp_path: Path) ->
         assert await pick(outcome="skipped") == newest_first[1:2]
         assert await pick(outcome="dry_run", rule="api-restart") == newest_first[2:]
         assert await pick(rule="no-such-rule") == []
+
+
+async def test_a_database_with_the_old_occurrence_index_is_migrated_and_keeps_each_story(
+    tmp_path: Path,
+) -> None:
+    """Before round 4 of #17 the occurrence index was (fingerprint, starts_at), a random
+    place per new row; a database written then loses it on start, gains
+    `decisions_started`, and the console's occurrence query still finds only that
+    occurrence's decisions, old rows and new."""
+    started = START - dt.timedelta(minutes=10)
+    first, other = api_down(starts_at=started), disk_full(starts_at=started)
+    async with Harness(tmp_path, rules=RULES) as h:
+        await h.fire(first, other)
+    db = tmp_path / "data" / "remediator.db"
+    with sqlite3.connect(db) as conn:  # the schema as that version left it
+        conn.execute("DROP INDEX decisions_started")
+        conn.execute("CREATE INDEX decisions_occurrence ON decisions (fingerprint, starts_at)")
+    for _ in range(2):  # the migration is idempotent: a second start changes nothing
+        async with Harness(tmp_path, rules=RULES) as h:
+            # The same alert's next occurrence: its own story, not the first one's.
+            await h.fire({**first, "startsAt": (started + dt.timedelta(minutes=1)).isoformat()})
+            indexes = await h.daemon.db.read(
+                lambda c: [r[1] for r in c.execute("PRAGMA index_list(decisions)")]
+            )
+            assert "decisions_occurrence" not in indexes and "decisions_started" in indexes
+            rows = await h.decisions()
+            old = rows[0]  # the first occurrence's decision, written before the migration
+            assert old["fingerprint"] == first["fingerprint"]
+            story = await h.daemon.audit.query(
+                Query(fingerprint=old["fingerprint"], starts_at=old["starts_at"])
+            )
+            same = [
+                d["id"] for d in reversed(rows)
+                if (d["fingerprint"], d["starts_at"]) == (old["fingerprint"], old["starts_at"])
+            ]  # fmt: skip
+            assert [d["id"] for d in story] == same and same[-1] == old["id"]
+            assert len(rows) > len(same)  # the other occurrences are there, not in this story
+            key = (old["fingerprint"], old["starts_at"])
+            plan = await h.daemon.db.read(
+                lambda c, key=key: c.execute(
+                    "EXPLAIN QUERY PLAN SELECT id FROM decisions "
+                    "WHERE fingerprint = ? AND starts_at = ? ORDER BY id DESC LIMIT 100",
+                    key,
+                ).fetchall()
+            )
+            assert "decisions_started" in str(plan), plan
 
 
 async def test_decisions_since_an_rfc3339_time_or_unix_seconds(tmp_path: Path) -> None:

@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_rule ON decisions (rule, id);
 CREATE INDEX IF NOT EXISTS decisions_alertname ON decisions (alertname, id);
-CREATE INDEX IF NOT EXISTS decisions_occurrence ON decisions (fingerprint, starts_at);
+CREATE INDEX IF NOT EXISTS decisions_started ON decisions (starts_at, id);
 CREATE INDEX IF NOT EXISTS decisions_decided_at ON decisions (decided_at);
 CREATE INDEX IF NOT EXISTS decisions_target ON decisions (target, id);
 """
@@ -72,6 +72,15 @@ ADDED_COLUMNS = {
     "approval": "TEXT NOT NULL DEFAULT ''",
 }
 """Columns added after the first release: an older database gains them on start."""
+DROPPED_INDEXES = ("decisions_occurrence",)
+"""Indexes of older versions: `decisions_occurrence` on (fingerprint, starts_at) put each
+new row at a random place (fingerprints are hashes), a page of its own to write in
+nearly every commit: about a third of the writer's SQLite time per decision at five
+alerts a commit. `decisions_started` (starts_at, id) serves the one query by occurrence
+(the console's story of a decision: fingerprint and starts_at equal) with rows appended
+in order; that query reads the decisions sharing the exact starts_at (about 11 ms for
+30,000 of them). The first start after the upgrade builds `decisions_started` over the
+rows there are (about 20 ms for 30,000)."""
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -80,6 +89,8 @@ def migrate(conn: sqlite3.Connection) -> None:
     for column, decl in ADDED_COLUMNS.items():
         if column not in have:
             conn.execute(f"ALTER TABLE decisions ADD COLUMN {column} {decl}")
+    for index in DROPPED_INDEXES:
+        conn.execute(f"DROP INDEX IF EXISTS {index}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
