@@ -704,6 +704,18 @@ async def test_a_claim_whose_answer_was_lost_is_not_taken_for_another_replicas(
     assert await a.claim("occ2", skip=None, aged=False, now=NOW) is not None
 
 
+async def decided(h: Harness, sent: dict[str, Any]) -> tuple[list[tuple[str, str]], float]:
+    """Fire `sent` and wait until a row says more than "never started" (the action runs
+    after its row is written): the outcomes, and how many `log` actions ran."""
+    await h.fire(sent)
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if set(await h.outcomes()) - {("failed", "interrupted")}:
+            break
+    ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
+    return await h.outcomes(), ran
+
+
 async def test_a_reservation_whose_answer_was_lost_is_inherited_by_the_decisions_retry(
     redis_server: servers.RedisServer, tmp_path: Path
 ) -> None:
@@ -725,15 +737,9 @@ async def test_a_reservation_whose_answer_was_lost_is_inherited_by_the_decisions
             return answer
 
         state._reserve = answer_lost_once  # type: ignore[assignment] # the lost answer only
-        await h.fire(am_alert("X"))
-        for _ in range(100):  # its row says "never started" until the action ran
-            await asyncio.sleep(0.05)
-            if await h.outcomes() not in ([], [("failed", "interrupted")]):
-                break
+        outcomes, ran = await decided(h, am_alert("X"))
         assert lost
-        assert await h.outcomes() == [("executed", "")]
-        ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
-        assert ran == 1
+        assert outcomes == [("executed", "")] and ran == 1
 
 
 @pytest.mark.parametrize("lost", ["refused", "answer lost"])
@@ -763,15 +769,9 @@ async def test_an_action_whose_record_could_not_be_kept_is_decided_again_not_ski
             return await real(keys, args)
 
         state._save = failing_at_first  # type: ignore[assignment] # Redis away, then back
-        await h.fire(am_alert("X"))
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            if ("executed", "") in await h.outcomes():
-                break
+        outcomes, ran = await decided(h, am_alert("X"))
         assert failed
-        outcomes = await h.outcomes()
         assert ("executed", "") in outcomes and ("skipped", "cooldown") not in outcomes
-        ran = await h.metric("remediator_actions_total", rule="adopted", action="log", result="ok")
         assert ran == 1
 
 
