@@ -435,6 +435,38 @@ async def test_a_stale_replicas_update_of_a_row_taken_over_is_refused_and_writes
     assert await a.occurrence(w.key) == "executed/"
 
 
+async def test_a_row_taken_over_is_the_row_of_whatever_the_new_owner_decides(
+    client: Redis,
+) -> None:
+    """A replica wrote an action's row ("never started") and died; the replica taking the
+    claim over decides otherwise (the alert resolved meanwhile): its decision is written
+    on that row, not beside it — the audit does not keep saying "never started"."""
+    cfg = config()
+    a, b = await replica(client, cfg, "a"), await replica(client, cfg, "b")
+    alert = intake.replay("alertmanager", json_body(am_alert("X")), received())[0]
+    w = Work(alert, rule(), NOW, "req")
+    recorder_a, spool = await recorder_of(client, cfg, a)
+    recorder_b, _ = await recorder_of(client, cfg, b)
+    claim = await a.claim(w.key, skip=None, aged=False, now=NOW)
+    assert claim is not None
+    row = await recorder_a.record(
+        w.with_token(claim.token), Outcome.FAILED, Reason.INTERRUPTED, detail="never started",
+        durable=True, final=False, act="=",
+    )  # fmt: skip
+    await client.call("DEL", a.key("live", "a"))  # a dies
+    taken = await b.claim(w.key, skip=None, aged=False, now=NOW + 1)
+    assert taken is not None and taken.row == row
+    before = await spool.length()
+    decided = await recorder_b.record(
+        w.with_token(taken.token, taken.row), Outcome.SKIPPED, Reason.TOO_YOUNG,
+        detail="resolved before it was decided", durable=True,
+    )  # fmt: skip
+    assert decided == row
+    entries = await spool.take(100, block=0.01)
+    assert len(entries) == before + 1 and entries[-1][1:3] == ("update", row)
+    assert await b.occurrence(w.key) == "skipped/too_young"
+
+
 async def test_a_reservation_used_up_is_not_inherited_by_a_replica_taking_the_claim_over(
     client: Redis,
 ) -> None:

@@ -103,7 +103,7 @@ class Decider:
         )  # fmt: skip
         if claim is None:
             return DUPLICATE
-        w = w.with_token(claim.token)
+        w = w.with_token(claim.token, claim.row)
         try:
             return await self._decide(w, skip, aged=aged, claim=claim)
         except errors.Superseded as exc:
@@ -236,10 +236,9 @@ class Decider:
         if verdict.reason is not None:
             return await self._refused(w, rem, p, verdict)
         p = p.with_token(verdict.token)
-        row = taken_over.row if taken_over is not None else 0
         if rule.approval is not None:
             # Every guard passed and the target is reserved: a human decides now.
-            await self._ask(w, rem, p, attempt=verdict.attempt, row=row, dry=dry)
+            await self._ask(w, rem, p, attempt=verdict.attempt, dry=dry)
             return DECIDED
         if dry:
             if rem is not None:
@@ -251,20 +250,13 @@ class Decider:
             return PENDING
         try:
             # Written before the action runs: if the process dies now, the row already
-            # says so and the occurrence is never acted on again after a restart. A row
-            # a dead replica wrote for it and never acted on is this one's now.
-            if row:
-                await self._recorder.audit.update(
-                    row, outcome=Outcome.FAILED, reason=Reason.INTERRUPTED,
-                    detail=NEVER_STARTED, mark=Mark(w.key, INTERRUPTED, w.token, "="),
-                )  # fmt: skip
-                decision_id = row
-            else:
-                decision_id = await self._recorder.record(
-                    w, Outcome.FAILED, Reason.INTERRUPTED, detail=NEVER_STARTED,
-                    target=p.target, action=p.action.type, params=p.values,
-                    attempt=verdict.attempt, durable=True, final=False, act="=",
-                )  # fmt: skip
+            # says so and the occurrence is never acted on again after a restart. (A row
+            # a dead replica wrote for it and never acted on is this one: `Work.row`.)
+            decision_id = await self._recorder.record(
+                w, Outcome.FAILED, Reason.INTERRUPTED, detail=NEVER_STARTED,
+                target=p.target, action=p.action.type, params=p.values,
+                attempt=verdict.attempt, durable=True, final=False, act="=",
+            )  # fmt: skip
             rem = await self._loop.acting(w, p, decision_id=decision_id, rem=rem)
         except BaseException:
             await self._state.release(p.target, p.token)  # reserved above; nothing will run
@@ -273,30 +265,21 @@ class Decider:
         return DECIDED
 
     async def _ask(
-        self, w: Work, rem: Remediation | None, p: Prepared, *, attempt: int, row: int,
-        dry: bool,
-    ) -> None:  # fmt: skip
+        self, w: Work, rem: Remediation | None, p: Prepared, *, attempt: int, dry: bool
+    ) -> None:
         """Ask the rule's approvers. The row is marked on the occurrence: a replica taking
-        this over before the request's record is kept asks again, on that row (`row`)."""
+        this over before the request's record is kept asks again, on that row."""
         rule = w.rule
         assert rule.approval is not None
         detail = (
             f"waiting for one of {', '.join(rule.approval.approvers)} to approve "
             f"within {rule.approval.timeout:.0f}s" + (" (dry run)" if dry else "")
         )
-        if row:
-            status = f"{Outcome.AWAITING_APPROVAL}/{Reason.NONE}"
-            await self._recorder.audit.update(
-                row, outcome=Outcome.AWAITING_APPROVAL, reason=Reason.NONE, detail=detail,
-                mark=Mark(w.key, status, w.token, "="),
-            )  # fmt: skip
-            decision_id = row
-        else:
-            decision_id = await self._recorder.record(
-                w, Outcome.AWAITING_APPROVAL, Reason.NONE, detail=detail, target=p.target,
-                action=p.action.type, params=p.values, attempt=attempt, durable=True,
-                final=False, act="=",
-            )  # fmt: skip
+        decision_id = await self._recorder.record(
+            w, Outcome.AWAITING_APPROVAL, Reason.NONE, detail=detail, target=p.target,
+            action=p.action.type, params=p.values, attempt=attempt, durable=True,
+            final=False, act="=",
+        )  # fmt: skip
         # What the family sees now, for the approvers (and the row).
         ctx = self._executor.context(rule, w.alert, decision_id=decision_id, target=p.target)
         seen = await self._executor.evidence(rule, p, ctx)

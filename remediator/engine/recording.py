@@ -50,17 +50,23 @@ class Work:
     """The fencing token of the claim on this occurrence (its first decision's, or the
     remediation's that owns it): every status and audit write is made under it, so a
     replica whose claim was taken over records nothing (`errors.Superseded`)."""
+    row: int = 0
+    """The row a replica that died (or a decision that failed) wrote for this attempt and
+    never acted on, taken over with the claim: this decision's row is that one, updated,
+    not a second one beside it."""
 
     @property
     def key(self) -> str:
         return occurrence_key(self.rule.name, self.alert.fingerprint, self.alert.starts_iso)
 
-    def with_token(self, token: int) -> Work:
-        """The same work under another fencing token (`dataclasses.replace`, without its
-        cost per decision)."""
-        if token == self.token:
+    def with_token(self, token: int, row: int = 0) -> Work:
+        """The same work under another fencing token (and the claim's `row`), as
+        `dataclasses.replace` without its cost per decision."""
+        if token == self.token and row == self.row:
             return self
-        return Work(self.alert, self.rule, self.now, self.request_id, self.owner, self.step, token)
+        return Work(
+            self.alert, self.rule, self.now, self.request_id, self.owner, self.step, token, row
+        )
 
 
 class Recorder:
@@ -112,6 +118,17 @@ class Recorder:
             annotations=alert.annotations, evidence=evidence or {},
         )  # fmt: skip
         status = f"{outcome}/{reason}"
+        if w.row and self.audit.marks_occurrences:
+            # The row taken over with the claim is this decision's (its columns but the
+            # outcome stay those of the attempt it was written for).
+            await self.audit.update(
+                w.row, outcome=outcome, reason=reason, detail=detail, result=result,
+                mark=Mark(w.key, status, w.token, act),
+            )  # fmt: skip
+            if final:
+                self.count(w.rule, outcome, reason)
+                self.log(w, outcome, reason, target=target, detail=detail, decision_id=w.row)
+            return w.row
         if self.audit.marks_occurrences:
             # The status with the row, in one step fenced by the claim: an occurrence
             # marked decided always has its row, and a claim taken over writes neither.
