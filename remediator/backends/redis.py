@@ -386,7 +386,11 @@ return 1
 # A remediation that ended leaves no action in progress on its occurrence, and no
 # reservation: nothing of it is taken over later, whatever its last row says.
 _DROP_RECORD = """
-redis.call('HDEL', KEYS[1], ARGV[1])
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and (ARGV[2] == '0' or string.sub(v, 1, #ARGV[2] + 1) == ARGV[2] .. '|') then
+  -- only the record of this token: a drop sent again late leaves a newer one alone
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
 if KEYS[2] and redis.call('HGET', KEYS[2], 'token') == ARGV[2] then
   redis.call('HDEL', KEYS[2], 'rem', 'act', 'res', 'rtarget')
 end
