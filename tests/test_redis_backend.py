@@ -846,6 +846,35 @@ async def test_a_first_attempt_put_off_whose_record_could_not_be_kept_is_put_off
         assert json.loads(bytes(record).decode().split("|", 1)[1])["phase"] == "waiting"
 
 
+async def test_a_first_decision_superseded_while_keeping_its_record_leaves_nothing_behind(
+    redis_server: servers.RedisServer, tmp_path: Path
+) -> None:
+    """Another replica took the occurrence over between the action's row and its
+    remediation record (the save is refused for the claim's token): this replica hands
+    off. The remediation it began must not stay in its memory (shown in the console,
+    answering every re-delivery as a duplicate, and failing the alert's resolve)."""
+    h, _ = adopting_harness(redis_server, tmp_path)
+    async with h:
+        state = h.daemon.state
+        assert isinstance(state, redis_backend.RedisState)
+        real, calls = state._save, []
+
+        async def refused_for_the_token_once(keys: list[str], args: list[Any]) -> Any:
+            calls.append(args[0])
+            return -1 if len(calls) == 1 else await real(keys, args)
+
+        state._save = refused_for_the_token_once  # type: ignore[assignment] # taken over
+        await h.fire(am_alert("X"))
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if calls:
+                break
+        await h.settle()
+        assert calls
+        assert h.daemon.engine.loop.awaiting_approval() == []
+        assert not h.daemon.engine.loop.snapshot("adopted")
+
+
 async def test_the_calls_around_a_running_action_wait_out_a_redis_restart_or_do_not_act(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -543,10 +543,10 @@ class RedisState:
         self._set_occ = client.script(_SET_OCCURRENCE, "set_occurrence")
         self._forget = client.script(_FORGET_OCCURRENCE, "forget_occurrence")
         self._unforgotten: dict[str, tuple[int, bool]] = {}
-        self._unclaimed: dict[str, set[str]] = {}
-        """Claims sent without an answer (key → their nonces): let go of later."""
         """Occurrence key → (claim token, only while still `deciding`) of the claims this
         replica failed to forget (Redis away)."""
+        self._unclaimed: dict[str, set[str]] = {}
+        """Claims sent without an answer (key → their nonces): let go of later."""
         self._reserve = client.script(_RESERVE, "reserve")
         self._release = client.script(_RELEASE, "release")
         self._take_lock = client.script(_TAKE_LOCK, "take_lock")
@@ -779,19 +779,22 @@ class RedisState:
         """Forget the claims a failed decision could not (`forget_occurrence`); whether
         none is left. Raises `errors.BackendUnavailable` while Redis does not answer."""
         await self._r.call("PING")
-        for key, (token, deciding) in list(self._unforgotten.items()):
+        for key, value in list(self._unforgotten.items()):
+            token, deciding = value
             if deciding:
                 await self._forget([self._occ(key)], [token, "1"])
             else:
                 await self._forget(
                     [self._occ(key), self.key("rem", self.replica)], [token, "0", "", key]
                 )
-            del self._unforgotten[key]
+            if self._unforgotten.get(key) == value:  # not noted again meanwhile
+                del self._unforgotten[key]
         for key, nonces in list(self._unclaimed.items()):
             for nonce in list(nonces):
                 await self._forget([self._occ(key)], [0, "1", nonce])
                 nonces.discard(nonce)
-            del self._unclaimed[key]
+            if not nonces:  # none added meanwhile
+                self._unclaimed.pop(key, None)
         return not self._unforgotten and not self._unclaimed
 
     # -- limits -------------------------------------------------------------------------
@@ -1376,12 +1379,13 @@ class Spool:
                 return [int(i) for i in ids]
             except errors.BackendUnavailable:
                 if asyncio.get_running_loop().time() >= deadline:
-                    # Given up: a claim whose row is not in the spool is let go of once
-                    # Redis answers (before the alert is decided again); one whose row
-                    # made it after all keeps its status (a duplicate, not a second row).
+                    # Given up: a claim whose row (or row's update) is not in the spool
+                    # is let go of once Redis answers, before the alert is decided again;
+                    # one whose write made it after all keeps its status (a duplicate,
+                    # not a second row).
                     for op in ops:
                         mark = op[3]
-                        if op[0] == "insert" and mark is not None and mark.token:
+                        if mark is not None and mark.token:
                             self._state.forget_later(mark.key, mark.token)
                     raise
                 await asyncio.sleep(0.2)

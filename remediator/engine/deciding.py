@@ -109,6 +109,7 @@ class Decider:
         except errors.Superseded as exc:
             # Another replica took the occurrence over while this one stalled: it decides.
             log.warning("decision_superseded", rule=w.rule.name, error=str(exc))
+            self._loop.let_go(w)
             return DUPLICATE
         except Exception:
             # A bug or a failed write: forget the claim so a later delivery decides afresh.
@@ -226,6 +227,14 @@ class Decider:
         dry = settings.dry_run or rule.dry_run
         shadow = rule.dry_run and not settings.dry_run
         verdict = None
+        if w.row and taken_over is not None and taken_over.target not in ("", p.target):
+            # The row taken over was written for another target (the rule changed since):
+            # it says so, and this attempt gets its own.
+            await self._recorder.audit.update(
+                w.row, outcome=Outcome.SKIPPED, reason=Reason.NOT_ALLOWED,
+                detail=f"not run: the rule names {p.target} now; decided again on a new row",
+            )  # fmt: skip
+            w = w.with_token(w.token)
         if taken_over is not None and taken_over.lock:
             verdict = await self._inherit(w, p, taken_over, dry=dry)
         if verdict is None:
@@ -323,7 +332,8 @@ class Decider:
         if settings.dry_run or rule.dry_run or not rem.lock_token or not rem.decision_id:
             return False
         prepared = prepare(rule.steps[w.step].action, rule, w.alert, settings)
-        stale = w.now - rem.started > settings.backend.redis.lock_ttl
+        redis = settings.backend.redis
+        stale = w.now - rem.started > redis.claim_idle + redis.lock_ttl
         if (
             not isinstance(prepared, Prepared)
             or prepared.target != rem.target

@@ -121,10 +121,14 @@ class Recorder:
         if w.row and self.audit.marks_occurrences:
             # The row taken over with the claim is this decision's (its columns but the
             # outcome stay those of the attempt it was written for).
-            await self.audit.update(
+            write = self.audit.update(
                 w.row, outcome=outcome, reason=reason, detail=detail, result=result,
                 mark=Mark(w.key, status, w.token, act),
             )  # fmt: skip
+            if durable or w.owner is None:
+                await write
+            else:  # as an insert's batch: the alert is let go of once it is written
+                self.durable(w.owner, asyncio.ensure_future(write))
             if final:
                 self.count(w.rule, outcome, reason)
                 self.log(w, outcome, reason, target=target, detail=detail, decision_id=w.row)
