@@ -324,8 +324,8 @@ class Decider:
         started (its row written, its target reserved, waiting for a slot): run it now,
         on that row and that reservation (its lock, inherited). False if it cannot be:
         a pause, blackout or silence holds it back, the alert stopped firing, the
-        reservation is older than a lock lives (`backend.redis.lock_ttl`: not the same
-        attempt any more), another holder has the target's lock, the rule now names
+        reservation is older than a takeover takes (`claim_idle` + `lock_ttl`: not the
+        same attempt any more), another holder has the target's lock, the rule now names
         another target, or it would be a dry run — then it is decided again like any next
         attempt (which records the skip, or reserves afresh)."""
         rule, settings = w.rule, self._settings()
