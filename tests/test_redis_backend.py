@@ -19,7 +19,7 @@ import json
 import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import structlog
@@ -35,6 +35,7 @@ from remediator.engine.executing import Prepared, prepare
 from remediator.engine.loop import Phase, Remediation
 from remediator.engine.recording import Recorder, Work, occurrence_key
 from remediator.metrics import Metrics
+from remediator.models.alert import Alert
 from remediator.models.decision import Outcome, Reason
 from remediator.models.rule import ActionSpec, CircuitBreaker, Limits, Rule, Step
 from remediator.runner import load_rules
@@ -605,10 +606,7 @@ async def test_an_adopted_action_that_never_started_is_not_run_once_the_alert_re
     adopting it must not run that action (`act_again` asks whether the alert still fires,
     as any next attempt does): the step is recorded `skipped/resolved`, nothing runs."""
     h, p = adopting_harness(redis_server, tmp_path)
-    (rule_,) = load_rules(h.settings)
-    alert = intake.replay("alertmanager", json_body(am_alert("X")), received())[0]
-    prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
-    assert isinstance(prepared, Prepared)
+    rule_, _, alert, prepared, _ = an_alert_for(h)
     now = h.clock.now()
     rem = Remediation(
         rule_, alert, "req", phase=Phase.ACTING, target=prepared.target, decision_id=4242,
@@ -653,10 +651,7 @@ async def test_an_adopted_action_whose_outcome_is_unknown_and_not_verified_calls
             "      {type: notify.webhook, params: {url_env: REMEDIATOR_TEST_ESCALATE_URL}}\n"
         )
         h, p = adopting_harness(redis_server, tmp_path, rules)
-        (rule_,) = load_rules(h.settings)
-        alert = intake.replay("alertmanager", json_body(am_alert("X")), received())[0]
-        prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
-        assert isinstance(prepared, Prepared)
+        rule_, _, alert, prepared, _ = an_alert_for(h)
         now = h.clock.now()
         rem = Remediation(
             rule_, alert, "req", phase=Phase.ACTING, target=prepared.target,
@@ -736,6 +731,34 @@ async def test_a_claim_whose_answer_was_lost_is_not_taken_for_another_replicas(
     assert await a.claim("occ2", skip=None, aged=False, now=NOW) is not None
 
 
+def state_of(h: Harness) -> redis_backend.RedisState:
+    """The running daemon's Redis state (whose script calls a test may wrap with a fault)."""
+    state = h.daemon.state
+    assert isinstance(state, redis_backend.RedisState)
+    return state
+
+
+class ForRule(NamedTuple):
+    """An alert for the harness's one rule: as sent, as received, its prepared action
+    and its occurrence key."""
+
+    rule: Rule
+    sent: dict[str, Any]
+    alert: Alert
+    prepared: Prepared
+    key: str
+
+
+def an_alert_for(h: Harness) -> ForRule:
+    (rule_,) = load_rules(h.settings)
+    sent = am_alert("X")
+    alert = intake.replay("alertmanager", json_body(sent), received())[0]
+    prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
+    assert isinstance(prepared, Prepared)
+    key = occurrence_key(rule_.name, alert.fingerprint, alert.starts_iso)
+    return ForRule(rule_, sent, alert, prepared, key)
+
+
 async def decided(h: Harness, sent: dict[str, Any]) -> tuple[list[tuple[str, str]], float]:
     """Fire `sent` and wait until a row says more than "never started" (the action runs
     after its row is written): the outcomes, and how many `log` actions ran."""
@@ -757,8 +780,7 @@ async def test_a_reservation_whose_answer_was_lost_is_inherited_by_the_decisions
     an hour's `cooldown` with nothing done)."""
     h, _ = adopting_harness(redis_server, tmp_path)
     async with h:
-        state = h.daemon.state
-        assert isinstance(state, redis_backend.RedisState)
+        state = state_of(h)
         real, lost = state._reserve, []
 
         async def answer_lost_once(keys: list[str], args: list[Any]) -> Any:
@@ -787,8 +809,7 @@ async def test_an_action_whose_record_could_not_be_kept_is_decided_again_not_ski
     monkeypatch.setattr(redis_backend, "RESTART_GRACE", 0.2)
     h, _ = adopting_harness(redis_server, tmp_path)
     async with h:
-        state = h.daemon.state
-        assert isinstance(state, redis_backend.RedisState)
+        state = state_of(h)
         real, failed = state._save, []
 
         async def failing_at_first(keys: list[str], args: list[Any]) -> Any:
@@ -816,15 +837,9 @@ async def test_a_first_attempt_put_off_whose_record_could_not_be_kept_is_put_off
     never kept (whose timer would find its claim forgotten: the alert lost)."""
     monkeypatch.setattr(redis_backend, "RESTART_GRACE", 0.2)
     h, p = adopting_harness(redis_server, tmp_path)
-    (rule_,) = load_rules(h.settings)
-    sent = am_alert("X")
-    alert = intake.replay("alertmanager", json_body(sent), received())[0]
-    prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
-    assert isinstance(prepared, Prepared)
-    key = occurrence_key(rule_.name, alert.fingerprint, alert.starts_iso)
+    _, sent, _, prepared, key = an_alert_for(h)
     async with h:
-        state = h.daemon.state
-        assert isinstance(state, redis_backend.RedisState)
+        state = state_of(h)
         await state._r.call("SET", p + "lock:" + prepared.target, 99, "PX", 30_000)
         real, failed = state._save, []
 
@@ -855,8 +870,7 @@ async def test_a_first_decision_superseded_while_keeping_its_record_leaves_nothi
     answering every re-delivery as a duplicate, and failing the alert's resolve)."""
     h, _ = adopting_harness(redis_server, tmp_path)
     async with h:
-        state = h.daemon.state
-        assert isinstance(state, redis_backend.RedisState)
+        state = state_of(h)
         real, calls = state._save, []
 
         async def refused_for_the_token_once(keys: list[str], args: list[Any]) -> Any:
@@ -923,12 +937,7 @@ async def test_a_claim_taken_over_inherits_no_lock_for_another_target_than_it_re
     names (a reload since): the replica taking the claim over reserves the rule's target
     through the limits (here its cooldown refuses) instead of inheriting that lock."""
     h, p = adopting_harness(redis_server, tmp_path)
-    (rule_,) = load_rules(h.settings)
-    sent = am_alert("X")
-    alert = intake.replay("alertmanager", json_body(sent), received())[0]
-    prepared = prepare(rule_.steps[0].action, rule_, alert, h.settings)
-    assert isinstance(prepared, Prepared)
-    key = occurrence_key(rule_.name, alert.fingerprint, alert.starts_iso)
+    _, sent, _, prepared, key = an_alert_for(h)
     now = h.clock.now()
     r = Redis(redis_server.url, timeout=2.0)
     try:  # the dead replica's claim and reservation (its lock lapsed); a cooldown running
