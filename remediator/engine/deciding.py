@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import structlog
 
@@ -308,16 +308,17 @@ class Decider:
             return None
         # The dead replica reserved this very attempt (its cooldown, counts and lock):
         # its lock is this replica's now, unless another holder took it since.
-        token = await self._state.take_lock(
-            p.target, taken_over.lock, occurrence=w.key, claim=w.token
-        )
-        if not token:
-            return None
-        log.warning(
-            "reservation_inherited", rule=w.rule.name, target=p.target,
-            fingerprint=w.alert.fingerprint,
-        )  # fmt: skip
-        return guards.Verdict(None, attempt=1, token=token)
+        token = await self._take_over(w, p.target, taken_over.lock, "reservation_inherited")
+        return guards.Verdict(None, attempt=1, token=token) if token else None
+
+    async def _take_over(self, w: Work, target: str, lock: int, event: str, **also: Any) -> int:
+        """The lock a dead replica (or a failed decision) reserved `target` with, as this
+        claim's: its new token, or 0 if another holder has it now."""
+        token = await self._state.take_lock(target, lock, occurrence=w.key, claim=w.token)
+        if token:
+            log.warning(event, rule=w.rule.name, target=target,
+                        fingerprint=w.alert.fingerprint, **also)  # fmt: skip
+        return token
 
     async def act_again(self, w: Work, rem: Remediation) -> bool:
         """A remediation taken over from a dead replica whose step's action had not
@@ -344,16 +345,12 @@ class Decider:
             # Not this reservation's attempt: its lock (if it still stands) goes.
             await self._state.release(rem.target, rem.lock_token)
             return False
-        token = await self._state.take_lock(
-            rem.target, rem.lock_token, occurrence=w.key, claim=w.token
+        token = await self._take_over(
+            w, rem.target, rem.lock_token, "action_taken_over", decision_id=rem.decision_id
         )
         if not token:
             return False
         p = prepared.with_token(token)
-        log.warning(
-            "action_taken_over", rule=rule.name, target=p.target, decision_id=rem.decision_id,
-            fingerprint=w.alert.fingerprint,
-        )  # fmt: skip
         try:
             await self._loop.acting(w, p, decision_id=rem.decision_id, rem=rem)
         except BaseException:

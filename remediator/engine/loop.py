@@ -248,14 +248,9 @@ class Loop:
         rem.phase, rem.step, rem.target = Phase.ACTING, w.step, p.target
         rem.decision_id, rem.started, rem.last_skip = decision_id, w.now, ""
         rem.lock_token = p.token  # a replica taking it over before it starts inherits it
-        await self._track_durably(rem)
-        return rem
-
-    async def _track_durably(self, rem: Remediation) -> None:
-        """Track it and keep its record. (A first decision that fails meanwhile lets go
-        of it: `let_go`.)"""
         self._track(rem)
-        await self._save(rem)
+        await self._save(rem)  # failing, the decision lets go of it (`let_go`)
+        return rem
 
     def let_go(self, w: Work) -> None:
         """A first decision failed: the remediation it may have begun (acting, awaiting,
@@ -334,8 +329,9 @@ class Loop:
         rem.decision_id, rem.dry, rem.last_skip, rem.lock_token = decision_id, dry, "", p.token
         rem.due = w.now + w.rule.approval.timeout
         rem.evidence = evidence or rem.evidence
+        self._track(rem)
         self._arm(rem, self._approval_due)
-        await self._track_durably(rem)
+        await self._save(rem)
         log.info(
             "approval_requested", rule=w.rule.name, target=p.target, decision_id=decision_id,
             until=iso_ts(rem.due), dry_run=dry,
@@ -905,11 +901,8 @@ class Loop:
                      outcome="failed/interrupted")  # fmt: skip
             rem.changed = False
             seconds = verify_for(rem.rule, rem.step)
-            if seconds is None and (rem.resolved or self.resolved_lately(rem.alert)):
+            if rem.resolved or (seconds is None and self.resolved_lately(rem.alert)):
                 self.finish(rem)  # it resolved meanwhile: nothing to wait for
-                return
-            if rem.resolved:
-                self.finish(rem)
                 return
             if seconds is None:
                 # Not verified (`resolve_within: never`), and whether it acted is unknown:

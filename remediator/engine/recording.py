@@ -107,6 +107,37 @@ class Recorder:
     ) -> int:
         """Record a decision; returns its id when `durable` (else 0: not awaited). `act`:
         the action's progress marked with it (`Mark.act`: `=` for an action's own row)."""
+        status = f"{outcome}/{reason}"
+        if w.row and self.audit.marks_occurrences:
+            # The row taken over with the claim is this decision's (its columns but the
+            # outcome stay those of the attempt it was written for).
+            decision_id = w.row
+            write = self.audit.update(
+                w.row, outcome=outcome, reason=reason, detail=detail, result=result,
+                mark=Mark(w.key, status, w.token, act),
+            )  # fmt: skip
+            if durable or w.owner is None:
+                await write
+            else:  # as an insert's batch: the alert is let go of once it is written
+                self.durable(w.owner, asyncio.ensure_future(write))
+        else:
+            decision_id = await self._insert(
+                w, outcome, reason, status, detail=detail, target=target, action=action,
+                params=params, attempt=attempt, result=result, evidence=evidence,
+                durable=durable, act=act,
+            )  # fmt: skip
+        if final:
+            self.count(w.rule, outcome, reason)
+            self.log(w, outcome, reason, target=target, detail=detail, decision_id=decision_id)
+        return decision_id
+
+    async def _insert(
+        self, w: Work, outcome: Outcome, reason: Reason, status: str, *, detail: str,
+        target: str, action: str, params: Mapping[str, Any] | None, attempt: int,
+        result: Mapping[str, Any] | None, evidence: Mapping[str, Any] | None, durable: bool,
+        act: str,
+    ) -> int:  # fmt: skip
+        """A new row for the decision; its id when `durable` (else 0)."""
         alert = w.alert
         decision = Decision(
             rule=w.rule.name, alertname=alert.name, fingerprint=alert.fingerprint,
@@ -117,22 +148,6 @@ class Recorder:
             step=w.step + 1, result=result or {}, labels=alert.labels,
             annotations=alert.annotations, evidence=evidence or {},
         )  # fmt: skip
-        status = f"{outcome}/{reason}"
-        if w.row and self.audit.marks_occurrences:
-            # The row taken over with the claim is this decision's (its columns but the
-            # outcome stay those of the attempt it was written for).
-            write = self.audit.update(
-                w.row, outcome=outcome, reason=reason, detail=detail, result=result,
-                mark=Mark(w.key, status, w.token, act),
-            )  # fmt: skip
-            if durable or w.owner is None:
-                await write
-            else:  # as an insert's batch: the alert is let go of once it is written
-                self.durable(w.owner, asyncio.ensure_future(write))
-            if final:
-                self.count(w.rule, outcome, reason)
-                self.log(w, outcome, reason, target=target, detail=detail, decision_id=w.row)
-            return w.row
         if self.audit.marks_occurrences:
             # The status with the row, in one step fenced by the claim: an occurrence
             # marked decided always has its row, and a claim taken over writes neither.
@@ -141,18 +156,14 @@ class Recorder:
             # Before the audit write: a claim taken over by another replica stops here.
             await self._state.set_occurrence(w.key, status, w.now, token=w.token)
             receipt = self.audit.record(decision)
-        decision_id = 0
-        if durable:
-            decision_id = await receipt.id()
-            if not decision_id:
-                raise errors.Superseded(
-                    f"occurrence {w.key!r} was taken over by another replica: not recorded"
-                )
-        else:
+        if not durable:
             self.durable(w.owner, receipt.batch)
-        if final:
-            self.count(w.rule, outcome, reason)
-            self.log(w, outcome, reason, target=target, detail=detail, decision_id=decision_id)
+            return 0
+        decision_id = await receipt.id()
+        if not decision_id:
+            raise errors.Superseded(
+                f"occurrence {w.key!r} was taken over by another replica: not recorded"
+            )
         return decision_id
 
     async def update(
