@@ -488,12 +488,14 @@ def checkpoint() -> None:
         raise asyncio.CancelledError
 
 
-async def _through_restart(call: Callable[[], Awaitable[T]], *, retry_sent: bool) -> T:
-    """`call`, tried again for up to `RESTART_GRACE` while Redis refuses it (restarting,
-    loading) — or with `retry_sent` (a call that can run twice) also while it does not
-    answer."""
+async def _through_restart(
+    call: Callable[[], Awaitable[T]], *, retry_sent: bool, grace: float | None = None
+) -> T:
+    """`call`, tried again for up to `grace` (`RESTART_GRACE`) while Redis refuses it
+    (restarting, loading) — or with `retry_sent` (a call that can run twice) also while
+    it does not answer."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + RESTART_GRACE
+    deadline = loop.time() + (RESTART_GRACE if grace is None else grace)
     while True:
         try:
             return await call()
@@ -756,11 +758,20 @@ class RedisState:
                 f"occurrence {key!r} was taken over by another replica: not recorded here"
             )
 
+    async def _let_go(
+        self, key: str, token: int = 0, *, deciding: bool = False, nonce: str = ""
+    ) -> None:
+        """The forget script: unconditional (a failed decision's claim, with the record it
+        may have kept), or only while still `deciding` (and under `nonce`, if given)."""
+        if deciding:
+            await self._forget([self._occ(key)], [token, "1", nonce])
+        else:
+            await self._forget([self._occ(key), self.key("rem", self.replica)],
+                               [token, "0", "", key])  # fmt: skip
+
     async def forget_occurrence(self, key: str, *, token: int = 0) -> None:
         try:
-            await self._forget(
-                [self._occ(key), self.key("rem", self.replica)], [token, "0", "", key]
-            )
+            await self._let_go(key, token)
         except errors.BackendUnavailable:
             # Redis is away (the reason the decision failed, mostly): the claim stays
             # with this live replica, so no other decides the occurrence; forgotten
@@ -781,17 +792,12 @@ class RedisState:
         await self._r.call("PING")
         for key, value in list(self._unforgotten.items()):
             token, deciding = value
-            if deciding:
-                await self._forget([self._occ(key)], [token, "1"])
-            else:
-                await self._forget(
-                    [self._occ(key), self.key("rem", self.replica)], [token, "0", "", key]
-                )
+            await self._let_go(key, token, deciding=deciding)
             if self._unforgotten.get(key) == value:  # not noted again meanwhile
                 del self._unforgotten[key]
         for key, nonces in list(self._unclaimed.items()):
             for nonce in list(nonces):
-                await self._forget([self._occ(key)], [0, "1", nonce])
+                await self._let_go(key, deciding=True, nonce=nonce)
                 nonces.discard(nonce)
             if not nonces:  # none added meanwhile
                 self._unclaimed.pop(key, None)
@@ -1371,24 +1377,21 @@ class Spool:
         # timeout on a loaded box) is tried again for a bounded time under the push's own
         # key, so it is appended once: a row lost here would be lost for good, and one
         # written twice would show one decision twice.
-        done = self._state.key("audit", "pushed", uuid.uuid4().hex)
-        deadline = asyncio.get_running_loop().time() + SPOOL_RETRY_SECONDS
-        while True:
-            try:
-                ids = await self._push([self._stream, self._ids, done], args)
-                return [int(i) for i in ids]
-            except errors.BackendUnavailable:
-                if asyncio.get_running_loop().time() >= deadline:
-                    # Given up: a claim whose row (or row's update) is not in the spool
-                    # is let go of once Redis answers, before the alert is decided again;
-                    # one whose write made it after all keeps its status (a duplicate,
-                    # not a second row).
-                    for op in ops:
-                        mark = op[3]
-                        if mark is not None and mark.token:
-                            self._state.forget_later(mark.key, mark.token)
-                    raise
-                await asyncio.sleep(0.2)
+        keys = [self._stream, self._ids, self._state.key("audit", "pushed", uuid.uuid4().hex)]
+        try:
+            ids = await _through_restart(
+                lambda: self._push(keys, args), retry_sent=True, grace=SPOOL_RETRY_SECONDS
+            )
+        except errors.BackendUnavailable:
+            # Given up: a claim whose row (or row's update) is not in the spool is let go
+            # of once Redis answers, before the alert is decided again; one whose write
+            # made it after all keeps its status (a duplicate, not a second row).
+            for op in ops:
+                mark = op[3]
+                if mark is not None and mark.token:
+                    self._state.forget_later(mark.key, mark.token)
+            raise
+        return [int(i) for i in ids]
 
     async def take(self, count: int, *, block: float) -> list[tuple[str, str, int, str]]:
         answer = await self._r.call(
