@@ -885,7 +885,6 @@ async def test_a_first_decision_superseded_while_keeping_its_record_leaves_nothi
                 break
         await h.settle()
         assert calls
-        assert h.daemon.engine.loop.awaiting_approval() == []
         assert not h.daemon.engine.loop.snapshot("adopted")
 
 
@@ -898,7 +897,7 @@ async def test_the_calls_around_a_running_action_wait_out_a_redis_restart_or_do_
     wait it out; a release that fails does not raise over what the action did (the
     lock lapses by itself); a lock check Redis cannot answer at all says "not held", so
     nothing is done on a target another replica may hold."""
-    monkeypatch.setattr(redis_backend, "RESTART_GRACE", 2.0)
+    monkeypatch.setattr(redis_backend, "RESTART_GRACE", 3.0)
     with servers.RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]) as (
         server
     ):
@@ -916,11 +915,14 @@ async def test_the_calls_around_a_running_action_wait_out_a_redis_restart_or_do_
             await asyncio.sleep(0.1)  # Redis is gone now
             assert await state.holds_lock("log x", verdict.token)  # waited for it
             await crash
+            await state.record_result(rule=rule(), target="log x", ok=False, now=NOW)
+            circuit = state.key("circ", "r\x00log x")
+            assert await r.call("HGET", circuit, "failures") == b"1"
             crash = asyncio.create_task(restart())
             await asyncio.sleep(0.1)
-            opened = await state.record_result(rule=rule(), target="log x", ok=True, now=NOW)
-            assert not opened  # waited for it: a success, counted
+            await state.record_result(rule=rule(), target="log x", ok=True, now=NOW)
             await crash
+            assert not await r.call("EXISTS", circuit)  # waited for it: the success counted
             await asyncio.to_thread(server.halt, kill=True)
             await state.release("log x", verdict.token)  # does not raise
             assert not await state.holds_lock("log x", verdict.token)  # cannot say: not held
