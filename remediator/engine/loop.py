@@ -745,9 +745,11 @@ class Loop:
         try:
             await step()
         except errors.Superseded as exc:
-            # Another replica owns this occurrence now (it adopted it): hands off, quietly.
+            # Another replica owns this occurrence now, or will once it adopts this one's
+            # records (its lease lapsed): hands off, quietly — out of memory, the record
+            # left to the adopter (dropping it here would lose what the adopter resumes).
             log.warning("remediation_superseded", rule=rem.rule.name, what=what, error=str(exc))
-            self._forget(rem)
+            self._untrack(rem)
         except Exception as exc:
             log.exception("remediation_failed", rule=rem.rule.name, what=what,
                           decision_id=rem.decision_id)  # fmt: skip
