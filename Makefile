@@ -65,7 +65,7 @@ check: $(RUN_STAMP)
 	$(VENV)/bin/remediator check rules
 
 ## bench: load generator against the daemon and a bare aiohttp server; prints figures
-bench: $(STAMP)
+bench: $(STAMP) system-deps
 	$(PY) -m bench $(ARGS)
 
 format: $(STAMP)

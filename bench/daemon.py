@@ -95,10 +95,17 @@ def daemon_process(
     )
 
 
-def bare_process(*, workdir: Path, python: str = sys.executable) -> procs.ServerProcess:
-    """A not yet started bare aiohttp server (the ceiling) on its own port."""
+def bare_process(
+    *, workdir: Path, python: str = sys.executable, writes: str = "none"
+) -> procs.ServerProcess:
+    """A not yet started bare aiohttp server (the ceiling) on its own port; with `writes`
+    (`bench.bare_server.WRITES`), the floor: it also makes the daemon's durable writes."""
     port = procs.free_port()
     argv = [python, "-m", "bench.bare_server", "--listen", f"{procs.LOOPBACK}:{port}"]
-    return procs.ServerProcess(
-        name="bare-aiohttp", argv=argv, port=port, log_path=workdir / "bare_server.log"
-    )
+    name = "bare-aiohttp"
+    if writes != "none":
+        name = f"bare-writes-{writes}"
+        data_dir = workdir / name
+        data_dir.mkdir()
+        argv += ["--writes", writes, "--data-dir", str(data_dir)]
+    return procs.ServerProcess(name=name, argv=argv, port=port, log_path=workdir / f"{name}.log")

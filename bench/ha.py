@@ -105,6 +105,10 @@ async def run(suite: Suite) -> None:
                 await _measure(suite, n, env, p.max_seconds, p.max_alerts, p.latency_seconds)
     except RuntimeError as exc:  # tests.servers.ServerError: Redis or PostgreSQL
         raise procs.BenchError(f"Redis or PostgreSQL: {exc}") from exc
+    except FileNotFoundError as exc:  # not installed: the other phases' figures still count
+        raise procs.BenchError(
+            f"Redis or PostgreSQL 15 is not installed ({exc.filename}): run make system-deps"
+        ) from exc
 
 
 async def _measure(

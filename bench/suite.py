@@ -366,6 +366,36 @@ class Suite:
                 unit="alerts/s",
                 note=_load_note(batch),
             )
+        for writes in ("journal", "decided"):  # the floor under the daemon's CPU per alert
+            floor = daemon.bare_process(workdir=self.workdir, python=self.python, writes=writes)
+            async with self._running(floor):
+                await floor.wait_http(method="GET", path="/healthz", timeout=STARTUP_TIMEOUT)
+                await self._load(
+                    floor,
+                    f"bare + writes ({writes}) 1/request max",
+                    rate=None,
+                    per_request=1,
+                    count=p.max_alerts,
+                    duration=p.max_seconds,
+                    cpu_key=f"writes {writes} 1",
+                )
+                if writes == "decided":
+                    floor_50 = await self._load(
+                        floor,
+                        "bare + writes (decided) 50/request max",
+                        rate=None,
+                        per_request=50,
+                        count=p.batch_alerts,
+                        duration=p.batch_seconds,
+                        cpu_key="writes decided 50",
+                    )
+                    self._figure(
+                        S_BATCH,
+                        "bare + every durable write (the floor, same run)",
+                        value=floor_50.accepted_per_s,
+                        unit="alerts/s",
+                        note=_load_note(floor_50),
+                    )
 
     async def one_vs_many_rules(self) -> None:
         """1 rule vs 1,000 unrelated rules + the bench rule, at 1 alert/request, max rate.
@@ -776,11 +806,18 @@ class Suite:
         }
         shown = (  # key, label, over which bare key, ratio label, ratio target
             ("bare 1", "bare aiohttp, 1 alert/request", "", "", report.NO_TARGET),
+            ("writes journal 1", "bare + the journal row, 1 alert/request", "bare 1",
+             "bare + the journal row / bare (the floor of a 2xx)", report.NO_TARGET),
+            ("writes decided 1", "bare + journal, audit row, removal, 1 alert/request",
+             "bare 1", "bare + every durable write / bare (the floor of a decision)",
+             report.NO_TARGET),
             ("daemon 1", "daemon, 1 alert/request (journal + audit)", "bare 1",
              "daemon / bare, 1 alert/request", report.at_most(1.7, "≤ 1.70x")),
             ("rules 1", "daemon with 1,000 rules, 1 alert/request", "bare 1",
              "daemon with 1,000 rules / bare, 1 alert/request", report.NO_TARGET),
             ("bare 50", "bare aiohttp, 50 alerts/request", "", "", report.NO_TARGET),
+            ("writes decided 50", "bare + every durable write, 50 alerts/request", "bare 50",
+             "bare + every durable write / bare, 50 alerts/request", report.NO_TARGET),
             ("daemon 50", "daemon, 50 alerts/request (journal + audit)", "bare 50",
              "daemon / bare, 50 alerts/request", report.NO_TARGET),
         )  # fmt: skip
