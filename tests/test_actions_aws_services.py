@@ -826,3 +826,19 @@ async def test_the_new_example_rules_decide_dry_run_on_a_bare_start(tmp_path: Pa
     for row in rows:
         assert (row["outcome"], row["reason"]) == ("dry_run", ""), row
         assert "not checked" in row["detail"], row["detail"]
+
+
+@pytest.mark.parametrize("value", ["*", "assets/*"])
+async def test_a_label_cannot_widen_an_invalidation_into_a_wildcard(
+    tmp_path: Path, aws: Aws, value: str
+) -> None:
+    # The rule invalidates one page a label names: a label value ending in `*` would make
+    # it the whole distribution (or a whole tree), which the rule never wrote.
+    dist = await distribution(aws)
+    labelled = invalidation_rule(dist, '["/{{ labels.path }}"]')
+    row = await fire_one(tmp_path, aws, labelled, labels={"path": value}, dist=dist)
+    assert (row["outcome"], row["reason"]) == ("skipped", "template_error"), row["detail"]
+    assert "wildcard" in row["detail"]
+    assert await invalidations(aws, dist) == []
+    row = await fire_one(tmp_path / "2", aws, labelled, labels={"path": "index.html"}, dist=dist)
+    assert row["outcome"] == "executed", row["detail"]

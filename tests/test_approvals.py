@@ -329,3 +329,29 @@ async def test_a_click_that_is_not_a_button_press_is_a_400(
             await h.metric("remediator_rejected_inputs_total", source="slack", kind="too_large")
             == 1
         )
+
+
+async def test_an_approval_runs_only_what_was_approved_not_what_a_reload_made_of_it(
+    tmp_path: Path, world: dict[str, Any]
+) -> None:
+    # The approvers saw one action on one target; a reload meanwhile made the step send
+    # elsewhere with another text. Their click must not run what they never saw.
+    async with harness(tmp_path, world) as h:
+        await h.fire(pool())
+        row = await awaiting(h)
+        changed = RULES.replace(
+            '{url_env: REMEDIATOR_TEST_FIX_URL, text: "terminate on',
+            '{url_env: REMEDIATOR_TEST_PAGE_URL, text: "kill everything on',
+        )
+        assert changed != RULES
+        (h.rules_dir / "rules.yaml").write_text(changed)
+        assert (await h.daemon.reload())[0]
+        assert await press(h, "U0ANA", approve=True, decision_id=row["id"]) == 200
+        assert world["fix"].requests == [] and world["page"].requests == []
+        [done] = await h.decisions()
+        assert (done["id"], done["outcome"], done["reason"]) == (
+            row["id"],
+            "skipped",
+            "not_allowed",
+        )
+        assert "REMEDIATOR_TEST_PAGE_URL" in done["detail"]

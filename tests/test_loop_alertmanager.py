@@ -22,7 +22,7 @@ import pytest
 
 from tests import servers
 from tests.daemon_process import DaemonProcess, eventually
-from tests.harness import Harness
+from tests.harness import Harness, payload
 
 pytestmark = pytest.mark.timeout(90)
 MINUTE = 60.0
@@ -239,3 +239,48 @@ async def test_kill_9_mid_ladder_repeats_no_step_and_escalates_once(
         await asyncio.sleep(4)
         assert len(slack.requests) == 1
         assert len(await daemon.decisions()) == 2
+
+
+async def test_a_silence_a_person_took_over_from_the_daemon_holds_off_the_next_step(
+    tmp_path: Path, slack: servers.WebhookReceiver
+) -> None:
+    # Alertmanager edits a silence in place (same id) when only its end, author or comment
+    # change: the daemon's own silence, extended by a person who says hands off, is theirs.
+    rules = LADDER.replace("    escalate:", "    silence_while_remediating: 10m\n    escalate:")
+    async with daemon_behind(tmp_path, rules) as (h, am):
+        await asyncio.to_thread(am.post_alerts, [pool_alert()])
+        await until(h, "step 1", rows_are(("executed", "")))
+        [ours] = [
+            s
+            for s in await asyncio.to_thread(am.list_silences, state="active")
+            if s["createdBy"] == "remediator"
+        ]
+        edited = {k: ours[k] for k in ("id", "matchers", "startsAt")} | {
+            "endsAt": servers.rfc3339(dt.datetime.now(dt.UTC) + dt.timedelta(hours=4)),
+            "createdBy": "alice",
+            "comment": "handling this by hand: hands off",
+        }
+        answer = await asyncio.to_thread(am.api, "POST", "silences", edited)
+        assert answer["silenceID"] == ours["id"]  # the same silence, now alice's
+        await h.advance(5 * MINUTE)  # step 1 ineffective: step 2 is due
+        rows = await h.decisions()
+        assert [(r["step"], r["outcome"], r["reason"]) for r in rows] == [
+            (1, "executed", ""),
+            (2, "skipped", "silenced"),
+        ]
+        assert ours["id"] in rows[1]["detail"] and "alice" in rows[1]["detail"]
+
+        # The resolve, as Alertmanager would send it were the alert not silenced.
+        ended = servers.rfc3339(dt.datetime.now(dt.UTC))
+        gone = {
+            "status": "resolved", "labels": pool_alert()["labels"], "annotations": {},
+            "startsAt": rows[0]["starts_at"], "endsAt": ended,
+            "fingerprint": rows[0]["fingerprint"],
+        }  # fmt: skip
+        resp = await h.post(payload(gone))
+        assert resp.status == 200
+        await h.settle()
+        row = (await h.decisions())[0]
+        assert "left in place on resolve: changed in Alertmanager by alice" in row["silence"]
+        [kept] = [s for s in await asyncio.to_thread(am.list_silences) if s["id"] == ours["id"]]
+        assert kept["status"]["state"] == "active"  # alice's four hours stand

@@ -27,7 +27,7 @@ import structlog
 from remediator import errors, intake
 from remediator.backends import redis as redis_backend
 from remediator.backends.postgres import PostgresAudit
-from remediator.backends.state import Claim, Mark, MemoryState
+from remediator.backends.state import GLOBAL, Claim, Mark, MemoryState, Pause
 from remediator.clients.redis import Redis, Unsent
 from remediator.engine import guards
 from remediator.engine.clock import FakeClock
@@ -993,3 +993,37 @@ async def test_a_redis_whose_persistence_is_less_than_documented_is_named_at_sta
         [event] = warned
         assert event["problem"].startswith(said)
         assert "appendfsync always" in event["hint"]
+
+
+async def test_a_pause_it_cannot_read_pauses_and_the_pauses_set_after_it_are_still_seen(
+    client: Redis,
+) -> None:
+    # A pause entry this replica cannot read (hand-written in an emergency, or by another
+    # version) must neither vanish nor stop the poll that brings the other pauses: a kill
+    # switch set later from another replica still has to reach this one.
+    cfg = config(poll_interval=0.05, claim_idle=3.0)
+    a = await replica(client, cfg, "a")
+    b = await replica(client, cfg, "b")
+
+    class Hooks:
+        async def adopt(self, held: Any, rems: Any) -> None: ...
+
+        def abandon(self) -> None: ...
+
+        async def resolved_elsewhere(self, alert: Any) -> None: ...
+
+    task = asyncio.create_task(a.run(Hooks(), lambda: NOW))
+    try:
+        await client.call("HSET", a.key("pauses"), "other", '{"by": "ops"}')
+        await asyncio.sleep(0.3)
+        assert not task.done(), "the shared-state poll stopped"
+        unreadable = a.pause_of("other", NOW)
+        assert unreadable is not None and "cannot be read" in unreadable.reason
+        assert a.pause_of("r", NOW) is None  # it pauses its own key, not everything
+        await b.set_pause(GLOBAL, Pause("ops", "incident", NOW, None))
+        await asyncio.sleep(0.3)
+        assert a.pause_of("r", NOW) is not None
+        c = await replica(client, cfg, "c")  # a replica (re)starting while paused
+        assert c.pause_of("r", NOW) is not None and c.pause_of("other", NOW) is not None
+    finally:
+        await stop(task)

@@ -479,6 +479,21 @@ def _fields(raw: Any) -> dict[str, Any]:
     return {_s(raw[i]): raw[i + 1] for i in range(0, len(raw), 2)}
 
 
+def _pause(raw: Any) -> Pause:
+    """A pause as stored; one that cannot be read is in force until resumed."""
+    try:
+        d = json.loads(raw)
+        until = d.get("until")
+        return Pause(
+            str(d["by"]), str(d["reason"]), float(d["since"]),
+            None if until is None else float(until),
+        )  # fmt: skip
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        return Pause(
+            "?", f"this pause cannot be read ({exc!r:.120}): in force until resumed", 0.0, None
+        )
+
+
 def checkpoint() -> None:
     """Raise CancelledError if this task was asked to stop: asyncio.wait_for (3.11) and
     redis-py's own timeouts can swallow a cancellation that races with their timeout,
@@ -654,11 +669,9 @@ class RedisState:
             [("HGETALL", self.key("pauses")), ("ZRANGE", self.key("circopen"), 0, -1)],
             transaction=False,
         )
-        pauses = {}
-        for i in range(0, len(raw), 2):
-            d = json.loads(raw[i + 1])
-            pauses[_s(raw[i])] = Pause(d["by"], d["reason"], d["since"], d.get("until"))
-        self._pauses = pauses
+        # redis-py answers HGETALL with a dict. An entry that cannot be read still pauses
+        # what its key names: a kill switch is never dropped for its form.
+        self._pauses = {key: _pause(value) for key, value in _fields(raw).items()}
         counts: dict[str, int] = {}
         for member in circuits:
             rule = _s(member).partition("\x00")[0]

@@ -372,6 +372,15 @@ class Decider:
         prepared = prepare(rule.steps[w.step].action, rule, w.alert, settings)
         if refusal is None and not isinstance(prepared, Prepared):
             refusal = prepared.reason, prepared.detail
+        if refusal is None and isinstance(prepared, Prepared) and prepared.target != rem.target:
+            # A reload changed the step: the approvers saw (and the lock is on) another one.
+            refusal = (
+                Reason.NOT_ALLOWED,
+                (
+                    f"the rule now names {prepared.target}, not the {rem.target} that was "
+                    "asked for: what was approved is not what would run"
+                ),
+            )
         if refusal is None and not rem.dry:
             over = await self._state.over_budget(settings.budgets, w.now)
             if over is not None:

@@ -19,6 +19,7 @@ silence, whatever `on_error` says: that setting is about Alertmanager being unre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -189,9 +190,11 @@ class Silences:
                 f"cannot ask Alertmanager about silences ({exc}); alertmanager.on_error="
                 "fail_closed keeps hands off",
             )
-        own = {h.silence_id for h in self._held.values()}
-        # Ours, made while remediating, must not stop the next step.
-        theirs = [s for s in silences if s.id not in own]
+        own = {h.silence_id: h for h in self._held.values()}
+        # Ours, made while remediating, must not stop the next step — while it is as we
+        # made it: Alertmanager edits a silence in place (same id) when only its end,
+        # author or comment change, and one a person extended or signed is theirs now.
+        theirs = [s for s in silences if not _as_made(s, own.get(s.id))]
         labels = alert.labels
         if sum(s.work(labels) for s in theirs) > INLINE_WORK:
             covering, could = await asyncio.to_thread(_evaluate, theirs, labels, now)
@@ -287,8 +290,8 @@ class Silences:
                 matchers=silence_matchers,
                 starts_at=starts,
                 ends_at=ends,
-                created_by="remediator",
-                comment=f"remediator rule {rule} acted on this alert (audit decision "
+                created_by=CREATED_BY,
+                comment=f"{COMMENT}{rule} acted on this alert (audit decision "
                 f"{decision_id}); silenced while the fix takes effect",
             )
         except errors.ActionError as exc:
@@ -329,6 +332,16 @@ class Silences:
         silence_id, decision_id, created = held.silence_id, held.decision_id, held.text
         if self._clock.now() >= held.ends_at:
             return decision_id, f"{created}; ended before the alert resolved"
+        self.invalidate()
+        with contextlib.suppress(errors.ActionError):  # unknown: expired as made
+            current = await self._current(self._clock.now())
+            taken = next((s for s in current if s.id == silence_id), None)
+            if taken is not None and not _as_made(taken, held):
+                # A person extended or signed it: theirs now, left as they set it.
+                return decision_id, (
+                    f"{created}; left in place on resolve: changed in Alertmanager "
+                    f"by {taken.created_by or 'someone'}"
+                )
         try:
             await self._api.expire_silence(silence_id)
         except errors.ActionError as exc:
@@ -339,6 +352,23 @@ class Silences:
         self.invalidate()
         log.info("silence_expired", fingerprint=alert.fingerprint, silence_id=silence_id)
         return decision_id, f"{created}; expired when the alert resolved"
+
+
+CREATED_BY = "remediator"
+COMMENT = "remediator rule "
+"""How the silences made while remediating start their comment."""
+
+
+def _as_made(silence: Silence, held: _Held | None) -> bool:
+    """`silence` is the one held, unchanged since we made it (author, comment, end)."""
+    return (
+        held is not None
+        and not silence.unreadable
+        and silence.created_by == CREATED_BY
+        and silence.comment.startswith(COMMENT)
+        and silence.ends_at is not None
+        and abs(silence.ends_at - held.ends_at) < 1.0
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -65,6 +65,16 @@ def _paths() -> params.Validator:
     return check
 
 
+def _no_wildcard(value: str) -> str:
+    """What a template inserts into a path: a `*` there would widen the invalidation to a
+    whole tree (or the distribution) the rule never wrote; only its own text may."""
+    if "*" in value:
+        raise errors.TemplateError(
+            f"{value[:80]!r}: a label value cannot add a wildcard (*) to a path"
+        )
+    return value
+
+
 def _is_template(value: Any) -> bool:
     from remediator.matching.templates import Template  # noqa: PLC0415 - avoids a cycle
 
@@ -88,7 +98,11 @@ class CloudFrontCreateInvalidation:
                 params.matching(common.CLOUDFRONT_ID, is_not="a CloudFront distribution ID"),
                 doc="the distribution (must be in aws.cloudfront.distributions)",
             ),
-            "paths": params.Field(_paths(), doc="paths to invalidate, e.g. [/*] or [/index.html]"),
+            "paths": params.Field(
+                _paths(),
+                doc="paths to invalidate, e.g. [/*] or [/index.html]",
+                escape=_no_wildcard,
+            ),
             "max_paths": params.Field(
                 params.bound(lo=1, hi=MAX_PATHS), doc="at most this many paths (required)"
             ),
