@@ -186,6 +186,20 @@ async def test_a_scale_step_is_clamped_at_max_desired_count(tmp_path: Path, aws:
     assert row["detail"].endswith("desiredCount 5 → 6 (clamped from 8 to 1..6)")
 
 
+async def test_a_step_down_from_above_the_bounds_removes_only_its_step(
+    tmp_path: Path, aws: Aws
+) -> None:
+    """A person scaled to 20 by hand; the rule (1..6, step -1) allows one task less, not
+    fourteen at once."""
+    await aws.service("plooral-api", desired=20)
+    async with harness(tmp_path, aws, scale_rule(step=-1, lo=1, hi=6)) as h:
+        await h.fire(saturated())
+        row = await one_decision(h)
+    assert row["outcome"] == "executed", row["detail"]
+    assert (await aws.described("plooral-api"))["desiredCount"] == 19
+    assert row["detail"].endswith("desiredCount 20 → 19 (bounds 1..6)")
+
+
 async def test_a_service_already_at_its_bound_is_a_recorded_no_op(tmp_path: Path, aws: Aws) -> None:
     await aws.service("plooral-api", desired=9)  # scaled by hand beyond the rule's max
     async with harness(tmp_path, aws, scale_rule(step=1, lo=1, hi=6)) as h:
@@ -703,6 +717,9 @@ def test_scale_and_redrive_rules_need_their_bounds(
         (5, {"step": 3}, 6, ""),
         (0, {"step": 1}, 1, ""),
         (3, {"step": -5}, 1, ""),
+        (20, {"step": -1}, 19, ""),  # above the bounds (by hand): one step, not to 6
+        (9, {"step": -5}, 4, ""),
+        (20, {"to": 3}, 3, ""),  # `to` says where: all the way
         (9, {"step": 1}, 9, "9 is already at or above the upper bound 6"),
         (1, {"step": -1}, 1, "1 is already at or below the lower bound 1"),
         (9, {"to": 5}, 5, ""),
@@ -733,9 +750,16 @@ def test_a_change_lands_within_the_bounds_or_not_at_all(
     want = change["to"] if "to" in change else current + change["step"]
     if new == current:
         assert why
-    else:
-        assert lo <= new <= hi and not why
-        assert (new - current) * (want - current) > 0  # the way that was asked
+        return
+    assert not why
+    assert (new - current) * (want - current) > 0  # the way that was asked
+    if "to" in change:
+        assert lo <= new <= hi
+        return
+    step = change["step"]
+    assert abs(new - current) <= abs(step)  # never further than the step
+    assert new <= hi if step > 0 else new >= lo  # never past the bound it moves toward
+    assert lo <= new <= hi or new == want  # inside the bounds, or one whole step nearer
 
 
 # --------------------------------------------------------------------------- config

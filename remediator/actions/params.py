@@ -253,14 +253,21 @@ def flag() -> Validator:
 
 
 def plan(current: int, values: Mapping[str, Any], lo: int, hi: int) -> tuple[int, str]:
-    """The new value for a change (`values` holds `step` or `to`) clamped to [lo, hi];
+    """The new value for a change (`values` holds `step` or `to`) within [lo, hi];
     (current, why) when nothing changes.
 
     A change never goes the other way from what was asked: a step up from above the
-    upper bound (a person scaled further by hand) leaves the value alone.
+    upper bound (a person scaled further by hand) leaves the value alone. A step never
+    moves further than its size: a step down from above the upper bound moves down by
+    the step, not in one jump to the bound (20 tasks, bounds 1..6, step -1: 19, not 6 —
+    the rule allows one task less, not fourteen), as `kubernetes.scale` does.
     """
-    want = values["to"] if "to" in values else current + values["step"]
-    new = min(max(want, lo), hi)
+    if "to" in values:
+        want = values["to"]
+        new = min(max(want, lo), hi)
+    else:
+        want = current + values["step"]
+        new = max(current, min(want, hi)) if want > current else min(current, max(want, lo))
     if want == current:
         return current, f"it is already {current}"
     if (want - current) * (new - current) <= 0:
