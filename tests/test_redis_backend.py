@@ -1027,3 +1027,43 @@ async def test_a_pause_it_cannot_read_pauses_and_the_pauses_set_after_it_are_sti
         assert c.pause_of("r", NOW) is not None and c.pause_of("other", NOW) is not None
     finally:
         await stop(task)
+
+
+async def test_a_record_it_cannot_read_is_left_out_and_the_poll_goes_on(client: Redis) -> None:
+    # A dead replica left a held alert it can resume and one it cannot read (another
+    # version's, hand-edited). The survivor adopts the first, and its shared-state poll —
+    # the pauses, the kill switch, come with it — outlives the second.
+    cfg = config(claim_idle=0.2, poll_interval=0.05)
+    a = await replica(client, cfg, "a")
+    claim = await a.claim("rule\x00fp\x00t0", skip=None, aged=False, now=NOW)
+    assert claim is not None
+    await a.save_held("rule\x00fp\x00t0", {"key": "rule\x00fp\x00t0", "token": claim.token})  # type: ignore[misc]
+    await client.call("HSET", a.key("held", "a"), "rule\x00fp\x00t1", "7|{not json")
+    await asyncio.sleep(0.3)  # a's lease lapses
+    b = await replica(client, cfg, "b")
+
+    class Hooks:
+        def __init__(self) -> None:
+            self.held: list[dict[str, Any]] = []
+
+        async def adopt(self, held: list[dict[str, Any]], rems: list[dict[str, Any]]) -> None:
+            self.held += held
+
+        def abandon(self) -> None: ...
+
+        async def resolved_elsewhere(self, alert: Any) -> None: ...
+
+    hooks = Hooks()
+    task = asyncio.create_task(b.run(hooks, lambda: NOW))
+    try:
+        for _ in range(60):
+            if hooks.held:
+                break
+            await asyncio.sleep(0.05)
+        assert [r["key"] for r in hooks.held] == ["rule\x00fp\x00t0"]
+        await a.set_pause(GLOBAL, Pause("ops", "incident", NOW, None))
+        await asyncio.sleep(0.3)
+        assert not task.done(), "the shared-state poll stopped"
+        assert b.pause_of("r", NOW) is not None
+    finally:
+        await stop(task)

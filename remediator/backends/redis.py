@@ -613,6 +613,10 @@ class RedisState:
                     await self._refresh()
                 except errors.BackendUnavailable as exc:
                     log.warning("redis_unavailable", error=str(exc))
+                except Exception:  # a bug, or a record it cannot read
+                    # This loop brings the pauses (the kill switch) and the adoptions: it
+                    # must outlive any one bad poll, or the replica acts on a stale view.
+                    log.exception("shared_state_poll_failed")
                 await asyncio.sleep(poll)
         finally:
             for task in (watcher, keeper):
@@ -629,6 +633,8 @@ class RedisState:
                 await self._renew_lease(hooks, clock())
             except errors.BackendUnavailable as exc:
                 log.warning("redis_unavailable", error=str(exc), what="lease")
+            except Exception:  # the lease must outlive any one failure
+                log.exception("lease_renewal_failed")
 
     async def _beat(self, hooks: Hooks, now: float) -> None:
         await self._renew_lease(hooks, now)
@@ -658,8 +664,13 @@ class RedisState:
             held: list[dict[str, Any]] = []
             rems: list[dict[str, Any]] = []
             for i in range(0, len(flat), 3):
-                record = json.loads(flat[i + 2])
-                record["token"] = int(flat[i + 1])
+                try:
+                    record = json.loads(flat[i + 2])
+                    record["token"] = int(flat[i + 1])
+                except (ValueError, TypeError) as exc:
+                    # Nothing to resume from it; the others are still adopted.
+                    log.error("record_unreadable", kind=_s(flat[i]), error=str(exc)[:200])
+                    continue
                 (held if _s(flat[i]) == "held" else rems).append(record)
             log.warning("records_adopted", held=len(held), remediations=len(rems))
             await hooks.adopt(held, rems)
@@ -1250,6 +1261,9 @@ class RedisJournal:
                     with contextlib.suppress(errors.BackendUnavailable):
                         await self.start()  # Redis lost the stream (restarted empty)
                 log.warning("redis_unavailable", error=str(exc), what="journal")
+                await asyncio.sleep(self._config.poll_interval)
+            except Exception:  # the reader must outlive any one bad read
+                log.exception("journal_read_failed")
                 await asyncio.sleep(self._config.poll_interval)
 
     async def _renew(self) -> None:

@@ -111,17 +111,22 @@ class HeldAlerts:
         """Hold alerts from their records (an earlier run's, or a dead replica's)."""
         count = 0
         for record in records:
-            key = record["key"]
-            rule = rules.get(record["rule"])
-            if rule is None:
-                log.warning("held_alert_dropped", rule=record["rule"], reason="rule is gone")
-                self._state.drop_held(key)
+            try:
+                key = record["key"]
+                rule = rules.get(record["rule"])
+                if rule is None:
+                    log.warning("held_alert_dropped", rule=record["rule"], reason="rule is gone")
+                    self._state.drop_held(key)
+                    continue
+                alert = Alert.from_json(record["alert"])
+                due = float(record["due"])
+                request_id, token = record["request_id"], record.get("token", 0)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # One record it cannot read (another version's, hand-edited) is left out;
+                # the others are still held. Alertmanager sends the alert again.
+                log.error("record_unreadable", kind="held", error=repr(exc)[:200])
                 continue
-            alert = Alert.from_json(record["alert"])
-            due = float(record["due"])
-            timer = self._timer(key, due)
-            token = record.get("token", 0)
-            self._add(Held(key, alert, rule, record["request_id"], due, timer, token))
+            self._add(Held(key, alert, rule, request_id, due, self._timer(key, due), token))
             count += 1
         return count
 

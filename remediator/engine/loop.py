@@ -850,8 +850,16 @@ class Loop:
         """Track remediations from their records, without acting yet."""
         rules, taken = self._rules(), []
         for record in records:
-            rule = rules.get(record["rule"])
-            rem = Remediation.from_json(rule or _gone(record["rule"]), record)
+            try:
+                rule = rules.get(record["rule"])
+                rem = Remediation.from_json(rule or _gone(record["rule"]), record)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # Left out (another version's, hand-edited); the others are still taken.
+                log.error(
+                    "record_unreadable", kind="remediation", key=str(record.get("key"))[:200],
+                    error=repr(exc)[:200],
+                )  # fmt: skip
+                continue
             self._track(rem)
             taken.append(rem)
             if rem.silence is not None and self._silences is not None:
