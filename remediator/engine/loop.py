@@ -293,7 +293,8 @@ class Loop:
         """Nothing more will be tried for this occurrence: escalate, once.
 
         The intent is durable when this returns (a crash before the message is sent sends
-        it on restart); the message goes out in a task. `outcome` and `target` describe
+        it on restart) unless its write failed (a full disk: logged); either way the
+        message goes out in a task. `outcome` and `target` describe
         the refused attempt that ends it, if that is what does (decision `decision_id`).
         """
         if rem is None:
@@ -307,7 +308,16 @@ class Loop:
             rem.timer.cancel()
         rem.phase, rem.why = Phase.ESCALATING, why
         self._track(rem)
-        await self._save(rem)
+        try:
+            await self._save(rem)
+        except errors.Superseded:
+            raise  # another replica owns it now: it escalates
+        except Exception:
+            # Not durable (a full disk): a crash before the send would forget it, but the
+            # human is called now all the same — never left uncalled for a failed write.
+            log.exception(
+                "escalation_not_saved", rule=w.rule.name, decision_id=rem.decision_id
+            )  # fmt: skip
         self._spawn(self._safely(rem, "escalating", lambda: self._escalate(rem)),
                     f"escalate:{w.rule.name}")  # fmt: skip
 
