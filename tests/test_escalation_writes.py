@@ -1,8 +1,9 @@
-"""A remediation that gives up calls a human even when the write of its record fails
-(a full disk): the send does not wait on the disk."""
+"""A remediation whose record cannot be written (a full disk) still calls a human when it
+gives up, and an occurrence whose first decision waits still gets its attempt."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import Harness, am_alert
+from tests.harness import START, Harness, am_alert
 from tests.servers import WebhookReceiver
 
 MINUTE = 60.0
@@ -82,3 +83,29 @@ async def test_a_first_decision_refused_for_good_pages_even_if_its_record_fails(
         await h.settle()
     pages = [json.loads(r.body)["text"] for r in slack.requests]
     assert [p for p in pages if "pod-1" in p or "budget" in p], pages
+
+
+COOLDOWN = """
+rules:
+  - name: api-restart
+    matchers: ['alertname = "APIDown"']
+    action: {type: log, params: {message: "restart", target: "{{ labels.deployment }}"}}
+    verify: {resolve_within: never}
+    limits: {cooldown: 10m}
+"""
+FAIL_WAITING = FAIL_ESCALATING.replace("'escalating'", "'waiting'")
+
+
+async def test_an_occurrence_refused_by_a_cooldown_gets_its_attempt_if_its_record_fails(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path, rules=COOLDOWN, dry_run=False)
+    async with h:
+        await h.fire(am_alert("APIDown", deployment="api"))
+        await h.daemon.db.submit(lambda c: c.execute(FAIL_WAITING))
+        # Another occurrence on the same target: refused by the cooldown, for now.
+        await h.fire(am_alert("APIDown", deployment="api", starts_at=START + dt.timedelta(1)))
+        assert await h.outcomes() == [("executed", ""), ("skipped", "cooldown")]
+        await h.daemon.db.submit(lambda c: c.execute("DROP TRIGGER fail"))
+        await h.advance(11 * MINUTE)  # the cooldown is over: its own attempt
+        assert await h.outcomes() == [("executed", ""), ("skipped", "cooldown"), ("executed", "")]

@@ -284,7 +284,15 @@ class Loop:
         """A first decision refused by a cooldown or lock: its attempt comes when that ends."""
         rem = Remediation(w.rule, w.alert, w.request_id, step=w.step, decision_id=decision_id,
                           target=target, token=w.token)  # fmt: skip
-        await self.wait(rem, due, why)
+        try:
+            await self.wait(rem, due, why)
+        except errors.Superseded:
+            raise
+        except Exception:
+            # Its row is durable: failing the decision now would make every delivery of
+            # it a duplicate, also after a restart, and it would never get its attempt.
+            # It goes on in memory (its timer is armed); only a crash meanwhile loses it.
+            log.exception("remediation_not_saved", rule=w.rule.name, decision_id=decision_id)
 
     async def give_up(
         self, w: Work, rem: Remediation | None, *, decision_id: int, why: str,
