@@ -376,6 +376,23 @@ class Loop:
         rem.phase = Phase.DECIDING  # taken: no second answer gets past the check above
         if rem.timer is not None:
             rem.timer.cancel()
+        answer: list[tuple[bool, str]] = []
+
+        async def decide() -> None:
+            answer.append(
+                await self._answered(
+                    rem, decision_id, approve=approve, by=by, via=via, reason=reason
+                )
+            )
+
+        # Taken, it has no timer left: an error now (a failed write) must end it with an
+        # escalation, not leave it approved and never run.
+        await self._safely(rem, "deciding its approval", decide)
+        return answer[0] if answer else (True, "failed: an internal error (logged)")
+
+    async def _answered(
+        self, rem: Remediation, decision_id: int, *, approve: bool, by: str, via: str, reason: str
+    ) -> tuple[bool, str]:
         now = self._clock.now()
         said = f"{'approved' if approve else 'rejected'} by {by} via {via} at {iso_ts(now)}"
         if reason:
