@@ -286,12 +286,13 @@ class Loop:
                           target=target, token=w.token)  # fmt: skip
         try:
             await self.wait(rem, due, why)
-        except errors.Superseded:
-            raise
+        except (errors.Superseded, errors.BackendUnavailable):
+            raise  # as in give_up: a shared journal hands the alert out again
         except Exception:
-            # Its row is durable: failing the decision now would make every delivery of
-            # it a duplicate, also after a restart, and it would never get its attempt.
-            # It goes on in memory (its timer is armed); only a crash meanwhile loses it.
+            # The embedded database cannot write (a full disk). Its row is durable:
+            # failing the decision now would make every delivery of it a duplicate, also
+            # after a restart (dedup is rebuilt from the audit), and it would never get its
+            # attempt. It goes on in memory (its timer is armed); only a crash loses it.
             log.exception("remediation_not_saved", rule=w.rule.name, decision_id=decision_id)
 
     async def give_up(
@@ -318,11 +319,14 @@ class Loop:
         self._track(rem)
         try:
             await self._save(rem)
-        except errors.Superseded:
-            raise  # another replica owns it now: it escalates
+        except (errors.Superseded, errors.BackendUnavailable):
+            # Another replica owns it now, or a shared backend is away (the decision fails
+            # and the shared journal hands the alert out again): as before.
+            raise
         except Exception:
-            # Not durable (a full disk): a crash before the send would forget it, but the
-            # human is called now all the same — never left uncalled for a failed write.
+            # The embedded database cannot write (a full disk): a crash before the send
+            # would forget it, but the human is called now all the same — never left
+            # uncalled for a failed write.
             log.exception(
                 "escalation_not_saved", rule=w.rule.name, decision_id=rem.decision_id
             )  # fmt: skip
