@@ -355,3 +355,28 @@ async def test_an_approval_runs_only_what_was_approved_not_what_a_reload_made_of
             "not_allowed",
         )
         assert "REMEDIATOR_TEST_PAGE_URL" in done["detail"]
+
+
+async def test_an_approval_whose_row_cannot_be_written_calls_a_human(
+    tmp_path: Path, world: dict[str, Any]
+) -> None:
+    async with harness(tmp_path, world) as h:
+        await h.fire(pool())
+        row = await awaiting(h)
+        # A real SQLite failure (a full disk) on the row the approved action is about to
+        # run on: it cannot run, and nothing else will happen to it.
+        await h.daemon.db.submit(
+            lambda c: c.execute(
+                "CREATE TRIGGER fail BEFORE UPDATE OF outcome ON decisions "
+                "WHEN NEW.outcome = 'failed' BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+            )
+        )
+        await press(h, "U0ANA", approve=True, decision_id=row["id"])
+        await h.daemon.db.submit(lambda c: c.execute("DROP TRIGGER fail"))
+        await h.advance(30 * MINUTE)  # past the approval's timeout, too
+        assert world["fix"].requests == []
+        assert len(world["page"].requests) == 1  # not left approved, never run, unpaged
+        # And its target is not left locked: the next occurrence asks for approval again.
+        await h.fire(pool())
+        asking = [r["id"] for r in await h.decisions() if r["outcome"] == "awaiting_approval"]
+        assert [i for i in asking if i != row["id"]] != []

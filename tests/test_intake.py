@@ -500,3 +500,19 @@ def test_no_body_makes_the_webhook_answer_500_or_stop_serving(tmp_path: Path) ->
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
+
+
+async def test_a_long_annotation_in_one_alert_loses_none_of_its_group(tmp_path: Path) -> None:
+    # Alertmanager bounds neither annotations nor generatorURL (a long PromQL expression),
+    # and never retries a 4xx: refusing the request would drop every alert of the group.
+    long = "x" * 20_000
+    group = body(
+        api_down("api"),
+        api_down("web", annotations={"description": long}, generatorURL="http://p/" + long),
+    )
+    async with Harness(tmp_path, rules=RULES) as h:
+        resp = await h.post(group)
+        assert resp.status == 200, await resp.text()
+        await h.settle()
+        assert sorted(d["target"] for d in await h.decisions()) == ["log prod/api", "log prod/web"]
+        assert await journal_rows(h) == 0

@@ -411,11 +411,15 @@ class Decider:
             )  # fmt: skip
             self._loop.finish(rem)
             return f"dry run: {detail}"
-        await self._recorder.audit.update(
-            decision_id, outcome=Outcome.FAILED, reason=Reason.INTERRUPTED,
-            detail=f"{said}; {NEVER_STARTED}", mark=Mark(w.key, INTERRUPTED, w.token, "="),
-        )  # fmt: skip
-        await self._loop.acting(w, p, decision_id=decision_id, rem=rem)
+        try:
+            await self._recorder.audit.update(
+                decision_id, outcome=Outcome.FAILED, reason=Reason.INTERRUPTED,
+                detail=f"{said}; {NEVER_STARTED}", mark=Mark(w.key, INTERRUPTED, w.token, "="),
+            )  # fmt: skip
+            await self._loop.acting(w, p, decision_id=decision_id, rem=rem)
+        except BaseException:
+            await self._state.release(p.target, p.token)  # reserved while it awaited
+            raise
         self._loop.start(rem, w, p)
         return f"{p.action.type} {p.target} is running"
 

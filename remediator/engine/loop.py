@@ -284,7 +284,16 @@ class Loop:
         """A first decision refused by a cooldown or lock: its attempt comes when that ends."""
         rem = Remediation(w.rule, w.alert, w.request_id, step=w.step, decision_id=decision_id,
                           target=target, token=w.token)  # fmt: skip
-        await self.wait(rem, due, why)
+        try:
+            await self.wait(rem, due, why)
+        except (errors.Superseded, errors.BackendUnavailable):
+            raise  # as in give_up: a shared journal hands the alert out again
+        except Exception:
+            # The embedded database cannot write (a full disk). Its row is durable:
+            # failing the decision now would make every delivery of it a duplicate, also
+            # after a restart (dedup is rebuilt from the audit), and it would never get its
+            # attempt. It goes on in memory (its timer is armed); only a crash loses it.
+            log.exception("remediation_not_saved", rule=w.rule.name, decision_id=decision_id)
 
     async def give_up(
         self, w: Work, rem: Remediation | None, *, decision_id: int, why: str,
@@ -293,7 +302,8 @@ class Loop:
         """Nothing more will be tried for this occurrence: escalate, once.
 
         The intent is durable when this returns (a crash before the message is sent sends
-        it on restart); the message goes out in a task. `outcome` and `target` describe
+        it on restart) unless its write failed (a full disk: logged); either way the
+        message goes out in a task. `outcome` and `target` describe
         the refused attempt that ends it, if that is what does (decision `decision_id`).
         """
         if rem is None:
@@ -307,7 +317,19 @@ class Loop:
             rem.timer.cancel()
         rem.phase, rem.why = Phase.ESCALATING, why
         self._track(rem)
-        await self._save(rem)
+        try:
+            await self._save(rem)
+        except (errors.Superseded, errors.BackendUnavailable):
+            # Another replica owns it now, or a shared backend is away (the decision fails
+            # and the shared journal hands the alert out again): as before.
+            raise
+        except Exception:
+            # The embedded database cannot write (a full disk): a crash before the send
+            # would forget it, but the human is called now all the same — never left
+            # uncalled for a failed write.
+            log.exception(
+                "escalation_not_saved", rule=w.rule.name, decision_id=rem.decision_id
+            )  # fmt: skip
         self._spawn(self._safely(rem, "escalating", lambda: self._escalate(rem)),
                     f"escalate:{w.rule.name}")  # fmt: skip
 
@@ -358,6 +380,23 @@ class Loop:
         rem.phase = Phase.DECIDING  # taken: no second answer gets past the check above
         if rem.timer is not None:
             rem.timer.cancel()
+        answer: list[tuple[bool, str]] = []
+
+        async def decide() -> None:
+            answer.append(
+                await self._answered(
+                    rem, decision_id, approve=approve, by=by, via=via, reason=reason
+                )
+            )
+
+        # Taken, it has no timer left: an error now (a failed write) must end it with an
+        # escalation, not leave it approved and never run.
+        await self._safely(rem, "deciding its approval", decide)
+        return answer[0] if answer else (True, "failed: an internal error (logged)")
+
+    async def _answered(
+        self, rem: Remediation, decision_id: int, *, approve: bool, by: str, via: str, reason: str
+    ) -> tuple[bool, str]:
         now = self._clock.now()
         said = f"{'approved' if approve else 'rejected'} by {by} via {via} at {iso_ts(now)}"
         if reason:

@@ -68,8 +68,9 @@ def _alert(i: int, a: Any, received_at: dt.datetime, times: dict[str, dt.datetim
     elif not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
         raise _schema(f"{where}.fingerprint must be 1-64 alphanumerics, got {_show(fingerprint)}")
     generator_url = a.get("generatorURL", "")
-    if not isinstance(generator_url, str) or len(generator_url) > MAX_VALUE_LEN:
+    if not isinstance(generator_url, str):
         raise _schema(f"{where}.generatorURL must be a string")
+    generator_url = generator_url[:MAX_VALUE_LEN]  # a long PromQL expression: cut, not refused
     return Alert(
         source=SOURCE,
         name=name,
@@ -89,14 +90,20 @@ def _str_map(value: Any, where: str, *, names: bool) -> dict[str, str]:
         raise _schema(f"{where} must be an object of strings")
     if len(value) > MAX_LABELS:
         raise _schema(f"{where} has {len(value)} entries; at most {MAX_LABELS}")
+    cut: dict[str, str] | None = None
     for k, v in value.items():
         if not isinstance(v, str):
             raise _schema(f"{where}.{k} must be a string, got {_show(v)}")
         if len(v) > MAX_VALUE_LEN:
-            raise _schema(f"{where}.{k} is longer than {MAX_VALUE_LEN} characters")
+            if names:
+                raise _schema(f"{where}.{k} is longer than {MAX_VALUE_LEN} characters")
+            # An annotation is text for humans, and Alertmanager does not bound it: cut
+            # it, rather than refuse (a 4xx is never retried) the whole group's request.
+            cut = cut or dict(value)
+            cut[k] = v[:MAX_VALUE_LEN]
         if names and not _LABEL_NAME.fullmatch(k):
             raise _schema(f"{where} has an invalid label name {_show(k)}")
-    return value
+    return value if cut is None else cut
 
 
 _TIMES_CACHED = 1024
