@@ -467,3 +467,50 @@ def test_a_mail_rule_with_a_header_in_its_subject_fails_to_load(tmp_path: Path) 
         loader.load_dir(tmp_path)
     [problem] = caught.value.errors
     assert "param 'subject': contains control characters" in problem.message
+
+
+# --------------------------------------------------------------------------- rule-only names
+
+CHOSEN_BY_A_LABEL = """
+rules:
+  - name: api-restart
+    matchers: ['alertname = "APIDown"']
+    action: {{type: log, params: {{message: restart}}}}
+    escalate:
+      type: {action}
+      params:
+        {field}: "{value}"
+{more}"""
+
+
+@pytest.mark.parametrize(
+    ("action", "field", "more"),
+    [
+        ("notify.webhook", "url_env", ""),
+        ("notify.pagerduty", "routing_key_env", "        severity: critical\n        summary: s\n"),
+    ],
+)
+def test_a_label_cannot_choose_which_environment_variable_is_read_and_sent(
+    tmp_path: Path, action: str, field: str, more: str
+) -> None:
+    # `{{ labels.x }}` would let an alert pick any variable of the daemon (a secret, such
+    # as REMEDIATOR_ADMIN_TOKEN) as the URL posted to or the routing key sent.
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        CHOSEN_BY_A_LABEL.format(action=action, field=field, value="{{ labels.x }}", more=more)
+    )
+    with pytest.raises(errors.RuleFileErrors) as caught:
+        loader.load_dir(tmp_path)
+    [problem] = caught.value.errors
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if f"{field}:" in t)
+    assert str(problem) == (
+        f"{path}:{line}: {action}: param {field!r}: must be written in the rule, not a "
+        "template: a label must never choose which environment variable is read (it could "
+        "send any secret of the daemon)"
+    )
+    # Written in the rule, it loads.
+    path.write_text(
+        CHOSEN_BY_A_LABEL.format(action=action, field=field, value="HOOK_URL", more=more)
+    )
+    [rule] = loader.load_dir(tmp_path)
+    assert rule.escalate is not None and rule.escalate.type == action

@@ -8,7 +8,9 @@
                       recipients, at most `max_recipients`
 
 Secrets never sit in rules or in the audit: a webhook URL and a PagerDuty routing key are
-bearer credentials, so rules name the environment variable that holds them; the SMTP
+bearer credentials, so rules name the environment variable that holds them — written in
+the rule, never a template (`url_env: "{{ labels.x }}"` would let a label pick any
+variable of the daemon, a secret, and post it), which loading refuses; the SMTP
 credentials come from the variables the config names.
 """
 
@@ -161,7 +163,11 @@ class NotifyWebhook:
     local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(
         {
-            "url_env": params.Field(params.env_name(), doc="environment variable holding the URL"),
+            "url_env": params.Field(
+                params.env_name(),
+                doc="environment variable holding the URL (written in the rule)",
+                chosen=params.ENV_CHOSEN,
+            ),
             "text": params.Field(
                 # Room for escaping (`<` becomes `&lt;`): the message is cut at 4000.
                 params.text(max_len=16000),
@@ -169,7 +175,8 @@ class NotifyWebhook:
                 doc="message text (Slack mrkdwn; values from templates are escaped)",
                 escape=templates.slack_escape,
             ),
-        }
+        },
+        literal=frozenset({"url_env"}),
     )
 
     def check_allowed(self, values: Mapping[str, Any], settings: Settings) -> None:
@@ -246,7 +253,9 @@ class NotifyPagerDuty:
     schema: ClassVar[params.Schema] = params.Schema(
         {
             "routing_key_env": params.Field(
-                params.env_name(), doc="environment variable holding the integration key"
+                params.env_name(),
+                doc="environment variable holding the integration key (written in the rule)",
+                chosen=params.ENV_CHOSEN,
             ),
             "severity": params.Field(
                 params.choice(*SEVERITIES), doc="critical, error, warning, info"
@@ -259,7 +268,8 @@ class NotifyPagerDuty:
                 required=False,
                 doc="the affected system (default: the alert's instance, job or name)",
             ),
-        }
+        },
+        literal=frozenset({"routing_key_env"}),
     )
 
     def check_allowed(self, values: Mapping[str, Any], settings: Settings) -> None:
