@@ -216,6 +216,49 @@ async def test_a_page_whose_answer_was_lost_is_sent_again_and_pages_once(
     assert len(pagerduty.open) == 1  # one alert in PagerDuty
 
 
+ESCALATE_PAGE = """
+rules:
+  - name: api-restart
+    matchers: ['alertname = "PlooralAPIDown"']
+    action: {type: log, params: {message: restart, target: "ecs/{{ labels.ClusterName }}"}}
+    verify: {resolve_within: 5m}
+    escalate:
+      type: notify.pagerduty
+      params:
+        routing_key_env: PAGERDUTY_ROUTING_KEY
+        severity: critical
+        summary: "restart did not fix {{ labels.ClusterName }}"
+"""
+
+
+async def test_an_escalation_page_that_fails_is_sent_again_and_pages_once(
+    tmp_path: Path, pagerduty: PagerDuty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY", ROUTING_KEY)
+    pagerduty.fail_next = 2  # PagerDuty answers 500 for a while (having taken the event)
+    # action_timeout 1s: no retry within a send, so each send is one event.
+    config = pd_config(pagerduty) + "limits: {action_timeout: 1s}\n"
+    async with Harness(tmp_path, rules=ESCALATE_PAGE, config=config, dry_run=False) as h:
+        alert = api_down()
+        await h.fire(alert)
+        await h.advance(5 * 60)  # ineffective: the page fails, tried again in 30 s
+        assert len(pagerduty.events) == 1
+        await h.advance(30)
+        await h.advance(60)  # the third send gets through
+        [row] = await h.decisions()
+        assert len(pagerduty.events) == 3
+        assert len({e["dedup_key"] for e in pagerduty.events}) == 1  # one PagerDuty alert
+        assert len(pagerduty.open) == 1
+        assert "paged through $PAGERDUTY_ROUTING_KEY" in row["escalation"]
+        assert (
+            "(attempt 3 of 5; the one before failed: notify.pagerduty trigger: HTTP 500)"
+            in (row["escalation"])
+        )
+        await h.fire({**alert, "status": "resolved", "endsAt": "2027-01-15T12:06:00Z"})
+    assert pagerduty.events[-1]["event_action"] == "resolve"
+    assert pagerduty.open == {}  # closed with the alert, as a page sent at once is
+
+
 async def test_a_page_dry_run_sends_nothing_and_a_missing_key_says_which_variable(
     tmp_path: Path, pagerduty: PagerDuty, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -156,10 +156,13 @@ def _cfg(settings_: Settings) -> NotifyConfig:
 
 class NotifyWebhook:
     type: ClassVar[str] = "notify.webhook"
-    # A timeout or a 5xx may come after the receiver posted the message: not retried, so
-    # a channel never shows an escalation twice. Errors that say nothing was delivered
-    # (cannot connect, 429) are retried all the same (errors.NotSent).
+    # A timeout or a 5xx may come after the receiver posted the message: not retried
+    # within a run. Errors that say nothing was delivered (cannot connect, 429) are
+    # retried all the same (errors.NotSent). As an escalation, a failed send is tried
+    # again minutes later whatever the error (loop.ESCALATION_RETRIES): a channel may
+    # then show it twice, rather than nobody being called.
     idempotent: ClassVar[bool] = False
+    duplicate_ok: ClassVar[bool] = True
     local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(
         {
@@ -249,6 +252,7 @@ class NotifyPagerDuty:
     # PagerDuty folds events with one dedup key into one alert: sending it again (a
     # retry after a lost answer) adds a log entry, never a second page.
     idempotent: ClassVar[bool] = True
+    duplicate_ok: ClassVar[bool] = True
     local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(
         {
@@ -409,9 +413,12 @@ def _recipients() -> params.Validator:
 
 class NotifyEmail:
     type: ClassVar[str] = "notify.email"
-    # A lost answer after DATA may mean the relay took it: not repeated by the engine
-    # (a refusal before anything was sent is errors.NotSent, retried all the same).
+    # A lost answer after DATA may mean the relay took it: not repeated within a run
+    # (a refusal before anything was sent is errors.NotSent, retried all the same). As
+    # an escalation, a failed send is tried again minutes later whatever the error: a
+    # second copy (same Message-ID) rather than no mail.
     idempotent: ClassVar[bool] = False
+    duplicate_ok: ClassVar[bool] = True
     local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(
         {
