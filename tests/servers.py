@@ -1151,11 +1151,15 @@ class ReceivedRequest:
 class WebhookReceiver:
     """An aiohttp server on a free loopback port that records every request.
 
-    Answers ``status`` to everything. Use ``async with WebhookReceiver() as receiver:``
-    and point the sender at ``receiver.url + "/any/path"``.
+    Answers ``status`` to everything (after ``fail_first`` requests answered 503). Use
+    ``async with WebhookReceiver() as receiver:`` and point the sender at
+    ``receiver.url + "/any/path"``.
     """
 
     status: int = 200
+    fail_first: int = 0
+    """Answer this many requests (recorded all the same) with 503, as a receiver that is
+    down for a while does, before ``status``."""
     requests: list[ReceivedRequest] = field(default_factory=list, init=False)
     port: int = field(default=0, init=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
@@ -1175,6 +1179,8 @@ class WebhookReceiver:
         async with self._arrived:
             self.requests.append(received)
             self._arrived.notify_all()
+        if len(self.requests) <= self.fail_first:
+            return web.Response(status=503, text="upstream connect error")
         return web.Response(status=self.status)
 
     async def start(self) -> Self:

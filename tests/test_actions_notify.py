@@ -216,6 +216,49 @@ async def test_a_page_whose_answer_was_lost_is_sent_again_and_pages_once(
     assert len(pagerduty.open) == 1  # one alert in PagerDuty
 
 
+ESCALATE_PAGE = """
+rules:
+  - name: api-restart
+    matchers: ['alertname = "PlooralAPIDown"']
+    action: {type: log, params: {message: restart, target: "ecs/{{ labels.ClusterName }}"}}
+    verify: {resolve_within: 5m}
+    escalate:
+      type: notify.pagerduty
+      params:
+        routing_key_env: PAGERDUTY_ROUTING_KEY
+        severity: critical
+        summary: "restart did not fix {{ labels.ClusterName }}"
+"""
+
+
+async def test_an_escalation_page_that_fails_is_sent_again_and_pages_once(
+    tmp_path: Path, pagerduty: PagerDuty, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAGERDUTY_ROUTING_KEY", ROUTING_KEY)
+    pagerduty.fail_next = 2  # PagerDuty answers 500 for a while (having taken the event)
+    # action_timeout 1s: no retry within a send, so each send is one event.
+    config = pd_config(pagerduty) + "limits: {action_timeout: 1s}\n"
+    async with Harness(tmp_path, rules=ESCALATE_PAGE, config=config, dry_run=False) as h:
+        alert = api_down()
+        await h.fire(alert)
+        await h.advance(5 * 60)  # ineffective: the page fails, tried again in 30 s
+        assert len(pagerduty.events) == 1
+        await h.advance(30)
+        await h.advance(60)  # the third send gets through
+        [row] = await h.decisions()
+        assert len(pagerduty.events) == 3
+        assert len({e["dedup_key"] for e in pagerduty.events}) == 1  # one PagerDuty alert
+        assert len(pagerduty.open) == 1
+        assert "paged through $PAGERDUTY_ROUTING_KEY" in row["escalation"]
+        assert (
+            "(attempt 3 of 5; the one before failed: notify.pagerduty trigger: HTTP 500)"
+            in (row["escalation"])
+        )
+        await h.fire({**alert, "status": "resolved", "endsAt": "2027-01-15T12:06:00Z"})
+    assert pagerduty.events[-1]["event_action"] == "resolve"
+    assert pagerduty.open == {}  # closed with the alert, as a page sent at once is
+
+
 async def test_a_page_dry_run_sends_nothing_and_a_missing_key_says_which_variable(
     tmp_path: Path, pagerduty: PagerDuty, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -467,3 +510,50 @@ def test_a_mail_rule_with_a_header_in_its_subject_fails_to_load(tmp_path: Path) 
         loader.load_dir(tmp_path)
     [problem] = caught.value.errors
     assert "param 'subject': contains control characters" in problem.message
+
+
+# --------------------------------------------------------------------------- rule-only names
+
+CHOSEN_BY_A_LABEL = """
+rules:
+  - name: api-restart
+    matchers: ['alertname = "APIDown"']
+    action: {{type: log, params: {{message: restart}}}}
+    escalate:
+      type: {action}
+      params:
+        {field}: "{value}"
+{more}"""
+
+
+@pytest.mark.parametrize(
+    ("action", "field", "more"),
+    [
+        ("notify.webhook", "url_env", ""),
+        ("notify.pagerduty", "routing_key_env", "        severity: critical\n        summary: s\n"),
+    ],
+)
+def test_a_label_cannot_choose_which_environment_variable_is_read_and_sent(
+    tmp_path: Path, action: str, field: str, more: str
+) -> None:
+    # `{{ labels.x }}` would let an alert pick any variable of the daemon (a secret, such
+    # as REMEDIATOR_ADMIN_TOKEN) as the URL posted to or the routing key sent.
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        CHOSEN_BY_A_LABEL.format(action=action, field=field, value="{{ labels.x }}", more=more)
+    )
+    with pytest.raises(errors.RuleFileErrors) as caught:
+        loader.load_dir(tmp_path)
+    [problem] = caught.value.errors
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if f"{field}:" in t)
+    assert str(problem) == (
+        f"{path}:{line}: {action}: param {field!r}: must be written in the rule, not a "
+        "template: a label must never choose which environment variable is read (it could "
+        "send any secret of the daemon)"
+    )
+    # Written in the rule, it loads.
+    path.write_text(
+        CHOSEN_BY_A_LABEL.format(action=action, field=field, value="HOOK_URL", more=more)
+    )
+    [rule] = loader.load_dir(tmp_path)
+    assert rule.escalate is not None and rule.escalate.type == action

@@ -55,6 +55,21 @@ async def test_a_failed_write_of_the_escalating_record_still_calls_a_human(
         assert "gave up" in json.loads(slack.requests[0].body)["text"]
 
 
+async def test_an_escalation_to_send_again_whose_record_fails_is_still_sent_again(
+    tmp_path: Path, slack: WebhookReceiver
+) -> None:
+    slack.fail_first = 1
+    async with Harness(tmp_path, rules=SINGLE, dry_run=False) as h:
+        await h.daemon.db.submit(lambda c: c.execute(FAIL_ESCALATING))
+        await h.fire(am_alert("DatabaseConnectionPoolExhausted", database="crm"))
+        await h.advance(5 * MINUTE)  # gives up; the send fails and its record too
+        assert len(slack.requests) == 1
+        await h.advance(30)  # the next send, armed in memory
+        assert len(slack.requests) == 2, "not sent again"
+        [row] = await h.decisions()
+        assert "posted to $REMEDIATOR_TEST_ESCALATE_URL" in row["escalation"]
+
+
 BUDGET = """
 rules:
   - name: pod-restart

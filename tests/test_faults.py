@@ -32,16 +32,20 @@ from tests.test_actions_aws import saturated, scale_rule
 
 LOOPBACK = "127.0.0.1"
 RBAC = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "base" / "rbac.yaml"
-NOTIFY = """
-rules:
-  - name: notify-oncall
-    matchers: ['alertname = "APIDown"']
+# One rule per hook (a label cannot choose the variable `url_env` names): HOOK_1..HOOK_5
+# are five targets, so their actions run side by side.
+NOTIFY = "rules:\n" + "".join(
+    f"""
+  - name: notify-oncall-{i}
+    matchers: ['alertname = "APIDown"', 'hook = "HOOK_{i}"']
     action:
       type: notify.webhook
-      params: {url_env: "{{ labels.hook }}", text: "APIDown: {{ labels.hook }}"}
-    limits: {cooldown: 10m, max_attempts: 10}
-    verify: {resolve_within: never}
+      params: {{url_env: HOOK_{i}, text: "APIDown: {{{{ labels.hook }}}}"}}
+    limits: {{cooldown: 10m, max_attempts: 10}}
+    verify: {{resolve_within: never}}
 """
+    for i in range(1, 6)
+)
 
 
 # -- small servers that count what reaches them -----------------------------------------
@@ -380,7 +384,10 @@ async def test_slow_actions_fill_the_slots_and_intake_goes_on(tmp_path: Path, ho
         await h.settle()
         rows = await h.decisions()
     assert hook.received == 5 and hook.max_concurrent == 2
-    assert sorted(r["outcome"] for r in rows if r["rule"] == "notify-oncall") == ["executed"] * 5
+    assert (
+        sorted(r["outcome"] for r in rows if r["rule"].startswith("notify-oncall"))
+        == ["executed"] * 5
+    )
     assert len([r for r in rows if r["rule"] == "just-log"]) == 20
 
 

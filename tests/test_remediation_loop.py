@@ -167,6 +167,109 @@ async def test_a_restart_mid_ladder_repeats_no_step_and_pages_once(
         assert len(slack.requests) == 1  # never twice, also across restarts
 
 
+# -- an escalation whose send fails ------------------------------------------------------
+
+
+async def escalation_of(h: Harness) -> str:
+    [row] = await h.decisions()
+    return str(row["escalation"])
+
+
+async def test_an_escalation_whose_send_fails_is_sent_again_until_it_gets_through(
+    tmp_path: Path, slack: WebhookReceiver
+) -> None:
+    slack.fail_first = 2  # Slack answers 503 for a while
+    async with Harness(tmp_path, rules=SINGLE, config=CONFIG, dry_run=False) as h:
+        await h.fire(pool())
+        await h.advance(5 * MINUTE)  # ineffective: the escalation's first send fails
+        assert len(slack.requests) == 1
+        said = await escalation_of(h)
+        assert "; escalation failed (attempt 1 of 5; tried again at 2027-01-15T12:05:30" in said
+        assert "HTTP 503" in said
+        assert await h.metric("remediator_escalations_total", rule="pool-terminate",
+                              result="retrying") == 1  # fmt: skip
+        assert await h.metric("remediator_remediations_active") == 1  # still escalating
+        await h.advance(29)
+        assert len(slack.requests) == 1, "tried again before its time"
+        await h.advance(1)  # 30 s on: fails again
+        assert len(slack.requests) == 2
+        assert "(attempt 2 of 5; tried again at 2027-01-15T12:06:30" in await escalation_of(h)
+        await h.advance(MINUTE)  # a minute on: it gets through
+        assert len(slack.requests) == 3
+        assert len(set(texts(slack))) == 1, "the same message each time"
+        said = await escalation_of(h)
+        assert "posted to $REMEDIATOR_TEST_ESCALATE_URL (HTTP 200)" in said
+        assert "(attempt 3 of 5; the one before failed: notify.webhook" in said
+        assert "escalation failed" not in said  # counted as sent after a restart
+        assert await h.metric("remediator_escalations_total", rule="pool-terminate",
+                              result="retrying") == 2  # fmt: skip
+        assert await h.metric("remediator_escalations_total", rule="pool-terminate",
+                              result="ok") == 1  # fmt: skip
+        assert await h.metric("remediator_remediations_active") == 0
+        await h.advance(60 * MINUTE)
+        assert len(slack.requests) == 3
+
+
+async def test_an_escalation_that_never_gets_through_stops_after_five_sends(
+    tmp_path: Path, slack: WebhookReceiver
+) -> None:
+    slack.fail_first = 1000
+    async with Harness(tmp_path, rules=SINGLE, config=CONFIG, dry_run=False) as h:
+        await h.fire(pool())
+        await h.advance(5 * MINUTE)
+        for wait in (30, 60, 120, 300):
+            await h.advance(wait)
+        assert len(slack.requests) == 5
+        said = await escalation_of(h)
+        assert "; escalation failed (attempt 5 of 5, the last): notify.webhook" in said
+        assert await h.metric("remediator_escalations_total", rule="pool-terminate",
+                              result="retrying") == 4  # fmt: skip
+        assert await h.metric("remediator_escalations_total", rule="pool-terminate",
+                              result="error") == 1  # fmt: skip
+        assert await h.metric("remediator_remediations_active") == 0
+        await h.advance(24 * 60 * MINUTE)
+        assert len(slack.requests) == 5, "never retried forever"
+
+
+async def test_an_escalation_refused_for_good_is_not_sent_again(
+    tmp_path: Path, slack: WebhookReceiver
+) -> None:
+    slack.status = 404  # a deleted Slack webhook: trying again cannot help
+    async with Harness(tmp_path, rules=SINGLE, config=CONFIG, dry_run=False) as h:
+        await h.fire(pool())
+        await h.advance(5 * MINUTE)
+        await h.advance(60 * MINUTE)
+        assert len(slack.requests) == 1
+        assert "; escalation failed: notify.webhook" in await escalation_of(h)
+        assert await h.metric("remediator_escalations_total", rule="pool-terminate",
+                              result="error") == 1  # fmt: skip
+        assert await h.metric("remediator_remediations_active") == 0
+
+
+@pytest.mark.parametrize("down_for", [10.0, 10 * MINUTE])
+async def test_an_escalation_to_be_sent_again_outlives_a_restart(
+    tmp_path: Path, slack: WebhookReceiver, down_for: float
+) -> None:
+    slack.fail_first = 1
+    alert = pool()
+    h = Harness(tmp_path, rules=SINGLE, config=CONFIG, dry_run=False)
+    async with h:
+        await h.fire(alert)
+        await h.advance(5 * MINUTE)  # the first send fails; the next is due in 30 s
+        assert len(slack.requests) == 1
+    h.clock.advance(down_for)  # the daemon is down: its next send falls due, or not yet
+    async with h:
+        await h.fire(alert)  # Alertmanager re-sends: the escalation still owns it
+        await h.advance(30)
+        assert len(slack.requests) == 2
+        assert "(attempt 2 of 5; the one before failed" in await escalation_of(h)
+        await h.advance(60 * MINUTE)
+        assert [d["outcome"] for d in await h.decisions()] == ["executed"]
+    async with h:
+        await h.advance(60 * MINUTE)
+    assert len(slack.requests) == 2, "sent once it got through, also across restarts"
+
+
 async def test_a_resolve_while_the_next_step_waits_for_its_cooldown_ends_the_ladder(
     tmp_path: Path, slack: WebhookReceiver
 ) -> None:

@@ -102,6 +102,12 @@ class Action(Protocol):
     #       for the decision and the escalation. Called through evidence.capture, which
     #       bounds its time and size and turns any failure into a note.
     #
+    #   duplicate_ok: ClassVar[bool]
+    #       True for a message to humans (notify.*): run as a rule's `escalate`, a send
+    #       that failed in a way that may have delivered it (a timeout, a 5xx) is tried
+    #       again minutes later all the same — a human told twice rather than never.
+    #       Without it only an idempotent action, or an errors.NotSent failure, is.
+    #
     #   async def resolve(self, values, ctx) -> Result
     #       Undo a notification once the alert resolves (notify.pagerduty: resolve the
     #       incident it triggered). Same values as the run that triggered it.

@@ -8,7 +8,9 @@
                       recipients, at most `max_recipients`
 
 Secrets never sit in rules or in the audit: a webhook URL and a PagerDuty routing key are
-bearer credentials, so rules name the environment variable that holds them; the SMTP
+bearer credentials, so rules name the environment variable that holds them — written in
+the rule, never a template (`url_env: "{{ labels.x }}"` would let a label pick any
+variable of the daemon, a secret, and post it), which loading refuses; the SMTP
 credentials come from the variables the config names.
 """
 
@@ -154,14 +156,21 @@ def _cfg(settings_: Settings) -> NotifyConfig:
 
 class NotifyWebhook:
     type: ClassVar[str] = "notify.webhook"
-    # A timeout or a 5xx may come after the receiver posted the message: not retried, so
-    # a channel never shows an escalation twice. Errors that say nothing was delivered
-    # (cannot connect, 429) are retried all the same (errors.NotSent).
+    # A timeout or a 5xx may come after the receiver posted the message: not retried
+    # within a run. Errors that say nothing was delivered (cannot connect, 429) are
+    # retried all the same (errors.NotSent). As an escalation, a failed send is tried
+    # again minutes later whatever the error (loop.ESCALATION_RETRIES): a channel may
+    # then show it twice, rather than nobody being called.
     idempotent: ClassVar[bool] = False
+    duplicate_ok: ClassVar[bool] = True
     local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(
         {
-            "url_env": params.Field(params.env_name(), doc="environment variable holding the URL"),
+            "url_env": params.Field(
+                params.env_name(),
+                doc="environment variable holding the URL (written in the rule)",
+                chosen=params.ENV_CHOSEN,
+            ),
             "text": params.Field(
                 # Room for escaping (`<` becomes `&lt;`): the message is cut at 4000.
                 params.text(max_len=16000),
@@ -169,7 +178,8 @@ class NotifyWebhook:
                 doc="message text (Slack mrkdwn; values from templates are escaped)",
                 escape=templates.slack_escape,
             ),
-        }
+        },
+        literal=frozenset({"url_env"}),
     )
 
     def check_allowed(self, values: Mapping[str, Any], settings: Settings) -> None:
@@ -242,11 +252,14 @@ class NotifyPagerDuty:
     # PagerDuty folds events with one dedup key into one alert: sending it again (a
     # retry after a lost answer) adds a log entry, never a second page.
     idempotent: ClassVar[bool] = True
+    duplicate_ok: ClassVar[bool] = True
     local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(
         {
             "routing_key_env": params.Field(
-                params.env_name(), doc="environment variable holding the integration key"
+                params.env_name(),
+                doc="environment variable holding the integration key (written in the rule)",
+                chosen=params.ENV_CHOSEN,
             ),
             "severity": params.Field(
                 params.choice(*SEVERITIES), doc="critical, error, warning, info"
@@ -259,7 +272,8 @@ class NotifyPagerDuty:
                 required=False,
                 doc="the affected system (default: the alert's instance, job or name)",
             ),
-        }
+        },
+        literal=frozenset({"routing_key_env"}),
     )
 
     def check_allowed(self, values: Mapping[str, Any], settings: Settings) -> None:
@@ -399,9 +413,12 @@ def _recipients() -> params.Validator:
 
 class NotifyEmail:
     type: ClassVar[str] = "notify.email"
-    # A lost answer after DATA may mean the relay took it: not repeated by the engine
-    # (a refusal before anything was sent is errors.NotSent, retried all the same).
+    # A lost answer after DATA may mean the relay took it: not repeated within a run
+    # (a refusal before anything was sent is errors.NotSent, retried all the same). As
+    # an escalation, a failed send is tried again minutes later whatever the error: a
+    # second copy (same Message-ID) rather than no mail.
     idempotent: ClassVar[bool] = False
+    duplicate_ok: ClassVar[bool] = True
     local: ClassVar[bool] = False
     schema: ClassVar[params.Schema] = params.Schema(
         {

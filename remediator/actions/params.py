@@ -34,6 +34,9 @@ class Field:
     escape: Callable[[str], str] | None = None
     """Applied to each value a template inserts (not to the rule's literal text): chat
     messages escape label values so they cannot mention, link or format."""
+    chosen: str = "a bound"
+    """For a param in the schema's `literal` set: what a label would choose if it could
+    be rendered, as the load-time error says it (`a label must never choose <chosen>`)."""
 
 
 class _Templated:
@@ -49,8 +52,10 @@ TEMPLATED: Any = _Templated()
 class Schema:
     fields: Mapping[str, Field]
     literal: frozenset[str] = frozenset()
-    """Params that must be written in the rule, never rendered from a template: bounds.
-    A label must never choose how far an action may go."""
+    """Params that must be written in the rule, never rendered from a template: bounds
+    (a label must never choose how far an action may go) and the names of environment
+    variables read (a label must never choose which of the daemon's secrets is sent).
+    A template there is a rule-load error (`file:line`); each field's `chosen` says why."""
     across: Callable[[Mapping[str, Any]], None] | None = None
     """A check across params (exactly one of `step`/`to`, min <= max), raising
     ParamError. It gets the params given in the rule, validated; at load time those set
@@ -87,7 +92,7 @@ class Schema:
                         raise errors.ParamError(
                             name,
                             "must be written in the rule, not a template: "
-                            "a label must never choose a bound",
+                            f"a label must never choose {f.chosen}",
                         )
                     known[name] = TEMPLATED
                     continue
@@ -166,7 +171,9 @@ def matching(pattern: re.Pattern[str], *, is_not: str) -> Validator:
 
 
 def env_name() -> Validator:
-    """The name of an environment variable (secrets come from the environment)."""
+    """The name of an environment variable (secrets come from the environment). A param
+    holding one belongs in the schema's `literal` set, with `chosen=ENV_CHOSEN`: rendered
+    from a label, it could send any variable of the daemon (a secret) where it posts."""
 
     def check(field: str, value: Any) -> str:
         if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
@@ -174,6 +181,10 @@ def env_name() -> Validator:
         return value
 
     return check
+
+
+ENV_CHOSEN = "which environment variable is read (it could send any secret of the daemon)"
+"""`Field.chosen` of a param naming an environment variable."""
 
 
 def integer(*, lo: int, hi: int) -> Validator:

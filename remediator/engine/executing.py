@@ -43,11 +43,18 @@ class Failure(NamedTuple):
     reason: Reason
     detail: str
     data: Mapping[str, Any] = types.MappingProxyType({})
+    temporary: bool = False
+    """It may succeed later (errors.TemporaryError, or no result within the timeout)."""
+    not_sent: bool = False
+    """Nothing reached the receiver (errors.NotSent): trying again cannot do it twice."""
 
 
 def _failure(exc: errors.RemediatorError, reason: Reason = Reason.ACTION_ERROR) -> Failure:
     data = exc.data if isinstance(exc, errors.ActionError) else {}
-    return Failure(reason, str(exc), data)
+    return Failure(
+        reason, str(exc), data, temporary=isinstance(exc, errors.TemporaryError),
+        not_sent=isinstance(exc, errors.NotSent),
+    )  # fmt: skip
 
 
 @models.value
@@ -181,7 +188,9 @@ class Executor:
                     return await fn(values, ctx), None
             except TimeoutError:
                 return None, Failure(
-                    Reason.TIMEOUT, f"no result within {ctx.timeout:.0f}s (limits.action_timeout)"
+                    Reason.TIMEOUT,
+                    f"no result within {ctx.timeout:.0f}s (limits.action_timeout)",
+                    temporary=True,
                 )
             except errors.TemporaryError as exc:
                 retry_safe = action.idempotent or isinstance(exc, errors.NotSent)

@@ -21,6 +21,7 @@ right step and never repeats one.
          ▼                                                  ▼
      ESCALATING ◄─────────── refused for good (attempts, circuit, budget, a bad step)
          │ the rule's `escalate` runs once, with what was tried and the decision's link
+         │ (a send that fails for now is sent again: ESCALATION_RETRIES, durably)
          ▼
         done
 
@@ -79,7 +80,8 @@ class Phase(enum.StrEnum):
     """The step passed the guards and waits until `due` for a human's approval; its
     target's lock is held meanwhile."""
     ESCALATING = "escalating"
-    """Nothing more will be tried: the escalation is being sent."""
+    """Nothing more will be tried: the escalation is being sent; after a send that failed
+    and will be tried again (`escalation_attempts` made so far), at `due`."""
     PAGED = "paged"
     """The escalation opened something that closes with the alert (a PagerDuty incident):
     its `resolve` is sent when the alert resolves, or the record lapses at `due`."""
@@ -130,6 +132,10 @@ class Remediation:
     decides, or until the action ends)."""
     page: dict[str, Any] | None = None
     """PAGED: the escalation's rendered params, for its `resolve`."""
+    escalation_attempts: int = 0
+    """ESCALATING: sends of the escalation made so far (each failed); the next is at `due`."""
+    escalation_error: str = ""
+    """ESCALATING: why the last send failed, for what the decision says once it is sent."""
     timer: Timer | None = None
 
     @property
@@ -146,6 +152,8 @@ class Remediation:
             "why": self.why, "silence": self.silence, "dry": self.dry,
             "approval_message": self.approval_message, "evidence": self.evidence,
             "token": self.token, "lock_token": self.lock_token, "page": self.page,
+            "escalation_attempts": self.escalation_attempts,
+            "escalation_error": self.escalation_error,
         }  # fmt: skip
 
     @classmethod
@@ -159,6 +167,8 @@ class Remediation:
             why=r["why"], silence=r["silence"], dry=r.get("dry", False),
             approval_message=r.get("approval_message", ""), evidence=r.get("evidence") or {},
             token=r.get("token", 0), lock_token=r.get("lock_token", 0), page=r.get("page"),
+            escalation_attempts=r.get("escalation_attempts", 0),
+            escalation_error=r.get("escalation_error", ""),
         )  # fmt: skip
 
     def view(self) -> dict[str, Any]:
@@ -166,9 +176,14 @@ class Remediation:
         return {
             "fingerprint": self.alert.fingerprint, "starts_at": self.alert.starts_iso,
             "step": self.step + 1, "steps": len(self.rule.steps), "phase": str(self.phase),
-            "due": iso_ts(self.due) if self.phase in _TIMED else None,
+            "due": iso_ts(self.due) if self.phase in _TIMED or self._retrying else None,
             "target": self.target, "decision_id": self.decision_id, "tried": self.tried,
         }  # fmt: skip
+
+    @property
+    def _retrying(self) -> bool:
+        """ESCALATING after a failed send: the next one is due at `due`."""
+        return self.phase is Phase.ESCALATING and self.escalation_attempts > 0
 
     def note(self, *, step: int, action: str, target: str, decision_id: int, outcome: str) -> None:
         """Add an attempt to what the escalation will say was tried."""
@@ -315,7 +330,8 @@ class Loop:
                      target=target, decision_id=decision_id, outcome=outcome)  # fmt: skip
         if rem.timer is not None:
             rem.timer.cancel()
-        rem.phase, rem.why = Phase.ESCALATING, why
+        rem.phase, rem.why, rem.due = Phase.ESCALATING, why, 0.0
+        rem.escalation_attempts, rem.escalation_error = 0, ""
         self._track(rem)
         try:
             await self._save(rem)
@@ -610,13 +626,20 @@ class Loop:
         return True
 
     async def _escalate(self, rem: Remediation) -> None:
+        """Send the escalation; a send that failed and may succeed later is tried again
+        (ESCALATION_RETRIES, the record durable meanwhile) up to ESCALATION_ATTEMPTS."""
+        attempt = rem.escalation_attempts + 1
+        if attempt > 1:
+            rem.rule = self._rules().get(rem.rule.name) or rem.rule  # a reload may fix it
         rule, alert, settings = rem.rule, rem.alert, self._settings()
-        log.warning("escalation_due", rule=rule.name, target=rem.target, why=rem.why)
+        if attempt == 1:
+            log.warning("escalation_due", rule=rule.name, target=rem.target, why=rem.why)
         if rule.escalate is None:
             await self._forget_durably(rem)
             return
         budgets, shadow = settings.budgets, rule.dry_run and not settings.dry_run
-        allowed = shadow or await self._state.escalation_allowed(
+        # A send tried again is the same escalation: it counts against the cap once.
+        allowed = attempt > 1 or shadow or await self._state.escalation_allowed(
             now=self._clock.now(), window=budgets.window,
             limit=budgets.max_escalations_per_window,
         )  # fmt: skip
@@ -633,22 +656,52 @@ class Loop:
             result_label = "suppressed"
         else:
             text, result_label = await self._send(
-                rem, escalation, dry=settings.dry_run or rule.dry_run
+                rem, escalation, dry=settings.dry_run or rule.dry_run, attempt=attempt
             )
         self._metrics.escalations.labels(rule=rule.name, result=result_label).inc()
-        log.warning(
-            "escalated", rule=rule.name, target=rem.target, result=result_label,
-            decision_id=rem.decision_id, detail=text, fingerprint=alert.fingerprint,
-        )  # fmt: skip
         if rem.decision_id:
             self._recorder.audit.annotate(rem.decision_id, escalation=text)
+        if result_label == "retrying":
+            await self._send_later(rem, attempt, text)
+            return
+        # Nobody called (failed for good, or not sent) is an error; the rest is told.
+        (log.error if result_label == "error" else log.warning)(
+            "escalated", rule=rule.name, target=rem.target, result=result_label,
+            decision_id=rem.decision_id, detail=text, fingerprint=alert.fingerprint,
+            attempts=attempt,
+        )  # fmt: skip
         if result_label == "ok" and rem.page is not None and not rem.resolved:
             # Open until the alert resolves (its resolve is sent then), or lapses.
             rem.phase, rem.due = Phase.PAGED, self._clock.now() + PAGED_FOR
+            rem.escalation_attempts = 0
             self._arm(rem, self._page_lapsed)
             await self._save(rem)
             return
         await self._forget_durably(rem)
+
+    async def _send_later(self, rem: Remediation, attempt: int, text: str) -> None:
+        """A send failed and may succeed later: the next is at `rem.due`, durably (a
+        restart meanwhile sends it then, or at once if that moment has passed)."""
+        rem.escalation_attempts = attempt
+        log.warning(
+            "escalation_retrying", rule=rem.rule.name, target=rem.target, attempt=attempt,
+            attempts=ESCALATION_ATTEMPTS, at=iso_ts(rem.due), decision_id=rem.decision_id,
+            detail=text, fingerprint=rem.alert.fingerprint,
+        )  # fmt: skip
+        self._arm(rem, self._escalation_due)
+        try:
+            await self._save(rem)
+        except errors.Superseded:
+            raise  # another replica owns it now: its copy of the record is sent by it
+        except Exception:
+            # The record cannot be written (a full disk, Redis away): the next send is
+            # still armed in memory; only a crash before it loses it.
+            log.exception("escalation_not_saved", rule=rem.rule.name, decision_id=rem.decision_id)
+
+    async def _escalation_due(self, key: str) -> None:
+        rem = self._active.get(key)
+        if rem is not None and rem.phase is Phase.ESCALATING:
+            await self._escalate(rem)
 
     async def _page_lapsed(self, key: str) -> None:
         rem = self._active.get(key)
@@ -675,10 +728,15 @@ class Loop:
         self.finish(rem)
 
     async def _send(
-        self, rem: Remediation, escalation: Escalation, *, dry: bool
+        self, rem: Remediation, escalation: Escalation, *, dry: bool, attempt: int = 1
     ) -> tuple[str, str]:
         """Run the rule's escalate; if its params cannot be rendered for this alert, run it
-        with its optional params left out (the default message) rather than call nobody."""
+        with its optional params left out (the default message) rather than call nobody.
+
+        Returns (what the decision says, the result label): `retrying` (with `rem.due`
+        set) when the send failed in a way that may succeed later and `attempt` is not
+        the last — a timeout or a 5xx too for an action that may then deliver twice
+        (`duplicate_ok`: a message to humans)."""
         rule, settings = rem.rule, self._settings()
         assert rule.escalate is not None
         spec = rule.escalate
@@ -700,12 +758,24 @@ class Loop:
             rule, rem.alert, decision_id=rem.decision_id, escalation=escalation,
             target=rem.target,
         )  # fmt: skip
-        result, failure = await self._executor.call(prepared.action, prepared.values, ctx, dry=dry)
+        action = prepared.action
+        result, failure = await self._executor.call(action, prepared.values, ctx, dry=dry)
+        n = ESCALATION_ATTEMPTS
         if failure is not None:
-            return f"{rem.why}; escalation failed: {failure.detail}{note}", "error"
+            rem.escalation_error = failure.detail
+            safe = action.idempotent or failure.not_sent or getattr(action, "duplicate_ok", False)
+            if failure.temporary and safe and not dry and attempt < n:
+                rem.due = self._clock.now() + ESCALATION_RETRIES[attempt - 1]
+                how = f" (attempt {attempt} of {n}; tried again at {iso_ts(rem.due)})"
+                return f"{rem.why}; escalation failed{how}: {failure.detail}{note}", "retrying"
+            last = "the last" if attempt >= n else "not tried again"
+            how = "" if attempt == 1 else f" (attempt {attempt} of {n}, {last})"
+            return f"{rem.why}; escalation failed{how}: {failure.detail}{note}", "error"
         assert result is not None
-        if not dry and hasattr(prepared.action, "resolve"):
+        if not dry and hasattr(action, "resolve"):
             rem.page = dict(prepared.values)  # closed with the alert (PAGED)
+        if attempt > 1:
+            note += f" (attempt {attempt} of {n}; the one before failed: {rem.escalation_error})"
         return f"{rem.why}; {result.detail}{note}", "dry_run" if dry else "ok"
 
     # -- resolve -----------------------------------------------------------------------
@@ -923,7 +993,10 @@ class Loop:
                 self._arm(rem, self._page_lapsed)
             return
         if rem.phase is Phase.ESCALATING:
-            await self._escalate(rem)
+            if rem.escalation_attempts and rem.due > now:
+                self._arm(rem, self._escalation_due)  # a send failed: tried again at due
+            else:
+                await self._escalate(rem)
             return
         if not await self._refresh(rem):
             return
@@ -978,6 +1051,11 @@ class Loop:
         await self._save(rem)
 
 
+ESCALATION_RETRIES = (30.0, 60.0, 120.0, 300.0)
+"""Seconds before each new send of an escalation that failed and may succeed later (a
+5xx, a timeout, no connection): five sends over about 8 minutes, then it is given up
+(logged as an error, the decision says it failed)."""
+ESCALATION_ATTEMPTS = len(ESCALATION_RETRIES) + 1
 PAGED_FOR = 7 * 86400.0
 """Seconds a page waits for its alert's resolve before the record lapses (a human closes
 what stays open)."""
