@@ -365,7 +365,10 @@ def test_the_prometheus_rule_carries_the_seed_alerts_and_remediators_own() -> No
     ), "keep deploy/kubernetes/base/prometheusrule.yaml equal to deploy/prometheus/*.yml"
     alerts = {r["alert"] for g in spec["groups"] for r in g["rules"]}
     assert {"APIDown", "DatabaseConnectionPoolExhausted", "SQSBacklog"} <= alerts
-    assert {"RemediatorDown", "RemediatorCircuitOpen", "RemediatorRulesReloadFailed"} <= alerts
+    assert {
+        "RemediatorDown", "RemediatorCircuitOpen", "RemediatorRulesReloadFailed",
+        "RemediatorEscalationFailed",
+    } <= alerts  # fmt: skip
 
 
 def test_the_prometheus_rules_load_in_prometheus_and_pass_the_unit_tests(tmp_path: Path) -> None:
@@ -373,7 +376,7 @@ def test_the_prometheus_rules_load_in_prometheus_and_pass_the_unit_tests(tmp_pat
     (tmp_path / "prometheusrule.yml").write_text(yaml.safe_dump(spec))
     checked = run("promtool", "check", "rules", "prometheusrule.yml", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 11 rules found" in checked.stdout
+    assert "SUCCESS: 12 rules found" in checked.stdout
     for name in ("seed-alerts.test.yml", "remediator-rules.test.yml"):
         tests = yaml.safe_load((DEPLOY / "prometheus" / name).read_text())
         tests["rule_files"] = ["prometheusrule.yml"]
