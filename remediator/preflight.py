@@ -8,6 +8,7 @@ warnings the daemon logs at start.
 - Environment variables: every `*_env` a rule's params or the config name. Unset for a
   configured action family (a DSN, a token the family needs) is an error; otherwise a
   warning (an escalation that would fail, an auth token left open).
+- Rules that act and have no `escalate`: when the fix does not take, nobody is called.
 - At start: listening beyond loopback with no webhook auth, no admin token.
 """
 
@@ -47,6 +48,13 @@ def rules(rules: Sequence[Rule], settings: Settings, environ: Mapping[str, str])
     for rule in rules:
         for where, spec in _actions(rule):
             out.extend(_action(rule, where, spec, settings, environ))
+        if rule.escalate is None and not all(_tells(s.action.type) for s in rule.steps):
+            out.append(
+                Problem("warning", rule.file, rule.line,
+                        f"rule {rule.name} has no escalate: when its fix does not take (or "
+                        "is refused for good), nobody is called — only an escalation_due "
+                        "log line")
+            )  # fmt: skip
     return out
 
 
@@ -103,6 +111,11 @@ def at_start(
             )  # fmt: skip
     out.extend(p for p in rules(loaded, settings, environ) if p.level == "warning")
     return out
+
+
+def _tells(action_type: str) -> bool:
+    """An action that only tells (a log line, a message): nothing to escalate about."""
+    return action_type == "log" or action_type.startswith("notify.")
 
 
 def _actions(rule: Rule) -> Iterator[tuple[str, ActionSpec]]:

@@ -68,7 +68,8 @@ def test_check_config_refuses_literal_and_matcher_fixed_params_outside_the_allow
     monkeypatch.setenv("REMEDIATOR_TEST_PG_DSN", "postgresql://u:p@127.0.0.1:5432/postgres")
     monkeypatch.delenv("REMEDIATOR_TEST_UNSET_SLACK", raising=False)
     assert check(tmp_path, RULES, KUBE_CONFIG) == ["1"]
-    err = capsys.readouterr().err.splitlines()
+    # (the rules without an escalate are warned of too: the test below)
+    err = [e for e in capsys.readouterr().err.splitlines() if "has no escalate" not in e]
     rules_file = tmp_path / "rules" / "rules.yaml"
     assert err[0].startswith(f"{rules_file}:5: rule restart-system action: ")
     assert "not allowed" in err[0] and "kube-system" in err[0]
@@ -117,3 +118,24 @@ def test_check_passes_with_warnings_only(
         == "ok: 1 rules in 1 files (matchers_syntax: fallback), 1 warning(s)"
     )
     assert "REMEDIATOR_TEST_UNSET_SLACK" in out.err
+
+
+def test_check_warns_of_a_rule_that_acts_and_calls_nobody_when_it_gives_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = """
+    rules:
+      - {name: tells, matchers: ['alertname = "X"'], action: {type: log, params: {message: m}}}
+      - name: acts
+        matchers: ['alertname = "APIDown"']
+        action:
+          type: kubernetes.rollout_restart
+          params: {namespace: default, name: api}
+    """
+    assert check(tmp_path, rules, None) == ["0"]
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{tmp_path / 'rules' / 'rules.yaml'}:3: warning: rule acts has no escalate: when its "
+        "fix does not take (or is refused for good), nobody is called — only an "
+        "escalation_due log line"
+    ]
