@@ -380,3 +380,31 @@ async def test_an_approval_whose_row_cannot_be_written_calls_a_human(
         await h.fire(pool())
         asking = [r["id"] for r in await h.decisions() if r["outcome"] == "awaiting_approval"]
         assert [i for i in asking if i != row["id"]] != []
+
+
+async def test_an_approver_a_reload_removed_can_no_longer_decide_what_was_asked_before(
+    tmp_path: Path, world: dict[str, Any]
+) -> None:
+    # The request was asked of [U0ANA, S0DBA, bruno]; a reload narrowed the rule to the
+    # S0DBA group. Who may answer is the rule as loaded now: U0ANA (Slack) and bruno (API)
+    # were removed, and must not run it through the request that was already open.
+    async with harness(tmp_path, world) as h:
+        await h.fire(pool())
+        row = await awaiting(h)
+        narrowed = RULES.replace("approvers: [U0ANA, S0DBA, bruno]", "approvers: [S0DBA]")
+        assert narrowed != RULES
+        (h.rules_dir / "rules.yaml").write_text(narrowed)
+        assert (await h.daemon.reload())[0]
+        assert await press(h, "U0ANA", approve=True, decision_id=row["id"]) == 200
+        [eph] = world["slack"].calls("chat.postEphemeral")
+        assert eph.args["user"] == "U0ANA" and "not an approver" in eph.args["text"]
+        bruno = {"Authorization": "Bearer bruno-tok"}
+        resp = await h.client.get("/api/v1/approvals", headers=bruno)
+        assert (await resp.json()) == {"approvals": []}
+        resp = await h.client.post(f"/api/v1/approvals/{row['id']}/approve", headers=bruno)
+        assert resp.status == 403
+        await h.settle()
+        assert world["fix"].requests == []
+        assert (await awaiting(h))["id"] == row["id"]  # still waiting for a current approver
+        assert await press(h, "U0DORA", approve=True, decision_id=row["id"], later=1) == 200
+        assert len(world["fix"].requests) == 1

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import html
 import json
 import re
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests import fuzz
+from tests.browser import Page, chromium
 from tests.harness import Harness, am_alert, payload, resolved
 
 RULES = """
@@ -516,3 +518,38 @@ async def test_a_long_annotation_in_one_alert_loses_none_of_its_group(tmp_path: 
         await h.settle()
         assert sorted(d["target"] for d in await h.decisions()) == ["log prod/api", "log prod/web"]
         assert await journal_rows(h) == 0
+
+
+FORGED = json.dumps(payload(api_down("api")))[:-1] + ', "pad": "'
+"""A webhook body a web page can make a browser post: a text/plain form sends
+`name=value`, so a field named with the JSON up to an open string and valued `"}` ends
+as the JSON of an alert (`..., "pad": "="}`)."""
+
+
+async def test_a_web_page_cannot_make_a_browser_post_alerts_to_an_open_webhook(
+    tmp_path: Path,
+) -> None:
+    # Listening on loopback with no webhook auth is the default, and a browser on this
+    # machine reaches loopback: a page the SRE opens on any site could post alerts that
+    # act (chromium's Local Network Access stops a page's fetch, not a form it submits).
+    # A webhook never comes from a web page: what a browser sends for one is refused.
+    async with Harness(tmp_path, rules=RULES) as h, chromium() as browser:
+        hook = str(h.client.make_url("/webhook/alertmanager"))
+        site = "http://attacker.example/"
+        form = (
+            f'<form method="POST" enctype="text/plain" action="{hook}">'
+            f'<input name="{html.escape(FORGED, quote=True)}" value=\'"}}\'></form>'
+            "<script>document.forms[0].submit()</script>"
+        )
+        page = await Page.open(browser, tmp_path)
+        await page.pw.route(site, lambda route: route.fulfill(body=form, content_type="text/html"))
+        async with page.pw.expect_response(hook) as answer:
+            await page.pw.goto(site)
+        assert (await answer.value).status == 403
+        await h.settle()
+        assert await journal_rows(h) == 0 and await h.decisions() == []
+        assert (
+            await h.metric("remediator_rejected_inputs_total", source=SOURCE, kind="cross_site")
+            == 1
+        )
+        await assert_still_serving(h)

@@ -275,6 +275,7 @@ REACH: dict[tuple[str, str, int], Reach] = {
     ("POST", "/webhook/alertmanager", 200): am(),
     ("POST", "/webhook/alertmanager", 400): am(data=b"{not json"),
     ("POST", "/webhook/alertmanager", 401): am(env={"REMEDIATOR_WEBHOOK_TOKEN": "t0ken"}),
+    ("POST", "/webhook/alertmanager", 403): am(headers={"Origin": "http://attacker.example"}),
     ("POST", "/webhook/alertmanager", 408): lambda p: slow_body(p, "/webhook/alertmanager"),
     ("POST", "/webhook/alertmanager", 413): am(data=TOO_LARGE),
     ("POST", "/webhook/alertmanager", 415): am(headers={"Content-Encoding": "br"}),

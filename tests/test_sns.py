@@ -22,11 +22,13 @@ from typing import Any
 
 import pytest
 import structlog
+from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediator import cli, errors, intake
 from remediator import settings as settings_mod
+from remediator.clients import sns as sns_client
 from remediator.intake import sns
 from tests import fuzz
 from tests.harness import START, Harness
@@ -629,6 +631,49 @@ async def test_a_burst_of_300_concurrent_notifications_fetches_the_certificate_o
         assert (
             await h.metric("remediator_alerts_received_total", source="sns", status="firing") == 300
         )
+
+
+class SlowToRefuse(CertServer):
+    """A certificate host that answers the paths it does not serve only once `release`
+    is set: a forger's made-up URLs keeping every download of the daemon busy."""
+
+    def __init__(self, pki: Pki) -> None:
+        super().__init__(pki)
+        self.release = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.path in self.bodies:
+            return await super()._handle(request)
+        self.hits[request.path] += 1
+        await self.release.wait()
+        return web.Response(status=404)
+
+
+async def test_forged_certificate_urls_holding_every_download_do_not_stop_genuine_alarms(
+    tmp_path: Path, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Anyone who knows an allowed TopicArn can post unsigned messages naming made-up
+    # certificate paths on the SNS host: each is one download. Holding all of them, they
+    # must not turn the genuine certificate's refetch (every CERT_TTL) into 503s — SNS's
+    # default delivery policy gives up on a message after three retries, 20 s apart.
+    monkeypatch.setattr(sns_client, "CERT_TTL", 0.0)  # the cached key's 6 h are over
+    async with SlowToRefuse(pki) as server, daemon(tmp_path, pki) as h:
+        assert (await post_sns(h, alarm(server, pki))).status == 200
+        forged = [
+            alarm(server, pki, cert_url=f"{server.url}/SimpleNotificationService-{i:032x}.pem")
+            for i in range(sns_client.MAX_INFLIGHT)
+        ]
+        held = [asyncio.create_task(post_sns(h, body)) for body in forged]
+        try:
+            client = h.daemon.clients._opened["sns"][0]
+            while len(client._inflight) < sns_client.MAX_INFLIGHT:
+                await asyncio.sleep(0.01)
+            resp = await post_sns(h, alarm(server, pki, timestamp=START + MINUTE))
+            assert resp.status == 200, await resp.text()
+            assert server.fetches() == 2  # the genuine certificate, asked again
+        finally:
+            server.release.set()
+        assert [r.status for r in await asyncio.gather(*held)] == [403] * len(forged)
 
 
 # -- the journal ----------------------------------------------------------------------

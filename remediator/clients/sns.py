@@ -40,7 +40,8 @@ REFUSED_TTL = 60.0
 MAX_CERT_BYTES = 64 * 1024
 MAX_CONFIRM_BYTES = 64 * 1024
 MAX_INFLIGHT = 8
-"""Distinct certificate downloads at once; beyond that, 503 (SNS retries)."""
+"""Distinct downloads at once of certificates not fetched before; beyond that, 503 (SNS
+retries). The refetch of one that was good (its TTL over) is never refused for it."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -88,7 +89,10 @@ class SnsClient:
             return hit.key
         task = self._inflight.get(key)
         if task is None:
-            if len(self._inflight) >= MAX_INFLIGHT:
+            # The cap is for URLs never seen good (a forger can name any number of them);
+            # a certificate that verified before is always asked again when its TTL ends,
+            # or made-up URLs holding every download would turn away every genuine message.
+            if len(self._inflight) >= MAX_INFLIGHT and key not in self._cache:
                 raise errors.TemporaryError("too many signing certificate downloads at once")
             task = asyncio.create_task(self._fetch(url), name="sns-cert-fetch")
             self._inflight[key] = task

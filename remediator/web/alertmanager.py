@@ -23,10 +23,24 @@ async def webhook(request: web.Request) -> web.Response:
     return response
 
 
+BROWSER_HEADERS = ("Origin", "Sec-Fetch-Site", "Sec-Fetch-Mode")
+
+
+def from_a_browser(request: web.Request) -> bool:
+    """A request a browser made for a web page: it says so (Origin on every POST, the
+    Sec-Fetch headers), Alertmanager never does. Without webhook auth (the default on
+    loopback) any page the SRE opens could otherwise post alerts through their browser:
+    a form's text/plain body can be made to spell an alert's JSON."""
+    return any(name in request.headers for name in BROWSER_HEADERS)
+
+
 async def _intake(request: web.Request, d: Daemon) -> web.Response:
     source = alertmanager.SOURCE
     if d.stopping:
         return common.stopping()
+    if from_a_browser(request):
+        d.metrics.bad_input.labels(source=source, kind="cross_site").inc()
+        return common.error(403, "a web page may not post alerts: this browser request is refused")
     if not auth.webhook_ok(request, d.settings.auth):
         d.metrics.bad_input.labels(source=source, kind="unauthorized").inc()
         return common.error(401, "missing or wrong credentials", **{"WWW-Authenticate": "Bearer"})

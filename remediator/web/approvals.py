@@ -14,6 +14,7 @@ the clicking user checked against the rule's approvers (user ids, or user groups
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import urllib.parse
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from remediator.web import auth, common
 
 if TYPE_CHECKING:
     from remediator.engine.loop import Remediation
+    from remediator.models.rule import Rule
     from remediator.runner import Daemon
 
 log = structlog.get_logger("remediator.web.approvals")
@@ -65,6 +67,14 @@ def _refused(d: Daemon) -> web.Response:
                         **{"WWW-Authenticate": "Bearer"})  # fmt: skip
 
 
+def rule_now(d: Daemon, rem: Remediation) -> Rule:
+    """The rule whose approvers may answer `rem`: the rule as loaded now. A reload that
+    removed an approver takes away their say on a request asked before it too; a rule
+    a reload removed has no approvers left (`rem.rule` without its approval)."""
+    rule = d.engine.rule(rem.rule.name)
+    return rule if rule is not None else dataclasses.replace(rem.rule, approval=None)
+
+
 def view(rem: Remediation) -> dict[str, Any]:
     approval = rem.rule.approval
     return {
@@ -91,7 +101,7 @@ async def listing(request: web.Request) -> web.Response:
     pending = [
         view(r)
         for r in d.engine.loop.awaiting_approval()
-        if admin or (r.rule.approval is not None and name in r.rule.approval.approvers)
+        if admin or name in _approvers(rule_now(d, r))
     ]
     return web.json_response({"approvals": sorted(pending, key=lambda v: v["id"])})
 
@@ -137,7 +147,7 @@ async def decide(
     rem = loop.approval(number)
     if rem is None:
         return 409, f"decision {text} is not awaiting approval (decided, expired or unknown)"
-    if not admin and (rem.rule.approval is None or name not in rem.rule.approval.approvers):
+    if not admin and name not in _approvers(rule_now(d, rem)):
         d.metrics.approvals.labels(rule=rem.rule.name, result="refused").inc()
         return 403, f"{name} is not an approver of rule {rem.rule.name}"
     taken, what = await loop.decide_approval(
@@ -193,7 +203,7 @@ async def _interaction(request: web.Request, d: Daemon) -> web.Response:
     if rem is None:
         await _tell(d, channel, user, f"Decision {decision_id} no longer awaits approval.")
         return web.Response(status=200)
-    if not await approvals.slack_user_may_decide(rem.rule, user):
+    if not await approvals.slack_user_may_decide(rule_now(d, rem), user):
         d.metrics.approvals.labels(rule=rem.rule.name, result="refused").inc()
         log.warning("approval_refused", rule=rem.rule.name, user=user, decision_id=decision_id)
         await _tell(d, channel, user, f"You are not an approver of rule {rem.rule.name}.")
@@ -204,6 +214,10 @@ async def _interaction(request: web.Request, d: Daemon) -> web.Response:
     if not taken:
         await _tell(d, channel, user, what)
     return web.Response(status=200)
+
+
+def _approvers(rule: Rule) -> tuple[str, ...]:
+    return rule.approval.approvers if rule.approval is not None else ()
 
 
 def _button(body: bytes) -> tuple[str, str, bool, int]:

@@ -288,7 +288,7 @@ async def approvals(request: web.Request, d: Daemon, viewer: Viewer) -> web.Resp
     pending = []
     for rem in sorted(d.engine.loop.awaiting_approval(), key=lambda r: r.decision_id):
         item = approvals_web.view(rem)
-        item["may_decide"] = viewer.approves(rem.rule)
+        item["may_decide"] = viewer.approves(approvals_web.rule_now(d, rem))
         item["summary"] = rem.alert.annotations.get("summary", "")
         pending.append(item)
     return _render(
