@@ -181,6 +181,20 @@ async def test_a_lapsed_lock_has_a_new_holder_and_the_old_token_is_refused(clien
     assert await b.holds_lock("log api", second.token)
 
 
+class Adopting:
+    """The engine's hooks as a shared state calls them, keeping the held alerts adopted."""
+
+    def __init__(self) -> None:
+        self.held: list[dict[str, Any]] = []
+
+    async def adopt(self, held: list[dict[str, Any]], rems: list[dict[str, Any]]) -> None:
+        self.held += held
+
+    def abandon(self) -> None: ...
+
+    async def resolved_elsewhere(self, alert: Any) -> None: ...
+
+
 async def test_a_dead_replicas_work_is_adopted_once_and_its_old_token_is_refused(
     client: Redis,
 ) -> None:
@@ -193,18 +207,7 @@ async def test_a_dead_replicas_work_is_adopted_once_and_its_old_token_is_refused
     await asyncio.sleep(0.3)  # a's lease lapses
     b, c = await replica(client, cfg, "b"), await replica(client, cfg, "c")
 
-    class Hooks:
-        def __init__(self) -> None:
-            self.held: list[dict[str, Any]] = []
-
-        async def adopt(self, held: list[dict[str, Any]], rems: list[dict[str, Any]]) -> None:
-            self.held += held
-
-        def abandon(self) -> None: ...
-
-        async def resolved_elsewhere(self, alert: Any) -> None: ...
-
-    hb, hc = Hooks(), Hooks()
+    hb, hc = Adopting(), Adopting()
     await asyncio.gather(b._beat(hb, NOW), c._beat(hc, NOW))
     adopted = hb.held + hc.held
     assert len(adopted) == 1 and adopted[0]["token"] != claim.token
@@ -1042,18 +1045,7 @@ async def test_a_record_it_cannot_read_is_left_out_and_the_poll_goes_on(client: 
     await asyncio.sleep(0.3)  # a's lease lapses
     b = await replica(client, cfg, "b")
 
-    class Hooks:
-        def __init__(self) -> None:
-            self.held: list[dict[str, Any]] = []
-
-        async def adopt(self, held: list[dict[str, Any]], rems: list[dict[str, Any]]) -> None:
-            self.held += held
-
-        def abandon(self) -> None: ...
-
-        async def resolved_elsewhere(self, alert: Any) -> None: ...
-
-    hooks = Hooks()
+    hooks = Adopting()
     task = asyncio.create_task(b.run(hooks, lambda: NOW))
     try:
         for _ in range(60):
