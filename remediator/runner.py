@@ -293,9 +293,12 @@ class Daemon:
                 fresh, rules = await asyncio.to_thread(self._load_config_and_rules)
             except (errors.ConfigError, errors.RuleFileErrors) as exc:
                 self.metrics.reload_ok.set(0)
-                details = exc.errors if isinstance(exc, errors.RuleFileErrors) else [exc]
-                log.error("reload_failed", errors=[str(e) for e in details])
-                return False, str(exc)
+                if isinstance(exc, errors.RuleFileErrors):
+                    details = [str(e) for e in exc.errors]
+                else:  # `file:line:` as the rule files' errors (and `remediator check`)
+                    details = [loader.config_error(self.settings.config_file, exc)]
+                log.error("reload_failed", errors=details)
+                return False, "\n".join(details)
             fresh, pinned = settings_mod.for_reload(self.settings, fresh)
             self.settings = fresh
             self.engine.settings = fresh

@@ -103,6 +103,18 @@ def key_line(doc: Any, path: str) -> int:
     return line
 
 
+def config_error(path: Path | None, exc: errors.ConfigError) -> str:
+    """A config error as `file:line: key: message` (the line of the key, where the file
+    has it; 0 where it does not)."""
+    if path is None:
+        return f"config: {exc}"
+    try:
+        line = key_line(parse_with_lines(path.read_text(encoding="utf-8")), exc.path)
+    except (OSError, ValueError, yaml.YAMLError):
+        line = 0
+    return f"{path}:{line}: {exc}"
+
+
 def rule_files(directory: Path) -> list[Path]:
     """The rule files of a directory, sorted, so load order (and index order) is stable.
 
