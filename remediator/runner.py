@@ -300,11 +300,20 @@ class Daemon:
                 log.error("reload_failed", errors=details)
                 return False, "\n".join(details)
             fresh, pinned = settings_mod.for_reload(self.settings, fresh)
+            switched = fresh.paused != self.settings.paused  # the kill switch, flipped
             self.settings = fresh
             self.engine.settings = fresh
             self.engine.index = RuleIndex(rules)
             self._reloaded(len(rules))
             message = f"{len(rules)} rules loaded"
+            if switched and fresh.paused and not self.state.paused:  # as at start
+                await self.set_pause(state_mod.GLOBAL, Pause(
+                    "config", "paused: true in the config file", self.clock.now(), None
+                ), by="config")  # fmt: skip
+                message += "; paused (paused: true in the config file)"
+            elif switched and not fresh.paused and self.state.paused:  # recorded: it stays
+                message += "; still paused: paused: false does not lift a recorded pause, "
+                message += "POST /api/v1/resume does"
             if pinned:
                 message += f"; restart to apply: {', '.join(sorted(pinned))}"
                 log.warning("reload_needs_restart", settings=sorted(pinned))

@@ -331,8 +331,9 @@ class Settings:
     dry_run: bool = True
     """Safe default: decide and record, change nothing. Turn off once rules are trusted."""
     paused: bool = False
-    """Start paused (kill switch) unless a pause is already recorded; pause/resume at run
-    time is persisted and outlives restarts whatever this says."""
+    """Start paused (kill switch) unless a pause is already recorded, and pause at a
+    reload that turns it on; pause/resume at run time is persisted and outlives restarts
+    and reloads whatever this says (turning it off resumes nothing)."""
     external_url: str = ""
     """Where users reach this daemon (e.g. https://remediator.example), for the links in
     escalations; empty: messages name the decision id and API path only."""
