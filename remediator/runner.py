@@ -286,10 +286,10 @@ class Daemon:
         keeps its running value and the answer says a restart is needed.
         """
         async with self._reload_lock:
-            read = await asyncio.to_thread(self._signature)
-            if self.watcher is not None:  # what this reload reads, right or wrong, is not news
-                self.watcher.loaded = read
             try:
+                read = await asyncio.to_thread(self._signature)
+                if self.watcher is not None:  # what this reload reads, right or wrong, is not news
+                    self.watcher.loaded = read
                 fresh, rules = await asyncio.to_thread(self._load_config_and_rules)
             except (errors.ConfigError, errors.RuleFileErrors) as exc:
                 self.metrics.reload_ok.set(0)
@@ -299,6 +299,11 @@ class Daemon:
                     details = [loader.config_error(self.settings.config_file, exc)]
                 log.error("reload_failed", errors=details)
                 return False, "\n".join(details)
+            except Exception as exc:  # noqa: BLE001 - whatever reading raised, the reload failed
+                self.metrics.reload_ok.set(0)
+                detail = f"could not read the config and rule files: {exc!r}"[:1000]
+                log.error("reload_failed", errors=[detail])
+                return False, detail
             fresh, pinned = settings_mod.for_reload(self.settings, fresh)
             switched = fresh.paused != self.settings.paused  # the kill switch, flipped
             self.settings = fresh

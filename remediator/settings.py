@@ -413,6 +413,8 @@ def load(
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise errors.ConfigError(str(path), f"invalid YAML: {exc}") from exc
+        except RecursionError:  # PyYAML recurses once per level of nesting
+            raise errors.ConfigError(str(path), "invalid YAML: nested too deeply") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -10,8 +10,10 @@ import os
 import textwrap
 from pathlib import Path
 
+import pytest
 import structlog
 
+from remediator.matching import loader
 from tests.harness import Harness, am_alert
 
 INTERVAL = 10.0
@@ -136,6 +138,43 @@ async def test_a_broken_file_keeps_the_rules_that_run_until_it_is_fixed(tmp_path
         await h.look_at_rules()
         assert await rule_names(h) == ["api-log-fixed"]
         assert await h.metric("remediator_config_last_reload_successful") == 1
+
+
+async def test_yaml_nested_too_deeply_fails_the_reload_at_its_file(tmp_path: Path) -> None:
+    # Deeper than PyYAML (one Python call per level) can recurse: a RecursionError that
+    # escaped the loader, so the reload raised instead of failing.
+    async with Harness(tmp_path, rules=rule("api-log")) as h:
+        deep = h.rules_dir / "deep.yaml"
+        deep.write_text("rules: " + "[" * 5000 + "]" * 5000 + "\n")
+        ok, message = await h.daemon.reload()
+        assert (ok, message) == (False, f"{deep}:0: invalid YAML: nested too deeply")
+        deep.unlink()
+        h.config_path.write_text("blackouts: " + "[" * 5000 + "]" * 5000 + "\n")
+        ok, message = await h.daemon.reload()
+        assert (ok, message) == (
+            False,
+            f"{h.config_path}:0: invalid YAML: nested too deeply",
+        )
+        assert await h.metric("remediator_config_last_reload_successful") == 0
+        assert await rule_names(h) == ["api-log"]
+
+
+async def test_whatever_reading_raises_the_reload_fails_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Harness(tmp_path, rules=rule("api-log")) as h:
+
+        def broken(directory: Path) -> list[Path]:
+            raise OSError(5, "Input/output error")  # fault injection: a failing volume
+
+        monkeypatch.setattr(loader, "rule_files", broken)
+        with structlog.testing.capture_logs() as logs:
+            ok, message = await h.daemon.reload()
+        assert not ok
+        assert "Input/output error" in message
+        assert [e["event"] for e in logs].count("reload_failed") == 1
+        assert await h.metric("remediator_config_last_reload_successful") == 0
+        assert await rule_names(h) == ["api-log"]
 
 
 async def test_a_config_file_change_is_reloaded_too(tmp_path: Path) -> None:

@@ -108,9 +108,11 @@ def config_error(path: Path | None, exc: errors.ConfigError) -> str:
     has it; 0 where it does not)."""
     if path is None:
         return f"config: {exc}"
+    if exc.path == str(path):  # the file as a whole (unreadable, not YAML): no key to find
+        return f"{path}:0: {exc.message}"
     try:
         line = key_line(parse_with_lines(path.read_text(encoding="utf-8")), exc.path)
-    except (OSError, ValueError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
         line = 0
     return f"{path}:{line}: {exc}"
 
@@ -195,6 +197,8 @@ def load_file(
         return [], [errors.RuleFileError(name, line, f"invalid YAML: {exc.problem}")]
     except yaml.YAMLError as exc:
         return [], [errors.RuleFileError(name, 0, f"invalid YAML: {exc}")]
+    except RecursionError:  # PyYAML recurses once per level of nesting
+        return [], [errors.RuleFileError(name, 0, "invalid YAML: nested too deeply")]
     if doc is None:
         return [], []
     if not isinstance(doc, _Map) or "rules" not in doc:
