@@ -8,6 +8,7 @@ a reload with any error keeps the rules already loaded.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,11 +125,15 @@ def rule_files(directory: Path) -> list[Path]:
     visible link and `..<timestamp>/file` behind `..data`), and editors leave `.swp`
     files. A file reached twice through links counts once.
     """
+    candidates: list[Path] = []
+    # Hidden folders are not entered, and one that vanishes mid-walk is passed over
+    # (os.walk ignores what it cannot list): kubelet deletes the old `..<timestamp>`
+    # folder right after swapping `..data`, and a walk into it raised FileNotFoundError.
+    for root, folders, names in os.walk(directory):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        candidates += [Path(root, n) for n in names if not n.startswith(".")]
     found: dict[Path, Path] = {}
-    for p in sorted(directory.rglob("*")):
-        relative = p.relative_to(directory)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
+    for p in sorted(candidates):
         if p.suffix in (".yaml", ".yml") and p.is_file():
             found.setdefault(p.resolve(), p)
     return sorted(found.values())
