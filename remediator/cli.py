@@ -130,7 +130,9 @@ def _check(args: argparse.Namespace) -> int:
     problems = [preflight.Problem("warning", w.file, w.line, w.message) for w in warnings]
     problems += preflight.rules(rules, settings, os.environ)
     if args.config is not None:
-        problems += preflight.config(settings, lines=_config_lines(args.config, settings))
+        lines = _config_lines(args.config, settings)
+        problems += preflight.config(settings, lines=lines)
+        problems += preflight.blackouts(settings, rules, lines=lines)
     for p in problems:
         print(p, file=sys.stderr)
     failed = sum(p.level == "error" for p in problems)
@@ -150,7 +152,11 @@ def _check(args: argparse.Namespace) -> int:
 
 def _config_lines(path: Path, settings: settings_mod.Settings) -> dict[str, int]:
     doc = loader.parse_with_lines(path.read_text(encoding="utf-8"))
-    return {ref.path: loader.key_line(doc, ref.path) for ref in settings.env_refs}
+    paths = [ref.path for ref in settings.env_refs] + [
+        f"blackouts[{i}].rules[{j}]" for i, b in enumerate(settings.blackouts)
+        for j in range(len(b.rules))
+    ]  # fmt: skip
+    return {p: loader.key_line(doc, p) for p in paths}
 
 
 def _approvals(args: argparse.Namespace) -> int:
