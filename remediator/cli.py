@@ -15,8 +15,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from remediator import __version__, errors, logs, preflight
 from remediator import settings as settings_mod
 from remediator.engine.simulate import simulate
@@ -99,7 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
             overrides |= {"listen_host": host, "listen_port": port}
         settings = _settings(args, **overrides)
     except errors.ConfigError as exc:
-        print(f"remediator: config error: {exc}", file=sys.stderr)
+        print(f"remediator: config error: {loader.config_error(args.config, exc)}", file=sys.stderr)
         return 2
     logs.configure(fmt=settings.log_format, level=settings.log_level)
     from remediator import runner  # noqa: PLC0415 - keeps `check` free of server imports
@@ -113,7 +111,7 @@ def _check(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
     except errors.ConfigError as exc:
-        print(_config_error(args.config, exc), file=sys.stderr)
+        print(loader.config_error(args.config, exc), file=sys.stderr)
         return 1
     directory = args.rules_dir or settings.rules_dir
     warnings: list[errors.RuleFileError] = []
@@ -132,7 +130,9 @@ def _check(args: argparse.Namespace) -> int:
     problems = [preflight.Problem("warning", w.file, w.line, w.message) for w in warnings]
     problems += preflight.rules(rules, settings, os.environ)
     if args.config is not None:
-        problems += preflight.config(settings, lines=_config_lines(args.config, settings))
+        lines = _config_lines(args.config, settings)
+        problems += preflight.config(settings, lines=lines)
+        problems += preflight.blackouts(settings, rules, lines=lines)
     for p in problems:
         print(p, file=sys.stderr)
     failed = sum(p.level == "error" for p in problems)
@@ -150,20 +150,13 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _config_error(path: Path | None, exc: errors.ConfigError) -> str:
-    """`file:line: key: message` (the line of the key, where the file has it)."""
-    if path is None:
-        return f"config: {exc}"
-    try:
-        line = loader.key_line(loader.parse_with_lines(path.read_text(encoding="utf-8")), exc.path)
-    except (OSError, ValueError, yaml.YAMLError):
-        line = 0
-    return f"{path}:{line}: {exc}"
-
-
 def _config_lines(path: Path, settings: settings_mod.Settings) -> dict[str, int]:
     doc = loader.parse_with_lines(path.read_text(encoding="utf-8"))
-    return {ref.path: loader.key_line(doc, ref.path) for ref in settings.env_refs}
+    paths = [ref.path for ref in settings.env_refs] + [
+        f"blackouts[{i}].rules[{j}]" for i, b in enumerate(settings.blackouts)
+        for j in range(len(b.rules))
+    ]  # fmt: skip
+    return {p: loader.key_line(doc, p) for p in paths}
 
 
 def _approvals(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
@@ -16,9 +17,15 @@ def parse(text: str | int | float) -> float:
     if isinstance(text, bool):
         raise ValueError(f"expected a duration like 30s, 5m, 1h, got {text!r}")
     if isinstance(text, int | float):
-        if text < 0:
+        try:
+            seconds = float(text)
+        except OverflowError:  # an integer with more digits than a float holds
+            seconds = math.inf
+        if not math.isfinite(seconds):  # that, or YAML's .nan and .inf
+            raise ValueError(f"expected a finite duration like 30s, 5m, 1h, got {str(text)[:40]}")
+        if seconds < 0:
             raise ValueError(f"duration must not be negative, got {text}")
-        return float(text)
+        return seconds
     if not isinstance(text, str):
         raise ValueError(f"expected a duration like 30s, 5m, 1h, got {text!r}")
     s = text.strip()
@@ -32,6 +39,8 @@ def parse(text: str | int | float) -> float:
         pos = m.end()
     if pos == 0:
         raise ValueError(f"expected a duration like 30s, 5m, 1h30m, got {text!r}")
+    if not math.isfinite(total):  # more digits than a float holds
+        raise ValueError(f"expected a finite duration like 30s, 5m, 1h, got {text[:40]!r}…")
     return total
 
 

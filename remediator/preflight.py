@@ -81,6 +81,26 @@ def config(settings: Settings, *, lines: Mapping[str, int]) -> list[Problem]:
     return out
 
 
+def blackouts(
+    settings: Settings, rules: Sequence[Rule], *, lines: Mapping[str, int] | None = None
+) -> list[Problem]:
+    """A blackout's `rules:` entry that names no loaded rule: a typo in a freeze holds
+    back nothing, and the rule meant acts through it."""
+    file = str(settings.config_file or "config")
+    names = {rule.name for rule in rules}
+    out = []
+    for i, b in enumerate(settings.blackouts):
+        for j, name in enumerate(b.rules):
+            if name not in names:
+                path = f"blackouts[{i}].rules[{j}]"
+                out.append(
+                    Problem("warning", file, (lines or {}).get(path, 0),
+                            f"{path}: no rule is named {name!r}: blackout {b.name!r} "
+                            "holds back nothing of it")
+                )  # fmt: skip
+    return out
+
+
 def at_start(
     settings: Settings, loaded: Sequence[Rule], environ: Mapping[str, str]
 ) -> list[Problem]:
@@ -110,6 +130,7 @@ def at_start(
                         "guessable, and not redacted from answers")
             )  # fmt: skip
     out.extend(p for p in rules(loaded, settings, environ) if p.level == "warning")
+    out.extend(blackouts(settings, loaded))
     return out
 
 

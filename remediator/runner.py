@@ -286,22 +286,39 @@ class Daemon:
         keeps its running value and the answer says a restart is needed.
         """
         async with self._reload_lock:
-            read = await asyncio.to_thread(self._signature)
-            if self.watcher is not None:  # what this reload reads, right or wrong, is not news
-                self.watcher.loaded = read
             try:
+                read = await asyncio.to_thread(self._signature)
+                if self.watcher is not None:  # what this reload reads, right or wrong, is not news
+                    self.watcher.loaded = read
                 fresh, rules = await asyncio.to_thread(self._load_config_and_rules)
             except (errors.ConfigError, errors.RuleFileErrors) as exc:
                 self.metrics.reload_ok.set(0)
-                details = exc.errors if isinstance(exc, errors.RuleFileErrors) else [exc]
-                log.error("reload_failed", errors=[str(e) for e in details])
-                return False, str(exc)
+                if isinstance(exc, errors.RuleFileErrors):
+                    details = [str(e) for e in exc.errors]
+                else:  # `file:line:` as the rule files' errors (and `remediator check`)
+                    details = [loader.config_error(self.settings.config_file, exc)]
+                log.error("reload_failed", errors=details)
+                return False, "\n".join(details)
+            except Exception as exc:  # noqa: BLE001 - whatever reading raised, the reload failed
+                self.metrics.reload_ok.set(0)
+                detail = f"could not read the config and rule files: {exc!r}"[:1000]
+                log.error("reload_failed", errors=[detail])
+                return False, detail
             fresh, pinned = settings_mod.for_reload(self.settings, fresh)
+            switched = fresh.paused != self.settings.paused  # the kill switch, flipped
             self.settings = fresh
             self.engine.settings = fresh
             self.engine.index = RuleIndex(rules)
             self._reloaded(len(rules))
             message = f"{len(rules)} rules loaded"
+            if switched and fresh.paused and not self.state.paused:  # as at start
+                await self.set_pause(state_mod.GLOBAL, Pause(
+                    "config", "paused: true in the config file", self.clock.now(), None
+                ), by="config")  # fmt: skip
+                message += "; paused (paused: true in the config file)"
+            elif switched and not fresh.paused and self.state.paused:  # recorded: it stays
+                message += "; still paused: paused: false does not lift a recorded pause, "
+                message += "POST /api/v1/resume does"
             if pinned:
                 message += f"; restart to apply: {', '.join(sorted(pinned))}"
                 log.warning("reload_needs_restart", settings=sorted(pinned))

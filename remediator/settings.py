@@ -331,8 +331,9 @@ class Settings:
     dry_run: bool = True
     """Safe default: decide and record, change nothing. Turn off once rules are trusted."""
     paused: bool = False
-    """Start paused (kill switch) unless a pause is already recorded; pause/resume at run
-    time is persisted and outlives restarts whatever this says."""
+    """Start paused (kill switch) unless a pause is already recorded, and pause at a
+    reload that turns it on; pause/resume at run time is persisted and outlives restarts
+    and reloads whatever this says (turning it off resumes nothing)."""
     external_url: str = ""
     """Where users reach this daemon (e.g. https://remediator.example), for the links in
     escalations; empty: messages name the decision id and API path only."""
@@ -412,6 +413,8 @@ def load(
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise errors.ConfigError(str(path), f"invalid YAML: {exc}") from exc
+        except RecursionError:  # PyYAML recurses once per level of nesting
+            raise errors.ConfigError(str(path), "invalid YAML: nested too deeply") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -986,8 +989,15 @@ class Reader:
         if v is None:
             return None
         if isinstance(v, int) and not isinstance(v, bool):
-            # YAML 1.1 reads 22:00 as a sexagesimal integer (1320); undo that.
-            return dt.time(v // 60 % 24, v % 60)
+            # YAML 1.1 reads 22:00 as a sexagesimal integer (1320); undo that. Its hour
+            # has no leading zero, so 1:00..23:59 is 60..1439; anything else is not HH:MM
+            # (22:00:00 is 79200, 25:00 1500, -1:00 -60, a bare 9 is 9).
+            if not 60 <= v < 24 * 60:
+                raise errors.ConfigError(
+                    f"{self.prefix}{key}",
+                    f"expected HH:MM (UTC), quoted like '22:00'; YAML read a number: {v!r}",
+                )
+            return dt.time(v // 60, v % 60)
         m = re.fullmatch(r"([0-9]{1,2}):([0-9]{2})", str(v))
         if m is None or int(m.group(1)) > 23 or int(m.group(2)) > 59:
             raise errors.ConfigError(f"{self.prefix}{key}", f"expected HH:MM (UTC), got {v!r}")

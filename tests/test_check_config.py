@@ -139,3 +139,22 @@ def test_check_warns_of_a_rule_that_acts_and_calls_nobody_when_it_gives_up(
         "fix does not take (or is refused for good), nobody is called — only an "
         "escalation_due log line"
     ]
+
+
+def test_check_config_warns_of_a_blackout_naming_no_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A typo in a freeze's `rules:` holds back nothing: the rule acts through the freeze.
+    config = """
+    blackouts:
+      - name: db-freeze
+        days: [sat, sun]
+        rules:
+          - r
+          - db-failvoer
+    """
+    assert check(tmp_path, LOG_ONLY, config) == ["0"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"{tmp_path / 'config.yaml'}:6: warning: blackouts[0].rules[1]: no rule is named "
+        "'db-failvoer': blackout 'db-freeze' holds back nothing of it"
+    ]

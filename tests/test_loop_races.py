@@ -179,6 +179,31 @@ async def test_a_rule_removed_mid_ladder_ends_its_remediation_with_a_decision(
         assert await h.metric("remediator_remediations_active") == 0.0
 
 
+async def test_a_rule_narrowed_mid_ladder_no_longer_steps_up_on_an_alert_it_left_out(
+    tmp_path: Path, slack: WebhookReceiver
+) -> None:
+    # The SRE keeps the rule off the crm database (say its second step is unsafe there):
+    # the remediation under way on crm must not take that step after the reload, as an
+    # alert held for `for` would not be decided by a rule that no longer matches it.
+    async with Harness(tmp_path, rules=LADDER, dry_run=False) as h:
+        await h.fire(pool())
+        narrowed = LADDER.replace(
+            "matchers: ['alertname = \"DatabaseConnectionPoolExhausted\"']",
+            "matchers: ['alertname = \"DatabaseConnectionPoolExhausted\"', 'database != \"crm\"']",
+        )
+        assert narrowed != LADDER
+        (h.rules_dir / "rules.yaml").write_text(narrowed)
+        assert (await h.daemon.reload())[0]
+        await h.advance(5 * MINUTE)
+        rows = await h.decisions()
+        assert [(r["step"], r["outcome"], r["reason"]) for r in rows] == [
+            (1, "executed", ""),
+            (1, "skipped", "not_allowed"),
+        ]
+        assert "no longer matches the alert" in rows[1]["detail"]
+        assert await h.metric("remediator_remediations_active") == 0.0
+
+
 async def test_a_bug_in_a_transition_still_calls_a_human(
     tmp_path: Path, slack: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:

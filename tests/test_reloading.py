@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import textwrap
+import threading
+import time
 from pathlib import Path
 
+import pytest
 import structlog
 
+from remediator.matching import loader
 from tests.harness import Harness, am_alert
 
 INTERVAL = 10.0
@@ -118,6 +122,43 @@ async def test_a_configmap_update_by_link_swap_is_reloaded(tmp_path: Path) -> No
         assert await rule_names(h) == ["api-log-2", "db-log"]
 
 
+def test_the_rule_files_are_found_while_kubelet_swaps_a_configmap_volume(tmp_path: Path) -> None:
+    # kubelet deletes the old `..<version>` folder right after the `..data` swap: a walk
+    # into that hidden folder as it goes raised FileNotFoundError — a reload that failed
+    # (metric at 0, the new rules not live) until the next change. Bounded: 1.5 s of swaps.
+    rules_dir = tmp_path / "rules"
+    files = {f"r{i}.yaml": rule(f"r{i}") for i in range(3)}
+    configmap_volume(rules_dir, files, 0)
+    stop = threading.Event()
+
+    def kubelet() -> None:
+        version = 0
+        while not stop.is_set():
+            version += 1
+            configmap_volume(rules_dir, files, version)
+
+    swapping = threading.Thread(target=kubelet)
+    swapping.start()
+    walks, failures = 0, []
+    deadline = time.monotonic() + 1.5
+    try:
+        while time.monotonic() < deadline:
+            walks += 1
+            try:
+                found = loader.rule_files(rules_dir)
+            except OSError as exc:
+                failures.append(repr(exc))
+                continue
+            # A visible link read across the swap may miss its file (kubelet's protocol
+            # has that instant too); a hidden path is never returned.
+            assert {p.name for p in found} <= set(files)
+    finally:
+        stop.set()
+        swapping.join()
+    assert walks > 100
+    assert failures == []
+
+
 async def test_a_broken_file_keeps_the_rules_that_run_until_it_is_fixed(tmp_path: Path) -> None:
     async with Harness(tmp_path, rules=rule("api-log"), rules_watch_interval=INTERVAL) as h:
         assert await h.metric("remediator_config_last_reload_successful") == 1
@@ -136,6 +177,43 @@ async def test_a_broken_file_keeps_the_rules_that_run_until_it_is_fixed(tmp_path
         await h.look_at_rules()
         assert await rule_names(h) == ["api-log-fixed"]
         assert await h.metric("remediator_config_last_reload_successful") == 1
+
+
+async def test_yaml_nested_too_deeply_fails_the_reload_at_its_file(tmp_path: Path) -> None:
+    # Deeper than PyYAML (one Python call per level) can recurse: a RecursionError that
+    # escaped the loader, so the reload raised instead of failing.
+    async with Harness(tmp_path, rules=rule("api-log")) as h:
+        deep = h.rules_dir / "deep.yaml"
+        deep.write_text("rules: " + "[" * 5000 + "]" * 5000 + "\n")
+        ok, message = await h.daemon.reload()
+        assert (ok, message) == (False, f"{deep}:0: invalid YAML: nested too deeply")
+        deep.unlink()
+        h.config_path.write_text("blackouts: " + "[" * 5000 + "]" * 5000 + "\n")
+        ok, message = await h.daemon.reload()
+        assert (ok, message) == (
+            False,
+            f"{h.config_path}:0: invalid YAML: nested too deeply",
+        )
+        assert await h.metric("remediator_config_last_reload_successful") == 0
+        assert await rule_names(h) == ["api-log"]
+
+
+async def test_whatever_reading_raises_the_reload_fails_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with Harness(tmp_path, rules=rule("api-log")) as h:
+
+        def broken(directory: Path) -> list[Path]:
+            raise OSError(5, "Input/output error")  # fault injection: a failing volume
+
+        monkeypatch.setattr(loader, "rule_files", broken)
+        with structlog.testing.capture_logs() as logs:
+            ok, message = await h.daemon.reload()
+        assert not ok
+        assert "Input/output error" in message
+        assert [e["event"] for e in logs].count("reload_failed") == 1
+        assert await h.metric("remediator_config_last_reload_successful") == 0
+        assert await rule_names(h) == ["api-log"]
 
 
 async def test_a_config_file_change_is_reloaded_too(tmp_path: Path) -> None:

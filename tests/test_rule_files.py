@@ -437,6 +437,43 @@ def test_verify_never_turns_verification_off(tmp_path: Path) -> None:
             rules:
               - name: x
                 matchers: ['alertname = "A"']
+                limits: {cooldown: .nan}   # <- here
+                action: {type: log, params: {message: hi}}
+            """,
+            "cooldown: expected a finite duration like 30s, 5m, 1h, got nan",
+            id="nan-duration",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                verify: {resolve_within: 1"""
+            + "0" * 400
+            + """s}   # <- here
+                action: {type: log, params: {message: hi}}
+            """,
+            "resolve_within: expected a finite duration",
+            id="infinite-duration",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
+                limits: {window: 1"""
+            + "0" * 400
+            + """}   # <- here
+                action: {type: log, params: {message: hi}}
+            """,
+            "window: expected a finite duration",
+            id="huge-integer-duration",
+        ),
+        pytest.param(
+            """
+            rules:
+              - name: x
+                matchers: ['alertname = "A"']
                 action: {type: log, params: {message: hi}}
                 limits:
                   cooldown: 5m

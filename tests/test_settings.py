@@ -174,6 +174,11 @@ def test_the_readme_example_config_loads(tmp_path: Path) -> None:
         ),
         ("blackouts: [{name: x, from: '25:00', to: '06:00'}]", "blackouts[0].from", "HH:MM"),
         ("blackouts: [{name: x, from: '22:00'}]", "blackouts[0].to", "from and to go together"),
+        # Unquoted, YAML 1.1 reads these as sexagesimal integers (79200, 1500, -60): they
+        # are no HH:MM either, not 00:00, 01:00 and 23:00.
+        ("blackouts: [{name: x, from: 22:00:00, to: '06:00'}]", "blackouts[0].from", "HH:MM"),
+        ("blackouts: [{name: x, from: 25:00, to: '06:00'}]", "blackouts[0].from", "HH:MM"),
+        ("blackouts: [{name: x, from: '22:00', to: -1:00}]", "blackouts[0].to", "HH:MM"),
         ("blackouts: [{name: x}]", "blackouts[0]", "give either start/end"),
         (
             "blackouts: [{name: x, start: 2027-01-01, end: 2027-01-02, days: [sat]}]",

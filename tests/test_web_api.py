@@ -278,6 +278,42 @@ async def test_a_reload_with_a_bad_file_keeps_the_old_rules_acting(tmp_path: Pat
         assert (await h.decisions())[-1]["rule"] == "broken-rule"
 
 
+async def test_a_reload_with_a_bad_config_file_names_its_file_and_line(tmp_path: Path) -> None:
+    # The rule files' errors are `file:line:`; the config file's must be too, in the
+    # answer and in the `reload_failed` log, or the SRE is left to guess which file.
+    async with Harness(tmp_path, rules=RULES, env=ADMIN) as h:
+        h.config_path.write_text("dry_run: true\nlimits:\n  window: 0s\n")
+        with structlog.testing.capture_logs() as logs:
+            status, answer = await reload(h, AS_ADMIN)
+        assert status == 422
+        where = f"{h.config_path}:3: limits.window: must be longer than 0s"
+        assert answer["message"] == where
+        [failed] = [e for e in logs if e["event"] == "reload_failed"]
+        assert failed["errors"] == [where]
+        assert await h.metric("remediator_config_last_reload_successful") == 0
+        assert await rule_names(h) == {"api-restart", "disk-clean"}
+
+
+async def test_paused_true_written_to_the_config_file_pauses_at_the_reload(
+    tmp_path: Path,
+) -> None:
+    # The kill switch flipped in the (watched) config file: the reload must apply it, as
+    # a start does, not answer "rules loaded" and go on acting.
+    async with Harness(tmp_path, rules=RULES, env=ADMIN) as h:
+        h.config_path.write_text("paused: true\n")
+        status, answer = await reload(h, AS_ADMIN)
+        assert status == 200, answer
+        assert h.daemon.state.paused
+        assert await h.metric("remediator_paused") == 1
+        await h.fire(api_down())
+        assert await h.outcomes() == [("skipped", "paused")]
+        # Resumed by hand, it stays resumed through a reload that leaves the file alone.
+        assert (await h.client.post("/api/v1/resume", headers=AS_ADMIN)).status == 200
+        status, _ = await reload(h, AS_ADMIN)
+        assert status == 200
+        assert not h.daemon.state.paused
+
+
 # -- admin token --------------------------------------------------------------------
 
 ADMIN_ENDPOINTS = ["/-/reload", "/api/v1/pause", "/api/v1/resume"]

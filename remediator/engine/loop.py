@@ -53,6 +53,7 @@ from remediator.engine.clock import Clock, Timer
 from remediator.engine.executing import Executor, Prepared, prepare
 from remediator.engine.recording import Recorder, Work, occurrence_key
 from remediator.engine.silences import Silences
+from remediator.matching import matchers
 from remediator.metrics import Metrics
 from remediator.models.alert import Alert, iso_ts
 from remediator.models.decision import Escalation, Outcome, Reason, decision_url
@@ -597,16 +598,26 @@ class Loop:
         return None if listed else "Alertmanager no longer lists the alert as firing"
 
     async def _refresh(self, rem: Remediation) -> bool:
-        """Take the rule as it is now (a reload may have changed it); a rule gone, or with
-        fewer steps, ends the remediation with a decision saying so."""
+        """Take the rule as it is now (a reload may have changed it); a rule gone, with
+        fewer steps, or that no longer matches the alert (its matchers or source changed)
+        ends the remediation with a decision saying so."""
         rule = self._rules().get(rem.rule.name)
-        if rule is not None and rem.step < len(rule.steps):
+        alert = rem.alert
+        matches = rule is not None and (
+            rule.accepts_source(alert.source) and matchers.match_all(rule.matchers, alert.labels)
+        )
+        if rule is not None and matches and rem.step < len(rule.steps):
             rem.rule = rule
             return True
-        why = "removed" if rule is None else f"left with {len(rule.steps)} step(s)"
+        if rule is None:
+            why = "was removed by a reload"
+        elif not matches:
+            why = "no longer matches the alert after a reload"
+        else:
+            why = f"was left with {len(rule.steps)} step(s) by a reload"
         await self._recorder.record(
             self._work(rem), Outcome.SKIPPED, Reason.NOT_ALLOWED, target=rem.target,
-            detail=f"rule {rem.rule.name} was {why} by a reload: the remediation ends here",
+            detail=f"rule {rem.rule.name} {why}: the remediation ends here",
         )  # fmt: skip
         log.warning("remediation_dropped", rule=rem.rule.name, reason=f"rule {why}")
         self.finish(rem)

@@ -8,6 +8,7 @@ a reload with any error keeps the rules already loaded.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,20 @@ def key_line(doc: Any, path: str) -> int:
     return line
 
 
+def config_error(path: Path | None, exc: errors.ConfigError) -> str:
+    """A config error as `file:line: key: message` (the line of the key, where the file
+    has it; 0 where it does not)."""
+    if path is None:
+        return f"config: {exc}"
+    if exc.path == str(path):  # the file as a whole (unreadable, not YAML): no key to find
+        return f"{path}:0: {exc.message}"
+    try:
+        line = key_line(parse_with_lines(path.read_text(encoding="utf-8")), exc.path)
+    except (OSError, ValueError, yaml.YAMLError, RecursionError):
+        line = 0
+    return f"{path}:{line}: {exc}"
+
+
 def rule_files(directory: Path) -> list[Path]:
     """The rule files of a directory, sorted, so load order (and index order) is stable.
 
@@ -110,11 +125,15 @@ def rule_files(directory: Path) -> list[Path]:
     visible link and `..<timestamp>/file` behind `..data`), and editors leave `.swp`
     files. A file reached twice through links counts once.
     """
+    candidates: list[Path] = []
+    # Hidden folders are not entered, and one that vanishes mid-walk is passed over
+    # (os.walk ignores what it cannot list): kubelet deletes the old `..<timestamp>`
+    # folder right after swapping `..data`, and a walk into it raised FileNotFoundError.
+    for root, folders, names in os.walk(directory):
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        candidates += [Path(root, n) for n in names if not n.startswith(".")]
     found: dict[Path, Path] = {}
-    for p in sorted(directory.rglob("*")):
-        relative = p.relative_to(directory)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
+    for p in sorted(candidates):
         if p.suffix in (".yaml", ".yml") and p.is_file():
             found.setdefault(p.resolve(), p)
     return sorted(found.values())
@@ -183,6 +202,8 @@ def load_file(
         return [], [errors.RuleFileError(name, line, f"invalid YAML: {exc.problem}")]
     except yaml.YAMLError as exc:
         return [], [errors.RuleFileError(name, 0, f"invalid YAML: {exc}")]
+    except RecursionError:  # PyYAML recurses once per level of nesting
+        return [], [errors.RuleFileError(name, 0, "invalid YAML: nested too deeply")]
     if doc is None:
         return [], []
     if not isinstance(doc, _Map) or "rules" not in doc:
