@@ -764,9 +764,11 @@ def an_alert_for(h: Harness) -> ForRule:
 
 async def decided(h: Harness, sent: dict[str, Any]) -> tuple[list[tuple[str, str]], float]:
     """Fire `sent` and wait until a row says more than "never started" (the action runs
-    after its row is written): the outcomes, and how many `log` actions ran."""
+    after its row is written): the outcomes, and how many `log` actions ran. Up to 20 s:
+    on a loaded box a lost answer can take several decisions (each a journal retry) to
+    be through."""
     await h.fire(sent)
-    for _ in range(100):
+    for _ in range(400):
         await asyncio.sleep(0.05)
         if set(await h.outcomes()) - {("failed", "interrupted")}:
             break
