@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import gc
 import os
 import signal
@@ -43,6 +44,7 @@ from remediator.metrics import Metrics
 from remediator.models.alert import Alert
 from remediator.models.rule import Rule
 from remediator.settings import Settings
+from remediator.web import approvals as approvals_web
 from remediator.web import server
 from remediator.web.app import make_app
 
@@ -131,6 +133,7 @@ class Daemon:
             audit=self.audit, state=self.state, metrics=self.metrics, clients=self.clients,
             clock=self.clock, silences=silences, alerts=alerts,
         )  # fmt: skip
+        self.engine.answer_handed = functools.partial(approvals_web.answer_handed, self)
         self._reloaded(len(rules))
         if self.settings.paused and not self.state.paused:
             await self.state.set_pause(

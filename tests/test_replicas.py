@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,10 +23,11 @@ import pytest
 from aiohttp import web
 
 from remediator.engine.deciding import NEVER_STARTED
-from tests import servers
+from tests import servers, slack_fake
 from tests.daemon_process import DaemonProcess, eventually
 from tests.harness import am_alert, payload
 from tests.kube_emulator import KubeEmulator, deployment
+from tests.slack_fake import SlackApi, click
 
 RULES = """
 rules:
@@ -132,10 +134,11 @@ class Cluster:
     def __init__(
         self, base: Path, emu: KubeEmulator, redis: Any, pg: Any, n: int, *,
         rules: str = RULES, config: str = CONFIG, start: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:  # fmt: skip
         prefix = f"it{next(_prefixes)}"
         text = config.format(kubeconfig=emu.kubeconfig(base / "kubeconfig"), prefix=prefix)
-        env = {"REMEDIATOR_REDIS_URL": redis.url, "REMEDIATOR_AUDIT_DSN": pg.dsn}
+        env = {"REMEDIATOR_REDIS_URL": redis.url, "REMEDIATOR_AUDIT_DSN": pg.dsn, **(env or {})}
         self.replicas = [
             DaemonProcess(base / f"r{i}", rules=rules, config=text, env=env) for i in range(n)
         ]
@@ -334,3 +337,176 @@ async def test_a_killed_replicas_alerts_are_decided_by_another_none_lost_none_tw
                 for r in rows
                 if r["outcome"] not in ("executed", "failed")
             ]
+
+
+APPROVAL_RULES = """
+rules:
+  - name: restart-approved
+    matchers: ['alertname = "APIDown"']
+    action:
+      type: kubernetes.rollout_restart
+      params: {namespace: prod, name: "{{ labels.deployment }}"}
+    approval: {approvers: [bruno, U0ANA], timeout: 15m}
+    limits: {cooldown: 0s, max_attempts: 1000}
+    verify: {resolve_within: never}
+"""
+APPROVAL_CONFIG = (
+    CONFIG
+    + "auth: {{admin_token_env: REMEDIATOR_ADMIN_TOKEN}}\n"
+    + "approvals:\n  tokens: {{bruno: REMEDIATOR_TEST_BRUNO, carla: REMEDIATOR_TEST_CARLA}}\n"
+)
+APPROVAL_ENV = {
+    "REMEDIATOR_ADMIN_TOKEN": "admin-tok",
+    "REMEDIATOR_TEST_BRUNO": "bruno-tok",
+    "REMEDIATOR_TEST_CARLA": "carla-tok",
+}
+
+
+async def answer(
+    replica: DaemonProcess, decision_id: int, token: str, *, approve: bool = True
+) -> tuple[int, dict[str, Any]]:
+    verb = "approve" if approve else "reject"
+    async with replica.session.post(
+        f"{replica.url}/api/v1/approvals/{decision_id}/{verb}",
+        json={"reason": "checked the dashboards"},
+        headers={"Authorization": f"Bearer {token}"},
+    ) as resp:
+        return resp.status, await resp.json()
+
+
+async def pending(replica: DaemonProcess) -> list[dict[str, Any]]:
+    async with replica.session.get(
+        replica.url + "/api/v1/approvals", headers=replica.read_headers()
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        approvals: list[dict[str, Any]] = (await resp.json())["approvals"]
+        return approvals
+
+
+async def asked(cluster: Cluster) -> tuple[DaemonProcess, DaemonProcess, int]:
+    """(the replica holding the one approval asked, the other one, its decision id)."""
+    held: dict[int, list[dict[str, Any]]] = {}
+
+    async def one() -> bool:
+        for i, r in enumerate(cluster.replicas):
+            held[i] = await pending(r)
+        return sum(len(v) for v in held.values()) == 1
+
+    await eventually(one, timeout=30, what="the approval asked on one replica")
+    holder = next(i for i, v in held.items() if v)
+    owner, elsewhere = cluster.replicas[holder], cluster.replicas[1 - holder]
+    assert await pending(elsewhere) == []  # the other replica does not hold it
+    return owner, elsewhere, held[holder][0]["id"]
+
+
+@pytest.mark.timeout(90)
+async def test_an_approval_answered_on_a_replica_not_holding_it_is_decided_by_its_holder(
+    tmp_path: Path, emu: KubeEmulator, redis_server: Any, postgres_server: Any
+) -> None:
+    emu.add(deployment("api-0"))
+    async with Cluster(
+        tmp_path, emu, redis_server, postgres_server, 2, rules=APPROVAL_RULES,
+        config=APPROVAL_CONFIG, env=APPROVAL_ENV,
+    ) as cluster:  # fmt: skip
+        [sent] = alerts(1)
+        status, _ = await cluster.replicas[0].post(payload(sent))
+        assert status == 200
+        owner, elsewhere, decision_id = await asked(cluster)
+
+        # The holder checks the approvers, as for an answer it received itself.
+        status, body = await answer(elsewhere, decision_id, "carla-tok")
+        assert (status, body["error"]) == (403, "carla is not an approver of rule restart-approved")
+        assert restarts(emu) == Counter()
+
+        status, body = await answer(elsewhere, decision_id, "bruno-tok")
+        assert status == 200, body
+        assert body["result"].endswith("prod/deployment/api-0 is running"), body
+
+        async def restarted() -> bool:
+            return restarts(emu)["api-0"] == 1
+
+        await eventually(restarted, timeout=15, what="the approved restart")
+        # Answered again, on either replica: decided already, nothing runs twice.
+        status, body = await answer(elsewhere, decision_id, "bruno-tok")
+        assert status == 409 and "no replica holds decision" in body["error"], body
+        status, body = await answer(owner, decision_id, "admin-tok", approve=False)
+        assert status == 409, body
+        await asyncio.sleep(1.0)
+        assert restarts(emu) == Counter({"api-0": 1})
+
+        async def audited() -> bool:
+            rows = of(await audit_rows(elsewhere), [sent])
+            return [r["outcome"] for r in rows] == ["executed"]
+
+        await eventually(audited, timeout=30, what="the approved attempt's row")
+        [row] = of(await audit_rows(owner), [sent])
+        assert row["id"] == decision_id
+        assert row["approval"].startswith("approved by bruno via api at ")
+        assert row["approval"].endswith(": checked the dashboards")
+
+
+async def press(replica: DaemonProcess, user: str, decision_id: int, *, later: float = 0) -> int:
+    body, headers = click(user, approve=True, decision_id=decision_id, now=time.time() + later)
+    async with replica.session.post(
+        replica.url + "/slack/interactions", data=body, headers=headers
+    ) as resp:
+        await resp.read()
+        return resp.status
+
+
+@pytest.mark.timeout(90)
+async def test_a_slack_click_on_a_replica_not_holding_the_approval_is_decided_by_its_holder(
+    tmp_path: Path, emu: KubeEmulator, redis_server: Any, postgres_server: Any
+) -> None:
+    emu.add(deployment("api-0"))
+    async with SlackApi() as slack:
+        config = CONFIG + "auth: {{admin_token_env: REMEDIATOR_ADMIN_TOKEN}}\n" + slack.config()
+        async with Cluster(
+            tmp_path, emu, redis_server, postgres_server, 2, rules=APPROVAL_RULES,
+            config=config, env={**APPROVAL_ENV, **slack_fake.ENV},
+        ) as cluster:  # fmt: skip
+            [sent] = alerts(1)
+            status, _ = await cluster.replicas[0].post(payload(sent))
+            assert status == 200
+            owner, elsewhere, decision_id = await asked(cluster)
+
+            # Not an approver: the holder says so to the user, and nothing runs.
+            assert await press(elsewhere, "U0EVE", decision_id) == 200
+
+            async def told(n: int) -> bool:
+                return len(slack.calls("chat.postEphemeral")) >= n
+
+            await eventually(lambda: told(1), timeout=10, what="the refusal told the user")
+            [refused] = slack.calls("chat.postEphemeral")
+            assert refused.args["user"] == "U0EVE"
+            assert "not an approver of rule restart-approved" in refused.args["text"]
+
+            assert await press(elsewhere, "U0ANA", decision_id, later=1) == 200
+
+            async def restarted() -> bool:
+                return restarts(emu)["api-0"] == 1
+
+            await eventually(restarted, timeout=15, what="the approved restart")
+
+            async def updated() -> bool:
+                return len(slack.calls("chat.update")) == 1
+
+            await eventually(updated, timeout=10, what="the request's message updated")
+            [update] = slack.calls("chat.update")
+            assert "Approved by <@U0ANA>" in update.args["text"]
+            # A second click, on either replica: no longer awaited, nothing runs twice.
+            assert await press(elsewhere, "U0ANA", decision_id, later=2) == 200
+            assert await press(owner, "U0ANA", decision_id, later=3) == 200
+            await eventually(lambda: told(3), timeout=10, what="both late clicks answered")
+            texts = [c.args["text"] for c in slack.calls("chat.postEphemeral")[1:]]
+            assert texts == [f"Decision {decision_id} no longer awaits approval."] * 2, texts
+            await asyncio.sleep(1.0)
+            assert restarts(emu) == Counter({"api-0": 1})
+
+            async def audited() -> bool:
+                rows = of(await audit_rows(elsewhere), [sent])
+                return [r["outcome"] for r in rows] == ["executed"]
+
+            await eventually(audited, timeout=30, what="the approved attempt's row")
+            [row] = of(await audit_rows(owner), [sent])
+            assert row["approval"].startswith("approved by <@U0ANA> via slack at ")

@@ -26,6 +26,8 @@ racing on one occurrence or one target cannot both pass a guard. Every key expir
     {P}:held:REPLICA, {P}:rem:REPLICA   hash: key → "TOKEN|record JSON" (held alerts,
                                 remediations under way), owned by that replica
     {P}:resolved:OCCURRENCE     a resolve seen by any replica (and published)
+    {P}:answer:REQUEST          the reply of the replica holding an approval to an
+                                answer handed to it on `{P}:answers` (PX 60 s)
     {P}:fence                   the fencing token counter
 
 All keys share the hash tag `{P}`, so the scripts also work on a Redis Cluster (on one
@@ -87,6 +89,15 @@ answers, at most every `poll_interval`) before it is left for the next start."""
 LOCAL_LIMIT = 2000
 """Alerts this replica takes from the stream and has not finished: the rest wait there
 for whichever replica has room (bounded memory per replica)."""
+HAND_WAIT = 2.0
+"""Seconds an answer to an approval held elsewhere waits for its holder to say it holds
+it (on `{P}:answers`): none in time, and no replica holds it."""
+HAND_RESULT_WAIT = 15.0
+"""Seconds it then waits for what came of it (the holder's `decide_approval`)."""
+HAND_POLL = 0.02
+"""Seconds between reads of the reply key (no blocking read: see RedisJournal.run)."""
+REPLY_TTL = 60.0
+"""Seconds a reply key outlives its last write (the asker has long stopped reading)."""
 
 
 async def persistence(client: Redis) -> str | None:
@@ -536,6 +547,13 @@ class Hooks(Protocol):
     async def resolved_elsewhere(self, alert: Alert) -> None:
         """Another replica saw this alert resolve."""
 
+    def holds_approval(self, decision_id: int) -> bool:
+        """Whether this replica holds decision `decision_id` awaiting approval."""
+
+    async def approval_handed(self, answer: dict[str, Any]) -> tuple[int, str]:
+        """A human's answer another replica received for an approval held here: decide
+        it as if it had come here; (HTTP status, what happened)."""
+
 
 class RedisState:
     """The limit state and work records of every replica, in one Redis."""
@@ -576,6 +594,10 @@ class RedisState:
         self._drop = client.script(_DROP_RECORD, "drop_record")
         self._adopt = client.script(_ADOPT, "adopt")
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._handed: set[asyncio.Task[None]] = set()
+        """Answers handed here by other replicas, being decided."""
+        self._answers_live = False
+        """This replica's watcher is subscribed to `{P}:answers` (its PUBLISH counts it)."""
 
     def key(self, *parts: str) -> str:
         return self._p + ":".join(parts)
@@ -596,8 +618,10 @@ class RedisState:
 
     async def run(self, hooks: Hooks, clock: Callable[[], float]) -> None:
         """Until cancelled: renew the lease and locks, adopt what dead replicas left,
-        read the pauses and open circuits again, follow resolves seen elsewhere."""
+        read the pauses and open circuits again, follow resolves seen elsewhere and
+        decide the answers to approvals held here that other replicas received."""
         watcher = asyncio.create_task(self._watch(hooks), name="redis-resolves")
+        answers = asyncio.create_task(self._watch_answers(hooks), name="redis-answers")
         keeper = asyncio.create_task(self._keep_lease(hooks, clock), name="redis-lease")
         try:
             beat = self._config.claim_idle / 3
@@ -619,7 +643,7 @@ class RedisState:
                     log.exception("shared_state_poll_failed")
                 await asyncio.sleep(poll)
         finally:
-            for task in (watcher, keeper):
+            for task in (watcher, answers, keeper):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -712,8 +736,69 @@ class RedisState:
                 log.warning("redis_unavailable", error=str(exc), what="resolve channel")
                 await asyncio.sleep(self._config.poll_interval)
 
+    async def _watch_answers(self, hooks: Hooks) -> None:
+        """Answers to approvals other replicas received: the one held here is decided
+        here (each in its own task) and its reply written to the answer's reply key."""
+        channel = self.key("answers")
+        while True:
+            checkpoint()
+            try:
+                pubsub = await self._r.subscribe(channel)
+                self._answers_live = True
+                try:
+                    while True:
+                        checkpoint()
+                        data = await self._r.message(pubsub, timeout=1.0)
+                        if data is not None:
+                            self._handed_answer(hooks, data)
+                finally:
+                    self._answers_live = False
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+            except errors.BackendUnavailable as exc:
+                log.warning("redis_unavailable", error=str(exc), what="answer channel")
+                await asyncio.sleep(self._config.poll_interval)
+
+    def _handed_answer(self, hooks: Hooks, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+            reply, answer = str(message["reply"]), message["answer"]
+            decision_id = int(answer["id"])
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("answer_unreadable", error=str(exc)[:200])
+            return
+        if message.get("replica") == self.replica or not hooks.holds_approval(decision_id):
+            return  # another replica's to answer (or nobody's: the asker times out)
+        task = asyncio.create_task(
+            self._decide_handed(hooks, reply, answer), name=f"approval-answer:{decision_id}"
+        )
+        self._handed.add(task)
+        task.add_done_callback(self._handed.discard)
+
+    async def _decide_handed(self, hooks: Hooks, reply: str, answer: dict[str, Any]) -> None:
+        key = self.key("answer", reply)
+        try:
+            await self._r.call("SET", key, json.dumps({"replica": self.replica}),
+                               "PX", _ms(REPLY_TTL))  # fmt: skip
+        except errors.BackendUnavailable as exc:
+            # The asker hears nothing and says no replica holds it: nothing decided.
+            log.warning("redis_unavailable", error=str(exc), what="approval answer reply")
+            return
+        try:
+            status, what = await hooks.approval_handed(answer)
+        except Exception:  # the asker must hear an answer; the error is logged
+            log.exception("approval_answer_failed", decision_id=answer.get("id"))
+            status, what = 500, f"failed: an internal error (logged by replica {self.replica})"
+        body = json.dumps({"replica": self.replica, "status": status, "what": what})
+        try:
+            await self._r.call("SET", key, body, "PX", _ms(REPLY_TTL))
+        except errors.BackendUnavailable as exc:
+            log.warning("redis_unavailable", error=str(exc), what="approval answer reply")
+
     async def close(self) -> None:
-        for task in list(self._tasks):
+        # An answer handed here and being decided is let finish (cut off, it could leave
+        # an approval taken and never run), as are the writes under way.
+        for task in [*self._handed, *self._tasks]:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task, 2.0)
 
@@ -1067,6 +1152,47 @@ class RedisState:
     async def resolved_at(self, occurrence: str) -> float | None:
         at = await self._r.call("GET", self.key("resolved", occurrence))
         return None if at is None else float(at)
+
+    # -- approvals held by another replica ----------------------------------------------
+
+    async def hand_approval(
+        self, answer: Mapping[str, Any], *, wait_result: bool = True
+    ) -> tuple[int, str] | None:
+        """Publish `answer` on `{P}:answers` for the replica holding its approval and
+        poll the reply key for its reply. None when no replica says it holds it within
+        HAND_WAIT; else what that replica answered (`wait_result` False: (200, its name)
+        once it has it, for the Slack click it answers the user of itself)."""
+        reply = uuid.uuid4().hex
+        message = json.dumps({"replica": self.replica, "reply": reply, "answer": dict(answer)})
+        heard = int(await self._r.call("PUBLISH", self.key("answers"), message))
+        if heard - (1 if self._answers_live else 0) <= 0:
+            # No other replica listens (every replica subscribes on the one server its
+            # URL names, which counts them): none can hold it, no need to wait.
+            return None
+        key = self.key("answer", reply)
+        clock = asyncio.get_running_loop()
+        deadline = clock.time() + HAND_WAIT
+        holder: str | None = None
+        while True:
+            raw = await self._r.call("GET", key)
+            if raw is not None:
+                said = json.loads(raw)
+                if "status" in said:
+                    return int(said["status"]), str(said["what"])
+                if holder is None:
+                    holder = str(said.get("replica", "?"))
+                    if not wait_result:
+                        return 200, f"handed to replica {holder}"
+                    deadline = clock.time() + HAND_RESULT_WAIT
+            if clock.time() >= deadline:
+                break
+            await asyncio.sleep(HAND_POLL)
+        if holder is None:
+            return None
+        return 504, (
+            f"replica {holder} holds decision {answer.get('id')} and took the answer, but "
+            f"did not say what came of it within {HAND_RESULT_WAIT:.0f}s: see its audit row"
+        )
 
 
 # --------------------------------------------------------------------------- journal

@@ -270,6 +270,13 @@ class State(Protocol):
     async def resolved_at(self, occurrence: str) -> float | None:
         """When any replica saw this occurrence resolve (None: not seen, or not shared)."""
 
+    async def hand_approval(
+        self, answer: Mapping[str, Any], *, wait_result: bool = True
+    ) -> tuple[int, str] | None:
+        """A human's answer to an approval this replica does not hold, handed to the
+        replica that does: (HTTP status, what it answered), or None when none holds it
+        (embedded: there is no other replica)."""
+
 
 class MemoryState:
     """The limit counters, in this process: what the audit can rebuild on start."""
@@ -335,6 +342,11 @@ class MemoryState:
 
     async def resolved_at(self, occurrence: str) -> float | None:
         return None  # the engine remembers the resolves it saw itself
+
+    async def hand_approval(
+        self, answer: Mapping[str, Any], *, wait_result: bool = True
+    ) -> tuple[int, str] | None:
+        return None  # one replica: what it does not hold, nobody holds
 
     async def claim(
         self, key: str, *, skip: Reason | None, aged: bool, now: float, token: int = 0

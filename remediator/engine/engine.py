@@ -18,7 +18,7 @@ action never stalls intake.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 import structlog
@@ -103,6 +103,9 @@ class Engine:
             metrics=metrics, clock=clock, spawn=self.spawn, release=self._release_ref,
         )  # fmt: skip
         self.loop.decider = self.decider
+        self.answer_handed: Callable[[dict[str, Any]], Awaitable[tuple[int, str]]] | None = None
+        """How an answer handed over by another replica is checked and decided (the
+        approvals web module's, set by the daemon: the same checks as one received here)."""
 
     # -- intake side -------------------------------------------------------------
 
@@ -322,6 +325,15 @@ class Engine:
         self.metrics.held.set(len(self.held))
         resumed = self.loop.adopt(remediations)
         log.info("work_adopted", held=count, remediations=resumed)
+
+    def holds_approval(self, decision_id: int) -> bool:
+        return self.loop.approval(decision_id) is not None
+
+    async def approval_handed(self, answer: dict[str, Any]) -> tuple[int, str]:
+        """An answer another replica received for an approval held here."""
+        if self.answer_handed is None:
+            return 409, "this replica takes no answers handed over (not serving approvals)"
+        return await self.answer_handed(answer)
 
     def abandon(self) -> None:
         """This replica's lease lapsed: another replica adopts what it held."""

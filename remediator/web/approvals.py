@@ -143,17 +143,57 @@ async def decide(
         return 400, "an approval id is a positive integer (its decision id)"
     if not isinstance(reason, str) or len(reason) > 500 or not reason.isprintable():
         return 400, "reason must be printable text of at most 500 characters"
-    loop = d.engine.loop
-    rem = loop.approval(number)
+    rem = d.engine.loop.approval(number)
     if rem is None:
+        # Held by another replica, perhaps: it checks the approvers and decides, as here.
+        handed = await d.state.hand_approval(
+            {"id": number, "approve": approve, "via": via, "reason": reason, "name": name,
+             "admin": admin},
+        )  # fmt: skip
+        if handed is not None:
+            return handed
+        if d.backends.shared:
+            return 409, (
+                f"no replica holds decision {text} awaiting approval (decided, expired or unknown)"
+            )
         return 409, f"decision {text} is not awaiting approval (decided, expired or unknown)"
+    return await _answer(d, rem, who, approve=approve, reason=reason, via=via)
+
+
+async def _answer(
+    d: Daemon, rem: Remediation, who: tuple[str, bool], *, approve: bool, reason: str, via: str
+) -> tuple[int, str]:
+    """The answer of an API or console caller to `rem`, held by this replica."""
+    name, admin = who
     if not admin and name not in _approvers(rule_now(d, rem)):
         d.metrics.approvals.labels(rule=rem.rule.name, result="refused").inc()
         return 403, f"{name} is not an approver of rule {rem.rule.name}"
-    taken, what = await loop.decide_approval(
-        number, approve=approve, by=name, via=via, reason=reason
+    taken, what = await d.engine.loop.decide_approval(
+        rem.decision_id, approve=approve, by=name, via=via, reason=reason
     )
     return (200, what) if taken else (409, what)
+
+
+async def answer_handed(d: Daemon, answer: dict[str, Any]) -> tuple[int, str]:
+    """An answer another replica received (and handed over through the shared state) to
+    an approval held here: the same checks and decision as one received here."""
+    number, approve = answer.get("id"), answer.get("approve")
+    if not isinstance(number, int) or not isinstance(approve, bool):
+        return 400, "a handed answer names a decision id and approve: true or false"
+    rem = d.engine.loop.approval(number)
+    if rem is None:
+        return 409, f"decision {number} is not awaiting approval (decided meanwhile)"
+    if answer.get("via") == "slack":
+        user, channel = answer.get("user"), answer.get("channel")
+        if not isinstance(user, str) or not isinstance(channel, str):
+            return 400, "a handed Slack answer names its user and channel"
+        return await _slack_answer(d, rem, user, channel, approve=approve)
+    name, admin, via = answer.get("name"), answer.get("admin"), answer.get("via")
+    reason = answer.get("reason", "")
+    if not all(isinstance(v, str) for v in (name, via, reason)) or not isinstance(admin, bool):
+        return 400, "a handed answer names who answered, how, and why"
+    return await _answer(d, rem, (str(name), admin), approve=approve, reason=str(reason),
+                         via=str(via))  # fmt: skip
 
 
 # -- Slack ---------------------------------------------------------------------------
@@ -198,22 +238,39 @@ async def _interaction(request: web.Request, d: Daemon) -> web.Response:
     except ValueError as exc:
         d.metrics.bad_input.labels(source=SOURCE, kind="schema").inc()
         return common.error(400, f"not an Approve/Reject click: {exc}")
-    loop, approvals = d.engine.loop, d.engine.approvals
-    rem = loop.approval(decision_id)
+    rem = d.engine.loop.approval(decision_id)
     if rem is None:
-        await _tell(d, channel, user, f"Decision {decision_id} no longer awaits approval.")
+        # Held by another replica, perhaps: it checks the user and answers them itself.
+        handed = await d.state.hand_approval(
+            {"id": decision_id, "approve": approve, "via": SOURCE, "user": user,
+             "channel": channel},
+            wait_result=False,
+        )  # fmt: skip
+        if handed is None:
+            await _tell(d, channel, user, f"Decision {decision_id} no longer awaits approval.")
         return web.Response(status=200)
-    if not await approvals.slack_user_may_decide(rule_now(d, rem), user):
+    await _slack_answer(d, rem, user, channel, approve=approve)
+    return web.Response(status=200)
+
+
+async def _slack_answer(
+    d: Daemon, rem: Remediation, user: str, channel: str, *, approve: bool
+) -> tuple[int, str]:
+    """A verified click's answer to `rem`, held by this replica; the user is told why
+    when it is not taken."""
+    decision_id = rem.decision_id
+    if not await d.engine.approvals.slack_user_may_decide(rule_now(d, rem), user):
         d.metrics.approvals.labels(rule=rem.rule.name, result="refused").inc()
         log.warning("approval_refused", rule=rem.rule.name, user=user, decision_id=decision_id)
-        await _tell(d, channel, user, f"You are not an approver of rule {rem.rule.name}.")
-        return web.Response(status=200)
-    taken, what = await loop.decide_approval(
-        decision_id, approve=approve, by=f"<@{user}>", via="slack"
+        what = f"You are not an approver of rule {rem.rule.name}."
+        await _tell(d, channel, user, what)
+        return 403, what
+    taken, what = await d.engine.loop.decide_approval(
+        decision_id, approve=approve, by=f"<@{user}>", via=SOURCE
     )
     if not taken:
         await _tell(d, channel, user, what)
-    return web.Response(status=200)
+    return (200, what) if taken else (409, what)
 
 
 def _approvers(rule: Rule) -> tuple[str, ...]:
