@@ -370,6 +370,10 @@ REACH: dict[tuple[str, str, int], Reach] = {
             401: req("POST", f"/api/v1/approvals/1/{verb}", env=ADMIN, headers=WRONG_AUTH),
             403: req("POST", f"/api/v1/approvals/1/{verb}"),
             409: req("POST", f"/api/v1/approvals/1/{verb}", env=ADMIN, headers=ADMIN_AUTH),
+            504: Elsewhere(
+                "tests/test_redis_backend.py::"
+                "test_a_handed_answer_whose_holder_never_says_what_came_of_it_is_a_504"
+            ),
         }.items()
     },
     ("POST", "/slack/interactions", 200): Elsewhere(

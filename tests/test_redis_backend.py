@@ -1061,3 +1061,36 @@ async def test_a_record_it_cannot_read_is_left_out_and_the_poll_goes_on(client: 
         assert b.pause_of("r", NOW) is not None
     finally:
         await stop(task)
+
+
+async def test_a_handed_answer_whose_holder_never_says_what_came_of_it_is_a_504(
+    client: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Replica b holds the approval: it says so on the reply key, then (stalled, or dead
+    # mid-decision) never writes what came of it. The answer's caller on a is told who
+    # took it and where to look, not left to guess (504), and not told nobody holds it.
+    monkeypatch.setattr(redis_backend, "HAND_RESULT_WAIT", 0.3)
+    cfg = config()
+    a, b = await replica(client, cfg, "a"), await replica(client, cfg, "b")
+    pubsub = await client.subscribe(b.key("answers"))
+
+    async def holder_that_stalls() -> None:
+        while True:
+            data = await client.message(pubsub, timeout=1.0)
+            if data is not None:
+                reply = json.loads(data)["reply"]
+                await client.call("SET", b.key("answer", reply), json.dumps({"replica": "b"}))
+                return
+
+    stalled = asyncio.create_task(holder_that_stalls())
+    try:
+        answer = {"id": 7, "approve": True, "via": "api", "reason": "", "name": "bruno",
+                  "admin": False}  # fmt: skip
+        status, what = await a.hand_approval(answer) or (0, "")
+        assert status == 504, what
+        assert "replica b holds decision 7" in what and "audit row" in what
+    finally:
+        stalled.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stalled
+        await pubsub.aclose()
