@@ -420,7 +420,7 @@ async def test_an_approval_answered_on_a_replica_not_holding_it_is_decided_by_it
 
         status, body = await answer(elsewhere, decision_id, "bruno-tok")
         assert status == 200, body
-        assert body["result"].endswith("prod/deployment/api-0 is running"), body
+        assert body["result"] == "kubernetes.rollout_restart prod/deployment/api-0 is running", body
 
         async def restarted() -> bool:
             return restarts(emu)["api-0"] == 1

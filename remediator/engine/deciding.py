@@ -421,7 +421,7 @@ class Decider:
             await self._state.release(p.target, p.token)  # reserved while it awaited
             raise
         self._loop.start(rem, w, p)
-        return f"{p.action.type} {p.target} is running"
+        return f"{p.target} is running"  # the target names its action
 
     async def _refused(
         self, w: Work, rem: Remediation | None, p: Prepared, verdict: guards.Verdict
