@@ -283,8 +283,10 @@ class Loop:
         self._spawn(self._safely(rem, "running the action", lambda: self._run(rem, w, p)),
                     f"action:{p.target}")  # fmt: skip
 
-    async def wait(self, rem: Remediation, due: float, why: str) -> None:
-        """The next attempt is refused for now: try again at `due`."""
+    async def wait(self, rem: Remediation, due: float, why: str, *, event: str = "") -> None:
+        """The next attempt is refused for now: try again at `due`. With `event`, a record
+        the embedded database cannot write is logged as it and the wait goes on in memory
+        (`_save_or_go_on`)."""
         rem.phase, rem.due = Phase.WAITING, due
         self._track(rem)
         self._arm(rem, self._attempt_due)
@@ -292,7 +294,26 @@ class Loop:
             "remediation_waiting", rule=rem.rule.name, fingerprint=rem.alert.fingerprint,
             step=rem.step + 1, until=iso_ts(due), why=why,
         )  # fmt: skip
-        await self._save(rem)
+        if event:
+            await self._save_or_go_on(rem, event)
+        else:
+            await self._save(rem)
+
+    async def _save_or_go_on(self, rem: Remediation, event: str, *, shared: bool = True) -> None:
+        """Save `rem`'s record; one the embedded database cannot write (a full disk) is
+        logged as `event` and the remediation goes on in memory, its timer armed — only a
+        crash before it is due loses it, where failing now would leave it undone (nobody
+        called, an attempt never made). Superseded always raises (another replica owns
+        it); BackendUnavailable does while `shared` (the decision fails and the shared
+        journal hands the alert out again)."""
+        try:
+            await self._save(rem)
+        except errors.Superseded:
+            raise
+        except Exception as exc:
+            if shared and isinstance(exc, errors.BackendUnavailable):
+                raise
+            log.exception(event, rule=rem.rule.name, decision_id=rem.decision_id)
 
     async def first_later(
         self, w: Work, decision_id: int, target: str, due: float, why: str
@@ -300,16 +321,10 @@ class Loop:
         """A first decision refused by a cooldown or lock: its attempt comes when that ends."""
         rem = Remediation(w.rule, w.alert, w.request_id, step=w.step, decision_id=decision_id,
                           target=target, token=w.token)  # fmt: skip
-        try:
-            await self.wait(rem, due, why)
-        except (errors.Superseded, errors.BackendUnavailable):
-            raise  # as in give_up: a shared journal hands the alert out again
-        except Exception:
-            # The embedded database cannot write (a full disk). Its row is durable:
-            # failing the decision now would make every delivery of it a duplicate, also
-            # after a restart (dedup is rebuilt from the audit), and it would never get its
-            # attempt. It goes on in memory (its timer is armed); only a crash loses it.
-            log.exception("remediation_not_saved", rule=w.rule.name, decision_id=decision_id)
+        # Its row is durable: failing the decision on a record the embedded database cannot
+        # write would make every delivery of it a duplicate (dedup is rebuilt from the
+        # audit), and it would never get its attempt.
+        await self.wait(rem, due, why, event="remediation_not_saved")
 
     async def give_up(
         self, w: Work, rem: Remediation | None, *, decision_id: int, why: str,
@@ -334,19 +349,7 @@ class Loop:
         rem.phase, rem.why, rem.due = Phase.ESCALATING, why, 0.0
         rem.escalation_attempts, rem.escalation_error = 0, ""
         self._track(rem)
-        try:
-            await self._save(rem)
-        except (errors.Superseded, errors.BackendUnavailable):
-            # Another replica owns it now, or a shared backend is away (the decision fails
-            # and the shared journal hands the alert out again): as before.
-            raise
-        except Exception:
-            # The embedded database cannot write (a full disk): a crash before the send
-            # would forget it, but the human is called now all the same — never left
-            # uncalled for a failed write.
-            log.exception(
-                "escalation_not_saved", rule=w.rule.name, decision_id=rem.decision_id
-            )  # fmt: skip
+        await self._save_or_go_on(rem, "escalation_not_saved")  # the human is called all the same
         self._spawn(self._safely(rem, "escalating", lambda: self._escalate(rem)),
                     f"escalate:{w.rule.name}")  # fmt: skip
 
@@ -700,14 +703,8 @@ class Loop:
             detail=text, fingerprint=rem.alert.fingerprint,
         )  # fmt: skip
         self._arm(rem, self._escalation_due)
-        try:
-            await self._save(rem)
-        except errors.Superseded:
-            raise  # another replica owns it now: its copy of the record is sent by it
-        except Exception:
-            # The record cannot be written (a full disk, Redis away): the next send is
-            # still armed in memory; only a crash before it loses it.
-            log.exception("escalation_not_saved", rule=rem.rule.name, decision_id=rem.decision_id)
+        # No journal hands an escalation out again: with Redis away too, it goes on here.
+        await self._save_or_go_on(rem, "escalation_not_saved", shared=False)
 
     async def _escalation_due(self, key: str) -> None:
         rem = self._active.get(key)
