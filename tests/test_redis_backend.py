@@ -1094,3 +1094,38 @@ async def test_a_handed_answer_whose_holder_never_says_what_came_of_it_is_a_504(
         with contextlib.suppress(asyncio.CancelledError):
             await stalled
         await pubsub.aclose()
+
+
+async def test_a_message_it_cannot_read_on_the_resolve_channel_does_not_end_the_following(
+    client: Redis,
+) -> None:
+    # Garbage published on the resolves channel (another version, a hand-typed PUBLISH)
+    # used to end the subscription: every resolve after it went unseen on this replica.
+    cfg = config(poll_interval=0.05)
+    a, b = await replica(client, cfg, "a"), await replica(client, cfg, "b")
+
+    class Resolving(Adopting):
+        def __init__(self) -> None:
+            super().__init__()
+            self.resolved: list[Alert] = []
+
+        async def resolved_elsewhere(self, alert: Alert) -> None:
+            self.resolved.append(alert)
+
+    hooks = Resolving()
+    task = asyncio.create_task(b.run(hooks, lambda: NOW))
+    try:
+        for _ in range(100):  # b subscribed
+            if (await client.call("PUBSUB", "NUMSUB", b.key("resolves")))[1]:
+                break
+            await asyncio.sleep(0.02)
+        await client.call("PUBLISH", b.key("resolves"), "{not json")
+        (alert,) = intake.replay("alertmanager", json_body(am_alert("X")), received())
+        await a.announce_resolved(alert, NOW)
+        for _ in range(100):
+            if hooks.resolved:
+                break
+            await asyncio.sleep(0.02)
+        assert [r.fingerprint for r in hooks.resolved] == [alert.fingerprint]
+    finally:
+        await stop(task)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import os
 import socket
@@ -596,8 +597,9 @@ class RedisState:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handed: set[asyncio.Task[None]] = set()
         """Answers handed here by other replicas, being decided."""
-        self._answers_live = False
-        """This replica's watcher is subscribed to `{P}:answers` (its PUBLISH counts it)."""
+        self._following: set[str] = set()
+        """The channels this replica is subscribed to now (`_follow`): a PUBLISH on
+        `{P}:answers` counts this replica among its receivers while "answers" is here."""
 
     def key(self, *parts: str) -> str:
         return self._p + ":".join(parts)
@@ -620,8 +622,14 @@ class RedisState:
         """Until cancelled: renew the lease and locks, adopt what dead replicas left,
         read the pauses and open circuits again, follow resolves seen elsewhere and
         decide the answers to approvals held here that other replicas received."""
-        watcher = asyncio.create_task(self._watch(hooks), name="redis-resolves")
-        answers = asyncio.create_task(self._watch_answers(hooks), name="redis-answers")
+        watcher = asyncio.create_task(
+            self._follow("resolves", functools.partial(self._resolved_message, hooks),
+                         what="resolve channel"), name="redis-resolves",
+        )  # fmt: skip
+        answers = asyncio.create_task(
+            self._follow("answers", functools.partial(self._handed_answer, hooks),
+                         what="answer channel"), name="redis-answers",
+        )  # fmt: skip
         keeper = asyncio.create_task(self._keep_lease(hooks, clock), name="redis-lease")
         try:
             beat = self._config.claim_idle / 3
@@ -713,60 +721,45 @@ class RedisState:
             counts[rule] = counts.get(rule, 0) + 1
         self._open = counts
 
-    async def _watch(self, hooks: Hooks) -> None:
-        channel = self.key("resolves")
+    async def _follow(
+        self, name: str, handle: Callable[[bytes], Awaitable[None]], *, what: str
+    ) -> None:
+        """Until cancelled: every message published on `{P}:name` to `handle`, subscribed
+        again after Redis went away. A message `handle` fails on is logged and passed
+        over: one bad message must not end the subscription."""
+        channel = self.key(name)
         while True:
             checkpoint()
             try:
                 pubsub = await self._r.subscribe(channel)
+                self._following.add(name)
                 try:
                     while True:
                         checkpoint()
                         data = await self._r.message(pubsub, timeout=1.0)
                         if data is None:
                             continue
-                        message = json.loads(data)
-                        if message.get("replica") == self.replica:
-                            continue
-                        await hooks.resolved_elsewhere(Alert.from_json(message["alert"]))
+                        try:
+                            await handle(data)
+                        except Exception:  # a message it cannot take, or a bug: logged
+                            log.exception("channel_message_failed", channel=name)
                 finally:
+                    self._following.discard(name)
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
             except errors.BackendUnavailable as exc:
-                log.warning("redis_unavailable", error=str(exc), what="resolve channel")
+                log.warning("redis_unavailable", error=str(exc), what=what)
                 await asyncio.sleep(self._config.poll_interval)
 
-    async def _watch_answers(self, hooks: Hooks) -> None:
-        """Answers to approvals other replicas received: the one held here is decided
-        here (each in its own task) and its reply written to the answer's reply key."""
-        channel = self.key("answers")
-        while True:
-            checkpoint()
-            try:
-                pubsub = await self._r.subscribe(channel)
-                self._answers_live = True
-                try:
-                    while True:
-                        checkpoint()
-                        data = await self._r.message(pubsub, timeout=1.0)
-                        if data is not None:
-                            self._handed_answer(hooks, data)
-                finally:
-                    self._answers_live = False
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()
-            except errors.BackendUnavailable as exc:
-                log.warning("redis_unavailable", error=str(exc), what="answer channel")
-                await asyncio.sleep(self._config.poll_interval)
+    async def _resolved_message(self, hooks: Hooks, data: bytes) -> None:
+        message = json.loads(data)
+        if message.get("replica") != self.replica:
+            await hooks.resolved_elsewhere(Alert.from_json(message["alert"]))
 
-    def _handed_answer(self, hooks: Hooks, data: bytes) -> None:
-        try:
-            message = json.loads(data)
-            reply, answer = str(message["reply"]), message["answer"]
-            decision_id = int(answer["id"])
-        except (ValueError, TypeError, KeyError) as exc:
-            log.error("answer_unreadable", error=str(exc)[:200])
-            return
+    async def _handed_answer(self, hooks: Hooks, data: bytes) -> None:
+        message = json.loads(data)  # one it cannot read: logged by _follow
+        reply, answer = str(message["reply"]), message["answer"]
+        decision_id = int(answer["id"])
         if message.get("replica") == self.replica or not hooks.holds_approval(decision_id):
             return  # another replica's to answer (or nobody's: the asker times out)
         task = asyncio.create_task(
@@ -777,23 +770,23 @@ class RedisState:
 
     async def _decide_handed(self, hooks: Hooks, reply: str, answer: dict[str, Any]) -> None:
         key = self.key("answer", reply)
-        try:
-            await self._r.call("SET", key, json.dumps({"replica": self.replica}),
-                               "PX", _ms(REPLY_TTL))  # fmt: skip
-        except errors.BackendUnavailable as exc:
-            # The asker hears nothing and says no replica holds it: nothing decided.
-            log.warning("redis_unavailable", error=str(exc), what="approval answer reply")
-            return
+        if not await self._reply(key, {"replica": self.replica}):
+            return  # the asker hears nothing and says no replica holds it: nothing decided
         try:
             status, what = await hooks.approval_handed(answer)
         except Exception:  # the asker must hear an answer; the error is logged
             log.exception("approval_answer_failed", decision_id=answer.get("id"))
             status, what = 500, f"failed: an internal error (logged by replica {self.replica})"
-        body = json.dumps({"replica": self.replica, "status": status, "what": what})
+        await self._reply(key, {"replica": self.replica, "status": status, "what": what})
+
+    async def _reply(self, key: str, said: Mapping[str, Any]) -> bool:
+        """Write this replica's reply to a handed answer; False if Redis did not take it."""
         try:
-            await self._r.call("SET", key, body, "PX", _ms(REPLY_TTL))
+            await self._r.call("SET", key, json.dumps(said), "PX", _ms(REPLY_TTL))
         except errors.BackendUnavailable as exc:
             log.warning("redis_unavailable", error=str(exc), what="approval answer reply")
+            return False
+        return True
 
     async def close(self) -> None:
         # An answer handed here and being decided is let finish (cut off, it could leave
@@ -1165,7 +1158,7 @@ class RedisState:
         reply = uuid.uuid4().hex
         message = json.dumps({"replica": self.replica, "reply": reply, "answer": dict(answer)})
         heard = int(await self._r.call("PUBLISH", self.key("answers"), message))
-        if heard - (1 if self._answers_live else 0) <= 0:
+        if heard - (1 if "answers" in self._following else 0) <= 0:
             # No other replica listens (every replica subscribes on the one server its
             # URL names, which counts them): none can hold it, no need to wait.
             return None
