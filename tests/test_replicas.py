@@ -399,6 +399,25 @@ async def asked(cluster: Cluster) -> tuple[DaemonProcess, DaemonProcess, int]:
     return owner, elsewhere, held[holder][0]["id"]
 
 
+async def restarted_once(emu: KubeEmulator) -> None:
+    async def restarted() -> bool:
+        return restarts(emu)["api-0"] == 1
+
+    await eventually(restarted, timeout=15, what="the approved restart")
+
+
+async def approved_row(owner: DaemonProcess, elsewhere: DaemonProcess, sent: Any) -> Any:
+    """The approved attempt's row, once it says `executed` (read on both replicas)."""
+
+    async def audited() -> bool:
+        rows = of(await audit_rows(elsewhere), [sent])
+        return [r["outcome"] for r in rows] == ["executed"]
+
+    await eventually(audited, timeout=30, what="the approved attempt's row")
+    [row] = of(await audit_rows(owner), [sent])
+    return row
+
+
 @pytest.mark.timeout(90)
 async def test_an_approval_answered_on_a_replica_not_holding_it_is_decided_by_its_holder(
     tmp_path: Path, emu: KubeEmulator, redis_server: Any, postgres_server: Any
@@ -422,10 +441,7 @@ async def test_an_approval_answered_on_a_replica_not_holding_it_is_decided_by_it
         assert status == 200, body
         assert body["result"] == "kubernetes.rollout_restart prod/deployment/api-0 is running", body
 
-        async def restarted() -> bool:
-            return restarts(emu)["api-0"] == 1
-
-        await eventually(restarted, timeout=15, what="the approved restart")
+        await restarted_once(emu)
         # Answered again, on either replica: decided already, nothing runs twice.
         status, body = await answer(elsewhere, decision_id, "bruno-tok")
         assert status == 409 and "no replica holds decision" in body["error"], body
@@ -434,12 +450,7 @@ async def test_an_approval_answered_on_a_replica_not_holding_it_is_decided_by_it
         await asyncio.sleep(1.0)
         assert restarts(emu) == Counter({"api-0": 1})
 
-        async def audited() -> bool:
-            rows = of(await audit_rows(elsewhere), [sent])
-            return [r["outcome"] for r in rows] == ["executed"]
-
-        await eventually(audited, timeout=30, what="the approved attempt's row")
-        [row] = of(await audit_rows(owner), [sent])
+        row = await approved_row(owner, elsewhere, sent)
         assert row["id"] == decision_id
         assert row["approval"].startswith("approved by bruno via api at ")
         assert row["approval"].endswith(": checked the dashboards")
@@ -483,10 +494,7 @@ async def test_a_slack_click_on_a_replica_not_holding_the_approval_is_decided_by
 
             assert await press(elsewhere, "U0ANA", decision_id, later=1) == 200
 
-            async def restarted() -> bool:
-                return restarts(emu)["api-0"] == 1
-
-            await eventually(restarted, timeout=15, what="the approved restart")
+            await restarted_once(emu)
 
             async def updated() -> bool:
                 return len(slack.calls("chat.update")) == 1
@@ -503,10 +511,5 @@ async def test_a_slack_click_on_a_replica_not_holding_the_approval_is_decided_by
             await asyncio.sleep(1.0)
             assert restarts(emu) == Counter({"api-0": 1})
 
-            async def audited() -> bool:
-                rows = of(await audit_rows(elsewhere), [sent])
-                return [r["outcome"] for r in rows] == ["executed"]
-
-            await eventually(audited, timeout=30, what="the approved attempt's row")
-            [row] = of(await audit_rows(owner), [sent])
+            row = await approved_row(owner, elsewhere, sent)
             assert row["approval"].startswith("approved by <@U0ANA> via slack at ")
